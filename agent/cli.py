@@ -1,0 +1,115 @@
+"""The `tagrun-agent` command: each option mirrors an environment variable.
+
+Kept light at import time (typer and the version only) so `--version` answers fast; the
+runtime is imported when the agent actually starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from tagrun.agent.frozen import PYTHON_FLAG, run_python_job
+from tagrun.shared.version import __version__
+
+if TYPE_CHECKING:
+    from tagrun.agent.config import AgentConfig
+
+app = typer.Typer(
+    add_completion=False,
+    # Pretty tracebacks print local variables, which would include the token.
+    pretty_exceptions_enable=False,
+    context_settings={"max_content_width": 100},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.command(help="Run a tagrun agent: claim jobs from the server over HTTP, run them, "
+                  "report their results. Stop with SIGTERM or Ctrl+C (twice: at once).")
+def agent(
+    token: Annotated[str | None, typer.Option(
+        "--token", envvar="AGENT_TOKEN", metavar="JWT", show_envvar=True,
+        help="Agent token (required). Prefer the environment: command lines are visible "
+             "to other users.")] = None,
+    base_url: Annotated[str | None, typer.Option(
+        "--base-url", envvar="BASE_INTERNAL_URL", metavar="URL", show_envvar=True,
+        help="The server, http(s)://host[:port] (required).")] = None,
+    init_script: Annotated[str | None, typer.Option(
+        "--init-script", envvar="INIT_SCRIPT", metavar="SCRIPT", show_envvar=True,
+        help="Shell script run once before the first claim; failure exits with 1.")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", envvar="AGENT_NAME", metavar="NAME", show_envvar=True,
+        help="How the agent appears on the server (default: host name + random suffix).")
+    ] = None,
+    slots: Annotated[str | None, typer.Option(
+        "--slots", envvar="AGENT_SLOTS", metavar="N", show_envvar=True,
+        help="Jobs run at once (default: 1).")] = None,
+    work_dir: Annotated[str | None, typer.Option(
+        "--work-dir", envvar="AGENT_WORK_DIR", metavar="DIR", show_envvar=True,
+        help="Where jobs run, a directory each (default: a temporary directory).")] = None,
+    python: Annotated[str | None, typer.Option(
+        "--python", envvar="AGENT_PYTHON", metavar="PATH", show_envvar=True,
+        help="Python interpreter for Python jobs (default: the agent's own).")] = None,
+    drain_timeout_s: Annotated[str | None, typer.Option(
+        "--drain-timeout-s", envvar="AGENT_DRAIN_TIMEOUT_S", metavar="SECONDS",
+        show_envvar=True,
+        help="On stop, how long running jobs may finish before they are killed and "
+             "released (default: 30).")] = None,
+    poll_wait_s: Annotated[str | None, typer.Option(
+        "--poll-wait-s", envvar="AGENT_POLL_WAIT_S", metavar="SECONDS", show_envvar=True,
+        help="How long the server holds one claim open, 1 to 60 (default: 25).")] = None,
+    ca_file: Annotated[str | None, typer.Option(
+        "--ca-file", envvar="AGENT_CA_FILE", metavar="PATH", show_envvar=True,
+        help="CA bundle to verify the server with (else SSL_CERT_FILE or the system's).")
+    ] = None,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    from tagrun.agent.config import load_config
+    from tagrun.agent.errors import ConfigError
+    from tagrun.agent.logs import LogConfigError, configure_logging
+
+    try:
+        configure_logging()
+    except LogConfigError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    values = {
+        "MODE": os.environ.get("MODE"),
+        # click reads an empty variable as unset; an empty token must still be refused as such.
+        "AGENT_TOKEN": os.environ.get("AGENT_TOKEN") if token is None else token,
+        "BASE_INTERNAL_URL": base_url, "INIT_SCRIPT": init_script, "AGENT_NAME": name,
+        "AGENT_SLOTS": slots, "AGENT_WORK_DIR": work_dir, "AGENT_PYTHON": python,
+        "AGENT_DRAIN_TIMEOUT_S": drain_timeout_s, "AGENT_POLL_WAIT_S": poll_wait_s,
+        "AGENT_CA_FILE": ca_file,
+    }
+    try:
+        config = load_config(values)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(_run(config))
+
+
+def _run(config: AgentConfig) -> int:
+    import asyncio
+
+    from tagrun.agent.runner import run_agent
+
+    return asyncio.run(run_agent(config))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == [PYTHON_FLAG]:  # a frozen agent running a Python job: see frozen.py
+        sys.exit(run_python_job(args[1:]))
+    app(args=args, prog_name="tagrun-agent")

@@ -1,0 +1,244 @@
+"""HTTP client for the agent routes, retrying what is transient.
+
+Connection errors, timeouts, 5xx, 408 and 429 are retried with exponential backoff and jitter
+(Retry-After honoured): forever for claim and heartbeat, within a bound for the rest, after
+which GaveUp is raised. 401 raises TokenRefused and any other 4xx ServerAnswer, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
+
+from tagrun.agent.errors import GaveUp, ServerAnswer, TokenRefused
+from tagrun.shared.version import __version__
+
+log = logging.getLogger("tagrun.agent")
+
+CONNECT_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 30.0
+CLAIM_GRACE_S = 15.0  # on top of wait_s: the server holds a claim open that long
+MAX_RETRY_AFTER_S = 120.0
+DEFAULT_TIMEOUT = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class _Transient(Exception):
+    """The server could not answer now (5xx, 408, 429, garbled body): try again."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+_RETRIED = (httpx.TransportError, _Transient)
+
+
+class _WaitRetryAfter(wait_base):
+    """The server's Retry-After when it gave one, else the fallback backoff."""
+
+    def __init__(self, fallback: wait_base) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, _Transient) and error.retry_after is not None:
+            return error.retry_after
+        return float(self.fallback(retry_state))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long to wait between tries, and when a bounded call gives up (tests shorten both)."""
+
+    wait: wait_base = field(default_factory=lambda: wait_random_exponential(multiplier=0.2, max=10))
+    bounded_stop: stop_base = field(default_factory=lambda: stop_after_delay(120))
+    sleep: Sleep = asyncio.sleep
+
+
+class AgentClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        name: str,
+        *,
+        ca_file: Path | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.name = name
+        self._retry = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {token}",
+                     "User-Agent": f"tagrun-agent/{__version__}"},
+            timeout=DEFAULT_TIMEOUT,
+            # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY and SSL_CERT_FILE/SSL_CERT_DIR.
+            verify=ssl.create_default_context(cafile=str(ca_file)) if ca_file else True,
+            trust_env=True,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def claim(self, slots: int, wait_s: float) -> list[dict[str, Any]]:
+        """Long-poll for up to `slots` jobs; the server answers within about wait_s."""
+        timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S,
+                                read=wait_s + CLAIM_GRACE_S)
+        body = {"name": self.name, "slots": slots, "wait_s": wait_s}
+        answer = await self._post("/api/agent_workers/claim", body, stop_never, timeout)
+        jobs = answer.get("jobs")
+        return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
+
+    async def heartbeat(self, running: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+        """Extend the leases of the running jobs; returns the ids to cancel and those lost."""
+        body = {"name": self.name, "running": _held(running)}
+        answer = await self._post("/api/agent_workers/heartbeat", body, stop_never)
+        return _ids(answer.get("cancel")), _ids(answer.get("lost"))
+
+    async def release(self, jobs: list[tuple[int, int]]) -> list[int]:
+        body = {"name": self.name, "jobs": _held(jobs)}
+        answer = await self._post("/api/agent_workers/release", body, self._retry.bounded_stop)
+        return _ids(answer.get("released"))
+
+    async def append_logs(
+        self, workspace: str, job_id: int, attempt: int, offset: int, data: str
+    ) -> int:
+        body = {"name": self.name, "attempt": attempt, "offset": offset, "data": data}
+        answer = await self._post(_job_path(workspace, job_id, "logs"), body,
+                                  self._retry.bounded_stop)
+        end = answer.get("offset")
+        return end if isinstance(end, int) else offset + len(data)
+
+    async def complete(
+        self, workspace: str, job_id: int, attempt: int, status: str, result: Any,
+        error: dict[str, str] | None,
+    ) -> str:
+        body = {"name": self.name, "attempt": attempt, "status": status, "result": result,
+                "error": error}
+        answer = await self._post(_job_path(workspace, job_id, "complete"), body,
+                                  self._retry.bounded_stop)
+        return str(answer.get("status", status))
+
+    async def _post(
+        self, path: str, body: dict[str, Any], stop: stop_base,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    ) -> dict[str, Any]:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_RETRIED),
+            wait=_WaitRetryAfter(self._retry.wait),
+            stop=stop,
+            before_sleep=_log_retry(path),
+            reraise=True,
+            sleep=self._retry.sleep,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._send(path, body, timeout)
+        except _RETRIED as exc:
+            raise GaveUp(f"POST {path}: gave up after retries: {_describe(exc)}") from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _send(
+        self, path: str, body: dict[str, Any], timeout: httpx.Timeout
+    ) -> dict[str, Any]:
+        return _answer(await self._http.post(path, json=body, timeout=timeout))
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    status = response.status_code
+    if status == 401:
+        raise TokenRefused()
+    if status >= 500 or status in (408, 429):
+        raise _Transient(f"server answered {status}", _retry_after(response))
+    if status >= 300:
+        code, message = _error_of(response)
+        raise ServerAnswer(status, code, message)
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        # Typically a proxy's or captive portal's page: not the server, so try again.
+        raise _Transient(f"server answered {status} without a JSON object")
+    return answer
+
+
+def _error_of(response: httpx.Response) -> tuple[str, str]:
+    if 300 <= response.status_code < 400:
+        where = response.headers.get("location", "?")
+        return "redirect", f"redirected to {where}; point BASE_INTERNAL_URL there"
+    try:
+        error = response.json()["error"]
+        return str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return "http_error", response.reason_phrase or "error"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _log_retry(path: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        wait_s = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("agent.retrying", extra={
+            "route": path, "reason": _describe(error), "attempt": state.attempt_number,
+            "wait_s": round(wait_s, 3)})
+    return before_sleep
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _job_path(workspace: str, job_id: int, action: str) -> str:
+    return f"/api/w/{quote(workspace, safe='')}/agent_workers/jobs/{int(job_id)}/{action}"
+
+
+def _held(jobs: list[tuple[int, int]]) -> list[dict[str, int]]:
+    return [{"id": job_id, "attempt": attempt} for job_id, attempt in jobs]
+
+
+def _ids(value: Any) -> list[int]:
+    return [i for i in value if isinstance(i, int)] if isinstance(value, list) else []

@@ -1,0 +1,170 @@
+"""Agent configuration: read once from options/environment into a typed, validated object.
+
+Messages name the variable and its value, except AGENT_TOKEN's: the token is never shown.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import shutil
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tagrun.agent.errors import ConfigError
+
+__all__ = ["AgentConfig", "ConfigError", "load_config"]
+
+log = logging.getLogger("tagrun.agent")
+
+MAX_POLL_WAIT_S = 60.0
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    token: str = field(repr=False)
+    base_url: str
+    name: str
+    slots: int = 1
+    init_script: str | None = None
+    work_dir: Path | None = None  # None: a temporary directory made at start, removed at exit
+    python: str | None = None
+    drain_timeout_s: float = 30.0
+    poll_wait_s: float = 25.0
+    ca_file: Path | None = None
+
+
+def _log_warning(message: str) -> None:
+    log.warning("agent.config_warning", extra={"detail": message})
+
+
+def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> AgentConfig:
+    """Build the config from values keyed by environment variable name (None/"" = unset)."""
+    v = {k: val for k, val in values.items() if val is not None and val != ""}
+    mode = v.get("MODE")
+    if mode is not None and mode != "agent":
+        raise ConfigError(f"MODE={mode!r}: tagrun-agent runs only MODE=agent (or MODE unset)")
+    return AgentConfig(
+        token=_token(values.get("AGENT_TOKEN")),
+        base_url=_base_url(v.get("BASE_INTERNAL_URL"), warn),
+        name=_name(v.get("AGENT_NAME")),
+        slots=int(_number(v, "AGENT_SLOTS", 1, low=1, high=10_000, whole=True)),
+        init_script=v.get("INIT_SCRIPT") if (v.get("INIT_SCRIPT") or "").strip() else None,
+        work_dir=_work_dir(v.get("AGENT_WORK_DIR")),
+        python=_python(v.get("AGENT_PYTHON")),
+        drain_timeout_s=_number(v, "AGENT_DRAIN_TIMEOUT_S", 30.0, low=0.0, high=None),
+        poll_wait_s=_number(v, "AGENT_POLL_WAIT_S", 25.0, low=1.0, high=MAX_POLL_WAIT_S),
+        ca_file=_ca_file(v.get("AGENT_CA_FILE")),
+    )
+
+
+def _token(raw: str | None) -> str:
+    if raw is None:
+        raise ConfigError("AGENT_TOKEN is not set")
+    token = raw.strip()  # a token read from a file usually ends in a newline
+    if not token:
+        raise ConfigError("AGENT_TOKEN is empty")
+    # Checked here so that no HTTP library ever reports a bad header value (the token) back.
+    if any(not 0x21 <= ord(c) <= 0x7E for c in token):
+        raise ConfigError("AGENT_TOKEN contains characters that cannot be sent in a header")
+    return token
+
+
+def _base_url(raw: str | None, warn: Warn) -> str:
+    if raw is None:
+        raise ConfigError("BASE_INTERNAL_URL is not set (the server's URL, http(s)://host[:port])")
+    url = raw.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"BASE_INTERNAL_URL={raw!r} is not an http(s)://host[:port] URL")
+    if "@" in parts.netloc:
+        # Not echoed: it may hold a password. The agent authenticates with AGENT_TOKEN only.
+        raise ConfigError("BASE_INTERNAL_URL must not contain user:password@")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"BASE_INTERNAL_URL={raw!r} must not have a query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"BASE_INTERNAL_URL={raw!r} has an invalid port") from None
+    if url.endswith("/"):
+        url = url.rstrip("/")
+        warn(f"BASE_INTERNAL_URL={raw!r}: trailing slash trimmed, using {url!r}")
+    if parts.scheme == "http" and not _is_local(parts.hostname):
+        warn(f"BASE_INTERNAL_URL={url!r} uses plain http to a public host: the token and jobs "
+             "travel unencrypted; use https")
+    return url
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # any other host name may resolve to anything: treat it as public
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def _name(raw: str | None) -> str:
+    if raw is None:
+        return f"{socket.gethostname() or 'agent'}-{secrets.token_hex(3)}"
+    name = raw.strip()
+    if not name or len(name) > 200 or not name.isprintable():
+        raise ConfigError(f"AGENT_NAME={raw!r} must be 1 to 200 printable characters")
+    return name
+
+
+def _number(
+    v: Mapping[str, str], name: str, default: float, *, low: float, high: float | None,
+    whole: bool = False,
+) -> float:
+    raw = v.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{name}={raw!r} is not {kind}") from None
+    if value != value or value < low or (high is not None and value > high):  # NaN fails too
+        bound = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+        raise ConfigError(f"{name}={raw!r} must be {bound}")
+    return value
+
+
+def _work_dir(raw: str | None) -> Path | None:
+    if raw is None:
+        return None
+    path = Path(raw).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"AGENT_WORK_DIR={raw!r} cannot be used: {exc.strerror}") from None
+    return path.resolve()
+
+
+def _python(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    found = shutil.which(raw)
+    if found is None:
+        raise ConfigError(f"AGENT_PYTHON={raw!r} is not an executable file or command")
+    return found
+
+
+def _ca_file(raw: str | None) -> Path | None:
+    if raw is None:
+        return None
+    path = Path(raw).expanduser()
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"AGENT_CA_FILE={raw!r} is not a readable CA bundle: {exc}") from None
+    return path

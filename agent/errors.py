@@ -1,0 +1,51 @@
+"""Agent errors.
+
+AgentError                  root; `exit_code` is what the agent process exits with
+ ├── ConfigError            a setting is wrong; names the variable (exit 1)
+ ├── InitScriptFailed       INIT_SCRIPT did not succeed; carries its output (exit 1)
+ ├── TokenRefused           401: the token is revoked or expired (exit 3)
+ ├── ServerAnswer           the server answered with an error it meant (4xx): not retried
+ └── GaveUp                 a bounded retry ran out; the job is left to lease expiry
+
+Transport failures (connection errors, timeouts, 5xx, 408, 429) never leave the client as
+such: they are retried, forever for claim and heartbeat, until GaveUp for the rest.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    exit_code = 1
+
+
+class ConfigError(AgentError):
+    """A setting is wrong; the message names the variable (and its value, unless secret)."""
+
+
+class InitScriptFailed(AgentError):
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+class TokenRefused(AgentError):
+    exit_code = 3
+
+    def __init__(self, message: str = "agent token refused (revoked or expired)") -> None:
+        super().__init__(message)
+
+
+class ServerAnswer(AgentError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"server answered {status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.status == 409 and self.code == "lease_lost"
+
+
+class GaveUp(AgentError):
+    """The server stayed unreachable for longer than the call's retry bound."""

@@ -1,0 +1,130 @@
+"""How Python jobs find an interpreter, and what the one-file agent executable needs to behave.
+
+A frozen agent has no `python` of its own to start, so it runs Python jobs by starting itself
+again with PYTHON_FLAG first; `main` hands such a run to the shared job wrapper.
+
+The one-file executable (scripts/build-agent) runs as two processes: PyInstaller's bootloader
+unpacks the bundle into a temporary directory, then runs the agent as its child and forwards
+signals to it. The bootloader also points the library search path at that directory
+(LD_LIBRARY_PATH on Linux, SetDllDirectory on Windows), which every job would inherit: a job's
+own programs would load the agent's copies of libssl, libz and the like instead of their own.
+prepare_frozen_process() undoes that, and python_command() gives it back to our re-executions.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import sys
+
+PYTHON_FLAG = "--tagrun-run-python"
+
+_LIBRARY_PATH = "LD_LIBRARY_PATH"
+_LIBRARY_PATH_ORIG = "LD_LIBRARY_PATH_ORIG"  # where the bootloader saved the user's own value
+_PR_SET_PDEATHSIG = 1
+
+# The bootloader's LD_LIBRARY_PATH, for our own re-executions only (see python_command).
+_bundle_library_path: str | None = None
+# Windows: the bundle stays on this process's DLL search path through this registration.
+_dll_directory: object = None
+
+
+def is_frozen() -> bool:
+    return bool(getattr(sys, "frozen", False))
+
+
+def python_command(configured: str | None) -> list[str]:
+    """The command line prefix that runs a Python file: AGENT_PYTHON, or our own Python."""
+    if configured:
+        return [configured]
+    if not is_frozen():
+        return [sys.executable]
+    if _bundle_library_path is None:
+        return [sys.executable, PYTHON_FLAG]
+    # The re-executed binary reuses this process's unpacked bundle and, on Linux, finds the
+    # libraries there only through LD_LIBRARY_PATH, which jobs must not see: hand it over here.
+    library_path = [f"{_LIBRARY_PATH}={_bundle_library_path}"]
+    if _LIBRARY_PATH in os.environ:
+        library_path.append(f"{_LIBRARY_PATH_ORIG}={os.environ[_LIBRARY_PATH]}")
+    env = shutil.which("env") or "/usr/bin/env"
+    return [env, *library_path, sys.executable, PYTHON_FLAG]
+
+
+def prepare_frozen_process() -> None:
+    """First thing the one-file executable does, whatever it was started for."""
+    if not is_frozen():
+        return
+    if sys.platform == "win32":
+        _forget_dll_directory()
+    elif sys.platform != "darwin":  # macOS bundles find their libraries by relative paths
+        _restore_library_path()
+    if sys.argv[1:2] != [PYTHON_FLAG]:
+        _stop_with_bootloader()
+
+
+def _restore_library_path() -> None:
+    global _bundle_library_path
+    bundle = os.environ.get(_LIBRARY_PATH)
+    if bundle is None or getattr(sys, "_MEIPASS", None) not in bundle.split(os.pathsep):
+        return
+    _bundle_library_path = bundle
+    original = os.environ.pop(_LIBRARY_PATH_ORIG, None)
+    if original is None:
+        del os.environ[_LIBRARY_PATH]
+    else:
+        os.environ[_LIBRARY_PATH] = original
+
+
+def _forget_dll_directory() -> None:
+    if sys.platform == "win32":
+        import ctypes
+
+        global _dll_directory
+        # AddDllDirectory keeps the bundle searchable for this process's own later imports and,
+        # unlike SetDllDirectory, is not inherited by the processes it starts.
+        _dll_directory = os.add_dll_directory(getattr(sys, "_MEIPASS"))  # noqa: B009
+        ctypes.windll.kernel32.SetDllDirectoryW(None)
+
+
+def _stop_with_bootloader() -> None:
+    """Linux: when the bootloader dies (kill -9), drain as on SIGTERM instead of running on.
+
+    Without this the agent would carry on orphaned, claiming jobs, with nothing to stop it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (AttributeError, OSError):
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_python_job(argv: list[str]) -> int:
+    """Run the job wrapper in this process; argv follows PYTHON_FLAG ([wrapper,] script)."""
+    from tagrun.shared.executors import python_wrapper_main
+
+    if is_frozen():
+        _unbuffered_utf8_stdio()
+    return python_wrapper_main(argv)
+
+
+def _unbuffered_utf8_stdio() -> None:
+    """What PYTHONUNBUFFERED=1 and PYTHONIOENCODING=utf-8 (set by the executor) do to a normal
+    interpreter; a frozen one ignores both, so the job's output would arrive in 8 KiB blocks
+    (or at exit) and, on Windows, in the ANSI code page."""
+    for name, errors in (("stdout", "strict"), ("stderr", "backslashreplace")):
+        stream = getattr(sys, name)
+        if stream is None:
+            continue
+        stream.flush()
+        raw = io.FileIO(stream.fileno(), "w", closefd=False)
+        newline = None if sys.platform == "win32" else "\n"  # as the interpreter's own stdio
+        setattr(sys, name, io.TextIOWrapper(raw, encoding="utf-8", errors=errors,
+                                            newline=newline, write_through=True))

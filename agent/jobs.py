@@ -1,0 +1,166 @@
+"""One claimed job on this agent: run it, stream its logs, report its outcome over HTTP."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tagrun.agent.client import AgentClient
+from tagrun.agent.errors import GaveUp, ServerAnswer, TokenRefused
+from tagrun.shared.executors import ErrorKind, ExecSpec, Execution, Outcome
+from tagrun.shared.logstream import LogStream
+
+log = logging.getLogger("tagrun.agent")
+
+DEFAULT_HEARTBEAT_S = 10.0
+
+OnFatal = Callable[[TokenRefused], None]
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    attempt: int
+    workspace: str
+    language: str
+    content: str
+    args: dict[str, Any]
+    timeout_s: float | None
+    heartbeat_s: float
+    log_offset: int
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> ClaimedJob:
+        """Read a job of a claim answer; ValueError says what is wrong with it."""
+        try:
+            return cls(
+                id=_int(raw["id"]), attempt=_int(raw["attempt"]),
+                workspace=str(raw["workspace"]), language=str(raw["language"]),
+                content=str(raw.get("content") or ""), args=dict(raw.get("args") or {}),
+                timeout_s=_seconds(raw.get("timeout_s")),
+                heartbeat_s=_seconds(raw.get("heartbeat_s")) or DEFAULT_HEARTBEAT_S,
+                log_offset=_int(raw.get("log_offset") or 0),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+            raise ValueError(f"malformed job in claim answer: {problem}") from None
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+class JobRun:
+    def __init__(
+        self, job: ClaimedJob, client: AgentClient, work_root: Path, python_cmd: list[str],
+        on_fatal: OnFatal,
+    ) -> None:
+        self.job = job
+        self.lost = False  # lease lost or job released: its outcome must not be reported
+        self.executing = True
+        self._client = client
+        self._on_fatal = on_fatal
+        self._work_dir = work_root / f"job{job.id}-{job.attempt}-{secrets.token_hex(3)}"
+        self._stream = LogStream(self._send_logs, job.log_offset)
+        if job.attempt > 1:
+            self._stream.write(f"\n--- attempt {job.attempt} ---\n")
+        spec = ExecSpec(job.language, job.content, job.args, job.timeout_s, self._work_dir,
+                        python_cmd=python_cmd)
+        self._execution = Execution(spec, self._stream.write)
+
+    def cancel(self) -> None:
+        """Cancelled by a user: kill the process; the outcome is reported as cancelled."""
+        if self.executing:
+            log.info("job.cancelling", extra={"job_id": self.job.id, "attempt": self.job.attempt})
+        self._execution.cancel()
+
+    def abandon(self, reason: str) -> None:
+        """The job is no longer ours to report (lost, released): kill it, report nothing."""
+        if not self.lost:
+            log.warning("job.abandoned", extra={"job_id": self.job.id, "attempt": self.job.attempt,
+                                                "reason": reason})
+        self.lost = True
+        self._execution.cancel()
+
+    async def run(self) -> None:
+        try:
+            outcome = await self._execute()
+            self.executing = False
+            await self._stream.close()
+            if not self.lost:
+                await self._report(outcome)
+        except TokenRefused as exc:
+            self._on_fatal(exc)
+        finally:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+
+    async def _execute(self) -> Outcome:
+        try:
+            self._work_dir.mkdir(parents=True)
+        except OSError as exc:
+            message = f"cannot create the job's directory {self._work_dir}: {exc.strerror}"
+            return Outcome("failed", error={"kind": ErrorKind.INTERNAL, "message": message})
+        try:
+            return await self._execution.run()
+        except Exception as exc:  # noqa: BLE001 - an executor bug fails the job, not the agent
+            log.exception("job.executor_crashed", extra={"job_id": self.job.id})
+            return Outcome("failed", error={"kind": ErrorKind.INTERNAL, "message": str(exc)})
+
+    async def _send_logs(self, offset: int, data: str) -> None:
+        """LogStream's sink; an exception makes the stream stop sending for this job."""
+        job = self.job
+        try:
+            await self._client.append_logs(job.workspace, job.id, job.attempt, offset, data)
+        except ServerAnswer as exc:
+            if exc.lease_lost:
+                self.abandon("lease_lost")
+            raise
+        except TokenRefused as exc:
+            self._on_fatal(exc)
+            raise
+
+    async def _report(self, outcome: Outcome) -> None:
+        job = self.job
+        try:
+            await self._complete(outcome)
+        except ServerAnswer as exc:
+            if exc.lease_lost:
+                log.warning("job.lease_lost", extra={"job_id": job.id, "attempt": job.attempt})
+            elif exc.status in (400, 413, 422):
+                await self._report_refusal(exc)
+            else:
+                log.error("job.completion_refused", extra={"job_id": job.id, "error": str(exc)})
+        except GaveUp as exc:
+            # Left to lease expiry, which requeues the job (or fails it when out of attempts).
+            log.error("job.completion_abandoned", extra={"job_id": job.id, "error": str(exc)})
+
+    async def _report_refusal(self, refusal: ServerAnswer) -> None:
+        """The server would not take the result (too large, not JSON it accepts): say so."""
+        message = f"the server refused the job's result: {refusal.code}: {refusal.message}"
+        try:
+            await self._complete(Outcome("failed", error={"kind": ErrorKind.INTERNAL,
+                                                          "message": message}))
+        except (ServerAnswer, GaveUp) as exc:
+            log.error("job.completion_refused", extra={"job_id": self.job.id, "error": str(exc)})
+
+    async def _complete(self, outcome: Outcome) -> None:
+        job = self.job
+        status = await self._client.complete(
+            job.workspace, job.id, job.attempt, outcome.status, outcome.result, outcome.error)
+        log.info("job.completed", extra={"job_id": job.id, "attempt": job.attempt,
+                                         "status": status, "outcome": outcome.status})

@@ -1,0 +1,313 @@
+"""The agent: INIT_SCRIPT, then long-poll claims, run jobs, heartbeat, drain on stop.
+
+The HTTP twin of the direct worker (tagrun.server.worker). Stop: the first signal stops
+claiming and lets running jobs finish for up to the drain timeout, then kills and releases
+them (exit 0); a second signal kills everything at once (exit 130). A refused token ends the
+agent with exit code 3 wherever it shows up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tagrun.agent.client import AgentClient, RetryPolicy
+from tagrun.agent.config import AgentConfig
+from tagrun.agent.errors import AgentError, GaveUp, InitScriptFailed, ServerAnswer, TokenRefused
+from tagrun.agent.frozen import python_command
+from tagrun.agent.jobs import DEFAULT_HEARTBEAT_S, ClaimedJob, JobRun
+from tagrun.agent.signals import install_stop_handlers
+from tagrun.shared.executors import ExecSpec, Execution
+from tagrun.shared.version import __version__
+
+log = logging.getLogger("tagrun.agent")
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_ABORTED = 130
+EMPTY_PAUSE_S = 1.0
+KILL_GRACE_S = 10.0  # after killing jobs: time for their last logs and the release
+_INIT_OUTPUT_CHARS = 64 * 1024
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, client: AgentClient) -> None:
+        self.config = config
+        self._client = client
+        self._python_cmd = python_command(config.python)
+        self._runs: dict[int, JobRun] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+        self._aborted = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._job_started = asyncio.Event()
+        self._fatal: TokenRefused | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
+        self._work_root = config.work_dir or Path(tempfile.gettempdir())  # set by run()
+
+    def request_stop(self) -> None:
+        """First call: drain and stop. Any later call: stop at once."""
+        if not self._stopping.is_set():
+            log.info("agent.stopping", extra={"agent": self.config.name,
+                                              "running": len(self._runs)})
+            self._stopping.set()
+        elif not self._aborted.is_set():
+            log.warning("agent.aborting", extra={"agent": self.config.name,
+                                                 "running": len(self._runs)})
+            self._aborted.set()
+
+    async def run(self, *, handle_signals: bool = True) -> int:
+        """Run until stopped; returns the process exit code."""
+        # Jobs inherit our environment: they must not be able to read (or log) the token.
+        os.environ.pop("AGENT_TOKEN", None)
+        undo = install_stop_handlers(self.request_stop) if handle_signals else None
+        try:
+            with _work_root(self.config.work_dir) as self._work_root:
+                code = await self._supervise()
+        finally:
+            if undo is not None:
+                undo()
+        log.info("agent.stopped", extra={"agent": self.config.name, "exit_code": code})
+        return code
+
+    async def _supervise(self) -> int:
+        body = asyncio.create_task(self._serve(), name="agent")
+        aborted = asyncio.create_task(self._aborted.wait())
+        await asyncio.wait([body, aborted], return_when=asyncio.FIRST_COMPLETED)
+        aborted.cancel()
+        error = body.exception() if body.done() else None
+        if body.done() and error is None and self._fatal is None:
+            return EXIT_OK
+        await self._kill_everything(body)
+        if self._fatal is not None or isinstance(error, TokenRefused):
+            log.error("agent.token_refused", extra={
+                "agent": self.config.name, "detail": "agent token refused (revoked or expired)"})
+            return TokenRefused.exit_code
+        if error is None:
+            return EXIT_ABORTED
+        if isinstance(error, AgentError):
+            self._log_error(error)
+            return error.exit_code
+        raise error
+
+    def _log_error(self, error: AgentError) -> None:
+        extra: dict[str, Any] = {"agent": self.config.name, "error": str(error)}
+        if isinstance(error, InitScriptFailed):
+            log.error("agent.init_script_failed", extra={**extra, "output": error.output})
+        else:
+            log.error("agent.failed", extra=extra)
+
+    async def _serve(self) -> None:
+        await self._run_init_script()
+        if self._stopping.is_set():
+            return
+        log.info("agent.started", extra={
+            "agent": self.config.name, "version": __version__, "server": self.config.base_url,
+            "slots": self.config.slots, "work_dir": str(self._work_root)})
+        self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        await self._claim_loop()
+        await self._drain()
+        self._heartbeats.cancel()
+
+    # -- INIT_SCRIPT ------------------------------------------------------------------------
+
+    async def _run_init_script(self) -> None:
+        script = self.config.init_script
+        if script is None:
+            return
+        work_dir = Path(tempfile.mkdtemp(prefix="init-", dir=self._work_root))
+        output: list[str] = []
+        spec = ExecSpec(_shell(), script, {}, None, work_dir)
+        log.info("agent.init_script_started", extra={"language": spec.language})
+        try:
+            task = asyncio.create_task(Execution(spec, output.append).run())
+            if not await self._unless_stopping(task):
+                return
+            outcome = task.result()
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        text = "".join(output)[-_INIT_OUTPUT_CHARS:]
+        if outcome.status != "succeeded":
+            message = (outcome.error or {}).get("message", outcome.status)
+            raise InitScriptFailed(f"INIT_SCRIPT failed: {message}", text)
+        log.info("agent.init_script_done", extra={"output": text})
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._slot_freed.clear()
+            free = self.config.slots - len(self._runs)
+            if free <= 0:
+                await self._unless_stopping(asyncio.create_task(self._slot_freed.wait()))
+                continue
+            started = time.monotonic()
+            jobs = await self._claim(free)
+            if jobs:
+                log.info("agent.claimed", extra={"jobs": [j.get("id") for j in jobs]})
+            elif time.monotonic() - started < self.config.poll_wait_s / 2:
+                # An empty answer long before the wait was up (a server going away, say):
+                # pause a moment rather than ask again in a tight loop.
+                await self._unless_stopping(asyncio.create_task(asyncio.sleep(EMPTY_PAUSE_S)))
+            for raw in jobs:
+                self._start(raw)
+
+    async def _claim(self, free: int) -> list[dict[str, Any]]:
+        claim = asyncio.create_task(self._client.claim(free, self.config.poll_wait_s))
+        # A claim answered as the stop came is kept: its jobs run, then drain like the rest.
+        return claim.result() if await self._unless_stopping(claim) else []
+
+    async def _unless_stopping(self, task: asyncio.Task[T]) -> bool:
+        """Wait for task unless a stop comes first (then cancel it). True if it finished."""
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            finished = task.done()
+            if not finished:
+                task.cancel()
+                await asyncio.wait([task])
+        return finished
+
+    def _start(self, raw: dict[str, Any]) -> None:
+        try:
+            job = ClaimedJob.from_wire(raw)
+        except ValueError as exc:
+            log.error("job.malformed", extra={"error": str(exc), "job_id": raw.get("id")})
+            return
+        previous = self._runs.get(job.id)
+        if previous is not None:  # handed out again: our old attempt's lease must be gone
+            previous.abandon("claimed again")
+        run = JobRun(job, self._client, self._work_root, self._python_cmd, self._on_fatal)
+        self._runs[job.id] = run
+        self._tasks[job.id] = asyncio.create_task(self._run_job(run), name=f"job-{job.id}")
+        self._job_started.set()
+        log.info("job.started", extra={"job_id": job.id, "attempt": job.attempt,
+                                       "workspace": job.workspace, "agent": self.config.name})
+
+    async def _run_job(self, run: JobRun) -> None:
+        try:
+            await run.run()
+        finally:
+            if self._runs.get(run.job.id) is run:
+                del self._runs[run.job.id]
+                del self._tasks[run.job.id]
+            self._slot_freed.set()
+
+    def _on_fatal(self, error: TokenRefused) -> None:
+        self._fatal = error
+        self._aborted.set()
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        try:
+            while True:
+                if not self._runs:  # idle: the long-poll itself tells the server we are alive
+                    self._job_started.clear()
+                    await self._job_started.wait()
+                await asyncio.sleep(self._heartbeat_interval())
+                await self._heartbeat()
+        except TokenRefused as exc:
+            self._on_fatal(exc)
+
+    def _heartbeat_interval(self) -> float:
+        return min((r.job.heartbeat_s for r in self._runs.values()), default=DEFAULT_HEARTBEAT_S)
+
+    async def _heartbeat(self) -> None:
+        held = [(r.job.id, r.job.attempt) for r in self._runs.values() if not r.lost]
+        if not held:
+            return
+        try:
+            cancel, lost = await self._client.heartbeat(held)
+        except ServerAnswer as exc:
+            log.error("agent.heartbeat_refused", extra={"error": str(exc)})
+            return
+        for job_id in cancel:
+            if job_id in self._runs:
+                self._runs[job_id].cancel()
+        for job_id in lost:
+            if job_id in self._runs:
+                self._runs[job_id].abandon("lease_lost")
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        log.info("agent.draining", extra={"running": len(self._tasks),
+                                          "timeout_s": self.config.drain_timeout_s})
+        tasks = list(self._tasks.values())
+        _, pending = await asyncio.wait(tasks, timeout=self.config.drain_timeout_s)
+        if not pending:
+            return
+        # Jobs still executing are killed and handed back; those already reporting finish.
+        killed = [r for r in self._runs.values() if r.executing and not r.lost]
+        for run in killed:
+            run.abandon("drain timeout")
+        _, late = await asyncio.wait(pending, timeout=KILL_GRACE_S)
+        for task in late:
+            task.cancel()
+        await self._release([(r.job.id, r.job.attempt) for r in killed])
+
+    async def _release(self, jobs: list[tuple[int, int]]) -> None:
+        if not jobs:
+            return
+        try:
+            released = await self._client.release(jobs)
+        except (ServerAnswer, GaveUp) as exc:
+            log.error("agent.release_failed", extra={"jobs": [j for j, _ in jobs],
+                                                     "error": str(exc)})
+            return
+        log.info("agent.released", extra={"jobs": released})
+
+    async def _kill_everything(self, body: asyncio.Task[None]) -> None:
+        for run in self._runs.values():
+            run.abandon("agent exiting")
+        tasks = [body, *self._tasks.values()]
+        if self._heartbeats is not None:
+            tasks.append(self._heartbeats)
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=KILL_GRACE_S)
+
+
+@contextlib.contextmanager
+def _work_root(configured: Path | None) -> Iterator[Path]:
+    if configured is not None:
+        yield configured
+        return
+    root = Path(tempfile.mkdtemp(prefix="tagrun-agent-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _shell() -> str:
+    if shutil.which("bash"):
+        return "bash"
+    if shutil.which("sh"):
+        return "sh"
+    return "powershell"
+
+
+async def run_agent(config: AgentConfig, *, retry: RetryPolicy | None = None) -> int:
+    """Run an agent with this config until it stops; returns the process exit code."""
+    client = AgentClient(config.base_url, config.token, config.name, ca_file=config.ca_file,
+                         retry=retry)
+    try:
+        return await Agent(config, client).run()
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()

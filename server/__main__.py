@@ -1,0 +1,3 @@
+from tagrun.server.cli import main
+
+main()

@@ -1,0 +1,131 @@
+"""Agent tokens: JWTs minted by the superadmin, carrying the tags an agent may run.
+
+HS256 with a 32-byte secret kept in the database, so every replica verifies every token.
+Verification pins the algorithm and requires exp, aud, iss, jti. Revoked jtis are re-read by
+each process every `REFRESH_S` (one query per process, not per agent), so a revocation is
+effective everywhere within that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import asyncpg
+import jwt
+
+from tagrun.server.errors import Unauthorized
+from tagrun.server.store import Store
+from tagrun.shared.tags import TagError, validate_tag
+
+log = logging.getLogger("tagrun.agent_tokens")
+
+ISSUER = "tagrun"
+AUDIENCE = "tagrun-agent"
+ALGORITHMS = ["HS256"]
+SECRET_NAME = "agent_jwt_hs256"
+REFRESH_S = 2.0
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    jti: str
+    group: str
+    tags: tuple[str, ...]
+
+
+class AgentTokens:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._secret = b""
+        self._revoked: set[str] = set()
+        self._on_revoked: list[Callable[[str], None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._secret = await self.store.secret(SECRET_NAME)
+        self._revoked = await self.store.revoked_jtis()
+        self._task = asyncio.create_task(self._refresh_loop(), name="agent-token-revocations")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def on_revoked(self, callback: Callable[[str], None]) -> None:
+        self._on_revoked.append(callback)
+
+    async def mint(
+        self, group: str, tags: list[str], expires_in_s: int, label: str
+    ) -> dict[str, Any]:
+        now = datetime.now(UTC).replace(microsecond=0)
+        expires_at = now + timedelta(seconds=expires_in_s)
+        jti = uuid.uuid4().hex
+        claims = {
+            "iss": ISSUER, "aud": AUDIENCE, "sub": f"agent-group:{group}", "jti": jti,
+            "iat": now, "exp": expires_at, "group": group, "tags": tags,
+        }
+        await self.store.create_agent_token(jti, group, tags, label, expires_at)
+        token = jwt.encode(claims, self._secret, algorithm=ALGORITHMS[0])
+        return {"token": token, "jti": jti, "group": group, "tags": tags, "label": label,
+                "expires_at": expires_at.isoformat().replace("+00:00", "Z")}
+
+    async def revoke(self, jti: str) -> None:
+        await self.store.revoke_agent_token(jti)
+        self._revoked_now({jti})
+
+    def verify(self, token: str) -> AgentIdentity:
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=ALGORITHMS, audience=AUDIENCE, issuer=ISSUER,
+                options={"require": ["exp", "iat", "aud", "iss", "jti"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("agent token expired") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("not a valid agent token") from None
+        jti, group, tags = claims.get("jti"), claims.get("group"), claims.get("tags")
+        if not isinstance(jti, str) or not isinstance(group, str) or not _valid_tags(tags):
+            raise Unauthorized("agent token lacks a valid jti, group or tags claim")
+        if jti in self._revoked:
+            raise Unauthorized("agent token revoked")
+        return AgentIdentity(jti=jti, group=group, tags=tuple(cast(list[str], tags)))
+
+    def _revoked_now(self, jtis: set[str]) -> None:
+        fresh = jtis - self._revoked
+        self._revoked |= jtis
+        for jti in fresh:
+            log.info("agent_token.revoked", extra={"jti": jti})
+            for callback in self._on_revoked:
+                callback(jti)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                revoked = await self.store.revoked_jtis()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("agent_token.refresh_failed", extra={"error": str(exc)})
+                continue
+            self._revoked_now(revoked)
+            self._revoked = revoked  # expired tokens drop out: verification refuses them anyway
+
+
+def _valid_tags(tags: object) -> bool:
+    if not isinstance(tags, list) or not tags:
+        return False
+    try:
+        for tag in tags:
+            if not isinstance(tag, str):
+                return False
+            validate_tag(tag)
+    except TagError:
+        return False
+    return True

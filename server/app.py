@@ -1,0 +1,100 @@
+"""The Starlette application, assembled declaratively from its parts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tagrun.server import metrics, openapi, ui
+from tagrun.server.agent_tokens import AgentTokens
+from tagrun.server.backpressure import Backpressure
+from tagrun.server.config import ServerConfig
+from tagrun.server.dispatcher import Dispatcher
+from tagrun.server.errors import TagrunError, TooManyRequests
+from tagrun.server.heartbeats import Heartbeats
+from tagrun.server.http import JSON
+from tagrun.server.listener import Listener
+from tagrun.server.routes import admin, agents, fleet, health, jobs, schedules, scripts, settings
+from tagrun.server.store import Store
+
+log = logging.getLogger("tagrun.http")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "invalid_input"}
+
+
+def _error(status: int, code: str, message: str) -> JSON:
+    return JSON({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def tagrun_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TagrunError)
+    response = _error(exc.status, exc.code, exc.message)
+    if isinstance(exc, TooManyRequests):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = "no such route" if exc.status_code == 404 else str(exc.detail)
+    return _error(exc.status_code, code, message)
+
+
+# The database is down or restarting: clients (agents included) retry a 503.
+DATABASE_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                        asyncpg.InterfaceError, asyncpg.OperatorInterventionError,
+                        asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+
+
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("http.database_unavailable", extra={"path": request.url.path,
+                                                    "error": str(exc)})
+    response = _error(503, "unavailable", "the database is unavailable; retry shortly")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.error("http.internal_error", exc_info=exc, extra={"path": request.url.path})
+    return _error(500, "internal", "internal error; see the server log")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the routes use, built and started by the runtime."""
+
+    config: ServerConfig
+    store: Store
+    listener: Listener
+    agent_tokens: AgentTokens
+    dispatcher: Dispatcher
+    heartbeats: Heartbeats
+
+
+def create_app(parts: Parts) -> Starlette:
+    app = Starlette(
+        routes=[*health.routes, *admin.routes, *fleet.routes, *settings.routes,
+                *scripts.routes, *jobs.routes, *schedules.routes, *agents.routes, *metrics.routes,
+                *openapi.routes, *ui.routes],
+        middleware=[Middleware(metrics.HttpMetrics), Middleware(ui.SecurityHeaders)],
+        exception_handlers={
+            TagrunError: tagrun_error,
+            HTTPException: http_error,
+            **{cls: database_unavailable for cls in DATABASE_UNAVAILABLE},
+            Exception: internal_error,
+        },
+    )
+    for name in Parts.__dataclass_fields__:
+        setattr(app.state, name, getattr(parts, name))
+    # Bearer tokens as before; the web UI's session cookie too (see ui/auth.py).
+    app.state.auth = ui.SessionAuthenticator(parts.store)
+    app.state.backpressure = Backpressure(parts.store, parts.config.max_queued)
+    return app

@@ -1,0 +1,97 @@
+"""`tagrun script ...` and `tagrun workspace ...`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tagrun.server.cli.client import Client, print_json, print_table, read_content
+
+script_app = typer.Typer(help="Deploy and read scripts.", no_args_is_help=True)
+workspace_app = typer.Typer(help="Workspaces and their tokens (superadmin).",
+                            no_args_is_help=True)
+token_app = typer.Typer(help="Workspace tokens (superadmin).", no_args_is_help=True)
+workspace_app.add_typer(token_app, name="token")
+
+Workspace = Annotated[str, typer.Option("--workspace", "-w", envvar="TAGRUN_WORKSPACE",
+                                        help="Workspace id.")]
+
+
+@script_app.command("deploy")
+def deploy(
+    path: Annotated[str, typer.Argument(help="Where to deploy, e.g. f/etl/daily.")],
+    language: Annotated[str, typer.Option(help="bash, sh, python, powershell, identity")],
+    file: Annotated[Path | None, typer.Option(help="Read the code from this file.")] = None,
+    content: Annotated[str | None, typer.Option(help="The code itself.")] = None,
+    workspace: Workspace = "default",
+    tag: Annotated[str | None, typer.Option(help="Tag template for its jobs.")] = None,
+    timeout_s: float | None = None,
+    max_attempts: int = 3,
+    concurrency_limit: int | None = None,
+) -> None:
+    """Deploy a new version of a script."""
+    body: dict[str, Any] = {
+        "path": path, "language": language, "max_attempts": max_attempts,
+        "content": read_content(content, file) if language != "identity" else content or "",
+    }
+    for key, value in (("tag", tag), ("timeout_s", timeout_s),
+                       ("concurrency_limit", concurrency_limit)):
+        if value is not None:
+            body[key] = value
+    script = Client().post(f"/api/w/{workspace}/scripts", body)
+    typer.echo(f"deployed {script['path']} version {script['version']}")
+
+
+@script_app.command("list")
+def list_scripts(workspace: Workspace = "default") -> None:
+    """List scripts (latest versions)."""
+    page = Client().get(f"/api/w/{workspace}/scripts")
+    print_table(page["scripts"], ["path", "version", "language", "tag", "created_at"])
+
+
+@script_app.command("get")
+def get_script(path: str, workspace: Workspace = "default") -> None:
+    """Show a script's latest version."""
+    print_json(Client().get(f"/api/w/{workspace}/scripts/{path}"))
+
+
+@workspace_app.command("create")
+def create_workspace(workspace_id: str) -> None:
+    """Create a workspace."""
+    created = Client().post("/api/workspaces", {"id": workspace_id})
+    typer.echo(f"created workspace {created['id']}")
+
+
+@workspace_app.command("list")
+def list_workspaces() -> None:
+    """List workspaces."""
+    print_table(Client().get("/api/workspaces")["workspaces"], ["id", "created_at"])
+
+
+@token_app.command("create")
+def create_token(
+    workspace_id: Annotated[str, typer.Argument(help="The workspace the token acts in.")],
+    label: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    expires_in_s: Annotated[int | None, typer.Option(help="Lifetime in seconds.")] = None,
+) -> None:
+    """Create a workspace token; prints only the token."""
+    body: dict[str, Any] = {"workspace": workspace_id, "label": label}
+    if expires_in_s is not None:
+        body["expires_in_s"] = expires_in_s
+    typer.echo(Client().post("/api/tokens", body)["token"])
+
+
+@token_app.command("list")
+def list_tokens(workspace_id: Annotated[str | None, typer.Argument()] = None) -> None:
+    """List workspace tokens (never the tokens themselves)."""
+    tokens = Client().get("/api/tokens", workspace=workspace_id)["tokens"]
+    print_table(tokens, ["id", "workspace", "label", "created_at", "expires_at", "revoked"])
+
+
+@token_app.command("revoke")
+def revoke_token(token_id: int) -> None:
+    """Revoke a workspace token by id."""
+    Client().delete(f"/api/tokens/{token_id}")
+    typer.echo(f"revoked token {token_id}")

@@ -1,0 +1,142 @@
+"""Server configuration, read once from the environment into a typed object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from tagrun.shared.executors import available_languages
+
+MODES = ("standalone", "server", "worker")
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the variable and the value."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    mode: str
+    host: str
+    port: int
+    data_dir: Path
+    database_url: str | None
+    superadmin_token: str | None
+    worker_tags: tuple[str, ...]
+    worker_slots: int
+    worker_name: str | None
+    lease_s: float
+    heartbeat_s: float
+    poll_interval_s: float
+    max_body_bytes: int
+    pool_size: int
+    retry_backoff_s: float
+    stale_after_s: float
+    max_log_bytes: int
+    max_queued: int
+    metrics_token: str | None
+
+    @property
+    def runs_http(self) -> bool:
+        return self.mode in ("standalone", "server")
+
+    @property
+    def runs_worker(self) -> bool:
+        return self.mode in ("standalone", "worker")
+
+
+def _number(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float,
+    maximum: float = float("inf"),
+) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not minimum <= value <= maximum:  # also refuses nan
+        limit = f"between {minimum:g} and {maximum:g}" if maximum < float("inf") \
+            else f"at least {minimum:g}"
+        raise ConfigError(f"{name}={raw!r} must be {limit}")
+    return value
+
+
+def _integer(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int,
+    maximum: float = float("inf"),
+) -> int:
+    value = _number(env, name, default, minimum=minimum, maximum=maximum)
+    if value != int(value):
+        raise ConfigError(f"{name}={env.get(name)!r} is not a whole number")
+    return int(value)
+
+
+def _port(port: int) -> int:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port={port} must be between 0 and 65535")
+    return port
+
+
+def _tags(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("WORKER_TAGS", "")
+    if not raw.strip():
+        return tuple(available_languages())
+    tags = tuple(t.strip() for t in raw.split(",") if t.strip())
+    if not tags:
+        raise ConfigError(f"WORKER_TAGS={raw!r} names no tag")
+    return tags
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("tagrun", appauthor=False))
+
+
+def load_config(
+    env: Mapping[str, str] | None = None,
+    *,
+    mode: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    data_dir: Path | None = None,
+) -> ServerConfig:
+    env = os.environ if env is None else env
+    mode = mode or env.get("MODE") or "standalone"
+    if mode not in MODES:
+        raise ConfigError(
+            f"MODE={mode!r} is not one of {', '.join(MODES)} (for an agent, run tagrun-agent)"
+        )
+    lease_s = _number(env, "TAGRUN_LEASE_S", 60.0, minimum=1.0)
+    heartbeat_s = _number(env, "TAGRUN_HEARTBEAT_S", lease_s / 3, minimum=0.1)
+    if heartbeat_s >= lease_s:
+        raise ConfigError(
+            f"TAGRUN_HEARTBEAT_S={heartbeat_s:g} must be less than TAGRUN_LEASE_S={lease_s:g}"
+        )
+    return ServerConfig(
+        mode=mode,
+        host=host or env.get("TAGRUN_HOST") or "127.0.0.1",
+        port=_port(port) if port is not None else _integer(
+            env, "TAGRUN_PORT", 8000, minimum=0, maximum=65535),
+        data_dir=data_dir or Path(env.get("TAGRUN_DATA_DIR") or default_data_dir()),
+        database_url=env.get("DATABASE_URL") or None,
+        superadmin_token=env.get("TAGRUN_SUPERADMIN_TOKEN") or None,
+        worker_tags=_tags(env),
+        worker_slots=_integer(env, "WORKER_SLOTS", 4, minimum=1),
+        worker_name=env.get("WORKER_NAME") or None,
+        lease_s=lease_s,
+        heartbeat_s=heartbeat_s,
+        poll_interval_s=_number(env, "TAGRUN_POLL_INTERVAL_S", 2.0, minimum=0.05),
+        max_body_bytes=_integer(env, "TAGRUN_MAX_BODY_BYTES", 1 << 20, minimum=1024),
+        pool_size=_integer(env, "TAGRUN_DB_POOL_SIZE", 10, minimum=2),
+        retry_backoff_s=_number(env, "TAGRUN_RETRY_BACKOFF_S", 5.0, minimum=0.0),
+        stale_after_s=_number(env, "TAGRUN_STALE_AFTER_S", max(30.0, 3 * heartbeat_s),
+                              minimum=1.0),
+        max_log_bytes=_integer(env, "TAGRUN_MAX_LOG_BYTES", 10 << 20, minimum=1024),
+        max_queued=_integer(env, "TAGRUN_MAX_QUEUED", 0, minimum=0),
+        metrics_token=env.get("TAGRUN_METRICS_TOKEN") or None,
+    )

@@ -1,0 +1,70 @@
+"""The server's job events, with stable names (docs/events.md): one place decides which
+event a state change is, so direct workers and agents report alike."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from tagrun.server import metrics
+
+log = logging.getLogger("tagrun.events")
+
+
+def job_submitted(workspace: str, ids: Sequence[int], tags: Sequence[str]) -> None:
+    metrics.JOBS_SUBMITTED.inc(len(ids))
+    if len(ids) == 1:
+        log.info("job.submitted", extra={"workspace": workspace, "job_id": ids[0],
+                                         "tag": tags[0]})
+    elif ids:
+        log.info("job.submitted", extra={"workspace": workspace, "count": len(ids),
+                                         "first_job_id": ids[0], "last_job_id": ids[-1],
+                                         "tags": sorted(set(tags))[:20]})
+
+
+def job_claimed(job: dict[str, Any]) -> None:
+    if job.get("waited_s") is not None:
+        metrics.DISPATCH_LATENCY.observe(max(float(job["waited_s"]), 0.0))
+    log.info("job.claimed", extra={"job_id": job["id"], "tag": job["tag"],
+                                   "attempt": job["attempt"], "worker": job["worker"]})
+
+
+def job_finished(outcome: dict[str, Any], error: dict[str, Any] | None) -> None:
+    """After a completion: `outcome` is what the store recorded (see Leases.complete_job)."""
+    fields = {"job_id": outcome["id"], "tag": outcome["tag"], "attempt": outcome["attempt"],
+              "worker": outcome["worker"], "duration_ms": outcome["duration_ms"]}
+    status = outcome["status"]
+    finished = "failed" if status == "queued" else status
+    metrics.JOBS_FINISHED.labels(finished).inc()
+    if outcome["duration_ms"] is not None:
+        metrics.RUN_DURATION.observe(float(outcome["duration_ms"]) / 1000)
+    if status == "succeeded":
+        log.info("job.succeeded", extra=fields)
+    elif status == "cancelled":
+        log.info("job.cancelled", extra=fields)
+    else:
+        kind = (error or {}).get("kind", "internal")
+        log.warning("job.failed", extra={**fields, "error_kind": kind})
+        if status == "queued":
+            metrics.RETRIES.inc()
+            log.info("job.retry_scheduled", extra={**fields, "run_at": outcome["run_at"]})
+        else:
+            metrics.DEAD_LETTERED.inc()
+            log.warning("job.dead_lettered", extra=fields)
+
+
+def job_cancelled(job_id: int, workspace: str, running: bool) -> None:
+    if not running:
+        metrics.JOBS_FINISHED.labels("cancelled").inc()
+    event = "job.cancel_requested" if running else "job.cancelled"
+    log.info(event, extra={"job_id": job_id, "workspace": workspace})
+
+
+def lease_expired(job_id: int, status: str) -> None:
+    """The maintenance loop requeued (`queued`) or failed a job whose holder went silent."""
+    metrics.LEASE_EXPIRIES.inc()
+    log.warning("job.lease_expired", extra={"job_id": job_id, "status": status})
+    if status == "failed":
+        metrics.DEAD_LETTERED.inc()
+        log.warning("job.dead_lettered", extra={"job_id": job_id, "error_kind": "lease_expired"})

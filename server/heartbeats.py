@@ -1,0 +1,129 @@
+"""Agent heartbeats and liveness, written in batches: one statement per interval per process,
+however many agents are connected or jobs are running.
+
+An agent's heartbeat waits for the next flush (at most `interval_s`) and gets that flush's
+answer for its jobs: which to cancel, which it has lost. Agents that are only long-polling
+are marked alive in the same statement, at most every `seen_interval_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from tagrun.server.store import Store
+
+log = logging.getLogger("tagrun.heartbeats")
+
+
+@dataclass
+class _Beat:
+    holder: str
+    running: Sequence[tuple[int, int]]
+    future: asyncio.Future[tuple[list[int], list[int]]] = field(
+        default_factory=asyncio.Future)
+
+
+@dataclass
+class AgentRecord:
+    group: str
+    tags: tuple[str, ...]
+    ip: str | None
+    version: str
+    jti: str
+    active: int = 0
+
+
+class Heartbeats:
+    def __init__(self, store: Store, *, lease_s: float, interval_s: float = 0.5,
+                 seen_interval_s: float = 5.0) -> None:
+        self.store = store
+        self.lease_s = lease_s
+        self.interval_s = interval_s
+        self.seen_interval_s = seen_interval_s
+        self.agents: dict[str, AgentRecord] = {}
+        self._beats: list[_Beat] = []
+        self._seen: set[str] = set()
+        self._last_seen_flush = 0.0
+        self._live: Callable[[], set[str]] = set
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, live_agents: Callable[[], set[str]]) -> None:
+        """`live_agents` names agents alive right now (e.g. holding a long-poll open)."""
+        self._live = live_agents
+        self._task = asyncio.create_task(self._run(), name="heartbeats")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def seen(self, name: str, record: AgentRecord) -> None:
+        """An agent made a request; the first time this process sees it, record it."""
+        known = self.agents.get(name)
+        if known is None or (known.jti, known.ip) != (record.jti, record.ip):
+            await self.store.upsert_agent(name, record.group, record.tags, record.ip,
+                                          record.version, record.jti)
+            self.agents[name] = record
+            log.info("agent.connected", extra={"agent": name, "group": record.group,
+                                               "tags": list(record.tags), "ip": record.ip,
+                                               "version": record.version})
+        self._seen.add(name)
+
+    async def beat(self, holder: str, running: Sequence[tuple[int, int]]
+                   ) -> tuple[list[int], list[int]]:
+        beat = _Beat(holder, running)
+        self._beats.append(beat)
+        if holder in self.agents:
+            self.agents[holder].active = len(running)
+        self._seen.add(holder)
+        self._wake.set()
+        return await beat.future
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.seen_interval_s)
+                await asyncio.sleep(self.interval_s)  # gather the beats of one interval
+            except TimeoutError:
+                pass  # no beats: still mark long-polling agents alive now and then
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        beats, self._beats = self._beats, []
+        now = time.monotonic()
+        seen: dict[str, int] = {}
+        if now - self._last_seen_flush >= self.seen_interval_s or beats:
+            names = self._seen | self._live()
+            seen = {n: self.agents[n].active for n in names if n in self.agents}
+            self._seen, self._last_seen_flush = set(), now
+        held = [(job_id, attempt, b.holder) for b in beats for job_id, attempt in b.running]
+        if not held and not seen:
+            for beat in beats:
+                beat.future.set_result(([], []))
+            return
+        try:
+            rows = await self.store.heartbeat_batch(held, seen, self.lease_s)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("heartbeats.flush_failed", extra={"error": str(exc)})
+            for beat in beats:
+                beat.future.set_exception(exc)
+            return
+        answers: dict[str, tuple[list[int], list[int]]] = {b.holder: ([], []) for b in beats}
+        for job_id, holder, lost, cancel in rows:
+            if lost:
+                answers[holder][1].append(job_id)
+            elif cancel:
+                answers[holder][0].append(job_id)
+        for beat in beats:
+            if not beat.future.done():
+                beat.future.set_result(answers[beat.holder])

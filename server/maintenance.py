@@ -1,0 +1,249 @@
+"""Maintenance a server process runs: lease expiry every second, and the built-in schedules.
+
+Lease expiry is safe on any number of replicas: it claims rows with SKIP LOCKED and
+re-checks their state. The rest (job retention, expired agent tokens, idempotency keys,
+stale agent records) are built-in cron schedules, seeded at start in workspace `default`:
+their fires queue jobs with tag `tagrun-maintenance`, which the maintenance worker of any
+server process claims, runs and completes like any job, so every run is visible in the job
+list, with its counts as result and a line of log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from tagrun.server import events
+from tagrun.server.config import ConfigError
+from tagrun.server.errors import TagrunError
+from tagrun.server.listener import Listener
+from tagrun.server.store import NewJob, Store
+from tagrun.server.store.leases import CAPS_REFRESH_S
+from tagrun.shared.executors import ErrorKind
+
+log = logging.getLogger("tagrun.maintenance")
+
+LEASE_CHECK_INTERVAL_S = 1.0
+MAINTENANCE_TAG = "tagrun-maintenance"
+MAINTENANCE_LANGUAGE = "maintenance"
+BATCH = 1000
+KEEP_EXPIRED_TOKENS = timedelta(days=7)
+STALE_RECORD_AGE = timedelta(days=7)
+SAFETY_POLL_S = 30.0  # a NOTIFY wakes the maintenance worker; this covers a missed one
+TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    cron: str
+    task: str
+    description: str
+
+
+BUILTINS = (
+    Builtin("tagrun.job-retention", "7 * * * *", "job_retention",
+            "deletes finished jobs, their logs and schedule fires older than "
+            "TAGRUN_JOB_RETENTION_DAYS"),
+    Builtin("tagrun.idempotency-keys", "37 * * * *", "idempotency_keys",
+            "forgets Idempotency-Keys older than 24 hours"),
+    Builtin("tagrun.expired-agent-tokens", "23 3 * * *", "expired_agent_tokens",
+            "deletes agent tokens that expired more than 7 days ago"),
+    Builtin("tagrun.stale-agents", "43 3 * * *", "stale_agents",
+            "deletes records of agents and workers not seen for 7 days"),
+)
+DESCRIPTIONS = {b.task: b.description for b in BUILTINS}
+
+
+def job_retention_days(env: Mapping[str, str] | None = None) -> float:
+    raw = (os.environ if env is None else env).get("TAGRUN_JOB_RETENTION_DAYS", "")
+    if not raw.strip():
+        return 30.0
+    try:
+        days = float(raw)
+    except ValueError:
+        raise ConfigError(f"TAGRUN_JOB_RETENTION_DAYS={raw!r} is not a number") from None
+    if not 0 < days <= 36500:  # also refuses nan
+        raise ConfigError(f"TAGRUN_JOB_RETENTION_DAYS={raw!r} must be more than 0 days "
+                          "and at most 36500")
+    return days
+
+
+def maintenance_job(task: str, concurrency_key: str) -> NewJob:
+    """The job a built-in schedule's fire queues; one attempt: the next fire is the retry."""
+    return NewJob(None, None, MAINTENANCE_LANGUAGE, task, {}, MAINTENANCE_TAG, 0, None, None, 1,
+                  concurrency_key=concurrency_key, concurrency_limit=1)
+
+
+async def expire_leases_once(store: Store) -> None:
+    for job_id, status in await store.expire_leases():
+        events.lease_expired(job_id, status)
+
+
+async def run_maintenance(store: Store, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await expire_leases_once(store)
+        except TRANSIENT as exc:
+            log.warning("maintenance.failed", extra={"error": str(exc)})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), LEASE_CHECK_INTERVAL_S)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _LeaseLost(Exception):
+    pass
+
+
+class MaintenanceRun:
+    """One maintenance job being run: its lease, its log, and the task's context."""
+
+    def __init__(self, worker: MaintenanceWorker, job: dict[str, Any]) -> None:
+        self.worker, self.store, self.job = worker, worker.store, job
+        self.now = worker.clock()
+        self._log_offset = int(job["log_offset"])
+        self._extended_at = time.monotonic()
+
+    async def batched(self, delete: Callable[[], Awaitable[int]]) -> int:
+        """Call `delete` (one batch) until a batch comes back short; the total deleted."""
+        total = 0
+        while True:
+            deleted = await delete()
+            total += deleted
+            if deleted < BATCH:
+                return total
+            await self.keep_lease()
+
+    async def keep_lease(self) -> None:
+        lease_s = self.worker.lease_s
+        if time.monotonic() - self._extended_at < lease_s / 3:
+            return
+        cancel, lost = await self.store.extend_leases(
+            self.worker.name, [(self.job["id"], self.job["attempt"])], lease_s)
+        self._extended_at = time.monotonic()
+        if lost:
+            raise _LeaseLost()
+        if cancel:
+            raise _Cancelled()
+
+    async def write(self, line: str) -> None:
+        self._log_offset = await self.store.append_logs(
+            self.worker.name, self.job["id"], self.job["attempt"], self._log_offset, line + "\n")
+
+
+async def _job_retention(run: MaintenanceRun) -> dict[str, Any]:
+    days = run.worker.retention_days
+    cutoff = run.now - timedelta(days=days)
+    jobs = await run.batched(lambda: run.store.delete_old_jobs(cutoff, BATCH))
+    fires = await run.batched(lambda: run.store.delete_old_fires(cutoff, BATCH))
+    await run.write(f"deleted {jobs} finished jobs and {fires} schedule fires older than "
+                    f"{days:g} days")
+    return {"jobs_deleted": jobs, "fires_deleted": fires, "retention_days": days}
+
+
+async def _idempotency_keys(run: MaintenanceRun) -> dict[str, Any]:
+    keys = await run.store.prune_idempotency_keys()
+    await run.write(f"forgot {keys} idempotency keys older than 24 hours")
+    return {"keys_deleted": keys}
+
+
+async def _expired_agent_tokens(run: MaintenanceRun) -> dict[str, Any]:
+    tokens = await run.store.delete_expired_agent_tokens(run.now - KEEP_EXPIRED_TOKENS)
+    await run.write(f"deleted {tokens} agent tokens expired more than 7 days ago")
+    return {"tokens_deleted": tokens}
+
+
+async def _stale_agents(run: MaintenanceRun) -> dict[str, Any]:
+    records = await run.store.delete_stale_workers(run.now - STALE_RECORD_AGE)
+    await run.write(f"deleted {records} agent and worker records not seen for 7 days")
+    return {"records_deleted": records}
+
+
+TASKS: dict[str, Callable[[MaintenanceRun], Awaitable[dict[str, Any]]]] = {
+    "job_retention": _job_retention,
+    "idempotency_keys": _idempotency_keys,
+    "expired_agent_tokens": _expired_agent_tokens,
+    "stale_agents": _stale_agents,
+}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MaintenanceWorker:
+    """Claims and runs the jobs of the built-in schedules inside a server process."""
+
+    def __init__(self, store: Store, listener: Listener, *, lease_s: float,
+                 retention_days: float, clock: Callable[[], datetime] = _utc_now) -> None:
+        self.store, self.listener = store, listener
+        self.lease_s, self.retention_days, self.clock = lease_s, retention_days, clock
+        self.name = f"{socket.gethostname()}-maintenance-{secrets.token_hex(3)}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        waiter = self.listener.waiter([MAINTENANCE_TAG])
+        try:
+            while not stop.is_set():
+                try:
+                    if await self.run_once():
+                        continue
+                except TRANSIENT as exc:
+                    log.warning("maintenance.claim_failed", extra={"error": str(exc)})
+                woken = asyncio.create_task(waiter.wait(SAFETY_POLL_S))
+                stopped = asyncio.create_task(stop.wait())
+                await asyncio.wait([woken, stopped], return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                stopped.cancel()
+                # Maintenance jobs are capped (one run at a time): claims see them once the
+                # store's cached cap state is refreshed.
+                await asyncio.sleep(CAPS_REFRESH_S + 0.1)
+        finally:
+            waiter.close()
+
+    async def run_once(self) -> bool:
+        """Claim and run one maintenance job; False when none was waiting."""
+        jobs = await self.store.claim_jobs(self.name, [MAINTENANCE_TAG], 1, self.lease_s)
+        for job in jobs:
+            events.job_claimed(job)
+            await self._run(job)
+        return bool(jobs)
+
+    async def _run(self, job: dict[str, Any]) -> None:
+        run = MaintenanceRun(self, job)
+        task = TASKS.get(job["content"])
+        result: Any = None
+        error: dict[str, str] | None = None
+        try:
+            if task is None:
+                raise ValueError(f"unknown maintenance task {job['content']!r}")
+            result, status = await task(run), "succeeded"
+        except _LeaseLost:
+            log.warning("job.lease_lost", extra={"job_id": job["id"]})
+            return
+        except _Cancelled:
+            status, error = "cancelled", {"kind": ErrorKind.CANCELLED, "message": "cancelled"}
+        except (TagrunError, ValueError, *TRANSIENT) as exc:
+            log.warning("maintenance.task_failed",
+                        extra={"job_id": job["id"], "error": str(exc)})
+            status, error = "failed", {"kind": ErrorKind.INTERNAL, "message": str(exc)}
+        with contextlib.suppress(TagrunError, *TRANSIENT):  # else lease expiry ends the job
+            recorded = await self.store.complete_job(
+                self.name, job["id"], job["attempt"], status, result, error, 0.0)
+            if not recorded["repeat"]:
+                events.job_finished(recorded, error)
+            log.info("maintenance.ran", extra={"job_id": job["id"], "task": job["content"],
+                                               "status": status, "result": result})

@@ -1,0 +1,158 @@
+"""Prometheus metrics at `GET /metrics`.
+
+Counters and histograms count what this process did (Prometheus sums replicas). Values that
+describe shared state (queue depth, running jobs, connected agents) come from the database,
+so every replica reports the same; a scrape costs a few cheap queries, cached for a second.
+Tag labels are capped (`MAX_TAG_LABELS`); the rest are folded into `tag="other"`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tagrun.server.errors import Unauthorized
+
+MAX_TAG_LABELS = 100
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+CACHE_S = 1.0
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                   30, 60, 300)
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+JOBS_SUBMITTED = Counter("tagrun_jobs_submitted", "Jobs created by submits", registry=REGISTRY)
+JOBS_FINISHED = Counter("tagrun_jobs_finished", "Attempts that ended, by outcome "
+                        "(succeeded, failed, cancelled)", ["status"], registry=REGISTRY)
+RETRIES = Counter("tagrun_job_retries", "Failed attempts requeued for a retry",
+                  registry=REGISTRY)
+DEAD_LETTERED = Counter("tagrun_jobs_dead_lettered", "Jobs failed with no attempts left",
+                        registry=REGISTRY)
+LEASE_EXPIRIES = Counter("tagrun_lease_expiries", "Leases that expired (holder gone)",
+                         registry=REGISTRY)
+DISPATCH_LATENCY = Histogram("tagrun_dispatch_latency_seconds",
+                             "From submit (or run_at) to the job's start",
+                             buckets=LATENCY_BUCKETS, registry=REGISTRY)
+RUN_DURATION = Histogram("tagrun_job_duration_seconds", "How long attempts ran",
+                         buckets=DURATION_BUCKETS, registry=REGISTRY)
+HTTP_DURATION = Histogram("tagrun_http_request_duration_seconds",
+                          "HTTP requests, by route template", ["method", "route", "status"],
+                          buckets=LATENCY_BUCKETS, registry=REGISTRY)
+
+
+def fold_tags(counts: dict[str, int]) -> dict[str, int]:
+    """Keep the MAX_TAG_LABELS largest tags; sum the rest as 'other'."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    kept = dict(ranked[:MAX_TAG_LABELS])
+    rest = sum(n for _, n in ranked[MAX_TAG_LABELS:])
+    if rest:
+        kept["other"] = kept.get("other", 0) + rest
+    return kept
+
+
+class SharedState(Collector):
+    """Gauges read from the database (and this process), refreshed at most once a second."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self._read_at = float("-inf")
+
+    async def refresh(self, read: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        if time.monotonic() - self._read_at >= CACHE_S:
+            self.values = await read()
+            self._read_at = time.monotonic()
+
+    def collect(self) -> Iterator[Metric]:
+        v = self.values
+        if not v:
+            return
+        queued = GaugeMetricFamily("tagrun_queue_depth", "Queued jobs, by tag", labels=["tag"])
+        for tag, n in fold_tags(v["queued"]).items():
+            queued.add_metric([tag], n)
+        running = GaugeMetricFamily("tagrun_jobs_running", "Running jobs, by tag",
+                                    labels=["tag"])
+        for tag, n in fold_tags(v["running"]).items():
+            running.add_metric([tag], n)
+        agents = GaugeMetricFamily("tagrun_agents_connected", "Live (not stale) agents, by "
+                                   "group", labels=["group"])
+        for group, n in sorted(v["agents"].items())[:MAX_TAG_LABELS]:
+            agents.add_metric([group], n)
+        yield from (queued, running, agents)
+        yield GaugeMetricFamily("tagrun_long_poll_waiters", "Agent claims held open by this "
+                                "process", value=v["waiters"])
+        yield GaugeMetricFamily("tagrun_db_pool_in_use", "Database connections in use by "
+                                "this process", value=v["pool_in_use"])
+        yield GaugeMetricFamily("tagrun_db_pool_size", "Database connections open in this "
+                                "process", value=v["pool_size"])
+
+
+SHARED = SharedState()
+REGISTRY.register(SHARED)
+
+
+async def _read_shared(request: Request) -> dict[str, Any]:
+    state = request.app.state
+    overview = await state.store.workers_overview(state.config.stale_after_s)
+    running: dict[str, int] = {}
+    for row in overview["running"]:
+        running[row["tag"]] = running.get(row["tag"], 0) + row["n"]
+    agents: dict[str, int] = {}
+    for worker in overview["workers"]:
+        if worker["kind"] == "agent" and not worker["stale"]:
+            agents[worker["grp"]] = agents.get(worker["grp"], 0) + 1
+    pool = state.store.pool
+    return {"queued": overview["queued"], "running": running, "agents": agents,
+            "waiters": state.dispatcher.waiting,
+            "pool_in_use": pool.get_size() - pool.get_idle_size(), "pool_size": pool.get_size()}
+
+
+async def metrics(request: Request) -> Response:
+    expected: str | None = request.app.state.config.metrics_token
+    if expected:
+        given = request.headers.get("authorization", "").partition(" ")[2].strip()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Unauthorized("send 'Authorization: Bearer <TAGRUN_METRICS_TOKEN>'")
+    await SHARED.refresh(lambda: _read_shared(request))
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+routes = [Route("/metrics", metrics, methods=["GET"])]
+
+
+class HttpMetrics:
+    """Times every request, labelled by route template (bounded), method and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            HTTP_DURATION.labels(method, template, str(status)).observe(
+                time.perf_counter() - started)

@@ -1,0 +1,194 @@
+"""`GET /api/openapi.json`: the OpenAPI 3.1 document, generated from the wire models the
+server validates requests with (shared/models.py, shared/agent_wire.py) and the response
+models (shared/responses.py). Nothing is written twice: the operation table below only
+says which model goes with which route."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tagrun.server.http import JSON
+from tagrun.server.routes import schedules as sched
+from tagrun.shared import agent_wire as agent
+from tagrun.shared import models as req
+from tagrun.shared import responses as out
+from tagrun.shared.version import __version__
+
+
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    summary: str
+    response: type
+    status: int = 200
+    body: type | None = None
+    query: dict[str, str] = field(default_factory=dict)  # name -> JSON type
+    auth: str = "workspace"  # none | workspace | superadmin | agent
+    headers: tuple[str, ...] = ()
+
+
+class SettingIn(msgspec.Struct):
+    key: str
+    value: int
+
+
+OPERATIONS = [
+    Op("GET", "/api/health", "Liveness and version", out.Health, auth="none"),
+    Op("POST", "/api/workspaces", "Create a workspace", out.Workspace, 201, req.WorkspaceIn,
+       auth="superadmin"),
+    Op("GET", "/api/workspaces", "List workspaces", out.Workspaces, auth="superadmin"),
+    Op("POST", "/api/tokens", "Create a workspace token (shown once)", out.WorkspaceToken,
+       201, req.WorkspaceTokenIn, auth="superadmin"),
+    Op("GET", "/api/tokens", "List workspace tokens", out.WorkspaceTokens,
+       query={"workspace": "string"}, auth="superadmin"),
+    Op("DELETE", "/api/tokens/{id}", "Revoke a workspace token", out.Revoked,
+       auth="superadmin"),
+    Op("POST", "/api/agent_tokens", "Mint an agent token (a JWT, shown once)", out.AgentToken,
+       201, agent.AgentTokenIn, auth="superadmin"),
+    Op("GET", "/api/agent_tokens", "List agent tokens", out.AgentTokens,
+       query={"all": "boolean"}, auth="superadmin"),
+    Op("DELETE", "/api/agent_tokens/{jti}", "Revoke an agent token", out.Revoked,
+       auth="superadmin"),
+    Op("GET", "/api/workers", "Agents, workers, pools and tags", out.Fleet,
+       auth="superadmin"),
+    Op("GET", "/api/settings", "Settings", out.SettingsOut, auth="superadmin"),
+    Op("PUT", "/api/settings", "Change a setting", out.SettingsOut, body=SettingIn,
+       auth="superadmin"),
+    Op("POST", "/api/w/{ws}/scripts", "Deploy a new version of a script", out.Script, 201,
+       req.ScriptIn),
+    Op("GET", "/api/w/{ws}/scripts", "List scripts (latest versions)", out.ScriptPage,
+       query={"cursor": "string", "limit": "integer"}),
+    Op("GET", "/api/w/{ws}/scripts/{path}", "Read a script's latest version", out.Script),
+    Op("POST", "/api/w/{ws}/jobs", "Submit a job", out.Job, 201, req.JobIn,
+       headers=("Idempotency-Key",)),
+    Op("GET", "/api/w/{ws}/jobs", "List jobs, newest first", out.JobPage,
+       query={"status": "string", "tag": "string", "script": "string", "limit": "integer",
+              "cursor": "integer"}),
+    Op("POST", "/api/w/{ws}/jobs/batch", "Submit jobs (all or none)", out.JobIds, 201,
+       req.BatchIn),
+    Op("GET", "/api/w/{ws}/jobs/{id}", "Read a job; wait_s waits for a final state", out.Job,
+       query={"wait_s": "number"}),
+    Op("GET", "/api/w/{ws}/jobs/{id}/logs", "Read a job's logs from an offset", out.Logs,
+       query={"offset": "integer"}),
+    Op("POST", "/api/w/{ws}/jobs/{id}/cancel", "Cancel a job", out.Job),
+    Op("POST", "/api/w/{ws}/jobs/{id}/retry", "Replay a failed or cancelled job", out.Job),
+    Op("POST", "/api/w/{ws}/schedules", "Create a cron schedule", out.Schedule, 201,
+       sched.ScheduleIn),
+    Op("GET", "/api/w/{ws}/schedules", "List schedules, with next fires and last runs",
+       out.SchedulePage, query={"cursor": "string", "limit": "integer"}),
+    Op("GET", "/api/w/{ws}/schedules/{name}", "Read a schedule", out.Schedule,
+       query={"runs": "integer"}),
+    Op("PATCH", "/api/w/{ws}/schedules/{name}", "Change a schedule", out.Schedule,
+       body=sched.SchedulePatch),
+    Op("DELETE", "/api/w/{ws}/schedules/{name}", "Delete a schedule (built-ins refuse)",
+       out.ScheduleDeleted),
+    Op("POST", "/api/agent_workers/claim", "Long-poll for jobs of the token's tags",
+       out.Claimed, body=agent.ClaimIn, auth="agent"),
+    Op("POST", "/api/agent_workers/heartbeat", "Extend leases; learn of cancels and losses",
+       out.HeartbeatOut, body=agent.HeartbeatIn, auth="agent"),
+    Op("POST", "/api/agent_workers/release", "Give jobs back without using an attempt",
+       out.Released, body=agent.ReleaseIn, auth="agent"),
+    Op("POST", "/api/w/{ws}/agent_workers/jobs/{id}/logs", "Append logs (idempotent by offset)",
+       out.LogsAck, body=agent.LogsIn, auth="agent"),
+    Op("POST", "/api/w/{ws}/agent_workers/jobs/{id}/complete", "Report an attempt's outcome",
+       out.Completed, body=agent.CompleteIn, auth="agent"),
+]
+
+_ERRORS = {400: "Invalid input", 401: "Missing or invalid credentials",
+           403: "Not allowed for this token", 404: "Not found",
+           409: "Conflict (e.g. lease_lost)", 413: "Body too large",
+           429: "Too many queued jobs (see Retry-After)",
+           503: "Database unavailable (see Retry-After)"}
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "workspace": [{"bearer": []}], "superadmin": [{"bearer": []}],
+    "agent": [{"agentJWT": []}], "none": []}
+
+
+def _ref(model: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _parameters(op: Op) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True,
+         "schema": {"type": "integer", "minimum": 1} if name == "id" else {"type": "string"}}
+        for name in re.findall(r"\{(\w+)\}", op.path)]
+    params += [{"name": n, "in": "query", "required": False, "schema": {"type": t}}
+               for n, t in op.query.items()]
+    params += [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
+               for h in op.headers]
+    return params
+
+
+def _operation(op: Op) -> dict[str, Any]:
+    responses: dict[str, Any] = {str(op.status): {"description": op.summary,
+                                                  **_json(_ref(op.response))}}
+    for status, text in _ERRORS.items():
+        responses[str(status)] = {"description": text, **_json(_ref(out.ErrorOut))}
+    operation: dict[str, Any] = {
+        "summary": op.summary, "operationId": f"{op.method.lower()}{_op_name(op.path)}",
+        "parameters": _parameters(op), "responses": responses,
+        "security": _SECURITY[op.auth],
+    }
+    if op.body is not None:
+        operation["requestBody"] = {"required": True, **_json(_ref(op.body))}
+    return operation
+
+
+def _op_name(path: str) -> str:
+    return "".join(p.strip("{}").title().replace("_", "") for p in path.split("/")[2:])
+
+
+def _ecma(node: Any) -> Any:
+    """Patterns end in \\Z for Python's re; in JSON Schema (ECMA-262) `$` means the same."""
+    if isinstance(node, dict):
+        return {k: (v[:-2] + "$" if k == "pattern" and isinstance(v, str) and v.endswith("\\Z")
+                    else _ecma(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_ecma(v) for v in node]
+    return node
+
+
+@cache
+def document() -> dict[str, Any]:
+    models = {op.response for op in OPERATIONS} | {op.body for op in OPERATIONS if op.body}
+    _, components = msgspec.json.schema_components(
+        sorted(models | {out.ErrorOut}, key=lambda m: m.__name__),
+        ref_template="#/components/schemas/{name}")
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tagrun", "version": __version__,
+                 "description": "A job server with HTTP-only agent workers."},
+        "paths": paths,
+        "components": {
+            "schemas": _ecma(components),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "Superadmin or workspace token"},
+                "agentJWT": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                             "description": "Agent token (agent routes only)"},
+            },
+        },
+    }
+
+
+async def openapi(request: Request) -> JSON:
+    return JSON(document())
+
+
+routes = [Route("/api/openapi.json", openapi, methods=["GET"])]

@@ -1,0 +1,126 @@
+"""The agent API: the only routes an agent token opens, and the only ones it can use."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tagrun.server import events
+from tagrun.server.agent_tokens import AgentIdentity, AgentTokens
+from tagrun.server.errors import InvalidInput, Unauthorized
+from tagrun.server.heartbeats import AgentRecord, Heartbeats
+from tagrun.server.http import JSON, path_int, read_body
+from tagrun.server.store import Store
+from tagrun.shared.agent_wire import ClaimIn, CompleteIn, HeartbeatIn, LogsIn, ReleaseIn
+
+log = logging.getLogger("tagrun.agents")
+
+
+def _state(request: Request) -> Any:
+    return request.app.state
+
+
+def identify(request: Request) -> AgentIdentity:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send 'Authorization: Bearer <agent token>'")
+    tokens: AgentTokens = _state(request).agent_tokens
+    try:
+        return tokens.verify(token.strip())
+    except Unauthorized as exc:
+        log.warning("agent.token_refused", extra={"reason": exc.message, "path": request.url.path,
+                                                  "ip": request.client.host if request.client
+                                                  else None})
+        raise
+
+
+async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
+    heartbeats: Heartbeats = _state(request).heartbeats
+    ip = request.client.host if request.client else None
+    version = request.headers.get("user-agent", "").partition("/")[2][:40] or "unknown"
+    await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti))
+
+
+def job_for_agent(job: dict[str, Any], lease_s: float, heartbeat_s: float) -> dict[str, Any]:
+    return {
+        "id": job["id"], "workspace": job["workspace"], "language": job["language"],
+        "content": job["content"], "args": job["args"], "tag": job["tag"],
+        "attempt": job["attempt"], "timeout_s": job["timeout_s"], "lease_s": lease_s,
+        "heartbeat_s": heartbeat_s, "log_offset": job["log_offset"],
+    }
+
+
+async def claim(request: Request) -> JSON:
+    agent = identify(request)
+    body = await read_body(request, ClaimIn)
+    await _seen(request, agent, body.name)
+    state = _state(request)
+    jobs = await state.dispatcher.claim(body.name, agent.tags, body.slots, body.wait_s, agent.jti)
+    config = state.config
+    return JSON({"jobs": [job_for_agent(j, config.lease_s, config.heartbeat_s) for j in jobs]})
+
+
+async def heartbeat(request: Request) -> JSON:
+    agent = identify(request)
+    body = await read_body(request, HeartbeatIn)
+    await _seen(request, agent, body.name)
+    cancel, lost = await _state(request).heartbeats.beat(
+        body.name, [(h.id, h.attempt) for h in body.running])
+    return JSON({"cancel": cancel, "lost": lost})
+
+
+async def release(request: Request) -> JSON:
+    agent = identify(request)
+    body = await read_body(request, ReleaseIn)
+    store: Store = _state(request).store
+    released = await store.release_jobs(
+        body.name, [(h.id, h.attempt) for h in body.jobs], agent.tags)
+    return JSON({"released": released})
+
+
+async def _holder(request: Request, agent: AgentIdentity, name: str | None, job_id: int) -> str:
+    if name is not None:
+        return name
+    store: Store = _state(request).store
+    return await store.holder_for_token(job_id, agent.jti)
+
+
+async def append_logs(request: Request) -> JSON:
+    agent = identify(request)
+    job_id = path_int(request, "id")
+    body = await read_body(request, LogsIn)
+    store: Store = _state(request).store
+    holder = await _holder(request, agent, body.name, job_id)
+    end = await store.append_logs(holder, job_id, body.attempt, body.offset, body.data,
+                                  tags=agent.tags, workspace=request.path_params["ws"],
+                                  max_chars=_state(request).config.max_log_bytes)
+    return JSON({"offset": end})
+
+
+async def complete(request: Request) -> JSON:
+    agent = identify(request)
+    job_id = path_int(request, "id")
+    body = await read_body(request, CompleteIn)
+    if body.status != "succeeded" and body.error is None:
+        raise InvalidInput("a failed or cancelled job needs an 'error' {kind, message}")
+    state = _state(request)
+    holder = await _holder(request, agent, body.name, job_id)
+    error = {"kind": body.error.kind, "message": body.error.message} if body.error else None
+    recorded = await state.store.complete_job(
+        holder, job_id, body.attempt, body.status, body.result, error,
+        state.config.retry_backoff_s, tags=agent.tags, workspace=request.path_params["ws"])
+    if not recorded["repeat"]:
+        events.job_finished(recorded, error)
+    return JSON({"status": recorded["status"]})
+
+
+routes = [
+    Route("/api/agent_workers/claim", claim, methods=["POST"]),
+    Route("/api/agent_workers/heartbeat", heartbeat, methods=["POST"]),
+    Route("/api/agent_workers/release", release, methods=["POST"]),
+    Route("/api/w/{ws}/agent_workers/jobs/{id}/logs", append_logs, methods=["POST"]),
+    Route("/api/w/{ws}/agent_workers/jobs/{id}/complete", complete, methods=["POST"]),
+]

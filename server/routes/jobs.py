@@ -1,0 +1,177 @@
+"""User routes for jobs: submit (one or a batch), read, wait, list, logs, cancel, retry."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tagrun.server import events
+from tagrun.server.auth import authenticator
+from tagrun.server.errors import InvalidInput, NotFound
+from tagrun.server.http import JSON, path_int, query_float, query_int, read_body
+from tagrun.server.store import FINAL_STATES, NewJob, Store
+from tagrun.shared.executors import LANGUAGES
+from tagrun.shared.models import BatchIn, JobIn
+from tagrun.shared.tags import TagError, resolve_tag
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+MAX_WAIT_S = 60.0
+
+
+class ScriptCache:
+    """Scripts looked up once per request, however many jobs of a batch name them."""
+
+    def __init__(self, store: Store, workspace: str) -> None:
+        self.store, self.workspace = store, workspace
+        self._scripts: dict[str, dict[str, Any]] = {}
+
+    async def get(self, path: str) -> dict[str, Any]:
+        if path not in self._scripts:
+            self._scripts[path] = await self.store.latest_script(self.workspace, path)
+        return self._scripts[path]
+
+
+async def new_job(body: JobIn, workspace: str, scripts: ScriptCache) -> NewJob:
+    if body.script is not None:
+        if body.language is not None or body.content is not None:
+            raise InvalidInput("give either 'script' or 'language' and 'content', not both")
+        script = await scripts.get(body.script)
+        language, content, version = script["language"], script["content"], script["version"]
+        default_tag, timeout_s = script["tag"], script["timeout_s"]
+        max_attempts, limit = script["max_attempts"], script["concurrency_limit"]
+    elif body.language is not None and (body.content is not None or body.language == "identity"):
+        language, content, version = body.language, body.content or "", None
+        default_tag, timeout_s, max_attempts, limit = None, None, 3, None
+        if language not in LANGUAGES:
+            raise InvalidInput(
+                f"unknown language {language!r}; one of {', '.join(LANGUAGES)}",
+                code="unknown_language",
+            )
+    else:
+        raise InvalidInput("give 'script', or both 'language' and 'content' "
+                           "('identity' needs no content)")
+    try:
+        tag = resolve_tag(body.tag or default_tag or language, workspace, body.args)
+    except TagError as exc:
+        raise InvalidInput(str(exc), code="invalid_tag") from None
+    return NewJob(
+        script_path=body.script, script_version=version, language=language, content=content,
+        args=body.args, tag=tag, priority=body.priority, run_at=body.run_at,
+        timeout_s=body.timeout_s if body.timeout_s is not None else timeout_s,
+        max_attempts=body.max_attempts or max_attempts,
+        concurrency_key=f"{workspace}/{body.script}" if limit else None,
+        concurrency_limit=limit,
+    )
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise InvalidInput("Idempotency-Key must be 1 to 255 printable characters")
+    return key
+
+
+async def submit_job(request: Request) -> JSON:
+    workspace = await authenticator(request).workspace(request)
+    body = await read_body(request, JobIn)
+    key = _idempotency_key(request)
+    job = await new_job(body, workspace, ScriptCache(_store(request), workspace))
+    await request.app.state.backpressure.admit(1)
+    if key is None:
+        [job_id], created = await _store(request).insert_jobs(workspace, [job]), True
+    else:
+        job_id, created = await _store(request).insert_job_once(workspace, job, key)
+    if created:
+        events.job_submitted(workspace, [job_id], [job.tag])
+    return JSON(await _store(request).get_job(workspace, job_id),
+                status_code=201 if created else 200)
+
+
+async def submit_batch(request: Request) -> JSON:
+    workspace = await authenticator(request).workspace(request)
+    body = await read_body(request, BatchIn)
+    if _idempotency_key(request) is not None:
+        raise InvalidInput("Idempotency-Key applies to single submits, not to batches")
+    scripts = ScriptCache(_store(request), workspace)
+    jobs = []
+    for index, item in enumerate(body.jobs):
+        try:
+            jobs.append(await new_job(item, workspace, scripts))
+        except (InvalidInput, NotFound) as exc:
+            exc.message = f"jobs[{index}]: {exc.message}"
+            raise
+    await request.app.state.backpressure.admit(len(jobs))
+    ids = await _store(request).insert_jobs(workspace, jobs)
+    events.job_submitted(workspace, ids, [j.tag for j in jobs])
+    return JSON({"ids": ids}, status_code=201)
+
+
+async def get_job(request: Request) -> JSON:
+    workspace = await authenticator(request).workspace(request)
+    job_id = path_int(request, "id")
+    wait_s = query_float(request, "wait_s", 0.0, maximum=MAX_WAIT_S)
+    store = _store(request)
+    job = await store.get_job(workspace, job_id)
+    deadline = time.monotonic() + wait_s
+    while job["status"] not in FINAL_STATES and (left := deadline - time.monotonic()) > 0:
+        # A notification wakes us at once; the 1 s slice covers one sent before we listened.
+        await request.app.state.listener.wait_done(job_id, min(left, 1.0))
+        job = await store.get_job(workspace, job_id)
+    return JSON(job)
+
+
+async def list_jobs(request: Request) -> JSON:
+    workspace = await authenticator(request).workspace(request)
+    status = request.query_params.get("status") or None
+    if status is not None and status not in STATES:
+        raise InvalidInput(f"status {status!r} is not one of {', '.join(STATES)}")
+    limit = query_int(request, "limit", 50, minimum=1, maximum=1000)
+    before = query_int(request, "cursor", 2**62, minimum=1, maximum=2**62)
+    jobs = await _store(request).list_jobs(
+        workspace, before=before, status=status, tag=request.query_params.get("tag") or None,
+        script=request.query_params.get("script") or None, limit=limit,
+    )
+    for job in jobs:
+        del job["content"]
+    next_cursor = str(jobs[-1]["id"]) if len(jobs) == limit else None
+    return JSON({"jobs": jobs, "next_cursor": next_cursor})
+
+
+async def job_logs(request: Request) -> JSON:
+    workspace = await authenticator(request).workspace(request)
+    offset = query_int(request, "offset", 0, minimum=0, maximum=2**62)
+    return JSON(await _store(request).read_logs(workspace, path_int(request, "id"), offset))
+
+
+async def cancel_job(request: Request) -> JSON:
+    workspace = await authenticator(request).workspace(request)
+    job_id = path_int(request, "id")
+    job = await _store(request).cancel_job(workspace, job_id)
+    events.job_cancelled(job_id, workspace, running=job["status"] == "running")
+    return JSON(job)
+
+
+async def retry_job(request: Request) -> JSON:
+    workspace = await authenticator(request).workspace(request)
+    return JSON(await _store(request).retry_job(workspace, path_int(request, "id")))
+
+
+routes = [
+    Route("/api/w/{ws}/jobs", submit_job, methods=["POST"]),
+    Route("/api/w/{ws}/jobs", list_jobs, methods=["GET"]),
+    Route("/api/w/{ws}/jobs/batch", submit_batch, methods=["POST"]),
+    Route("/api/w/{ws}/jobs/{id}", get_job, methods=["GET"]),
+    Route("/api/w/{ws}/jobs/{id}/logs", job_logs, methods=["GET"]),
+    Route("/api/w/{ws}/jobs/{id}/cancel", cancel_job, methods=["POST"]),
+    Route("/api/w/{ws}/jobs/{id}/retry", retry_job, methods=["POST"]),
+]

@@ -1,0 +1,67 @@
+"""Superadmin settings: `GET /api/settings`, `PUT /api/settings` with `{"key", "value"}`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tagrun.server.auth import authenticator
+from tagrun.server.errors import InvalidInput
+from tagrun.server.http import JSON, read_body
+from tagrun.server.store import Store
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: int
+    help: str
+
+
+SETTINGS = {
+    "task_max_concurrent": Setting(
+        0, "most jobs running at once over all workers and agents (0: no limit)"),
+    "task_inline_max_concurrent": Setting(
+        0, "most jobs running at once inside server processes (0: no limit)"),
+}
+
+
+class SettingIn(msgspec.Struct, forbid_unknown_fields=True):
+    key: str
+    value: Any
+
+
+def check(key: str, value: Any) -> int:
+    if key not in SETTINGS:
+        raise InvalidInput(f"unknown setting {key!r}; known: {', '.join(sorted(SETTINGS))}",
+                           code="unknown_setting")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        raise InvalidInput(f"{key} must be a whole number from 0 to 1000000, not {value!r}")
+    return value
+
+
+async def current(store: Store) -> dict[str, Any]:
+    stored = await store.get_settings()
+    return {key: stored.get(key, s.default) for key, s in SETTINGS.items()}
+
+
+async def get_settings(request: Request) -> JSON:
+    await authenticator(request).superadmin(request)
+    return JSON({"settings": await current(request.app.state.store)})
+
+
+async def put_setting(request: Request) -> JSON:
+    await authenticator(request).superadmin(request)
+    body = await read_body(request, SettingIn)
+    store: Store = request.app.state.store
+    await store.put_setting(body.key, check(body.key, body.value))
+    return JSON({"settings": await current(store)})
+
+
+routes = [
+    Route("/api/settings", get_settings, methods=["GET"]),
+    Route("/api/settings", put_setting, methods=["PUT"]),
+]

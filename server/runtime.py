@@ -1,0 +1,194 @@
+"""Starting and stopping a tagrun process in any mode, with a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+import uvicorn
+
+from tagrun.server.agent_tokens import AgentTokens
+from tagrun.server.app import Parts, create_app
+from tagrun.server.config import ConfigError, ServerConfig
+from tagrun.server.dispatcher import Dispatcher
+from tagrun.server.embedded import EmbeddedPostgres
+from tagrun.server.heartbeats import Heartbeats
+from tagrun.server.listener import Listener
+from tagrun.server.maintenance import MaintenanceWorker, job_retention_days, run_maintenance
+from tagrun.server.scheduler import Scheduler
+from tagrun.server.store import Store, create_pool, migrate
+from tagrun.server.worker import Worker, WorkerSettings
+from tagrun.shared.version import __version__
+
+log = logging.getLogger("tagrun.runtime")
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its own signal handling: `serve` below owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def superadmin_token_path(data_dir: Path) -> Path:
+    return data_dir / "superadmin.token"
+
+
+async def ensure_superadmin(store: Store, config: ServerConfig) -> None:
+    if config.superadmin_token:
+        await store.set_superadmin_token(config.superadmin_token)
+        log.info("auth.superadmin_from_env")
+        return
+    token = await store.create_superadmin_token_if_none()
+    path = superadmin_token_path(config.data_dir)
+    if token is None:
+        log.info("auth.superadmin_exists", extra={"token_file": str(path)})
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    log.info("auth.superadmin_created", extra={"token_file": str(path)})
+
+
+def worker_settings(config: ServerConfig, kind: str) -> WorkerSettings:
+    name = config.worker_name or f"{socket.gethostname()}-{kind}-{secrets.token_hex(3)}"
+    return WorkerSettings(
+        name=name, tags=config.worker_tags, slots=config.worker_slots, lease_s=config.lease_s,
+        heartbeat_s=config.heartbeat_s, poll_interval_s=config.poll_interval_s, kind=kind,
+        retry_backoff_s=config.retry_backoff_s, max_log_chars=config.max_log_bytes,
+    )
+
+
+def _install_signals(
+    stop: asyncio.Event, server: _Server | None, on_forced_exit: Callable[[], None]
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # second signal: wait for nothing but the embedded database
+            log.warning("server.forced_exit")
+            on_forced_exit()
+            os._exit(130)
+        log.info("server.stopping", extra={"signal": "second" if stop.is_set() else "first"})
+        stop.set()
+        if server is not None:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows: KeyboardInterrupt instead
+            loop.add_signal_handler(sig, on_signal)
+
+
+def _nothing() -> None:
+    pass
+
+
+async def serve(
+    config: ServerConfig, dsn: str, on_forced_exit: Callable[[], None] = _nothing
+) -> None:
+    pool = await create_pool(dsn, size=config.pool_size)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        store = Store(pool)
+        listener = Listener(dsn)
+        await listener.start()
+        try:
+            await _run_parts(config, store, listener, on_forced_exit)
+        finally:
+            await listener.close()
+    finally:
+        await pool.close()
+
+
+async def _run_parts(
+    config: ServerConfig, store: Store, listener: Listener, on_forced_exit: Callable[[], None]
+) -> None:
+    stop = asyncio.Event()
+    server: _Server | None = None
+    tasks: list[asyncio.Task[None]] = []
+    closers = []
+    if config.runs_http:
+        await ensure_superadmin(store, config)
+        parts = await _start_http_parts(config, store, listener)
+        closers = [parts.heartbeats.close, parts.agent_tokens.close]
+
+        async def end_long_polls() -> None:  # so uvicorn's graceful shutdown need not wait
+            await stop.wait()
+            await parts.dispatcher.close()
+        tasks.append(asyncio.create_task(end_long_polls(), name="end-long-polls"))
+        server = _Server(uvicorn.Config(
+            create_app(parts),
+            host=config.host, port=config.port, log_config=None, access_log=False,
+            lifespan="off", timeout_graceful_shutdown=5,
+        ))
+        tasks.append(asyncio.create_task(run_maintenance(store, stop), name="maintenance"))
+        scheduler = Scheduler(store)
+        await scheduler.seed_builtins()  # listed from the first request on
+        tasks.append(asyncio.create_task(scheduler.run(stop), name="scheduler"))
+        maintenance = MaintenanceWorker(store, listener, lease_s=config.lease_s,
+                                        retention_days=job_retention_days())
+        tasks.append(asyncio.create_task(maintenance.run(stop), name="maintenance-worker"))
+    kill_jobs: Callable[[], None] = _nothing
+    if config.runs_worker:
+        kind = "inline" if config.mode == "standalone" else "worker"
+        worker = Worker(store, listener, worker_settings(config, kind))
+        tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
+        kill_jobs = worker.kill_all
+
+    def forced_exit() -> None:
+        kill_jobs()  # no job process may outlive a forced exit
+        on_forced_exit()
+    log.info("server.started", extra={"mode": config.mode, "version": __version__,
+                                      "url": f"http://{config.host}:{config.port}"
+                                      if server is not None else None})
+    _install_signals(stop, server, forced_exit)
+    if server is not None:
+        await server.serve()
+        stop.set()
+    else:
+        await stop.wait()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for close in closers:
+        await close()
+
+
+async def _start_http_parts(config: ServerConfig, store: Store, listener: Listener) -> Parts:
+    agent_tokens = AgentTokens(store)
+    await agent_tokens.start()
+    dispatcher = Dispatcher(store, listener, lease_s=config.lease_s,
+                            poll_s=config.poll_interval_s)
+    await dispatcher.start()
+    agent_tokens.on_revoked(dispatcher.revoke)
+    heartbeats = Heartbeats(store, lease_s=config.lease_s)
+    await heartbeats.start(dispatcher.waiting_names)
+    return Parts(config, store, listener, agent_tokens, dispatcher, heartbeats)
+
+
+def run(config: ServerConfig) -> None:
+    try:
+        job_retention_days()  # read again where used; a bad value stops the start here
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    embedded: EmbeddedPostgres | None = None
+    dsn = config.database_url
+    if dsn is None:
+        embedded = EmbeddedPostgres(config.data_dir)
+        dsn = embedded.start()
+    try:
+        asyncio.run(serve(config, dsn, embedded.stop if embedded is not None else _nothing))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,159 @@
+"""The scheduler: every server process runs one, and the database decides who fires what.
+
+Each tick reads the enabled schedules soonest first and fires those due. A fire locks its
+schedule row only while it still shows the due time read (SKIP LOCKED: a replica that lost
+the race moves on) and records (schedule, fire time) under a primary key, in the transaction
+that queues the job: one job per fire time, whatever the number of replicas or their timing.
+
+Catch-up: a schedule whose due time passed while no scheduler ran fires once, for the latest
+fire time missed, then carries on from the next time after now; the fires missed before that
+are not replayed.
+
+The clock is injectable: tests fire schedules at chosen times without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from tagrun.server import events
+from tagrun.server.errors import TagrunError
+from tagrun.server.maintenance import BUILTINS, maintenance_job
+from tagrun.server.routes.jobs import ScriptCache, new_job
+from tagrun.server.store import NewJob, Store
+from tagrun.server.store._base import iso
+from tagrun.server.store.schedules import Fire, Fired
+from tagrun.shared.cron import Cron, CronError
+from tagrun.shared.models import JobIn
+
+log = logging.getLogger("tagrun.scheduler")
+
+Clock = Callable[[], datetime]
+TICK_S = 1.0  # the longest sleep: a new or changed schedule is seen within it
+MIN_SLEEP_S = 0.02
+BATCH = 100
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def concurrency_key(workspace: str, name: str) -> str:
+    """Every run of a schedule carries this key with limit 1: runs never overlap, and under
+    overlap `queue` a run waits for the previous one (older runs first)."""
+    return f"schedule:{workspace}/{name}"
+
+
+async def schedule_job(store: Store, workspace: str, schedule: dict[str, Any]) -> NewJob:
+    """The job a fire queues: the script's latest version, the schedule's args, tag and
+    timeout, resolved like a submitted job. InvalidInput or NotFound when it cannot be."""
+    key = concurrency_key(workspace, schedule["name"])
+    if schedule["builtin"] is not None:
+        return maintenance_job(schedule["builtin"], key)
+    body = JobIn(script=schedule["script_path"], args=schedule["args"], tag=schedule["tag"],
+                 timeout_s=schedule["timeout_s"])
+    job = await new_job(body, workspace, ScriptCache(store, workspace))
+    return dataclasses.replace(job, concurrency_key=key, concurrency_limit=1)
+
+
+class Scheduler:
+    def __init__(self, store: Store, *, clock: Clock = utc_now, tick_s: float = TICK_S) -> None:
+        self.store, self.clock, self.tick_s = store, clock, tick_s
+        self._crons: dict[tuple[str, str], Cron] = {}
+        self._seeded = False
+
+    def cron(self, expression: str, timezone: str) -> Cron:
+        key = (expression, timezone)
+        if key not in self._crons:
+            if len(self._crons) > 10_000:
+                self._crons.clear()
+            self._crons[key] = Cron(expression, timezone)
+        return self._crons[key]
+
+    async def seed_builtins(self) -> None:
+        """Create the built-in maintenance schedules that do not exist yet (every start)."""
+        now = self.clock()
+        for builtin in BUILTINS:
+            await self.store.seed_builtin_schedule(
+                builtin.name, builtin.cron, builtin.task, Cron(builtin.cron).next_after(now))
+        self._seeded = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = MIN_SLEEP_S
+        while not stop.is_set():
+            try:
+                if not self._seeded:
+                    await self.seed_builtins()
+                delay = await self.tick()
+            except Exception:  # noqa: BLE001 - the database may be away: try again later
+                log.exception("scheduler.tick_failed")
+                delay = self.tick_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def tick(self) -> float:
+        """Fire every due schedule; returns how long to sleep before the next tick."""
+        now = self.clock()
+        schedules = await self.store.due_schedules(BATCH)
+        if len(schedules) == BATCH and schedules[-1]["next_fire_at"] <= now:
+            soonest: datetime | None = now  # more may be due: come back at once
+        else:
+            soonest = next((s["next_fire_at"] for s in schedules if s["next_fire_at"] > now),
+                           None)
+        for schedule in schedules:
+            if schedule["next_fire_at"] > now:
+                break
+            fired = await self.fire(schedule, now)
+            if fired is not None and fired.next_fire_at is not None:
+                soonest = min(soonest or fired.next_fire_at, fired.next_fire_at)
+        if soonest is None:
+            return self.tick_s
+        wait = (soonest - self.clock()).total_seconds()
+        return max(MIN_SLEEP_S, min(self.tick_s, wait))
+
+    async def fire(self, schedule: dict[str, Any], now: datetime) -> Fired | None:
+        workspace, due = schedule["workspace"], schedule["next_fire_at"]
+        job: NewJob | None = None
+        error = None
+        try:
+            cron = self.cron(schedule["cron"], schedule["timezone"])
+            fire_at, next_fire_at = cron.latest(due, now), cron.next_after(now)
+        except CronError as exc:  # stored before a library change refused it: stop it here
+            fire_at, next_fire_at, error = due, None, str(exc)
+        if error is None:
+            try:
+                job = await schedule_job(self.store, workspace, schedule)
+            except TagrunError as exc:
+                error = f"no job made: {exc.message}"
+        fire = Fire(schedule["id"], workspace, due, fire_at, next_fire_at, schedule["overlap"],
+                    concurrency_key(workspace, schedule["name"]), job, error)
+        try:
+            fired = await self.store.fire_schedule(fire)
+        except TagrunError as exc:  # the database refused the job: record why, move on
+            job = None
+            fired = await self.store.fire_schedule(dataclasses.replace(
+                fire, job=None, error=f"no job made: {exc.message}"))
+        if fired is not None:
+            self._log(schedule, fire_at, fired)
+            if job is not None and fired.job_id is not None:
+                events.job_submitted(workspace, [fired.job_id], [job.tag])
+        return fired
+
+    def _log(self, schedule: dict[str, Any], fire_at: datetime, fired: Fired) -> None:
+        fields = {"workspace": schedule["workspace"], "schedule": schedule["name"],
+                  "fire_at": iso(fire_at), "outcome": fired.outcome, "job_id": fired.job_id}
+        if fire_at != schedule["next_fire_at"]:
+            log.warning("schedule.caught_up", extra={
+                **fields, "missed_since": iso(schedule["next_fire_at"])})
+        if fired.outcome == "error":
+            log.warning("schedule.fire_failed", extra={**fields, "error": fired.message})
+        elif fired.outcome == "skipped":
+            log.info("schedule.skipped", extra={**fields, "reason": fired.message})
+        else:
+            log.info("schedule.fired", extra={**fields, "cancelled": fired.cancelled})

@@ -1,0 +1,21 @@
+"""The store: every SQL statement of tagrun lives in this package."""
+
+from __future__ import annotations
+
+from tagrun.server.store._base import create_pool
+from tagrun.server.store.accounts import Accounts, Principal, hash_token
+from tagrun.server.store.agents import Agents
+from tagrun.server.store.jobs import FINAL_STATES, Jobs, NewJob
+from tagrun.server.store.leases import Leases
+from tagrun.server.store.migrate import migrate
+from tagrun.server.store.schedules import Schedules
+from tagrun.server.store.scripts import Scripts
+from tagrun.server.store.settings import Settings
+from tagrun.server.store.ui import UiQueries
+
+
+class Store(Accounts, Agents, Scripts, Settings, Jobs, Leases, Schedules, UiQueries):
+    """One object over the pool; the mixins group statements by concept."""
+
+
+__all__ = ["FINAL_STATES", "NewJob", "Principal", "Store", "create_pool", "hash_token", "migrate"]

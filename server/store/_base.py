@@ -1,0 +1,66 @@
+"""The connection pool, and the translation of driver errors into domain errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from tagrun.server.errors import Conflict, InvalidInput, NotFound
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=size, init=_init_connection, command_timeout=60
+    )
+    assert pool is not None
+    return pool
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+@asynccontextmanager
+async def translated_errors() -> AsyncIterator[None]:
+    """Routes never see asyncpg types: constraint violations become domain errors."""
+    try:
+        yield
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise NotFound(f"a referenced object does not exist ({exc.constraint_name})") from None
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(f"already exists ({exc.constraint_name})") from None
+    except (asyncpg.DataError, asyncpg.CheckViolationError) as exc:
+        raise InvalidInput(f"value refused by the database: {exc.message}") from None
+
+
+class StoreBase:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async with translated_errors():
+            return await self.pool.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        async with translated_errors():
+            return await self.pool.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        async with translated_errors():
+            return await self.pool.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        async with translated_errors():
+            return await self.pool.execute(sql, *args)

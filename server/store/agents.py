@@ -1,0 +1,108 @@
+"""Agent tokens, the signing secret, and the records of connected agents and workers."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from tagrun.server.errors import NotFound
+from tagrun.server.store._base import StoreBase, iso
+
+INSERT_SECRET = """
+INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"""
+GET_SECRET = "SELECT value FROM server_secrets WHERE name = $1"
+INSERT_AGENT_TOKEN = """
+INSERT INTO agent_tokens (jti, grp, tags, label, expires_at) VALUES ($1, $2, $3, $4, $5)"""
+LIST_AGENT_TOKENS = """
+SELECT jti, grp, tags, label, created_at, expires_at, revoked_at FROM agent_tokens
+WHERE $1 OR (revoked_at IS NULL AND expires_at > now()) ORDER BY created_at DESC LIMIT 1000"""
+REVOKE_AGENT_TOKEN = """
+UPDATE agent_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE jti = $1 RETURNING jti"""
+REVOKED_JTIS = """
+SELECT jti FROM agent_tokens WHERE revoked_at IS NOT NULL AND expires_at > now()"""
+UPSERT_AGENT = """
+INSERT INTO workers (name, kind, grp, tags, ip, version, jti)
+VALUES ($1, 'agent', $2, $3, $4, $5, $6)
+ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp,
+    tags = EXCLUDED.tags, ip = EXCLUDED.ip, version = EXCLUDED.version, jti = EXCLUDED.jti,
+    connected_at = now(), last_seen = now()"""
+# One statement for every heartbeat a server process received in an interval: leases of
+# all named jobs are extended and every holder seen is marked alive.
+HEARTBEAT_BATCH = """
+WITH held AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[]) AS h(id, attempt, holder)
+), extended AS (
+    UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8)
+    FROM held h
+    WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = h.holder
+      AND j.status = 'running'
+    RETURNING j.id, j.cancel_requested
+), seen AS (
+    UPDATE workers w SET last_seen = now(), active_count = s.active
+    FROM unnest($5::text[], $6::int[]) AS s(name, active) WHERE w.name = s.name
+)
+SELECT h.id, h.holder, e.id IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
+FROM held h LEFT JOIN extended e ON e.id = h.id"""
+LIST_WORKERS = """
+SELECT name, kind, grp, tags, ip, version, connected_at, last_seen, active_count,
+       jobs_executed, last_seen < now() - make_interval(secs => $1::float8) AS stale
+FROM workers ORDER BY kind, grp, name LIMIT $2"""
+RUNNING_BY_HOLDER_AND_TAG = """
+SELECT worker, tag, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY worker, tag"""
+QUEUED_BY_TAG = "SELECT tag, count(*) AS n FROM queue GROUP BY tag"
+
+
+def agent_token_view(row: Any) -> dict[str, Any]:
+    return {
+        "jti": row["jti"], "group": row["grp"], "tags": list(row["tags"]), "label": row["label"],
+        "created_at": iso(row["created_at"]), "expires_at": iso(row["expires_at"]),
+        "revoked": row["revoked_at"] is not None,
+    }
+
+
+class Agents(StoreBase):
+    async def secret(self, name: str) -> bytes:
+        """A random secret shared by every replica, created by whichever starts first."""
+        await self.execute(INSERT_SECRET, name, secrets.token_bytes(32))
+        value: bytes = await self.fetchval(GET_SECRET, name)
+        return value
+
+    async def create_agent_token(
+        self, jti: str, group: str, tags: Sequence[str], label: str, expires_at: datetime
+    ) -> None:
+        await self.execute(INSERT_AGENT_TOKEN, jti, group, list(tags), label, expires_at)
+
+    async def list_agent_tokens(self, include_inactive: bool) -> list[dict[str, Any]]:
+        return [agent_token_view(r) for r in await self.fetch(LIST_AGENT_TOKENS, include_inactive)]
+
+    async def revoke_agent_token(self, jti: str) -> None:
+        if await self.fetchval(REVOKE_AGENT_TOKEN, jti) is None:
+            raise NotFound(f"no agent token with jti {jti!r}", code="agent_token_not_found")
+
+    async def revoked_jtis(self) -> set[str]:
+        return {r["jti"] for r in await self.fetch(REVOKED_JTIS)}
+
+    async def upsert_agent(
+        self, name: str, group: str, tags: Sequence[str], ip: str | None, version: str,
+        jti: str,
+    ) -> None:
+        """Record an agent when a server process first sees it (not on every poll)."""
+        await self.execute(UPSERT_AGENT, name, group, list(tags), ip, version, jti)
+
+    async def heartbeat_batch(
+        self, held: Sequence[tuple[int, int, str]], seen: dict[str, int], lease_s: float
+    ) -> list[tuple[int, str, bool, bool]]:
+        """Extend leases of (job id, attempt, holder); returns (id, holder, lost, cancel)."""
+        rows = await self.fetch(
+            HEARTBEAT_BATCH, [h[0] for h in held], [h[1] for h in held], [h[2] for h in held],
+            lease_s, list(seen), list(seen.values()),
+        )
+        return [(r["id"], r["holder"], r["lost"], r["cancel"]) for r in rows]
+
+    async def workers_overview(self, stale_after_s: float) -> dict[str, Any]:
+        workers = [dict(r) for r in await self.fetch(LIST_WORKERS, stale_after_s, 5000)]
+        running = await self.fetch(RUNNING_BY_HOLDER_AND_TAG)
+        queued = {r["tag"]: r["n"] for r in await self.fetch(QUEUED_BY_TAG)}
+        return {"workers": workers, "running": [dict(r) for r in running], "queued": queued}

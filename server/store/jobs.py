@@ -1,0 +1,217 @@
+"""Jobs as users see them: submit, read, list, logs, cancel, retry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tagrun.server.errors import Conflict, NotFound
+from tagrun.server.store._base import StoreBase, iso, translated_errors
+
+INSERT_JOBS = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
+                         $7::int[], $8::timestamptz[], $9::float8[], $10::int[], $12::text[],
+                         $13::int[])
+        WITH ORDINALITY AS t(script_path, script_version, language, content, args, tag,
+                             priority, run_at, timeout_s, max_attempts, concurrency_key,
+                             concurrency_limit, ord)
+), ins AS (
+    INSERT INTO jobs (workspace, script_path, script_version, language, content, args, tag,
+                      priority, run_at, timeout_s, max_attempts, concurrency_key,
+                      concurrency_limit)
+    SELECT $11, script_path, script_version, language, content, args, tag, priority,
+           coalesce(run_at, now()), timeout_s, max_attempts, concurrency_key, concurrency_limit
+    FROM input ORDER BY ord
+    RETURNING id, tag, priority, run_at, concurrency_key, concurrency_limit
+), q AS (
+    INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
+    SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit FROM ins
+)
+SELECT id FROM ins ORDER BY id"""
+# Takes the key, or finds it taken within 24 h (a concurrent request with the same key
+# waits on the unique index until the first commits, then finds its job).
+TAKE_IDEMPOTENCY_KEY = """
+INSERT INTO idempotency_keys (workspace, key) VALUES ($1, $2)
+ON CONFLICT (workspace, key) DO UPDATE SET created_at = now(), job_id = NULL
+    WHERE idempotency_keys.created_at < now() - interval '24 hours'
+RETURNING key"""
+SET_IDEMPOTENT_JOB = """
+UPDATE idempotency_keys SET job_id = $3 WHERE workspace = $1 AND key = $2"""
+FIND_IDEMPOTENT_JOB = """
+SELECT job_id FROM idempotency_keys WHERE workspace = $1 AND key = $2"""
+PRUNE_IDEMPOTENCY_KEYS = """
+DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"""
+QUEUED_COUNT = "SELECT count(*) FROM queue"
+GET_JOB = "SELECT * FROM jobs WHERE workspace = $1 AND id = $2"
+LIST_JOBS = """
+SELECT * FROM jobs
+WHERE workspace = $1 AND id < $2 AND ($3::text IS NULL OR status = $3)
+  AND ($4::text IS NULL OR tag = $4) AND ($5::text IS NULL OR script_path = $5)
+ORDER BY id DESC LIMIT $6"""
+JOB_LOG_STATE = "SELECT status, log_size FROM jobs WHERE workspace = $1 AND id = $2"
+READ_LOGS = """
+SELECT off, data FROM job_logs WHERE job_id = $1 AND off + length(data) > $2
+ORDER BY off LIMIT 200"""
+CANCEL_JOB = """
+WITH dequeued AS (
+    DELETE FROM queue WHERE job_id = $2
+      AND EXISTS (SELECT 1 FROM jobs WHERE id = $2 AND workspace = $1 AND status = 'queued')
+    RETURNING job_id
+),
+updated AS (
+    UPDATE jobs SET
+        status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+        cancel_requested = (status = 'running'),
+        finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+        error = CASE WHEN status = 'queued'
+                     THEN '{"kind": "cancelled", "message": "cancelled before it ran"}'::jsonb
+                     ELSE error END
+    WHERE workspace = $1 AND id = $2 AND status IN ('queued', 'running')
+    RETURNING id, status
+)
+SELECT id, status,
+       CASE WHEN status = 'cancelled' THEN pg_notify('tagrun_done', id::text)
+            ELSE pg_notify('tagrun_cancel', id::text) END
+FROM updated"""
+RETRY_JOB = """
+WITH updated AS (
+    UPDATE jobs SET status = 'queued', attempt = 0, worker = NULL, result = NULL, error = NULL,
+                    run_at = now(), started_at = NULL, finished_at = NULL,
+                    cancel_requested = false
+    WHERE workspace = $1 AND id = $2 AND status IN ('failed', 'cancelled')
+    RETURNING id, tag, priority, run_at, concurrency_key, concurrency_limit
+)
+INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
+SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit FROM updated
+RETURNING job_id"""
+
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    script_path: str | None
+    script_version: int | None
+    language: str
+    content: str
+    args: dict[str, Any]
+    tag: str
+    priority: int
+    run_at: datetime | None
+    timeout_s: float | None
+    max_attempts: int
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+
+
+def job_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "workspace": row["workspace"],
+        "script": row["script_path"],
+        "script_version": row["script_version"],
+        "language": row["language"],
+        "tag": row["tag"],
+        "args": row["args"],
+        "priority": row["priority"],
+        "run_at": iso(row["run_at"]),
+        "timeout_s": row["timeout_s"],
+        "max_attempts": row["max_attempts"],
+        "status": row["status"],
+        "attempt": row["attempt"],
+        "worker": row["worker"],
+        "cancel_requested": row["cancel_requested"],
+        "result": row["result"],
+        "error": row["error"],
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "attempts": row["attempts"],
+        "content": row["content"],
+    }
+
+
+def _columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
+    return (
+        [j.script_path for j in jobs], [j.script_version for j in jobs],
+        [j.language for j in jobs], [j.content for j in jobs], [j.args for j in jobs],
+        [j.tag for j in jobs], [j.priority for j in jobs], [j.run_at for j in jobs],
+        [j.timeout_s for j in jobs], [j.max_attempts for j in jobs],
+    )
+
+
+def _cap_columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
+    return [j.concurrency_key for j in jobs], [j.concurrency_limit for j in jobs]
+
+
+class Jobs(StoreBase):
+    async def insert_jobs(self, workspace: str, jobs: Sequence[NewJob]) -> list[int]:
+        rows = await self.fetch(INSERT_JOBS, *_columns(jobs), workspace, *_cap_columns(jobs))
+        return [r["id"] for r in rows]
+
+    async def insert_job_once(self, workspace: str, job: NewJob, key: str) -> tuple[int, bool]:
+        """Insert `job` unless `key` was used in this workspace within 24 h; then return
+        that first job instead. Returns (job id, created)."""
+        async with translated_errors(), self.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(TAKE_IDEMPOTENCY_KEY, workspace, key) is None:
+                existing = await conn.fetchval(FIND_IDEMPOTENT_JOB, workspace, key)
+                if existing is not None:
+                    return int(existing), False
+            [row] = await conn.fetch(INSERT_JOBS, *_columns([job]), workspace,
+                                    *_cap_columns([job]))
+            await conn.execute(SET_IDEMPOTENT_JOB, workspace, key, row["id"])
+            return int(row["id"]), True
+
+    async def prune_idempotency_keys(self) -> int:
+        deleted = await self.execute(PRUNE_IDEMPOTENCY_KEYS)
+        return int(deleted.split()[-1])
+
+    async def queued_count(self) -> int:
+        return int(await self.fetchval(QUEUED_COUNT))
+
+    async def get_job(self, workspace: str, job_id: int) -> dict[str, Any]:
+        row = await self.fetchrow(GET_JOB, workspace, job_id)
+        if row is None:
+            raise NotFound(f"no job {job_id} in workspace {workspace!r}", code="job_not_found")
+        return job_view(row)
+
+    async def list_jobs(
+        self, workspace: str, *, before: int, status: str | None, tag: str | None,
+        script: str | None, limit: int,
+    ) -> list[dict[str, Any]]:
+        rows = await self.fetch(LIST_JOBS, workspace, before, status, tag, script, limit)
+        return [job_view(r) for r in rows]
+
+    async def read_logs(self, workspace: str, job_id: int, offset: int) -> dict[str, Any]:
+        state = await self.fetchrow(JOB_LOG_STATE, workspace, job_id)
+        if state is None:
+            raise NotFound(f"no job {job_id} in workspace {workspace!r}", code="job_not_found")
+        chunks = await self.fetch(READ_LOGS, job_id, offset)
+        parts: list[str] = []
+        end = offset
+        for chunk in chunks:
+            if chunk["off"] > end:  # a gap never happens: appends are contiguous by construction
+                break
+            parts.append(chunk["data"][end - chunk["off"]:])
+            end = chunk["off"] + len(chunk["data"])
+        done = state["status"] in FINAL_STATES and end >= state["log_size"]
+        return {"data": "".join(parts), "offset": end, "done": done}
+
+    async def cancel_job(self, workspace: str, job_id: int) -> dict[str, Any]:
+        row = await self.fetchrow(CANCEL_JOB, workspace, job_id)
+        if row is None:
+            job = await self.get_job(workspace, job_id)
+            raise Conflict(f"job {job_id} is already {job['status']}", code="job_finished")
+        return await self.get_job(workspace, job_id)
+
+    async def retry_job(self, workspace: str, job_id: int) -> dict[str, Any]:
+        if await self.fetchval(RETRY_JOB, workspace, job_id) is None:
+            job = await self.get_job(workspace, job_id)
+            raise Conflict(
+                f"job {job_id} is {job['status']}; only failed or cancelled jobs can be retried",
+                code="job_not_retryable",
+            )
+        return await self.get_job(workspace, job_id)

@@ -1,0 +1,373 @@
+"""The worker side of a job: claim, heartbeat, logs, complete; lease expiry; worker records.
+
+Every write about a running job names its holder and attempt (fencing): a write from an
+old attempt or another holder changes nothing and raises `LeaseLost`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tagrun.server.errors import Conflict, LeaseLost
+from tagrun.server.store._base import StoreBase, iso, translated_errors
+from tagrun.server.store.settings import CAPS_STATE
+
+# Leases the best jobs of tags $1 to the slots $2: one holder name per slot, in the order
+# the slots should be served (a holder with three free slots appears three times).
+# One index-ordered scan per tag (a plain `tag = ANY(...)` would read and sort every queued
+# job of those tags), then the best over all tags. Rows locked but not picked are released
+# at commit. This fast path takes no job of a capped script, and nothing while a global cap
+# applies to the claimer ($4: it runs inside a server process): CLAIM_JOBS_CAPPED does.
+CLAIM_JOBS = """
+WITH slots AS (
+    SELECT holder, n FROM unnest($2::text[]) WITH ORDINALITY AS s(holder, n)
+), picked AS (
+    SELECT c.job_id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.job_id) AS n
+    FROM unnest($1::text[]) AS t(tag)
+    CROSS JOIN LATERAL (
+        SELECT q.job_id, q.priority, q.run_at FROM queue q
+        WHERE q.tag = t.tag AND q.run_at <= now() AND q.concurrency_key IS NULL
+        ORDER BY q.priority DESC, q.run_at, q.job_id
+        LIMIT cardinality($2::text[]) FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM settings
+        WHERE (key = 'task_max_concurrent' OR ($4 AND key = 'task_inline_max_concurrent'))
+          AND value <> '0'::jsonb)
+    ORDER BY c.priority DESC, c.run_at, c.job_id
+    LIMIT cardinality($2::text[])
+), dequeued AS (
+    DELETE FROM queue q USING picked p WHERE q.job_id = p.job_id RETURNING q.job_id
+)
+UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
+                  started_at = now(), finished_at = NULL, inline = $4,
+                  lease_expires_at = now() + make_interval(secs => $3::float8)
+FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
+WHERE j.id = d.job_id
+RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
+          j.log_received AS log_offset, j.priority, j.worker,
+          extract(epoch FROM now() - j.run_at)::float8 AS waited_s"""
+# The same under caps, run while holding CLAIM_LOCK so that claims from every process are
+# counted one after another: room = the smallest of the free slots, the global cap minus
+# running jobs, the inline cap minus jobs running in server processes (for inline claimers),
+# and each script's limit minus its running jobs. Looks up to $5 queued jobs ahead per tag
+# past capped ones; within a script, older jobs go first.
+CLAIM_JOBS_CAPPED = """
+WITH caps AS (
+    SELECT coalesce((SELECT (value #>> '{}')::int FROM settings
+                     WHERE key = 'task_max_concurrent'), 0) AS total_cap,
+           coalesce((SELECT (value #>> '{}')::int FROM settings
+                     WHERE key = 'task_inline_max_concurrent'), 0) AS inline_cap
+), load AS (
+    SELECT count(*) AS running, count(*) FILTER (WHERE inline) AS running_inline
+    FROM jobs WHERE status = 'running'
+), room AS (
+    SELECT least(cardinality($2::text[]),
+                 CASE WHEN total_cap > 0 THEN greatest(total_cap - running, 0) END,
+                 CASE WHEN $4 AND inline_cap > 0 THEN greatest(inline_cap - running_inline, 0)
+                 END) AS n
+    FROM caps, load
+), slots AS (
+    SELECT holder, n FROM unnest($2::text[]) WITH ORDINALITY AS s(holder, n)
+), candidates AS (
+    SELECT c.* FROM unnest($1::text[]) AS t(tag)
+    CROSS JOIN LATERAL (
+        SELECT q.job_id, q.priority, q.run_at, q.concurrency_key, q.concurrency_limit
+        FROM queue q
+        WHERE q.tag = t.tag AND q.run_at <= now()
+        ORDER BY q.priority DESC, q.run_at, q.job_id
+        LIMIT $5 FOR UPDATE SKIP LOCKED
+    ) c
+), busy AS (
+    SELECT concurrency_key, count(*) AS n FROM jobs
+    WHERE status = 'running'
+      AND concurrency_key IN (SELECT concurrency_key FROM candidates)
+    GROUP BY concurrency_key
+), ranked AS (
+    SELECT c.*, row_number() OVER (PARTITION BY c.concurrency_key
+                                   ORDER BY c.priority DESC, c.run_at, c.job_id) AS k
+    FROM candidates c
+), picked AS (
+    SELECT r.job_id, row_number() OVER (ORDER BY r.priority DESC, r.run_at, r.job_id) AS n
+    FROM ranked r LEFT JOIN busy b ON b.concurrency_key = r.concurrency_key
+    WHERE r.concurrency_key IS NULL OR r.k + coalesce(b.n, 0) <= r.concurrency_limit
+    ORDER BY r.priority DESC, r.run_at, r.job_id
+    LIMIT (SELECT n FROM room)
+), dequeued AS (
+    DELETE FROM queue q USING picked p WHERE q.job_id = p.job_id RETURNING q.job_id
+)
+UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
+                  started_at = now(), finished_at = NULL, inline = $4,
+                  lease_expires_at = now() + make_interval(secs => $3::float8)
+FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
+WHERE j.id = d.job_id
+RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
+          j.log_received AS log_offset, j.priority, j.worker,
+          extract(epoch FROM now() - j.run_at)::float8 AS waited_s"""
+CLAIM_LOCK_ID = 0x7A6772756F  # serialises capped claims of every process
+CAPPED_LOOKAHEAD = 500
+EXTEND_LEASES = """
+WITH held AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt)
+), extended AS (
+    UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8)
+    FROM held h
+    WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = $3 AND j.status = 'running'
+    RETURNING j.id, j.cancel_requested
+), w AS (
+    UPDATE workers SET last_seen = now(), active_count = cardinality($1::bigint[]) WHERE name = $3
+)
+SELECT h.id, e.id IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
+FROM held h LEFT JOIN extended e ON e.id = h.id"""
+# Offsets ($5) count what the writer sent (`log_received`); what is stored stops at the cap
+# ($8 characters), where the truncation marker ($9) is written once.
+APPEND_LOGS = """
+WITH cur AS (
+    SELECT id, log_size FROM jobs
+    WHERE id = $1 AND attempt = $2 AND worker = $3 AND status = 'running' AND log_received = $5
+      AND ($6::text[] IS NULL OR tag = ANY($6::text[]))
+      AND ($7::text IS NULL OR workspace = $7)
+    FOR UPDATE
+), piece AS (
+    SELECT id, log_size AS off,
+           CASE WHEN log_size >= $8 THEN ''
+                WHEN log_size + length($4) <= $8 THEN $4
+                ELSE left($4, ($8 - log_size)::int) || $9 END AS data
+    FROM cur
+), j AS (
+    UPDATE jobs SET log_received = log_received + length($4),
+                    log_size = log_size + length(piece.data)
+    FROM piece WHERE jobs.id = piece.id RETURNING jobs.id
+), ins AS (
+    INSERT INTO job_logs (job_id, off, data) SELECT id, off, data FROM piece WHERE data <> ''
+)
+SELECT id FROM j"""
+LOG_STATE = "SELECT status, attempt, worker, log_received FROM jobs WHERE id = $1"
+HOLDER_FOR_TOKEN = """
+SELECT j.worker FROM jobs j JOIN workers w ON w.name = j.worker
+WHERE j.id = $1 AND w.jti = $2"""
+COMPLETE_JOB = """
+WITH cur AS (
+    SELECT id, ($4 = 'failed' AND attempt < max_attempts AND NOT cancel_requested) AS again
+    FROM jobs WHERE id = $1 AND attempt = $2 AND worker = $3 AND status = 'running'
+      AND ($8::text[] IS NULL OR tag = ANY($8::text[]))
+      AND ($9::text IS NULL OR workspace = $9)
+    FOR UPDATE
+), j AS (
+    UPDATE jobs SET
+        status = CASE WHEN cur.again THEN 'queued' ELSE $4 END,
+        result = $5, error = $6,
+        run_at = CASE WHEN cur.again
+                      THEN now() + make_interval(secs => least(
+                          600.0::float8, $7::float8 * power(2.0::float8, (attempt - 1)::float8)
+                      ) * (0.5 + random() / 2))
+                      ELSE run_at END,
+        finished_at = CASE WHEN cur.again THEN NULL ELSE now() END,
+        lease_expires_at = NULL, cancel_requested = false,
+        attempts = attempts || jsonb_build_object(
+            'attempt', attempt, 'worker', worker, 'started_at', started_at,
+            'finished_at', now(), 'status', $4::text, 'error', $6::jsonb)
+    FROM cur WHERE jobs.id = cur.id
+    RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
+              jobs.concurrency_key, jobs.concurrency_limit, jobs.attempt, jobs.worker,
+              jobs.started_at
+), q AS (
+    INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
+    SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit
+    FROM j WHERE status = 'queued'
+), w AS (
+    UPDATE workers SET jobs_executed = jobs_executed + 1
+    WHERE name = $3 AND EXISTS (SELECT 1 FROM j)
+)
+SELECT id, status, tag, attempt, worker, run_at,
+       round(extract(epoch FROM now() - started_at) * 1000) AS duration_ms,
+       CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
+FROM j"""
+COMPLETION_STATE = "SELECT status, attempt, worker FROM jobs WHERE id = $1"
+EXPIRE_LEASES = """
+WITH expired AS (
+    SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED
+), j AS (
+    UPDATE jobs SET
+        status = CASE WHEN cancel_requested THEN 'cancelled'
+                      WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+        error = jsonb_build_object('kind', 'lease_expired', 'message',
+                                   'lease expired: ' || coalesce(worker, '?')
+                                   || ' stopped heartbeating during attempt ' || attempt),
+        attempts = attempts || jsonb_build_object(
+            'attempt', attempt, 'worker', worker, 'started_at', started_at,
+            'finished_at', now(), 'status', 'failed', 'error', jsonb_build_object(
+                'kind', 'lease_expired', 'message', 'the lease expired')),
+        run_at = now(), lease_expires_at = NULL, worker = NULL,
+        finished_at = CASE WHEN attempt < max_attempts AND NOT cancel_requested
+                           THEN NULL ELSE now() END
+    FROM expired WHERE jobs.id = expired.id
+    RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
+              jobs.concurrency_key, jobs.concurrency_limit
+), q AS (
+    INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
+    SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit
+    FROM j WHERE status = 'queued'
+)
+SELECT id, status, CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
+FROM j"""
+REGISTER_WORKER = """
+INSERT INTO workers (name, kind, grp, tags, ip, version) VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp, tags = EXCLUDED.tags,
+    ip = EXCLUDED.ip, version = EXCLUDED.version, connected_at = now(), last_seen = now(),
+    active_count = 0"""
+NEXT_RUN_AT = """
+SELECT extract(epoch FROM min(run_at) - now()) FROM queue WHERE tag = ANY($1::text[])"""
+
+RELEASE_JOBS = """
+WITH held AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt)
+), j AS (
+    UPDATE jobs SET status = 'queued', attempt = jobs.attempt - 1, lease_expires_at = NULL,
+                    worker = NULL,
+                    started_at = NULL, run_at = now()
+    FROM held h
+    WHERE jobs.id = h.id AND jobs.attempt = h.attempt AND jobs.worker = $3
+      AND jobs.status = 'running' AND NOT jobs.cancel_requested
+      AND ($4::text[] IS NULL OR jobs.tag = ANY($4::text[]))
+    RETURNING jobs.id, jobs.tag, jobs.priority, jobs.run_at, jobs.concurrency_key,
+              jobs.concurrency_limit
+)
+INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
+SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit FROM j
+RETURNING job_id"""
+
+
+CAPS_REFRESH_S = 0.5
+
+
+class Leases(StoreBase):
+    _caps: Any = None
+    _caps_read_at = float("-inf")
+
+    async def claim_jobs(
+        self, holder: str, tags: Sequence[str], limit: int, lease_s: float,
+        *, inline: bool = False,
+    ) -> list[dict[str, Any]]:
+        return await self.claim_for_slots(tags, [holder] * limit, lease_s, inline=inline)
+
+    async def claim_for_slots(
+        self, tags: Sequence[str], slots: Sequence[str], lease_s: float, *, inline: bool = False
+    ) -> list[dict[str, Any]]:
+        """Lease up to len(slots) jobs, job i to holder slots[i]; each job names its holder.
+
+        `inline`: the claimer runs jobs inside a server process (task_inline_max_concurrent)."""
+        args = (list(tags), list(slots), lease_s, inline)
+        if await self._caps_apply(inline):
+            async with translated_errors(), self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", CLAIM_LOCK_ID)
+                rows = await conn.fetch(CLAIM_JOBS_CAPPED, *args, CAPPED_LOOKAHEAD)
+        else:
+            rows = await self.fetch(CLAIM_JOBS, *args)
+        jobs = [dict(r) for r in rows]
+        jobs.sort(key=lambda j: (-j["priority"], j["id"]))
+        return jobs
+
+    async def _caps_apply(self, inline: bool) -> bool:
+        """Whether a cap may apply, re-read at most every CAPS_REFRESH_S. A stale answer is
+        safe: the fast path takes no capped job and nothing under a global cap."""
+        now = time.monotonic()
+        if now - self._caps_read_at > CAPS_REFRESH_S:
+            self._caps = await self.fetchrow(CAPS_STATE)
+            self._caps_read_at = now
+        caps = self._caps
+        assert caps is not None
+        return bool(caps["total"] or (inline and caps["inline"]) or caps["scripts"])
+
+    async def extend_leases(
+        self, holder: str, running: Sequence[tuple[int, int]], lease_s: float
+    ) -> tuple[list[int], list[int]]:
+        """Extend the leases `holder` names; returns (ids to cancel, ids lost)."""
+        ids = [job_id for job_id, _ in running]
+        attempts = [attempt for _, attempt in running]
+        rows = await self.fetch(EXTEND_LEASES, ids, attempts, holder, lease_s)
+        cancel = [r["id"] for r in rows if r["cancel"]]
+        lost = [r["id"] for r in rows if r["lost"]]
+        return cancel, lost
+
+    async def append_logs(
+        self, holder: str, job_id: int, attempt: int, offset: int, data: str,
+        *, tags: Sequence[str] | None = None, workspace: str | None = None,
+        max_chars: int = 10 << 20,
+    ) -> int:
+        """Append at `offset` (characters sent so far); a resent chunk is a no-op.
+
+        `tags` and `workspace`, when given, must match the job's (agents act only on jobs
+        of their token's tags). Past `max_chars` stored, the rest is dropped with a marker."""
+        tag_list = list(tags) if tags is not None else None
+        if data:
+            marker = f"\n[tagrun: log truncated here: it reached {max_chars} characters]\n"
+            stored = await self.fetchval(APPEND_LOGS, job_id, attempt, holder, data, offset,
+                                         tag_list, workspace, max_chars, marker)
+            if stored is not None:
+                return offset + len(data)
+        state = await self.fetchrow(LOG_STATE, job_id)
+        if state is None or (state["attempt"], state["worker"]) != (attempt, holder):
+            raise LeaseLost()
+        if offset + len(data) <= state["log_received"]:
+            return int(state["log_received"])
+        if state["status"] != "running":
+            raise LeaseLost()
+        raise Conflict(
+            f"log offset {offset} does not follow the log so far ({state['log_received']})",
+            code="offset_mismatch",
+        )
+
+    async def complete_job(
+        self, holder: str, job_id: int, attempt: int, status: str,
+        result: Any, error: dict[str, Any] | None, retry_backoff_s: float,
+        *, tags: Sequence[str] | None = None, workspace: str | None = None,
+    ) -> dict[str, Any]:
+        """Record an attempt's outcome. Returns the job's new `status` ('queued': a retry is
+        scheduled) with id, tag, attempt, worker, run_at and duration_ms; `repeat` is True
+        when this completion had already been recorded (nothing changed)."""
+        row = await self.fetchrow(
+            COMPLETE_JOB, job_id, attempt, holder, status, result, error, retry_backoff_s,
+            list(tags) if tags is not None else None, workspace,
+        )
+        if row is not None:
+            return {**dict(row), "run_at": iso(row["run_at"]), "repeat": False}
+        # Expiry and release clear `worker`, so only the holder's own recorded completion
+        # matches here: a repeat, answered the same way and changing nothing.
+        state = await self.fetchrow(COMPLETION_STATE, job_id)
+        if state is not None and (state["attempt"], state["worker"]) == (attempt, holder) \
+                and state["status"] != "running":
+            return {"id": job_id, "status": str(state["status"]), "repeat": True}
+        raise LeaseLost()
+
+    async def expire_leases(self) -> list[tuple[int, str]]:
+        rows = await self.fetch(EXPIRE_LEASES)
+        return [(r["id"], r["status"]) for r in rows]
+
+    async def register_worker(
+        self, name: str, kind: str, group: str, tags: Sequence[str], ip: str | None,
+        version: str,
+    ) -> None:
+        await self.execute(REGISTER_WORKER, name, kind, group, list(tags), ip, version)
+
+    async def seconds_to_next_due(self, tags: Sequence[str]) -> float | None:
+        value = await self.fetchval(NEXT_RUN_AT, list(tags))
+        return None if value is None else float(value)
+
+    async def release_jobs(
+        self, holder: str, held: Sequence[tuple[int, int]], tags: Sequence[str] | None = None
+    ) -> list[int]:
+        """Give jobs back without using an attempt (graceful shutdown)."""
+        rows = await self.fetch(RELEASE_JOBS, [i for i, _ in held], [a for _, a in held], holder,
+                                list(tags) if tags is not None else None)
+        return [r["job_id"] for r in rows]
+
+    async def holder_for_token(self, job_id: int, jti: str) -> str:
+        """The agent holding `job_id`, if it registered with token `jti`; else LeaseLost."""
+        holder = await self.fetchval(HOLDER_FOR_TOKEN, job_id, jti)
+        if holder is None:
+            raise LeaseLost()
+        return str(holder)

@@ -1,0 +1,32 @@
+"""Settings kept in the database, so every replica and worker reads the same values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tagrun.server.store._base import StoreBase
+
+GET_SETTINGS = "SELECT key, value FROM settings"
+PUT_SETTING = """
+INSERT INTO settings (key, value) VALUES ($1, $2)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"""
+CAPS_STATE = """
+SELECT coalesce((SELECT (value #>> '{}')::int FROM settings
+                 WHERE key = 'task_max_concurrent'), 0) AS total,
+       coalesce((SELECT (value #>> '{}')::int FROM settings
+                 WHERE key = 'task_inline_max_concurrent'), 0) AS inline,
+       EXISTS (SELECT 1 FROM queue WHERE concurrency_key IS NOT NULL) AS scripts"""
+
+
+class Settings(StoreBase):
+    async def get_settings(self) -> dict[str, Any]:
+        return {r["key"]: r["value"] for r in await self.fetch(GET_SETTINGS)}
+
+    async def put_setting(self, key: str, value: Any) -> None:
+        await self.execute(PUT_SETTING, key, value)
+
+    async def caps_state(self) -> tuple[int, int, bool]:
+        """(task_max_concurrent, task_inline_max_concurrent, any capped script queued)."""
+        row = await self.fetchrow(CAPS_STATE)
+        assert row is not None
+        return int(row["total"]), int(row["inline"]), bool(row["scripts"])

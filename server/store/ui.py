@@ -1,0 +1,63 @@
+"""What the web UI reads beyond the API's statements: sessions, and workspace-scoped queues."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tagrun.server.store._base import StoreBase
+
+# The token a session was made from, if it still works, and whether the session was ended.
+SESSION_TOKEN = """
+SELECT t.kind, t.workspace, t.hash,
+       EXISTS (SELECT 1 FROM ui_sessions_ended e WHERE e.sid = $2) AS ended
+FROM tokens t
+WHERE t.id = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())"""
+END_SESSION = """
+WITH pruned AS (DELETE FROM ui_sessions_ended WHERE expires_at < now())
+INSERT INTO ui_sessions_ended (sid, expires_at) VALUES ($1, $2) ON CONFLICT (sid) DO NOTHING"""
+# Agents whose token was revoked or has expired: they stop at their next request.
+AGENTS_WITHOUT_TOKEN = """
+SELECT w.name, t.revoked_at IS NOT NULL AS revoked
+FROM workers w JOIN agent_tokens t ON t.jti = w.jti
+WHERE w.kind = 'agent' AND (t.revoked_at IS NOT NULL OR t.expires_at <= now())
+LIMIT $1"""
+# One workspace's share of the queue, for a workspace token's view of the Workers page.
+WORKSPACE_RUNNING_BY_HOLDER_AND_TAG = """
+SELECT worker, tag, count(*) AS n FROM jobs
+WHERE workspace = $1 AND status = 'running' GROUP BY worker, tag"""
+WORKSPACE_QUEUED_BY_TAG = """
+SELECT tag, count(*) AS n FROM jobs WHERE workspace = $1 AND status = 'queued' GROUP BY tag"""
+
+
+@dataclass(frozen=True)
+class SessionToken:
+    kind: str
+    workspace: str | None
+    token_hash: bytes
+    ended: bool
+
+
+class UiQueries(StoreBase):
+    async def session_token(self, token_id: int, sid: str) -> SessionToken | None:
+        row = await self.fetchrow(SESSION_TOKEN, token_id, sid)
+        if row is None:
+            return None
+        return SessionToken(row["kind"], row["workspace"], bytes(row["hash"]), row["ended"])
+
+    async def end_session(self, sid: str, expires_at: datetime) -> None:
+        await self.execute(END_SESSION, sid, expires_at)
+
+    async def agents_without_token(self, limit: int = 5000) -> dict[str, str]:
+        """Agents whose token no longer works, by name: 'revoked' or 'expired'."""
+        rows = await self.fetch(AGENTS_WITHOUT_TOKEN, limit)
+        return {r["name"]: "revoked" if r["revoked"] else "expired" for r in rows}
+
+    async def workspace_queue(self, workspace: str) -> dict[str, Any]:
+        """`running` and `queued` as in `workers_overview`, counting one workspace's jobs."""
+        running: Sequence[Any] = await self.fetch(WORKSPACE_RUNNING_BY_HOLDER_AND_TAG, workspace)
+        queued = await self.fetch(WORKSPACE_QUEUED_BY_TAG, workspace)
+        return {"running": [dict(r) for r in running],
+                "queued": {r["tag"]: r["n"] for r in queued}}

@@ -1,0 +1,88 @@
+"""The Workers page: caps, agents and workers, pools by group, tags, and agent tokens.
+
+It reads what `GET /api/workers` reads. A workspace token sees the fleet but counts only
+its own workspace's jobs, and neither agent tokens nor the controls that change settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tagrun.server.http import query_int
+from tagrun.server.routes import settings
+from tagrun.server.routes.fleet import fleet_view
+from tagrun.server.store import Store
+from tagrun.server.ui.render import page
+from tagrun.server.ui.session import Session
+from tagrun.server.ui.views import ui_page, with_query
+
+AGENTS_PER_PAGE = 100
+TOKENS_PER_PAGE = 50
+MAX_TAGS_SHOWN = 500
+EXPIRY_CHOICES = [("1 day", 86400), ("7 days", 7 * 86400), ("30 days", 30 * 86400),
+                  ("90 days", 90 * 86400), ("1 year", 365 * 86400)]
+
+
+def paged(request: Request, rows: list[Any], name: str, per_page: int) -> dict[str, Any]:
+    pages = max(1, -(-len(rows) // per_page))
+    number = query_int(request, name, 1, minimum=1, maximum=1_000_000)
+    number = min(number, pages)
+    start = (number - 1) * per_page
+    return {
+        "rows": rows[start:start + per_page], "number": number, "pages": pages,
+        "total": len(rows), "first": start + 1,
+        "prev": with_query(request, **{name: number - 1}) if number > 1 else None,
+        "next": with_query(request, **{name: number + 1}) if number < pages else None,
+    }
+
+
+def _summary(fleet: dict[str, Any]) -> dict[str, int]:
+    agents = fleet["agents"]
+    return {
+        "live": sum(1 for a in agents if not a["stale"]),
+        "stale": sum(1 for a in agents if a["stale"]),
+        "queued": sum(t["queued"] for t in fleet["tags"]),
+        "running": sum(t["running"] for t in fleet["tags"]),
+        "unserved": sum(1 for t in fleet["tags"] if t["queued"] and not t["live_workers"]),
+    }
+
+
+async def _fleet(store: Store, session: Session, stale_after_s: float) -> dict[str, Any]:
+    overview = await store.workers_overview(stale_after_s)
+    if session.principal.kind != "superadmin":
+        overview.update(await store.workspace_queue(session.principal.workspace or ""))
+    fleet = fleet_view(overview)
+    without_token = await store.agents_without_token()
+    for agent in fleet["agents"]:
+        agent["token"] = without_token.get(agent["name"]) if agent["kind"] == "agent" else None
+    # Tags nobody serves first: that is what an operator must act on.
+    fleet["tags"].sort(key=lambda t: (not (t["queued"] and not t["live_workers"]), t["tag"]))
+    return fleet
+
+
+@ui_page
+async def workers_page(request: Request, session: Session) -> Response:
+    store: Store = request.app.state.store
+    superadmin = session.principal.kind == "superadmin"
+    fleet = await _fleet(store, session, request.app.state.config.stale_after_s)
+    tokens = await store.list_agent_tokens(False) if superadmin else []
+    return await page(request, session, "workers.html", {
+        "nav": "workers",
+        "caps": await settings.current(store),
+        "cap_help": {key: s.help for key, s in settings.SETTINGS.items()},
+        "summary": _summary(fleet),
+        "agents": paged(request, fleet["agents"], "agents_page", AGENTS_PER_PAGE),
+        "pools": fleet["pools"],
+        "tags": fleet["tags"][:MAX_TAGS_SHOWN],
+        "tags_total": len(fleet["tags"]),
+        "tokens": paged(request, tokens, "tokens_page", TOKENS_PER_PAGE),
+        "expiry_choices": EXPIRY_CHOICES,
+        "base_url": str(request.base_url).rstrip("/"),
+    })
+
+
+routes = [Route("/workers", workers_page, methods=["GET"])]

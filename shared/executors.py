@@ -1,0 +1,397 @@
+"""Run one job script (bash, sh, python, powershell or identity) and turn it into an Outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LANGUAGES: tuple[str, ...] = ("bash", "sh", "python", "powershell", "identity")
+
+_log = logging.getLogger(__name__)
+
+_READ_SIZE = 65536
+_TAIL_CHARS = 8192
+_MESSAGE_LINE_CHARS = 500
+# After the tree is killed, EOF normally arrives at once; only a process that escaped the
+# tree (e.g. via setsid) can hold the pipe open, and it must not hang the run forever.
+_DRAIN_GRACE_S = 2.0
+
+if sys.platform == "win32":
+    _CREATION_FLAGS = subprocess.CREATE_NEW_PROCESS_GROUP
+else:
+    _CREATION_FLAGS = 0
+
+_ARGS_NAME = "_tagrun_args.json"
+_RESULT_NAME = "_tagrun_result.json"
+_WRAPPER_NAME = "_tagrun_wrapper.py"
+
+# Runs under whatever interpreter the job uses, which may not have tagrun installed, so it
+# must stay self-contained and stdlib-only. python_wrapper_main() execs this same text.
+_WRAPPER_SOURCE = '''\
+"""tagrun Python job wrapper: runs the job script and calls its main(**args)."""
+import json
+import os
+import runpy
+import sys
+import traceback
+
+
+def _tagrun_exit_code(exc):
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def tagrun_wrapper(argv):
+    if not argv:
+        print("usage: _tagrun_wrapper.py SCRIPT", file=sys.stderr)
+        return 2
+    script = os.path.abspath(argv[-1])
+    with open(os.environ["TAGRUN_ARGS_FILE"], encoding="utf-8") as f:
+        args = json.load(f)
+    sys.argv = [script]
+    script_dir = os.path.dirname(script)
+    if sys.path[:1] != [script_dir]:
+        sys.path.insert(0, script_dir)
+    try:
+        namespace = runpy.run_path(script, run_name="__tagrun_job__")
+        main = namespace.get("main")
+        if callable(main):
+            text = json.dumps(main(**args), default=str)
+            with open(os.environ["TAGRUN_RESULT_FILE"], "w", encoding="utf-8") as f:
+                f.write(text)
+    except SystemExit as exc:
+        return _tagrun_exit_code(exc)
+    except BaseException as exc:
+        sys.stdout.flush()
+        # Skip this wrapper's frame so the traceback starts where the job's code is.
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(tagrun_wrapper(sys.argv[1:]))
+'''
+
+
+class ErrorKind:
+    SCRIPT_ERROR = "script_error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    language: str
+    content: str
+    args: dict[str, Any]
+    timeout_s: float | None
+    work_dir: Path
+    python_cmd: Sequence[str] | None = None
+    env: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    result: Any = None
+    error: dict[str, str] | None = None
+
+
+class _LaunchError(Exception):
+    """The job cannot even be started; reported as an internal error, not a script error."""
+
+
+def _failed(kind: str, message: str) -> Outcome:
+    return Outcome("failed", error={"kind": kind, "message": message})
+
+
+def _cancelled() -> Outcome:
+    return Outcome("cancelled", error={"kind": ErrorKind.CANCELLED, "message": "cancelled"})
+
+
+class _JobProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Stream protocol that also reports the moment the process itself exits.
+
+    Process.wait() on Python 3.11 resolves only once every pipe is closed, so a background
+    grandchild still holding stdout would make a finished job look like it is still running.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=_READ_SIZE, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+class Execution:
+    def __init__(self, spec: ExecSpec, on_output: Callable[[str], None]) -> None:
+        self._spec = spec
+        self._on_output = on_output
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._cancelled = False
+        self._started = False
+        self._tail = ""
+        self._output_broken = False
+
+    async def run(self) -> Outcome:
+        if self._started:
+            raise RuntimeError("Execution.run() may only be called once")
+        self._started = True
+        if self._cancelled:
+            return _cancelled()
+        if self._spec.language == "identity":
+            return Outcome("succeeded", result=self._spec.args)
+        try:
+            env = _job_env(self._spec)
+            argv = _prepare(self._spec, env)
+            transport, protocol = await _spawn(argv, self._spec.work_dir, env)
+        except _LaunchError as exc:
+            return _failed(ErrorKind.INTERNAL, str(exc))
+        self._transport = transport
+        if self._cancelled:  # cancel() arrived while we were starting
+            _kill_tree(transport)
+        try:
+            timed_out = await self._supervise(transport, protocol)
+        finally:
+            # Once reaped, the pid may be reused; a late cancel() must not signal it.
+            self._transport = None
+        return self._outcome(transport.get_returncode(), timed_out)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._transport is not None:
+            _kill_tree(self._transport)
+
+    async def _supervise(
+        self, transport: asyncio.SubprocessTransport, protocol: _JobProtocol
+    ) -> bool:
+        """Wait for exit, timeout or cancel; always leave no process behind. True on timeout."""
+        assert protocol.stdout is not None
+        reader = asyncio.create_task(self._pump(protocol.stdout))
+        try:
+            done, _ = await asyncio.wait([protocol.exited], timeout=self._spec.timeout_s)
+        finally:
+            # Also runs when run() itself is cancelled, and after a normal exit it reaps
+            # leftover background children that would otherwise hold the output pipe open.
+            _kill_tree(transport)
+            await protocol.exited
+            await _drain(reader)
+            transport.close()
+        return not done
+
+    async def _pump(self, stream: asyncio.StreamReader) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := await stream.read(_READ_SIZE):
+            self._emit(decoder.decode(chunk))
+        self._emit(decoder.decode(b"", final=True))
+
+    def _emit(self, text: str) -> None:
+        if not text:
+            return
+        self._tail = (self._tail + text)[-_TAIL_CHARS:]
+        try:
+            self._on_output(text)
+        except Exception:
+            # A broken log sink must not stop us reading, or the job would block on a full pipe.
+            if not self._output_broken:
+                _log.exception("on_output callback failed; continuing without it")
+            self._output_broken = True
+
+    def _outcome(self, code: int | None, timed_out: bool) -> Outcome:
+        if self._cancelled:
+            return _cancelled()
+        if timed_out:
+            return _failed(ErrorKind.TIMEOUT, f"timed out after {self._spec.timeout_s:g} s")
+        if code != 0:
+            return _failed(ErrorKind.SCRIPT_ERROR, _exit_message(code, _last_line(self._tail)))
+        return _collect_result(self._spec.work_dir / _RESULT_NAME, self._tail)
+
+
+async def _drain(reader: asyncio.Task[None]) -> None:
+    done, _ = await asyncio.wait([reader], timeout=_DRAIN_GRACE_S)
+    if not done:
+        _log.warning("job output still open %.0f s after exit; stopped reading", _DRAIN_GRACE_S)
+        reader.cancel()
+        await asyncio.wait([reader])
+
+
+def _job_env(spec: ExecSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    if spec.language == "python":
+        # Unbuffered so logs stream live; UTF-8 because that is how we decode the output.
+        env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+    env.update(spec.env or {})
+    env["TAGRUN_ARGS_FILE"] = str(spec.work_dir / _ARGS_NAME)
+    env["TAGRUN_RESULT_FILE"] = str(spec.work_dir / _RESULT_NAME)
+    return env
+
+
+def _prepare(spec: ExecSpec, env: Mapping[str, str]) -> list[str]:
+    """Write the job's files into work_dir and return the command line to run."""
+    try:
+        return _write_files(spec, env)
+    except (OSError, TypeError, ValueError) as exc:  # TypeError: args not JSON-serialisable
+        raise _LaunchError(f"cannot write job files into {spec.work_dir}: {exc}") from exc
+
+
+def _write_files(spec: ExecSpec, env: Mapping[str, str]) -> list[str]:
+    work = spec.work_dir
+    (work / _ARGS_NAME).write_text(json.dumps(spec.args), encoding="utf-8")
+    lang = spec.language
+    if lang == "python":
+        script = _write(work / "main.py", spec.content)
+        wrapper = _write(work / _WRAPPER_NAME, _WRAPPER_SOURCE)
+        return [*(spec.python_cmd or [sys.executable]), str(wrapper), str(script)]
+    if lang in ("bash", "sh"):
+        exe = _require(shutil.which(lang, path=env.get("PATH")), lang)
+        _write(work / "script.sh", spec.content)
+        return [exe, "script.sh"]
+    if lang == "powershell":
+        exe = _require(_powershell(env.get("PATH")), "pwsh or powershell")
+        # A BOM makes Windows PowerShell 5 read the script as UTF-8 rather than ANSI.
+        _write(work / "script.ps1", spec.content, encoding="utf-8-sig")
+        flags = ["-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass"]
+        return [exe, *flags, "-File", "script.ps1"]
+    raise _LaunchError(f"unknown language {lang!r}; expected one of {', '.join(LANGUAGES)}")
+
+
+def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    # newline="" keeps LF endings on Windows, where CRLF would break bash scripts.
+    path.write_text(text, encoding=encoding, newline="")
+    return path
+
+
+def _require(exe: str | None, name: str) -> str:
+    if exe is None:
+        raise _LaunchError(f"interpreter not found on PATH: {name}")
+    return exe
+
+
+def _powershell(path: str | None = None) -> str | None:
+    return shutil.which("pwsh", path=path) or shutil.which("powershell", path=path)
+
+
+async def _spawn(
+    argv: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[asyncio.SubprocessTransport, _JobProtocol]:
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.subprocess_exec(
+            lambda: _JobProtocol(loop),
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            # Own session / process group, so the whole tree can be killed together.
+            start_new_session=sys.platform != "win32",
+            creationflags=_CREATION_FLAGS,
+        )
+    except OSError as exc:
+        raise _LaunchError(f"cannot start {argv[0]}: {exc}") from exc
+
+
+def _kill_tree(transport: asyncio.SubprocessTransport) -> None:
+    pid = transport.get_pid()
+    if sys.platform == "win32":
+        # Windows reuses pids quickly, so only touch a process we know is still ours.
+        if transport.get_returncode() is None:
+            _kill_tree_windows(pid)
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # group already empty (macOS reports EPERM when only zombies remain)
+
+
+def _kill_tree_windows(pid: int) -> None:
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    try:
+        parent = psutil.Process(pid)
+        victims = [*parent.children(recursive=True), parent]
+    except psutil.Error:
+        return
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.Error:
+            pass
+
+
+def _last_line(text: str) -> str | None:
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            return line.strip()
+    return None
+
+
+def _exit_message(code: int | None, last_line: str | None) -> str:
+    if code is not None and code < 0 and sys.platform != "win32":
+        try:
+            head = f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            head = f"killed by signal {-code}"
+    else:
+        head = f"exit code {code}"
+    return head if last_line is None else f"{head}: {last_line[:_MESSAGE_LINE_CHARS]}"
+
+
+def _collect_result(result_file: Path, tail: str) -> Outcome:
+    try:
+        data = result_file.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    except OSError as exc:
+        return _failed(ErrorKind.SCRIPT_ERROR, f"cannot read result file: {exc}")
+    if data.strip():
+        try:
+            return Outcome("succeeded", result=json.loads(data))
+        except ValueError as exc:
+            return _failed(ErrorKind.SCRIPT_ERROR, f"result file is not valid JSON: {exc}")
+    line = _last_line(tail)
+    if line is None:
+        return Outcome("succeeded")
+    try:
+        return Outcome("succeeded", result=json.loads(line))
+    except ValueError:
+        return Outcome("succeeded", result=line)
+
+
+def python_wrapper_main(argv: Sequence[str]) -> int:
+    """Run the Python job wrapper in this process (for a frozen agent re-executing itself).
+
+    argv is what follows the interpreter: [wrapper_path, script_path] or just [script_path];
+    only the last entry is used, since the wrapper's logic is the text executed here.
+    """
+    namespace: dict[str, Any] = {"__name__": "_tagrun_wrapper"}
+    exec(compile(_WRAPPER_SOURCE, _WRAPPER_NAME, "exec"), namespace)
+    entry: Callable[[list[str]], int] = namespace["tagrun_wrapper"]
+    return entry(list(argv))
+
+
+def available_languages() -> list[str]:
+    if _powershell() is None:
+        return [lang for lang in LANGUAGES if lang != "powershell"]
+    return list(LANGUAGES)

@@ -1,0 +1,72 @@
+"""Wire models: request bodies, decoded and validated by msgspec in one pass."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+
+# Patterns end in \Z, not $: msgspec searches with `re`, where $ also matches before a final
+# newline ("f/x\n" would pass).
+Path = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_][a-z0-9_.-]*(/[a-z0-9_][a-z0-9_.-]*)*\Z",
+                                   max_length=255)]
+WorkspaceId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}\Z")]
+Content = Annotated[str, msgspec.Meta(max_length=512 * 1024)]
+TagTemplate = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000)]
+TimeoutS = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
+MaxAttempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
+Label = Annotated[str, msgspec.Meta(max_length=200)]
+# Timestamps must stay inside what Python (and so the driver decoding them) can represent:
+# a stored year-10000 timestamp would make every later read of its row fail.
+MAX_EXPIRES_IN_S = 100 * 366 * 24 * 3600
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class ScriptIn(_Body):
+    path: Path
+    language: str
+    content: Content
+    tag: TagTemplate | None = None
+    timeout_s: TimeoutS | None = None
+    max_attempts: MaxAttempts = 3
+    concurrency_limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+
+
+class JobIn(_Body):
+    script: Path | None = None
+    language: str | None = None
+    content: Content | None = None
+    args: dict[str, Any] = {}
+    tag: TagTemplate | None = None
+    priority: Priority = 0
+    run_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    timeout_s: TimeoutS | None = None
+    max_attempts: MaxAttempts | None = None
+
+    def __post_init__(self) -> None:
+        if self.run_at is not None:
+            try:
+                self.run_at = self.run_at.astimezone(UTC)
+            except OverflowError:  # msgspec makes this a 400 naming the field's path
+                raise ValueError(
+                    f"run_at {self.run_at.isoformat()} is out of range in UTC"
+                ) from None
+
+
+class BatchIn(_Body):
+    jobs: Annotated[list[JobIn], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+class WorkspaceIn(_Body):
+    id: WorkspaceId
+
+
+class WorkspaceTokenIn(_Body):
+    workspace: WorkspaceId
+    label: Label = ""
+    expires_in_s: Annotated[int, msgspec.Meta(gt=0, le=MAX_EXPIRES_IN_S)] | None = None

@@ -1,0 +1,260 @@
+"""Wire models of responses: what the API answers, as the OpenAPI document describes it.
+
+The server builds plain dicts; tests decode real responses into these (strictly), so the
+document and the server cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class _Out(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class ErrorDetail(_Out):
+    code: str
+    message: str
+
+
+class ErrorOut(_Out):
+    error: ErrorDetail
+
+
+class Health(_Out):
+    status: str
+    version: str
+
+
+class JobError(_Out):
+    kind: str
+    message: str
+
+
+class Attempt(_Out):
+    attempt: int
+    worker: str | None
+    started_at: str | None
+    finished_at: str
+    status: str
+    error: JobError | None
+
+
+class Job(_Out):
+    id: int
+    workspace: str
+    script: str | None
+    script_version: int | None
+    language: str
+    tag: str
+    args: dict[str, Any]
+    priority: int
+    run_at: str
+    timeout_s: float | None
+    max_attempts: int
+    status: str
+    attempt: int
+    worker: str | None
+    cancel_requested: bool
+    result: Any
+    error: JobError | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    attempts: list[Attempt]
+    content: str | None = None
+
+
+class JobPage(_Out):
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+class JobIds(_Out):
+    ids: list[int]
+
+
+class Logs(_Out):
+    data: str
+    offset: int
+    done: bool
+
+
+class Script(_Out):
+    path: str
+    version: int
+    language: str
+    tag: str | None
+    timeout_s: float | None
+    max_attempts: int
+    concurrency_limit: int | None
+    created_at: str
+    content: str | None = None
+
+
+class ScriptPage(_Out):
+    scripts: list[Script]
+    next_cursor: str | None
+
+
+class Workspace(_Out):
+    id: str
+    created_at: str
+
+
+class Workspaces(_Out):
+    workspaces: list[Workspace]
+
+
+class WorkspaceToken(_Out):
+    id: int
+    workspace: str
+    label: str
+    created_at: str
+    expires_at: str | None
+    revoked: bool
+    token: str | None = None
+
+
+class WorkspaceTokens(_Out):
+    tokens: list[WorkspaceToken]
+
+
+class Revoked(_Out):
+    revoked: bool
+    id: int | None = None
+    jti: str | None = None
+
+
+class AgentToken(_Out):
+    jti: str
+    group: str
+    tags: list[str]
+    label: str
+    expires_at: str
+    created_at: str | None = None
+    revoked: bool | None = None
+    token: str | None = None
+
+
+class AgentTokens(_Out):
+    agent_tokens: list[AgentToken]
+
+
+class Agent(_Out):
+    name: str
+    kind: str
+    group: str
+    tags: list[str]
+    active_count: int
+    jobs_executed: int
+    connected_at: str
+    last_seen: str
+    ip: str | None
+    version: str | None
+    stale: bool
+
+
+class Pool(_Out):
+    group: str
+    tags: list[str]
+    live_agents: int
+    running_now: int
+    pending_now: int
+
+
+class TagLoad(_Out):
+    tag: str
+    queued: int
+    running: int
+    live_workers: int
+
+
+class Fleet(_Out):
+    version: str
+    task_max_concurrent: int
+    task_inline_max_concurrent: int
+    agents: list[Agent]
+    pools: list[Pool]
+    tags: list[TagLoad]
+
+
+class SettingsOut(_Out):
+    settings: dict[str, int]
+
+
+class AgentJob(_Out):
+    id: int
+    workspace: str
+    language: str
+    content: str
+    args: dict[str, Any]
+    tag: str
+    attempt: int
+    timeout_s: float | None
+    lease_s: float
+    heartbeat_s: float
+    log_offset: int
+
+
+class Claimed(_Out):
+    jobs: list[AgentJob]
+
+
+class HeartbeatOut(_Out):
+    cancel: list[int]
+    lost: list[int]
+
+
+class Released(_Out):
+    released: list[int]
+
+
+class LogsAck(_Out):
+    offset: int
+
+
+class Completed(_Out):
+    status: str
+
+
+class ScheduleRun(_Out):
+    fire_at: str
+    job_id: int | None
+    status: str
+    message: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class Schedule(_Out):
+    name: str
+    workspace: str
+    cron: str
+    timezone: str
+    script: str | None
+    args: dict[str, Any]
+    overlap: str
+    enabled: bool
+    timeout_s: float | None
+    tag: str | None
+    builtin: bool
+    description: str | None
+    next_fires: list[str]
+    last_runs: list[ScheduleRun]
+    created_at: str
+    updated_at: str
+
+
+class SchedulePage(_Out):
+    schedules: list[Schedule]
+    next_cursor: str | None
+
+
+class ScheduleDeleted(_Out):
+    name: str
+    workspace: str
+    deleted: bool

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tagrun.agent.config import AgentConfig, load_config
+from tagrun.agent.errors import ConfigError
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.s3cr3t"
+
+
+BASE = {"AGENT_TOKEN": TOKEN, "BASE_INTERNAL_URL": "http://127.0.0.1:8000"}
+
+
+def load(warnings: list[str] | None = None, **values: str | None) -> AgentConfig:
+    return load_config({**BASE, **values}, warn=(warnings if warnings is not None else []).append)
+
+
+def refused(**values: str | None) -> str:
+    with pytest.raises(ConfigError) as error:
+        load_config({**BASE, **values}, warn=lambda message: None)
+    assert TOKEN not in str(error.value)
+    return str(error.value)
+
+
+def test_defaults() -> None:
+    config = load()
+    assert config.base_url == "http://127.0.0.1:8000"
+    assert (config.slots, config.poll_wait_s, config.drain_timeout_s) == (1, 25.0, 30.0)
+    assert config.init_script is None and config.work_dir is None and config.python is None
+    assert config.ca_file is None
+    host, suffix = config.name.rsplit("-", 1)
+    assert host and len(suffix) == 6 and int(suffix, 16) >= 0
+    assert load().name != config.name
+
+
+def test_the_token_is_required_and_never_shown() -> None:
+    assert refused(AGENT_TOKEN=None) == "AGENT_TOKEN is not set"
+    assert refused(AGENT_TOKEN="") == "AGENT_TOKEN is empty"
+    assert refused(AGENT_TOKEN="  \n") == "AGENT_TOKEN is empty"
+    assert "AGENT_TOKEN" in refused(AGENT_TOKEN=TOKEN + " x")
+    assert load(AGENT_TOKEN=TOKEN + "\n").token == TOKEN  # as read from a file
+    assert TOKEN not in repr(load())
+
+
+def test_base_url_is_required_and_checked() -> None:
+    assert "BASE_INTERNAL_URL is not set" in refused(BASE_INTERNAL_URL=None)
+    for bad in ("ftp://host", "localhost:8000", "http://", "http://h:99999", "http://h/?q=1"):
+        message = refused(BASE_INTERNAL_URL=bad)
+        assert message.startswith("BASE_INTERNAL_URL=") and repr(bad) in message
+    message = refused(BASE_INTERNAL_URL="https://user:hunter2@host")
+    assert "BASE_INTERNAL_URL" in message and "hunter2" not in message
+
+
+def test_a_trailing_slash_is_trimmed_with_a_warning() -> None:
+    warnings: list[str] = []
+    assert load(warnings, BASE_INTERNAL_URL="https://tagrun.example.com/").base_url == \
+        "https://tagrun.example.com"
+    assert len(warnings) == 1 and "trailing slash" in warnings[0]
+    assert load(BASE_INTERNAL_URL="https://h.example/tagrun/").base_url == \
+        "https://h.example/tagrun"
+
+
+@pytest.mark.parametrize("url", ["http://tagrun.example.com", "http://8.8.8.8:8000"])
+def test_plain_http_to_a_public_host_warns(url: str) -> None:
+    warnings: list[str] = []
+    load(warnings, BASE_INTERNAL_URL=url)
+    assert len(warnings) == 1 and "plain http" in warnings[0]
+
+
+@pytest.mark.parametrize("url", [
+    "http://localhost:8000", "http://127.0.0.1", "http://[::1]:8000", "http://10.1.2.3",
+    "http://192.168.0.10:8000", "http://172.16.5.4", "https://tagrun.example.com",
+])
+def test_no_warning_for_local_hosts_or_https(url: str) -> None:
+    warnings: list[str] = []
+    load(warnings, BASE_INTERNAL_URL=url)
+    assert warnings == []
+
+
+def test_mode_must_be_agent_or_unset() -> None:
+    assert load(MODE="agent").base_url
+    assert load(MODE="").base_url
+    message = refused(MODE="worker")
+    assert message.startswith("MODE='worker'")
+
+
+def test_slots() -> None:
+    assert load(AGENT_SLOTS="8").slots == 8
+    assert refused(AGENT_SLOTS="0") == "AGENT_SLOTS='0' must be between 1 and 10000"
+    assert refused(AGENT_SLOTS="two") == "AGENT_SLOTS='two' is not a whole number"
+    assert refused(AGENT_SLOTS="1.5") == "AGENT_SLOTS='1.5' is not a whole number"
+
+
+def test_poll_wait() -> None:
+    assert load(AGENT_POLL_WAIT_S="5.5").poll_wait_s == 5.5
+    assert refused(AGENT_POLL_WAIT_S="61") == "AGENT_POLL_WAIT_S='61' must be between 1 and 60"
+    assert refused(AGENT_POLL_WAIT_S="0").startswith("AGENT_POLL_WAIT_S='0'")
+    assert refused(AGENT_POLL_WAIT_S="nan").startswith("AGENT_POLL_WAIT_S='nan'")
+
+
+def test_drain_timeout() -> None:
+    assert load(AGENT_DRAIN_TIMEOUT_S="0").drain_timeout_s == 0
+    assert load(AGENT_DRAIN_TIMEOUT_S="90").drain_timeout_s == 90
+    assert refused(AGENT_DRAIN_TIMEOUT_S="-1") == "AGENT_DRAIN_TIMEOUT_S='-1' must be at least 0"
+    assert refused(AGENT_DRAIN_TIMEOUT_S="soon").startswith("AGENT_DRAIN_TIMEOUT_S='soon'")
+
+
+def test_name() -> None:
+    assert load(AGENT_NAME=" gpu-box-1 ").name == "gpu-box-1"
+    assert refused(AGENT_NAME="x" * 201).startswith("AGENT_NAME=")
+    assert refused(AGENT_NAME="a\nb").startswith("AGENT_NAME=")
+
+
+def test_work_dir_is_created(tmp_path: Path) -> None:
+    assert load(AGENT_WORK_DIR=str(tmp_path / "a" / "b")).work_dir == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("")
+    assert refused(AGENT_WORK_DIR=str(tmp_path / "file")).startswith("AGENT_WORK_DIR=")
+
+
+def test_python_must_be_an_executable(tmp_path: Path) -> None:
+    assert load(AGENT_PYTHON="python3").python
+    assert refused(AGENT_PYTHON=str(tmp_path / "nope")).startswith("AGENT_PYTHON=")
+
+
+def test_ca_file_must_be_a_ca_bundle(tmp_path: Path) -> None:
+    assert refused(AGENT_CA_FILE=str(tmp_path / "missing.pem")).startswith("AGENT_CA_FILE=")
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    assert refused(AGENT_CA_FILE=str(tmp_path / "junk.pem")).startswith("AGENT_CA_FILE=")
+
+
+def test_init_script() -> None:
+    assert load(INIT_SCRIPT="pip install x").init_script == "pip install x"
+    assert load(INIT_SCRIPT="  ").init_script is None
+
+
+def test_a_ca_bundle_is_accepted() -> None:
+    import certifi
+
+    assert load(AGENT_CA_FILE=certifi.where()).ca_file == Path(certifi.where())

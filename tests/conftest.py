@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.database import DatabaseFactory, start_embedded
+from tests.support.processes import TagrunProcess, api_client
+
+
+@pytest.fixture(scope="session")
+def databases() -> Iterator[DatabaseFactory]:
+    admin_dsn = os.environ.get("TAGRUN_TEST_DATABASE_URL")
+    embedded = None
+    # Not under pytest's tmp_path: pytest prunes old base temp dirs, even a live session's.
+    pg_dir = Path(tempfile.mkdtemp(prefix="tagrun-test-pg-"))
+    if not admin_dsn:
+        admin_dsn, embedded = start_embedded(pg_dir)
+    dbs = DatabaseFactory(admin_dsn)
+    dbs.create_template()
+    yield dbs
+    dbs.drop_all()
+    if embedded is not None:
+        embedded.stop()  # type: ignore[attr-defined]
+    shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def database_url(databases: DatabaseFactory) -> str:
+    """A fresh, migrated database of this test's own."""
+    return databases.new()
+
+
+@pytest.fixture(scope="session")
+def server(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[TagrunProcess]:
+    """One standalone server (HTTP + in-process worker) shared by the API tests."""
+    proc = TagrunProcess("standalone", database_url=databases.new(),
+                         data_dir=tmp_path_factory.mktemp("server"),
+                         env={"TAGRUN_MAX_BODY_BYTES": "65536"})
+    proc.wait_healthy()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def api(server: TagrunProcess) -> Iterator[httpx.Client]:
+    with api_client(server.url) as client:
+        yield client
+
+
+@pytest.fixture
+def start_process(tmp_path: Path) -> Iterator[object]:
+    """Start more tagrun processes; every one is stopped (or killed) at the end of the test."""
+    started: list[TagrunProcess] = []
+
+    def start(mode: str, database_url: str | None, **kwargs: object) -> TagrunProcess:
+        proc = TagrunProcess(mode, database_url=database_url,
+                             data_dir=kwargs.pop("data_dir", tmp_path / "data"),  # type: ignore[arg-type]
+                             **kwargs)  # type: ignore[arg-type]
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()

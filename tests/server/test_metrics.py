@@ -1,0 +1,75 @@
+"""Prometheus metrics, read as a scraper would."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import httpx
+
+from tests.support.processes import TagrunProcess, wait_until
+
+
+def scrape(url: str, **headers: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics", headers=headers).text
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_counters_move_and_queue_depth_matches_the_api(server: TagrunProcess,
+                                                        api: httpx.Client) -> None:
+    before = scrape(server.url)
+    ids = api.post("/api/w/default/jobs/batch", json={"jobs": [
+        {"language": "identity", "args": {"i": i}} for i in range(20)]}).json()["ids"]
+    for job_id in ids:
+        assert api.get(f"/api/w/default/jobs/{job_id}", params={"wait_s": 20}).json()[
+            "status"] == "succeeded"
+    orphan = f"m-{uuid.uuid4().hex[:8]}"
+    for _ in range(3):
+        api.post("/api/w/default/jobs", json={"language": "bash", "content": "x", "tag": orphan})
+
+    def moved() -> dict[str, float] | None:
+        after = scrape(server.url)
+        done = 'tagrun_jobs_finished_total{status="succeeded"}'
+        ok = after.get(done, 0) - before.get(done, 0) >= 20 and \
+            after.get(f'tagrun_queue_depth{{tag="{orphan}"}}') == 3
+        return after if ok else None
+    after = wait_until(moved, 5, interval=0.3, message="metrics to move")
+    assert after["tagrun_jobs_submitted_total"] - before.get("tagrun_jobs_submitted_total", 0) \
+        >= 23
+    assert after["tagrun_dispatch_latency_seconds_count"] >= 20
+    assert after["tagrun_job_duration_seconds_count"] >= 20
+    assert any(k.startswith('tagrun_http_request_duration_seconds_count{method="POST",'
+                            'route="/api/w/{ws}/jobs/batch"') for k in after)
+    for job in api.get("/api/w/default/jobs", params={"tag": orphan}).json()["jobs"]:
+        api.post(f"/api/w/default/jobs/{job['id']}/cancel")
+
+
+def test_metrics_token_is_required_when_set(start_process, database_url: str) -> None:
+    proc = start_process("server", database_url,
+                         env={"TAGRUN_METRICS_TOKEN": "scrape-secret"}).wait_healthy()
+    assert httpx.get(f"{proc.url}/metrics").status_code == 401
+    wrong = httpx.get(f"{proc.url}/metrics", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    good = httpx.get(f"{proc.url}/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert good.status_code == 200 and "tagrun_db_pool_size" in good.text
+
+
+def test_tag_labels_are_capped(server: TagrunProcess, api: httpx.Client) -> None:
+    prefix = uuid.uuid4().hex[:6]
+    jobs = [{"language": "bash", "content": "x", "tag": f"c{prefix}-{i}"} for i in range(130)]
+    ids = api.post("/api/w/default/jobs/batch", json={"jobs": jobs}).json()["ids"]
+    try:
+        def queue_tags() -> list[str] | None:  # shared gauges are cached for a second
+            text = httpx.get(f"{server.url}/metrics").text
+            tags = re.findall(r'^tagrun_queue_depth\{tag="([^"]+)"\}', text, re.MULTILINE)
+            return tags if "other" in tags else None
+        tags = wait_until(queue_tags, 5, interval=0.3, message="the folded 'other' tag")
+        assert len(tags) <= 101
+    finally:
+        for job_id in ids:
+            api.post(f"/api/w/default/jobs/{job_id}/cancel")

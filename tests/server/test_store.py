@@ -1,0 +1,200 @@
+"""The store's guarantees, checked against a real PostgreSQL database of the test's own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tagrun.server.errors import LeaseLost
+from tagrun.server.store import NewJob, Store, create_pool
+
+Scenario = Callable[[Store], Awaitable[None]]
+
+
+def run(database_url: str, scenario: Scenario) -> None:
+    async def go() -> None:
+        pool = await create_pool(database_url, size=4)
+        try:
+            await scenario(Store(pool))
+        finally:
+            await pool.close()
+    asyncio.run(go())
+
+
+def job(tag: str = "t", priority: int = 0, run_at: datetime | None = None,
+        max_attempts: int = 3) -> NewJob:
+    return NewJob(None, None, "identity", "", {}, tag, priority, run_at, None, max_attempts)
+
+
+def test_claims_take_higher_priority_then_older_jobs_first(database_url: str) -> None:
+    async def scenario(store: Store) -> None:
+        past = datetime.now(UTC) - timedelta(minutes=1)
+        low_old, high, low_new = await store.insert_jobs(
+            "default", [job(priority=0, run_at=past), job(priority=5), job(priority=0)])
+        claimed = await store.claim_jobs("w", ["t"], 10, 60)
+        assert [j["id"] for j in claimed] == [high, low_old, low_new]
+    run(database_url, scenario)
+
+
+def test_claims_match_tags_exactly_and_skip_future_jobs(database_url: str) -> None:
+    async def scenario(store: Store) -> None:
+        later = datetime.now(UTC) + timedelta(hours=1)
+        [gpu, _other, _delayed] = await store.insert_jobs(
+            "default", [job("gpu"), job("gpu-eu"), job("gpu", run_at=later)])
+        assert [j["id"] for j in await store.claim_jobs("w", ["gpu"], 10, 60)] == [gpu]
+        assert await store.claim_jobs("w", ["gpu"], 10, 60) == []
+    run(database_url, scenario)
+
+
+def test_concurrent_claimers_never_get_the_same_job(database_url: str) -> None:
+    async def scenario(store: Store) -> None:
+        ids = await store.insert_jobs("default", [job() for _ in range(300)])
+
+        async def claimer(name: str) -> list[int]:
+            got: list[int] = []
+            while batch := await store.claim_jobs(name, ["t"], 7, 60):
+                got += [j["id"] for j in batch]
+            return got
+        results = await asyncio.gather(*(claimer(f"w{i}") for i in range(4)))
+        every = [i for r in results for i in r]
+        assert sorted(every) == ids
+    run(database_url, scenario)
+
+
+def test_writes_from_an_old_attempt_or_another_holder_change_nothing(database_url: str) -> None:
+    async def scenario(store: Store) -> None:
+        [job_id] = await store.insert_jobs("default", [job()])
+        [claimed] = await store.claim_jobs("w1", ["t"], 1, 60)
+        attempt = claimed["attempt"]
+        with pytest.raises(LeaseLost):
+            await store.complete_job("w2", job_id, attempt, "succeeded", 1, None, 5)
+        with pytest.raises(LeaseLost):
+            await store.complete_job("w1", job_id, attempt + 1, "succeeded", 1, None, 5)
+        with pytest.raises(LeaseLost):
+            await store.append_logs("w2", job_id, attempt, 0, "intruder")
+        assert (await store.get_job("default", job_id))["status"] == "running"
+        done = await store.complete_job("w1", job_id, attempt, "succeeded", 1, None, 5)
+        assert (done["status"], done["repeat"]) == ("succeeded", False)
+        # A repeat of the same completion is accepted and records nothing new.
+        again = await store.complete_job("w1", job_id, attempt, "succeeded", 2, None, 5)
+        assert (again["status"], again["repeat"]) == ("succeeded", True)
+        final = await store.get_job("default", job_id)
+        assert (final["status"], final["result"]) == ("succeeded", 1)
+        assert (await store.read_logs("default", job_id, 0))["data"] == ""
+    run(database_url, scenario)
+
+
+def test_log_appends_are_idempotent_by_offset(database_url: str) -> None:
+    async def scenario(store: Store) -> None:
+        [job_id] = await store.insert_jobs("default", [job()])
+        await store.claim_jobs("w", ["t"], 1, 60)
+        assert await store.append_logs("w", job_id, 1, 0, "héllo ") == 6
+        assert await store.append_logs("w", job_id, 1, 0, "héllo ") == 6  # resent
+        assert await store.append_logs("w", job_id, 1, 6, "wörld") == 11
+        logs = await store.read_logs("default", job_id, 0)
+        assert logs == {"data": "héllo wörld", "offset": 11, "done": False}
+        assert (await store.read_logs("default", job_id, 3))["data"] == "lo wörld"
+    run(database_url, scenario)
+
+
+def test_expired_lease_requeues_then_dead_letters(database_url: str) -> None:
+    async def scenario(store: Store) -> None:
+        [job_id] = await store.insert_jobs("default", [job(max_attempts=2)])
+        for attempt, expected in ((1, "queued"), (2, "failed")):
+            [claimed] = await store.claim_jobs("w", ["t"], 1, 0.01)
+            assert claimed["attempt"] == attempt
+            await asyncio.sleep(0.05)  # let the 10 ms lease run out
+            assert await store.expire_leases() == [(job_id, expected)]
+            state: dict[str, Any] = await store.get_job("default", job_id)
+            assert state["status"] == expected
+            assert state["error"]["kind"] == "lease_expired"
+            with pytest.raises(LeaseLost):  # the late completion is refused
+                await store.complete_job("w", job_id, attempt, "succeeded", 1, None, 5)
+        assert await store.claim_jobs("w", ["t"], 1, 60) == []
+    run(database_url, scenario)
+
+
+def test_released_jobs_go_back_without_using_an_attempt(database_url: str) -> None:
+    async def scenario(store: Store) -> None:
+        [job_id] = await store.insert_jobs("default", [job()])
+        [claimed] = await store.claim_jobs("w", ["t"], 1, 60)
+        assert await store.release_jobs("w", [(job_id, claimed["attempt"])]) == [job_id]
+        [again] = await store.claim_jobs("w", ["t"], 1, 60)
+        assert again["attempt"] == 1
+    run(database_url, scenario)
+
+
+def _capped_run(database_url: str, *, jobs: list[NewJob], claimers: int, inline: bool,
+                settings: dict[str, int], record_order: bool = False) -> tuple[int, list[int]]:
+    """Claim and complete every job with several concurrent claimers while a sampler
+    watches the running count; returns (most running seen, job ids in start order)."""
+    most = 0
+    started: list[int] = []
+
+    async def scenario(store: Store) -> None:
+        nonlocal most
+        for key, value in settings.items():
+            await store.put_setting(key, value)
+        await store.insert_jobs("default", jobs)
+        done = asyncio.Event()
+
+        async def sampler() -> None:
+            nonlocal most
+            while not done.is_set():
+                running = await store.pool.fetchval(
+                    "SELECT count(*) FROM jobs WHERE status = 'running'")
+                most = max(most, running)
+                await asyncio.sleep(0)
+
+        order = asyncio.Lock()
+
+        async def claim(name: str) -> list[dict[str, Any]]:
+            if not record_order:
+                return await store.claim_jobs(name, ["t"], 2, 60, inline=inline)
+            async with order:  # so that `started` is in the order the claims happened
+                claimed = await store.claim_jobs(name, ["t"], 2, 60, inline=inline)
+                started.extend(j["id"] for j in claimed)
+                return claimed
+
+        async def claimer(name: str) -> None:
+            idle = 0
+            while idle < 20:
+                claimed = await claim(name)
+                idle = 0 if claimed else idle + 1
+                await asyncio.sleep(0.005)
+                for job in claimed:
+                    await store.complete_job(name, job["id"], job["attempt"], "succeeded",
+                                             None, None, 5)
+        watch = asyncio.create_task(sampler())
+        await asyncio.gather(*(claimer(f"w{i}") for i in range(claimers)))
+        done.set()
+        await watch
+        left = await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status <> 'succeeded'")
+        assert left == 0, "every job should have run"
+    run(database_url, scenario)
+    return most, started
+
+
+def test_task_max_concurrent_is_never_exceeded(database_url: str) -> None:
+    most, _ = _capped_run(database_url, jobs=[job() for _ in range(60)], claimers=5,
+                          inline=False, settings={"task_max_concurrent": 3})
+    assert 1 <= most <= 3
+
+
+def test_inline_cap_applies_to_inline_claimers_only(database_url: str) -> None:
+    most, _ = _capped_run(database_url, jobs=[job() for _ in range(40)], claimers=4,
+                          inline=True, settings={"task_inline_max_concurrent": 2})
+    assert most <= 2
+
+
+def test_script_concurrency_limit_holds_and_older_jobs_go_first(database_url: str) -> None:
+    capped = [NewJob("f/x", 1, "identity", "", {}, "t", 0, None, None, 3, "default/f/x", 2)
+              for _ in range(30)]
+    most, started = _capped_run(database_url, jobs=capped, claimers=4, inline=False,
+                                settings={}, record_order=True)
+    assert most <= 2
+    assert started == sorted(started), "within a capped script, older jobs start first"

@@ -1,0 +1,71 @@
+"""A real PostgreSQL for the suite: the embedded one by default, or TAGRUN_TEST_DATABASE_URL.
+
+The schema is migrated once into a template database; each test that needs isolation gets
+its own `CREATE DATABASE ... TEMPLATE` copy, which takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from tagrun.server.store import migrate
+
+TEMPLATE = f"tagrun_test_template_{os.getpid()}"
+_counter = itertools.count(1)
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "dbname"]
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", urlencode(query), ""))
+
+
+class DatabaseFactory:
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.created: list[str] = []
+
+    def _admin(self, sql: str) -> None:
+        async def go() -> None:
+            conn = await asyncpg.connect(self.admin_dsn)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+        asyncio.run(go())
+
+    def create_template(self) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+        self._admin(f'CREATE DATABASE "{TEMPLATE}"')
+
+        async def go() -> None:
+            conn = await asyncpg.connect(with_database(self.admin_dsn, TEMPLATE))
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+        asyncio.run(go())
+        self.created.append(TEMPLATE)
+
+    def new(self, *, migrated: bool = True) -> str:
+        name = f"tagrun_test_{os.getpid()}_{next(_counter)}"
+        self._admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{TEMPLATE}"' if migrated else ""))
+        self.created.append(name)
+        return with_database(self.admin_dsn, name)
+
+    def drop_all(self) -> None:
+        for name in reversed(self.created):
+            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_embedded(base: Path) -> tuple[str, object]:
+    from tagrun.server.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(base)
+    return embedded.start(), embedded

@@ -1,0 +1,139 @@
+"""Real tagrun processes for tests: started on free ports, stopped by their own pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+SUPERADMIN = "tr_test-superadmin-token-for-the-suite"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class TagrunProcess:
+    """`tagrun start` in a subprocess; its JSON log goes to a file the test can read."""
+
+    def __init__(self, mode: str, *, database_url: str | None, data_dir: Path,
+                 env: Mapping[str, str] | None = None, port: int | None = None) -> None:
+        self.mode = mode
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir / f"{mode}-{self.port}.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        full_env = {**os.environ, "TAGRUN_SUPERADMIN_TOKEN": SUPERADMIN,
+                    "TAGRUN_DATA_DIR": str(data_dir), "TAGRUN_POLL_INTERVAL_S": "0.5"}
+        full_env.pop("DATABASE_URL", None)
+        if database_url is not None:
+            full_env["DATABASE_URL"] = database_url
+        full_env.update(env or {})
+        self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tagrun.server", "start", "--mode", mode,
+             "--port", str(self.port)],
+            env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_healthy(self, timeout: float = 30.0) -> TagrunProcess:
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"tagrun exited with {self.proc.returncode}:\n"
+                                     f"{self.log_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+        wait_until(healthy, timeout, message=f"{self.mode} on port {self.port} to be healthy")
+        return self
+
+    def wait_logged(self, event: str, timeout: float = 15.0) -> None:
+        wait_until(lambda: f'"event": "{event}"' in self.log_text(), timeout,
+                   message=f"log event {event}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"{self.mode} did not stop within {timeout}s") from None
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def api_client(url: str, token: str = SUPERADMIN) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+class AgentProcess:
+    """`tagrun-agent` in a subprocess, configured by environment like a user would."""
+
+    def __init__(self, url: str, token: str, log_dir: Path, *, name: str,
+                 env: Mapping[str, str] | None = None, command: Sequence[str] | None = None
+                 ) -> None:
+        self.name = name
+        self.log_path = log_dir / f"agent-{name}.log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("AGENT_", "TAGRUN_")) and k not in ("MODE",)}
+        full_env.update({"AGENT_TOKEN": token, "BASE_INTERNAL_URL": url, "AGENT_NAME": name,
+                         "AGENT_POLL_WAIT_S": "5", **(env or {})})
+        self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        argv = list(command) if command else [str(Path(sys.executable).parent / "tagrun-agent")]
+        self.proc = subprocess.Popen(argv, env=full_env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_logged(self, event: str, timeout: float = 15.0) -> None:
+        wait_until(lambda: f'"event": "{event}"' in self.log_text(), timeout,
+                   message=f"agent log event {event}")
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"agent {self.name} still running after {timeout}s:\n"
+                                 f"{self.log_text()[-2000:]}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
