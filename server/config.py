@@ -132,7 +132,7 @@ def load_config(
         heartbeat_s=heartbeat_s,
         poll_interval_s=_number(env, "TAGRUN_POLL_INTERVAL_S", 2.0, minimum=0.05),
         max_body_bytes=_integer(env, "TAGRUN_MAX_BODY_BYTES", 1 << 20, minimum=1024),
-        pool_size=_integer(env, "TAGRUN_DB_POOL_SIZE", 10, minimum=2),
+        pool_size=_integer(env, "TAGRUN_DB_POOL_SIZE", 9, minimum=2),
         retry_backoff_s=_number(env, "TAGRUN_RETRY_BACKOFF_S", 5.0, minimum=0.0),
         stale_after_s=_number(env, "TAGRUN_STALE_AFTER_S", max(30.0, 3 * heartbeat_s),
                               minimum=1.0),

@@ -36,6 +36,8 @@ class Waiter:
     jti: str
     future: asyncio.Future[list[Job]] = field(default_factory=asyncio.Future)
     claiming: bool = False
+    revoked: bool = False  # its token was revoked while a claim for it was in flight
+    expired: bool = False  # its wait ran out while a claim for it was in flight
 
 
 class Dispatcher:
@@ -46,6 +48,7 @@ class Dispatcher:
         self._groups: dict[tuple[str, ...], list[Waiter]] = defaultdict(list)
         self._empty: set[str] = set()  # tags whose last claim came back short
         self._generation: dict[str, int] = defaultdict(int)
+        self._due: dict[str, float] = {}  # tag -> loop time its next delayed job is due
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -80,7 +83,8 @@ class Dispatcher:
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.future), max(wait_s, 0.05))
         except TimeoutError:
-            if waiter.claiming:  # a claim for it is in flight: take its answer
+            if waiter.claiming:  # a claim for it is in flight: take its answer, even if none
+                waiter.expired = True
                 return await waiter.future
             return []
         except asyncio.CancelledError:  # the agent went away: give back what it was given
@@ -97,19 +101,32 @@ class Dispatcher:
 
         async def release() -> None:  # the claim in flight will still hand it jobs
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                jobs = await waiter.future
-                await self.store.release_jobs(waiter.name, [(j["id"], j["attempt"]) for j in jobs])
-                log.info("dispatcher.released", extra={"agent": waiter.name,
-                                                       "jobs": [j["id"] for j in jobs]})
+                await self._released(waiter.name, await waiter.future)
 
-        task = asyncio.get_running_loop().create_task(release())
+        self._in_background(release())
+
+    def _release(self, holder: str, jobs: list[Job]) -> None:
+        self._in_background(self._released(holder, jobs))
+
+    async def _released(self, holder: str, jobs: list[Job]) -> None:
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self.store.release_jobs(holder, [(j["id"], j["attempt"]) for j in jobs])
+            log.info("dispatcher.released", extra={"agent": holder,
+                                                   "jobs": [j["id"] for j in jobs]})
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     def revoke(self, jti: str) -> None:
         for group in self._groups.values():
             for waiter in group:
-                if waiter.jti == jti and not waiter.future.done() and not waiter.claiming:
+                if waiter.jti != jti or waiter.future.done():
+                    continue
+                if waiter.claiming:  # answered when that claim returns
+                    waiter.revoked = True
+                else:
                     waiter.future.set_exception(Unauthorized("agent token revoked"))
 
     def _drop(self, waiter: Waiter) -> None:
@@ -118,6 +135,12 @@ class Dispatcher:
             group.remove(waiter)
             if not group:
                 del self._groups[waiter.tags]
+
+    def room_freed(self) -> None:
+        """A job finished while a cap may apply: jobs it held back may be claimable now."""
+        if self._groups:
+            self._empty.clear()
+            self._wake.set()
 
     def _on_queued(self, tag: str | None) -> None:
         if tag is None:
@@ -128,12 +151,24 @@ class Dispatcher:
         self._wake.set()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + self.poll_s
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
-            except TimeoutError:
-                self._empty.clear()  # the safety net: one look per tag set per poll
+            # The sweep runs on its own clock: new claims wake the loop but never push the
+            # sweep back, so jobs that nobody was notified about are found within poll_s.
+            deadline = min([next_sweep, *self._due.values()])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(deadline - loop.time(), 0))
             self._wake.clear()
+            now = loop.time()
+            if now >= next_sweep:
+                self._empty.clear()  # the safety net: one look per tag set per poll
+                self._due.clear()
+                next_sweep = now + self.poll_s
+            for tag, due in list(self._due.items()):
+                if now >= due:  # a delayed job (run_at, retry backoff) is due
+                    del self._due[tag]
+                    self._empty.discard(tag)
             for tags in list(self._groups):
                 if not all(t in self._empty for t in tags):
                     await self._serve(tags)
@@ -153,8 +188,11 @@ class Dispatcher:
         generations = {t: self._generation[t] for t in tags}
         try:
             jobs = await self.store.claim_for_slots(tags, slots, self.lease_s)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("dispatcher.claim_failed", extra={"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - the dispatcher must outlive any claim
+            if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
+                log.warning("dispatcher.claim_failed", extra={"error": str(exc)})
+            else:
+                log.exception("dispatcher.claim_crashed")
             jobs = []
             await asyncio.sleep(0.5)
             self._wake.set()
@@ -163,9 +201,24 @@ class Dispatcher:
                 waiter.claiming = False
         self._hand_out(chosen, jobs)
         if len(jobs) < len(slots):
-            self._empty |= {t for t in tags if self._generation[t] == generations[t]}
+            empty = {t for t in tags if self._generation[t] == generations[t]}
+            self._empty |= empty
+            await self._note_delayed(empty)
         else:
             self._wake.set()  # every slot filled: there may be more
+
+    async def _note_delayed(self, tags: set[str]) -> None:
+        """Remember when the next not-yet-due job of `tags` becomes due: no NOTIFY comes then."""
+        if not tags:
+            return
+        try:
+            seconds = await self.store.seconds_to_next_due(sorted(tags))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return  # the sweep will look again
+        if seconds is not None and seconds > 0:  # <= 0: due but held back by a cap
+            due = asyncio.get_running_loop().time() + max(seconds, 0.0) + 0.005
+            for tag in tags:
+                self._due[tag] = min(self._due.get(tag, due), due)
 
     def _hand_out(self, chosen: list[Waiter], jobs: list[Job]) -> None:
         by_holder: dict[str, list[Job]] = defaultdict(list)
@@ -176,8 +229,16 @@ class Dispatcher:
         for waiter in chosen:
             mine = by_holder[waiter.name][: waiter.slots]
             del by_holder[waiter.name][: waiter.slots]
-            if mine and not waiter.future.done():
-                waiter.future.set_result(mine)
+            if waiter.future.done():
+                if mine:
+                    log.warning("dispatcher.waiter_gone", extra={
+                        "agent": waiter.name, "jobs": [j["id"] for j in mine]})
+                    self._release(waiter.name, mine)
+            elif waiter.revoked:
+                if mine:  # leased in the claim that raced the revocation: give them back
+                    self._release(waiter.name, mine)
+                waiter.future.set_exception(Unauthorized("agent token revoked"))
             elif mine:
-                log.warning("dispatcher.waiter_gone", extra={"agent": waiter.name,
-                                                              "jobs": [j["id"] for j in mine]})
+                waiter.future.set_result(mine)
+            elif waiter.expired:  # its long-poll is over: answer it now, with nothing
+                waiter.future.set_result([])

@@ -19,6 +19,7 @@ log = logging.getLogger("tagrun.listener")
 JOBS_CHANNEL = "tagrun_jobs"
 DONE_CHANNEL = "tagrun_done"
 CANCEL_CHANNEL = "tagrun_cancel"
+CAPPED_CHANNEL = "tagrun_capped"
 
 
 class TagWaiter:
@@ -48,6 +49,8 @@ class Listener:
         self._done: dict[int, set[asyncio.Event]] = defaultdict(set)
         self._cancel_callbacks: list[Callable[[int], None]] = []
         self._queued_callbacks: list[Callable[[str | None], None]] = []
+        self._capped_callbacks: list[Callable[[], None]] = []
+        self._finished_callbacks: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.connected = asyncio.Event()
@@ -99,6 +102,25 @@ class Listener:
         reconnect, when any tag may have jobs that nobody was told about."""
         self._queued_callbacks.append(callback)
 
+    def on_capped(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` when caps change or a job of a capped script is queued (any
+        replica), before the matching `on_queued` calls."""
+        self._capped_callbacks.append(callback)
+
+    def on_finished(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` whenever a job reaches a final state (any replica)."""
+        self._finished_callbacks.append(callback)
+
+    def wake_tag_waiters(self) -> None:
+        """Wake every tag waiter: there may be jobs they could now claim."""
+        for waiters in self._by_tag.values():
+            for waiter in waiters:
+                waiter.event.set()
+
+    def _on_capped(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
+        for callback in self._capped_callbacks:
+            callback()
+
     def on_cancel(self, callback: Callable[[int], None]) -> None:
         """Call `callback(job_id)` when a running job is asked to stop (any replica)."""
         self._cancel_callbacks.append(callback)
@@ -116,14 +138,16 @@ class Listener:
             callback(str(tag))
 
     def _on_done(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        for callback in self._finished_callbacks:
+            callback()
         with contextlib.suppress(ValueError):
             for event in self._done.get(int(str(payload)), ()):
                 event.set()
 
     def _wake_all(self) -> None:
-        for waiters in self._by_tag.values():
-            for waiter in waiters:
-                waiter.event.set()
+        self.wake_tag_waiters()
+        for capped in self._capped_callbacks:
+            capped()
         for events in self._done.values():
             for event in events:
                 event.set()
@@ -135,6 +159,7 @@ class Listener:
         await conn.add_listener(JOBS_CHANNEL, self._on_jobs)
         await conn.add_listener(DONE_CHANNEL, self._on_done)
         await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
+        await conn.add_listener(CAPPED_CHANNEL, self._on_capped)
         self._conn = conn
         self.connected.set()
 
@@ -151,7 +176,8 @@ class Listener:
                 await self._connect()
                 log.info("listener.reconnected")
                 delay = 0.2
-            except (OSError, asyncpg.PostgresError) as exc:
+                self._wake_all()  # and again: nothing sent while we were away was heard
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("listener.reconnect_failed", extra={"error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -29,7 +29,6 @@ from tagrun.server.config import ConfigError
 from tagrun.server.errors import TagrunError
 from tagrun.server.listener import Listener
 from tagrun.server.store import NewJob, Store
-from tagrun.server.store.leases import CAPS_REFRESH_S
 from tagrun.shared.executors import ErrorKind
 
 log = logging.getLogger("tagrun.maintenance")
@@ -208,9 +207,6 @@ class MaintenanceWorker:
                 await asyncio.wait([woken, stopped], return_when=asyncio.FIRST_COMPLETED)
                 woken.cancel()
                 stopped.cancel()
-                # Maintenance jobs are capped (one run at a time): claims see them once the
-                # store's cached cap state is refreshed.
-                await asyncio.sleep(CAPS_REFRESH_S + 0.1)
         finally:
             waiter.close()
 

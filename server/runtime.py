@@ -102,6 +102,12 @@ async def serve(
             await migrate(conn)
         store = Store(pool)
         listener = Listener(dsn)
+        listener.on_capped(store.forget_caps)
+
+        def room_freed() -> None:  # a finish frees room under a cap: workers look again
+            if store.caps_may_apply():
+                listener.wake_tag_waiters()
+        listener.on_finished(room_freed)
         await listener.start()
         try:
             await _run_parts(config, store, listener, on_forced_exit)
@@ -170,6 +176,11 @@ async def _start_http_parts(config: ServerConfig, store: Store, listener: Listen
                             poll_s=config.poll_interval_s)
     await dispatcher.start()
     agent_tokens.on_revoked(dispatcher.revoke)
+
+    def room_freed() -> None:
+        if store.caps_may_apply():
+            dispatcher.room_freed()
+    listener.on_finished(room_freed)
     heartbeats = Heartbeats(store, lease_s=config.lease_s)
     await heartbeats.start(dispatcher.waiting_names)
     return Parts(config, store, listener, agent_tokens, dispatcher, heartbeats)

@@ -69,3 +69,16 @@ def start_process(tmp_path: Path) -> Iterator[object]:
     yield start
     for proc in started:
         proc.kill()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """When a test fails, show the end of every process log it left in its tmp_path."""
+    report = yield
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and call.when == "call" and isinstance(tmp, Path):
+        for log in sorted(tmp.rglob("*.log"))[:8]:
+            lines = log.read_text(errors="replace").splitlines()[-40:]
+            report.sections.append((f"log {log.name} (last 40 lines)", "\n".join(lines)))
+    return report

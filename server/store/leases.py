@@ -220,7 +220,8 @@ ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp, tags 
     ip = EXCLUDED.ip, version = EXCLUDED.version, connected_at = now(), last_seen = now(),
     active_count = 0"""
 NEXT_RUN_AT = """
-SELECT extract(epoch FROM min(run_at) - now()) FROM queue WHERE tag = ANY($1::text[])"""
+SELECT extract(epoch FROM min(run_at) - now())
+FROM queue WHERE tag = ANY($1::text[]) AND run_at > now()"""
 
 RELEASE_JOBS = """
 WITH held AS (
@@ -270,6 +271,15 @@ class Leases(StoreBase):
         jobs = [dict(r) for r in rows]
         jobs.sort(key=lambda j: (-j["priority"], j["id"]))
         return jobs
+
+    def forget_caps(self) -> None:
+        """Caps changed or a capped job was queued: re-read the cap state at the next claim."""
+        self._caps_read_at = float("-inf")
+
+    def caps_may_apply(self) -> bool:
+        """Whether the last cap state read says a cap may hold jobs back (no query)."""
+        caps = self._caps
+        return caps is not None and bool(caps["total"] or caps["inline"] or caps["scripts"])
 
     async def _caps_apply(self, inline: bool) -> bool:
         """Whether a cap may apply, re-read at most every CAPS_REFRESH_S. A stale answer is

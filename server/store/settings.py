@@ -8,8 +8,11 @@ from tagrun.server.store._base import StoreBase
 
 GET_SETTINGS = "SELECT key, value FROM settings"
 PUT_SETTING = """
-INSERT INTO settings (key, value) VALUES ($1, $2)
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"""
+WITH put AS (
+    INSERT INTO settings (key, value) VALUES ($1, $2)
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+)
+SELECT pg_notify('tagrun_capped', '')"""  # every replica re-reads its caps at once
 CAPS_STATE = """
 SELECT coalesce((SELECT (value #>> '{}')::int FROM settings
                  WHERE key = 'task_max_concurrent'), 0) AS total,

@@ -37,11 +37,20 @@ def all_finished(database_url: str, expected: int, timeout: float = 60) -> list[
         finally:
             await conn.close()
 
+    seen: list[dict[str, Any]] = []
+
     def done() -> list[dict[str, Any]] | None:
-        jobs = asyncio.run(rows())
-        finished = [j for j in jobs if j["status"] in ("succeeded", "failed", "cancelled")]
-        return jobs if len(jobs) == expected and len(finished) == expected else None
-    return wait_until(done, timeout, interval=0.5, message=f"{expected} jobs to finish")  # type: ignore[no-any-return]
+        seen[:] = asyncio.run(rows())
+        finished = [j for j in seen if j["status"] in ("succeeded", "failed", "cancelled")]
+        return seen if len(seen) == expected and len(finished) == expected else None
+    try:
+        return wait_until(done, timeout, interval=0.5, message=f"{expected} jobs to finish")  # type: ignore[no-any-return]
+    except AssertionError:
+        states = Counter(j["status"] for j in seen)
+        unfinished = [(j["id"], j["status"], j["attempts"]) for j in seen
+                      if j["status"] not in ("succeeded", "failed", "cancelled")][:5]
+        raise AssertionError(f"{len(seen)} jobs (expected {expected}), by status "
+                             f"{dict(states)}; first unfinished: {unfinished}") from None
 
 
 def assert_each_succeeded_once(jobs: list[dict[str, Any]], ran: Path) -> None:
@@ -202,3 +211,57 @@ def test_two_replicas_with_agents_on_each_run_each_job_exactly_once(
     workers = Counter(json.loads(j["attempts"])[0]["worker"] for j in jobs)
     assert len(workers) == 4, f"every agent should have worked: {workers}"
 
+
+
+def test_caps_hold_across_two_replicas_with_agents_on_each(
+    start_process, database_url: str, tmp_path: Path
+) -> None:
+    """task_max_concurrent and a script's concurrency_limit are never exceeded while four
+    agents claim through two replicas; a sampler counts running jobs in the database."""
+    replicas = [start_process("server", database_url).wait_healthy() for _ in range(2)]
+    most = {"all": 0, "capped": 0}
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            while not done.is_set():
+                row = await conn.fetchrow(
+                    "SELECT count(*) AS all, count(*) FILTER (WHERE script_path = 'f/capped') "
+                    "AS capped FROM jobs WHERE status = 'running'")
+                most["all"] = max(most["all"], row["all"])
+                most["capped"] = max(most["capped"], row["capped"])
+                await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+
+    with api_client(replicas[0].url) as api:
+        token = mint(api, ["f-caps"])
+        assert api.put("/api/settings", json={"key": "task_max_concurrent", "value": 5}
+                       ).status_code == 200
+        assert api.post("/api/w/default/scripts", json={
+            "path": "f/capped", "language": "bash", "content": "sleep 0.3",
+            "tag": "f-caps", "concurrency_limit": 2}).status_code == 201
+        agents = [AgentProcess(replica.url, token, tmp_path, name=f"caps-{i}",
+                               env={"AGENT_SLOTS": "4"})
+                  for i, replica in enumerate(replicas * 2)]
+        try:
+            batch = ([{"script": "f/capped"}] * 12
+                     + [{"language": "bash", "tag": "f-caps", "content": "sleep 0.3"}] * 24)
+            response = api.post("/api/w/default/jobs/batch", json={"jobs": batch})
+            assert response.status_code == 201, response.text
+
+            async def watch() -> list[dict[str, Any]]:
+                sampler = asyncio.create_task(sample())
+                try:
+                    return await asyncio.to_thread(all_finished, database_url, 36, 120)
+                finally:
+                    done.set()
+                    await sampler
+            jobs = asyncio.run(watch())
+        finally:
+            for agent in agents:
+                agent.kill()
+    assert Counter(j["status"] for j in jobs) == {"succeeded": 36}
+    assert most["all"] == 5, f"at most 5 at once, and the cap should be reached: {most}"
+    assert 1 <= most["capped"] <= 2, most
