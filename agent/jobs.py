@@ -12,7 +12,7 @@ from typing import Any
 
 from tagrun.agent.client import AgentClient
 from tagrun.agent.errors import GaveUp, ServerAnswer, TokenRefused
-from tagrun.shared.executors import ErrorKind, ExecSpec, Execution, Outcome
+from tagrun.shared.executors import NO_PROCESS, ErrorKind, ExecSpec, Execution, Outcome
 from tagrun.shared.logstream import LogStream
 
 log = logging.getLogger("tagrun.agent")
@@ -107,11 +107,13 @@ class JobRun:
         except TokenRefused as exc:
             self._on_fatal(exc)
         finally:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
+            if self.job.language not in NO_PROCESS:
+                shutil.rmtree(self._work_dir, ignore_errors=True)
 
     async def _execute(self) -> Outcome:
         try:
-            self._work_dir.mkdir(parents=True)
+            if self.job.language not in NO_PROCESS:
+                self._work_dir.mkdir(parents=True)
         except OSError as exc:
             message = f"cannot create the job's directory {self._work_dir}: {exc.strerror}"
             return Outcome("failed", error={"kind": ErrorKind.INTERNAL, "message": message})

@@ -134,8 +134,9 @@ def load_config(
         max_body_bytes=_integer(env, "TAGRUN_MAX_BODY_BYTES", 1 << 20, minimum=1024),
         pool_size=_integer(env, "TAGRUN_DB_POOL_SIZE", 9, minimum=2),
         retry_backoff_s=_number(env, "TAGRUN_RETRY_BACKOFF_S", 5.0, minimum=0.0),
+        # Long-polling agents are marked seen every 5 s: less would flag live agents.
         stale_after_s=_number(env, "TAGRUN_STALE_AFTER_S", max(30.0, 3 * heartbeat_s),
-                              minimum=1.0),
+                              minimum=6.0),
         max_log_bytes=_integer(env, "TAGRUN_MAX_LOG_BYTES", 10 << 20, minimum=1024),
         max_queued=_integer(env, "TAGRUN_MAX_QUEUED", 0, minimum=0),
         metrics_token=env.get("TAGRUN_METRICS_TOKEN") or None,

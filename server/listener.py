@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import asyncpg
 
@@ -83,13 +83,14 @@ class Listener:
                 if not waiters:
                     del self._by_tag[tag]
 
-    async def wait_done(self, job_id: int, timeout: float) -> None:
-        """Return when job `job_id` reaches a final state (or may have), or after `timeout`."""
+    @contextlib.contextmanager
+    def watching_done(self, job_id: int) -> Iterator[asyncio.Event]:
+        """An event set when job `job_id` reaches a final state (or may have: after a
+        reconnect). Watch before reading the job, so that no finish falls in between."""
         event = asyncio.Event()
         self._done[job_id].add(event)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
+            yield event
         finally:
             events = self._done.get(job_id)
             if events is not None:

@@ -34,6 +34,7 @@ from tagrun.shared.executors import ErrorKind
 log = logging.getLogger("tagrun.maintenance")
 
 LEASE_CHECK_INTERVAL_S = 1.0
+STALE_CHECK_INTERVAL_S = 2.0
 MAINTENANCE_TAG = "tagrun-maintenance"
 MAINTENANCE_LANGUAGE = "maintenance"
 BATCH = 1000
@@ -90,10 +91,19 @@ async def expire_leases_once(store: Store) -> None:
         events.lease_expired(job_id, status)
 
 
-async def run_maintenance(store: Store, stop: asyncio.Event) -> None:
+async def report_stale_agents(store: Store, stale_after_s: float) -> None:
+    for agent in await store.mark_stale_agents(stale_after_s):
+        log.warning("agent.stale", extra={**agent, "stale_after_s": stale_after_s})
+
+
+async def run_maintenance(store: Store, stop: asyncio.Event, *, stale_after_s: float) -> None:
+    stale_checked = 0.0
     while not stop.is_set():
         try:
             await expire_leases_once(store)
+            if time.monotonic() - stale_checked >= STALE_CHECK_INTERVAL_S:
+                stale_checked = time.monotonic()
+                await report_stale_agents(store, stale_after_s)
         except TRANSIENT as exc:
             log.warning("maintenance.failed", extra={"error": str(exc)})
         with contextlib.suppress(TimeoutError):

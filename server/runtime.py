@@ -138,7 +138,8 @@ async def _run_parts(
             host=config.host, port=config.port, log_config=None, access_log=False,
             lifespan="off", timeout_graceful_shutdown=5,
         ))
-        tasks.append(asyncio.create_task(run_maintenance(store, stop), name="maintenance"))
+        tasks.append(asyncio.create_task(run_maintenance(
+            store, stop, stale_after_s=config.stale_after_s), name="maintenance"))
         scheduler = Scheduler(store)
         await scheduler.seed_builtins()  # listed from the first request on
         tasks.append(asyncio.create_task(scheduler.run(stop), name="scheduler"))
@@ -197,9 +198,20 @@ def run(config: ServerConfig) -> None:
         embedded = EmbeddedPostgres(config.data_dir)
         dsn = embedded.start()
     try:
-        asyncio.run(serve(config, dsn, embedded.stop if embedded is not None else _nothing))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(config, dsn, embedded.stop if embedded is not None else _nothing))
     except KeyboardInterrupt:
         pass
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (not on Windows): the server's HTTP and database work
+    run on a faster event loop; the standard one otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

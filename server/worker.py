@@ -17,7 +17,7 @@ from tagrun.server import events
 from tagrun.server.errors import TagrunError
 from tagrun.server.listener import Listener
 from tagrun.server.store import Store
-from tagrun.shared.executors import ErrorKind, ExecSpec, Execution, Outcome
+from tagrun.shared.executors import NO_PROCESS, ErrorKind, ExecSpec, Execution, Outcome
 from tagrun.shared.logstream import LogStream
 from tagrun.shared.version import __version__
 
@@ -123,12 +123,14 @@ class Worker:
 
     def _start(self, job: dict[str, Any]) -> None:
         root = self.settings.work_root
-        work_dir = Path(tempfile.mkdtemp(prefix=f"tagrun-job{job['id']}-", dir=root))
+        work_dir = None if job["language"] in NO_PROCESS else Path(  # nothing runs: no dir
+            tempfile.mkdtemp(prefix=f"tagrun-job{job['id']}-", dir=root))
         stream = LogStream(self._log_sink(job["id"], job["attempt"]), job["log_offset"])
         if job["attempt"] > 1:
             stream.write(f"\n--- attempt {job['attempt']} ---\n")
         spec = ExecSpec(
-            job["language"], job["content"], job["args"] or {}, job["timeout_s"], work_dir
+            job["language"], job["content"], job["args"] or {}, job["timeout_s"],
+            work_dir or Path(tempfile.gettempdir()),
         )
         running = RunningJob(job["id"], job["attempt"], Execution(spec, stream.write))
         running.task = asyncio.create_task(self._execute(running, stream, work_dir))
@@ -141,7 +143,7 @@ class Worker:
                                          max_chars=self.settings.max_log_chars)
         return sink
 
-    async def _execute(self, job: RunningJob, stream: LogStream, work_dir: Path) -> None:
+    async def _execute(self, job: RunningJob, stream: LogStream, work_dir: Path | None) -> None:
         try:
             outcome = await job.execution.run()
         except Exception as exc:  # noqa: BLE001 - an executor bug fails the job, not the worker
@@ -152,7 +154,8 @@ class Worker:
             if not job.lost:
                 await self._complete(job, outcome)
         finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            if work_dir is not None:
+                shutil.rmtree(work_dir, ignore_errors=True)
             self.running.pop(job.id, None)
             self._slot_freed.set()
 

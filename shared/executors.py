@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 LANGUAGES: tuple[str, ...] = ("bash", "sh", "python", "powershell", "identity")
+# Languages that run nothing (the result is the args): they need no work directory.
+NO_PROCESS: frozenset[str] = frozenset({"identity"})
 
 _log = logging.getLogger(__name__)
 

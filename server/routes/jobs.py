@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -121,12 +123,16 @@ async def get_job(request: Request) -> JSON:
     job_id = path_int(request, "id")
     wait_s = query_float(request, "wait_s", 0.0, maximum=MAX_WAIT_S)
     store = _store(request)
-    job = await store.get_job(workspace, job_id)
+    if wait_s <= 0:
+        return JSON(await store.get_job(workspace, job_id))
     deadline = time.monotonic() + wait_s
-    while job["status"] not in FINAL_STATES and (left := deadline - time.monotonic()) > 0:
-        # A notification wakes us at once; the 1 s slice covers one sent before we listened.
-        await request.app.state.listener.wait_done(job_id, min(left, 1.0))
-        job = await store.get_job(workspace, job_id)
+    with request.app.state.listener.watching_done(job_id) as done:
+        job = await store.get_job(workspace, job_id)  # watched first: no finish missed
+        while job["status"] not in FINAL_STATES and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), left)
+            done.clear()
+            job = await store.get_job(workspace, job_id)
     return JSON(job)
 
 

@@ -22,10 +22,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=size, init=_init_connection, command_timeout=60
+        dsn, min_size=1, max_size=size, init=_init_connection, command_timeout=60,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's reset, run as a connection goes back: nothing. asyncpg's default sends a
+    reset query (RESET ALL, UNLISTEN *, ...) on every release, a round trip per statement;
+    tagrun keeps no session state on pooled connections (settings, LISTEN and advisory
+    locks held past a statement live on connections of their own or are released in a
+    `finally`), and asyncpg still rolls back a transaction left open."""
 
 
 def iso(value: datetime | None) -> str | None:

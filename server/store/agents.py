@@ -27,7 +27,13 @@ INSERT INTO workers (name, kind, grp, tags, ip, version, jti)
 VALUES ($1, 'agent', $2, $3, $4, $5, $6)
 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp,
     tags = EXCLUDED.tags, ip = EXCLUDED.ip, version = EXCLUDED.version, jti = EXCLUDED.jti,
-    connected_at = now(), last_seen = now()"""
+    connected_at = now(), last_seen = now(), stale_reported = false"""
+# Agents that stopped being seen, each returned once (by one replica) until seen again.
+MARK_STALE_AGENTS = """
+UPDATE workers SET stale_reported = true
+WHERE NOT stale_reported AND kind = 'agent'
+  AND last_seen < now() - make_interval(secs => $1::float8)
+RETURNING name, grp, tags, ip, last_seen"""
 # One statement for every heartbeat a server process received in an interval: leases of
 # all named jobs are extended and every holder seen is marked alive.
 HEARTBEAT_BATCH = """
@@ -40,7 +46,7 @@ WITH held AS (
       AND j.status = 'running'
     RETURNING j.id, j.cancel_requested
 ), seen AS (
-    UPDATE workers w SET last_seen = now(), active_count = s.active
+    UPDATE workers w SET last_seen = now(), active_count = s.active, stale_reported = false
     FROM unnest($5::text[], $6::int[]) AS s(name, active) WHERE w.name = s.name
 )
 SELECT h.id, h.holder, e.id IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
@@ -90,6 +96,12 @@ class Agents(StoreBase):
     ) -> None:
         """Record an agent when a server process first sees it (not on every poll)."""
         await self.execute(UPSERT_AGENT, name, group, list(tags), ip, version, jti)
+
+    async def mark_stale_agents(self, stale_after_s: float) -> list[dict[str, Any]]:
+        """Agents not seen for `stale_after_s`, each returned once until it is seen again."""
+        return [{"agent": r["name"], "group": r["grp"], "tags": list(r["tags"]),
+                 "ip": r["ip"], "last_seen": iso(r["last_seen"])}
+                for r in await self.fetch(MARK_STALE_AGENTS, stale_after_s)]
 
     async def heartbeat_batch(
         self, held: Sequence[tuple[int, int, str]], seen: dict[str, int], lease_s: float

@@ -95,11 +95,12 @@ WITH caps AS (
     WHERE r.concurrency_key IS NULL OR r.k + coalesce(b.n, 0) <= r.concurrency_limit
     ORDER BY r.priority DESC, r.run_at, r.job_id
     LIMIT (SELECT n FROM room)
+-- started_at: this statement's start, after the cap lock wait (now() is the transaction's).
 ), dequeued AS (
     DELETE FROM queue q USING picked p WHERE q.job_id = p.job_id RETURNING q.job_id
 )
 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
-                  started_at = now(), finished_at = NULL, inline = $4,
+                  started_at = statement_timestamp(), finished_at = NULL, inline = $4,
                   lease_expires_at = now() + make_interval(secs => $3::float8)
 FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id

@@ -167,3 +167,30 @@ def test_job_of_a_killed_agent_finishes_on_another_after_its_lease(
     final = api.get(f"/api/w/default/jobs/{job['id']}", params={"wait_s": 30}).json()
     assert (final["status"], final["attempt"], final["worker"], final["result"]) == (
         "succeeded", 2, survivor.name, "ok")
+
+
+def test_an_agent_killed_is_reported_stale_once(start_process, database_url: str,
+                                                 tmp_path: Path) -> None:
+    import json
+
+    server = start_process("server", database_url,
+                           env={**FAST, "TAGRUN_STALE_AFTER_S": "6"}).wait_healthy()
+    with api_client(server.url) as api:
+        minted = api.post("/api/agent_tokens",
+                          json={"group": "edge", "tags": ["stale"]}).json()
+        agent = AgentProcess(server.url, minted["token"], tmp_path, name="gone")
+        agent.wait_logged("agent.started")
+        wait_until(lambda: any(a["name"] == "gone" and not a["stale"]
+                               for a in api.get("/api/workers").json()["agents"]),
+                   message="the agent to show as live")
+        agent.kill()  # kill -9: it never says goodbye
+
+        def stale_events() -> list[dict[str, object]]:
+            lines = [json.loads(line) for line in server.log_text().splitlines()
+                     if line.startswith("{")]
+            return [e for e in lines if e["event"] == "agent.stale"]
+        [event] = wait_until(stale_events, 20, message="agent.stale in the server's log")
+        assert (event["agent"], event["group"], event["tags"]) == ("gone", "edge", ["stale"])
+        gone = [a for a in api.get("/api/workers").json()["agents"] if a["name"] == "gone"]
+        assert gone and gone[0]["stale"]
+        assert len(stale_events()) == 1
