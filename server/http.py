@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import msgspec
@@ -43,6 +46,29 @@ async def read_body(request: Request, model: type[T]) -> T:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidInput("request body is nested too deeply") from None
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
+    """Await `work` while the client stays connected; if it goes away first (a killed agent's
+    long-poll), cancel `work` and return None, so nothing is handed to a closed socket."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    # Once the body is read, the server's receive() answers only when the client disconnects.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def query_int(request: Request, name: str, default: int, *, minimum: int, maximum: int) -> int:

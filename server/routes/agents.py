@@ -6,13 +6,14 @@ import logging
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tagrun.server import events
 from tagrun.server.agent_tokens import AgentIdentity, AgentTokens
 from tagrun.server.errors import InvalidInput, Unauthorized
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
-from tagrun.server.http import JSON, path_int, read_body
+from tagrun.server.http import JSON, path_int, read_body, until_disconnect
 from tagrun.server.store import Store
 from tagrun.shared.agent_wire import ClaimIn, CompleteIn, HeartbeatIn, LogsIn, ReleaseIn
 
@@ -53,12 +54,15 @@ def job_for_agent(job: dict[str, Any], lease_s: float, heartbeat_s: float) -> di
     }
 
 
-async def claim(request: Request) -> JSON:
+async def claim(request: Request) -> Response:
     agent = identify(request)
     body = await read_body(request, ClaimIn)
     await _seen(request, agent, body.name)
     state = _state(request)
-    jobs = await state.dispatcher.claim(body.name, agent.tags, body.slots, body.wait_s, agent.jti)
+    jobs = await until_disconnect(request, state.dispatcher.claim(
+        body.name, agent.tags, body.slots, body.wait_s, agent.jti))
+    if jobs is None:  # the agent went away; the dispatcher gave back what it was leased
+        return Response(status_code=499)
     config = state.config
     return JSON({"jobs": [job_for_agent(j, config.lease_s, config.heartbeat_s) for j in jobs]})
 

@@ -246,3 +246,28 @@ def test_bad_agent_requests_get_clear_4xx(agent: httpx.Client) -> None:
         response = agent.post(path, json=body)
         assert response.status_code == 400, (path, body, response.text)
         assert set(response.json()["error"]) == {"code", "message"}
+
+
+def test_a_long_poll_abandoned_by_its_agent_is_handed_no_job(
+    server: TagrunProcess, api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    # A killed agent's claim stays open on the server until wait_s; jobs leased to it would sit
+    # unrun until their lease expired. The server must notice the closed connection instead.
+    token = agent.headers["authorization"]
+    before = waiters(api)
+    with httpx.Client(base_url=server.url, headers={"authorization": token},
+                      timeout=httpx.Timeout(0.5)) as ghost:
+        with pytest.raises(httpx.ReadTimeout):
+            ghost.post(CLAIM, json={"name": "ghost", "slots": 4, "wait_s": 30})
+    wait_until(lambda: waiters(api) <= before, timeout=5)
+    job_id = submit(api, tag)
+    [job] = agent.post(CLAIM, json={"name": "alive", "slots": 1, "wait_s": 5}).json()["jobs"]
+    assert job["id"] == job_id
+    assert api.get(f"/api/w/default/jobs/{job_id}").json()["worker"] == "alive"
+
+
+def waiters(api: httpx.Client) -> float:
+    for line in api.get("/metrics").text.splitlines():
+        if line.startswith("tagrun_long_poll_waiters "):
+            return float(line.split()[1])
+    raise AssertionError("no tagrun_long_poll_waiters in /metrics")
