@@ -12,7 +12,14 @@ from typing import Any
 
 from tagrun.agent.client import AgentClient
 from tagrun.agent.errors import GaveUp, ServerAnswer, TokenRefused
-from tagrun.shared.executors import NO_PROCESS, ErrorKind, ExecSpec, Execution, Outcome
+from tagrun.shared.executors import (
+    NO_PROCESS,
+    ErrorKind,
+    ExecSpec,
+    Execution,
+    Outcome,
+    job_identity_env,
+)
 from tagrun.shared.logstream import LogStream
 
 log = logging.getLogger("tagrun.agent")
@@ -33,6 +40,7 @@ class ClaimedJob:
     timeout_s: float | None
     heartbeat_s: float
     log_offset: int
+    tag: str = ""
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> ClaimedJob:
@@ -45,6 +53,7 @@ class ClaimedJob:
                 timeout_s=_seconds(raw.get("timeout_s")),
                 heartbeat_s=_seconds(raw.get("heartbeat_s")) or DEFAULT_HEARTBEAT_S,
                 log_offset=_int(raw.get("log_offset") or 0),
+                tag=str(raw.get("tag") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
@@ -79,8 +88,9 @@ class JobRun:
         self._stream = LogStream(self._send_logs, job.log_offset)
         if job.attempt > 1:
             self._stream.write(f"\n--- attempt {job.attempt} ---\n")
+        env = job_identity_env(job.id, job.workspace, job.attempt, job.tag, client.name)
         spec = ExecSpec(job.language, job.content, job.args, job.timeout_s, self._work_dir,
-                        python_cmd=python_cmd)
+                        python_cmd=python_cmd, env=env)
         self._execution = Execution(spec, self._stream.write)
 
     def cancel(self) -> None:

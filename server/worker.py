@@ -17,7 +17,14 @@ from tagrun.server import events
 from tagrun.server.errors import TagrunError
 from tagrun.server.listener import Listener
 from tagrun.server.store import Store
-from tagrun.shared.executors import NO_PROCESS, ErrorKind, ExecSpec, Execution, Outcome
+from tagrun.shared.executors import (
+    NO_PROCESS,
+    ErrorKind,
+    ExecSpec,
+    Execution,
+    Outcome,
+    job_identity_env,
+)
 from tagrun.shared.logstream import LogStream
 from tagrun.shared.version import __version__
 
@@ -131,6 +138,8 @@ class Worker:
         spec = ExecSpec(
             job["language"], job["content"], job["args"] or {}, job["timeout_s"],
             work_dir or Path(tempfile.gettempdir()),
+            env=job_identity_env(job["id"], job["workspace"], job["attempt"], job["tag"],
+                                 self.settings.name),
         )
         running = RunningJob(job["id"], job["attempt"], Execution(spec, stream.write))
         running.task = asyncio.create_task(self._execute(running, stream, work_dir))

@@ -109,6 +109,13 @@ class ExecSpec:
     env: Mapping[str, str] | None = None
 
 
+def job_identity_env(job_id: int, workspace: str, attempt: int, tag: str, worker: str
+                     ) -> dict[str, str]:
+    """What a job's process learns about itself (like Windmill's WM_JOB_ID)."""
+    return {"TAGRUN_JOB_ID": str(job_id), "TAGRUN_WORKSPACE": workspace,
+            "TAGRUN_JOB_ATTEMPT": str(attempt), "TAGRUN_JOB_TAG": tag, "TAGRUN_WORKER": worker}
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str

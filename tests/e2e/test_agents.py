@@ -70,6 +70,22 @@ def test_agent_runs_bash_and_python_jobs(api: httpx.Client, start_agent) -> None
     assert str(minted["token"]) not in agent.log_text()
 
 
+IDENTITY_SCRIPT = ('printf \'{"id":"%s","ws":"%s","attempt":"%s","tag":"%s","worker":"%s"}\' '
+                   '"$TAGRUN_JOB_ID" "$TAGRUN_WORKSPACE" "$TAGRUN_JOB_ATTEMPT" "$TAGRUN_JOB_TAG" '
+                   '"$TAGRUN_WORKER"')
+
+
+def test_a_job_knows_its_id_workspace_attempt_tag_and_worker(api: httpx.Client, start_agent
+                                                             ) -> None:
+    agent, _ = start_agent(["edge-env"])
+    on_agent = run(api, {"language": "bash", "tag": "edge-env", "content": IDENTITY_SCRIPT})
+    assert on_agent["result"] == {"id": str(on_agent["id"]), "ws": "default", "attempt": "1",
+                                  "tag": "edge-env", "worker": agent.name}
+    inline = run(api, {"language": "bash", "content": IDENTITY_SCRIPT})
+    assert inline["result"] == {"id": str(inline["id"]), "ws": "default", "attempt": "1",
+                                "tag": "bash", "worker": inline["worker"]}
+
+
 def test_cancel_kills_the_job_on_the_agent(api: httpx.Client, start_agent, tmp_path: Path
                                            ) -> None:
     agent, _ = start_agent(["edge-cancel"])
