@@ -129,9 +129,18 @@ def job_view(row: Any) -> dict[str, Any]:
         "created_at": iso(row["created_at"]),
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
-        "attempts": row["attempts"],
+        "attempts": [_attempt_view(a) for a in row["attempts"] or []],
         "content": row["content"],
     }
+
+
+def _attempt_view(attempt: dict[str, Any]) -> dict[str, Any]:
+    # jsonb keeps PostgreSQL's text for timestamps; show them like every other time (…Z).
+    view = dict(attempt)
+    for key in ("started_at", "finished_at"):
+        if isinstance(view.get(key), str):
+            view[key] = iso(datetime.fromisoformat(view[key]))
+    return view
 
 
 def _columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:

@@ -475,3 +475,12 @@ def test_failing_job_is_attempted_max_attempts_times(api: httpx.Client, ws: str)
     output = logs(api, ws, job_id)["data"]
     assert output.count("trying") == 2
     assert "attempt 2" in output
+
+
+def test_attempts_show_the_same_times_as_the_job(api: httpx.Client, ws: str) -> None:
+    job = run(api, ws, language="bash", content="echo ok")
+    [attempt] = job["attempts"]
+    assert (attempt["attempt"], attempt["status"], attempt["worker"]) == (1, "succeeded",
+                                                                         job["worker"])
+    assert (attempt["started_at"], attempt["finished_at"]) == (job["started_at"],
+                                                               job["finished_at"])
