@@ -144,6 +144,13 @@ class AgentClient:
                                   self._retry.bounded_stop)
         return str(answer.get("status", status))
 
+    async def complete_many(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Outcomes of several jobs (id, attempt, status, result, error); one answer each."""
+        body = {"name": self.name, "jobs": jobs}
+        answer = await self._post("/api/agent_workers/complete", body, self._retry.bounded_stop)
+        answers = answer.get("jobs")
+        return [a for a in answers if isinstance(a, dict)] if isinstance(answers, list) else []
+
     async def _post(
         self, path: str, body: dict[str, Any], stop: stop_base,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,

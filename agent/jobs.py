@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tagrun.agent.client import AgentClient
+from tagrun.agent.completions import Completions
 from tagrun.agent.errors import GaveUp, ServerAnswer, TokenRefused
 from tagrun.shared.executors import (
     NO_PROCESS,
@@ -76,13 +77,14 @@ def _seconds(value: Any) -> float | None:
 
 class JobRun:
     def __init__(
-        self, job: ClaimedJob, client: AgentClient, work_root: Path, python_cmd: list[str],
-        on_fatal: OnFatal,
+        self, job: ClaimedJob, client: AgentClient, completions: Completions, work_root: Path,
+        python_cmd: list[str], on_fatal: OnFatal,
     ) -> None:
         self.job = job
         self.lost = False  # lease lost or job released: its outcome must not be reported
         self.executing = True
         self._client = client
+        self._completions = completions
         self._on_fatal = on_fatal
         self._work_dir = work_root / f"job{job.id}-{job.attempt}-{secrets.token_hex(3)}"
         self._stream = LogStream(self._send_logs, job.log_offset)
@@ -172,7 +174,7 @@ class JobRun:
 
     async def _complete(self, outcome: Outcome) -> None:
         job = self.job
-        status = await self._client.complete(
+        status = await self._completions.complete(
             job.workspace, job.id, job.attempt, outcome.status, outcome.result, outcome.error)
         log.info("job.completed", extra={"job_id": job.id, "attempt": job.attempt,
                                          "status": status, "outcome": outcome.status})

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tagrun.agent.client import AgentClient, RetryPolicy
+from tagrun.agent.completions import Completions
 from tagrun.agent.config import AgentConfig
 from tagrun.agent.errors import AgentError, GaveUp, InitScriptFailed, ServerAnswer, TokenRefused
 from tagrun.agent.frozen import python_command
@@ -43,6 +44,7 @@ class Agent:
     def __init__(self, config: AgentConfig, client: AgentClient) -> None:
         self.config = config
         self._client = client
+        self._completions = Completions(client)
         self._python_cmd = python_command(config.python)
         self._runs: dict[int, JobRun] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -188,7 +190,8 @@ class Agent:
         previous = self._runs.get(job.id)
         if previous is not None:  # handed out again: our old attempt's lease must be gone
             previous.abandon("claimed again")
-        run = JobRun(job, self._client, self._work_root, self._python_cmd, self._on_fatal)
+        run = JobRun(job, self._client, self._completions, self._work_root, self._python_cmd,
+                     self._on_fatal)
         self._runs[job.id] = run
         self._tasks[job.id] = asyncio.create_task(self._run_job(run), name=f"job-{job.id}")
         self._job_started.set()

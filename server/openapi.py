@@ -15,10 +15,14 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tagrun.server.http import JSON
+from tagrun.server.routes import jobs as job_routes
 from tagrun.server.routes import schedules as sched
+from tagrun.server.routes import settings as setting_routes
 from tagrun.shared import agent_wire as agent
 from tagrun.shared import models as req
 from tagrun.shared import responses as out
+from tagrun.shared.executors import LANGUAGES
+from tagrun.shared.tags import TAG_PATTERN
 from tagrun.shared.version import __version__
 
 
@@ -30,14 +34,26 @@ class Op:
     response: type
     status: int = 200
     body: type | None = None
-    query: dict[str, str] = field(default_factory=dict)  # name -> JSON type
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> JSON schema
     auth: str = "workspace"  # none | workspace | superadmin | agent
     headers: tuple[str, ...] = ()
+    also: dict[int, str] = field(default_factory=dict)  # other success statuses -> when
 
 
 class SettingIn(msgspec.Struct):
     key: str
     value: int
+
+
+# Query parameters, with the bounds the routes check (server/http.py query_int/query_float).
+_STRING: dict[str, Any] = {"type": "string"}
+_LIMIT: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 1000}
+_ID_CURSOR: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 2**62}
+_OFFSET: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 2**62}
+_WAIT_S: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": job_routes.MAX_WAIT_S}
+_STATUS: dict[str, Any] = {"type": "string", "enum": list(job_routes.STATES)}
+_RUNS: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 1000}
+_PATH_ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}  # path_int
 
 
 OPERATIONS = [
@@ -48,13 +64,13 @@ OPERATIONS = [
     Op("POST", "/api/tokens", "Create a workspace token (shown once)", out.WorkspaceToken,
        201, req.WorkspaceTokenIn, auth="superadmin"),
     Op("GET", "/api/tokens", "List workspace tokens", out.WorkspaceTokens,
-       query={"workspace": "string"}, auth="superadmin"),
+       query={"workspace": _STRING}, auth="superadmin"),
     Op("DELETE", "/api/tokens/{id}", "Revoke a workspace token", out.Revoked,
        auth="superadmin"),
     Op("POST", "/api/agent_tokens", "Mint an agent token (a JWT, shown once)", out.AgentToken,
        201, agent.AgentTokenIn, auth="superadmin"),
     Op("GET", "/api/agent_tokens", "List agent tokens", out.AgentTokens,
-       query={"all": "boolean"}, auth="superadmin"),
+       query={"all": {"type": "boolean"}}, auth="superadmin"),
     Op("DELETE", "/api/agent_tokens/{jti}", "Revoke an agent token", out.Revoked,
        auth="superadmin"),
     Op("GET", "/api/workers", "Agents, workers, pools and tags", out.Fleet,
@@ -65,27 +81,28 @@ OPERATIONS = [
     Op("POST", "/api/w/{ws}/scripts", "Deploy a new version of a script", out.Script, 201,
        req.ScriptIn),
     Op("GET", "/api/w/{ws}/scripts", "List scripts (latest versions)", out.ScriptPage,
-       query={"cursor": "string", "limit": "integer"}),
+       query={"cursor": _STRING, "limit": _LIMIT}),
     Op("GET", "/api/w/{ws}/scripts/{path}", "Read a script's latest version", out.Script),
     Op("POST", "/api/w/{ws}/jobs", "Submit a job", out.Job, 201, req.JobIn,
-       headers=("Idempotency-Key",)),
+       headers=("Idempotency-Key",),
+       also={200: "The job first created with this Idempotency-Key (within 24 h)"}),
     Op("GET", "/api/w/{ws}/jobs", "List jobs, newest first", out.JobPage,
-       query={"status": "string", "tag": "string", "script": "string", "limit": "integer",
-              "cursor": "integer"}),
+       query={"status": _STATUS, "tag": _STRING, "script": _STRING, "limit": _LIMIT,
+              "cursor": _ID_CURSOR}),
     Op("POST", "/api/w/{ws}/jobs/batch", "Submit jobs (all or none)", out.JobIds, 201,
        req.BatchIn),
     Op("GET", "/api/w/{ws}/jobs/{id}", "Read a job; wait_s waits for a final state", out.Job,
-       query={"wait_s": "number"}),
+       query={"wait_s": _WAIT_S}),
     Op("GET", "/api/w/{ws}/jobs/{id}/logs", "Read a job's logs from an offset", out.Logs,
-       query={"offset": "integer"}),
+       query={"offset": _OFFSET}),
     Op("POST", "/api/w/{ws}/jobs/{id}/cancel", "Cancel a job", out.Job),
     Op("POST", "/api/w/{ws}/jobs/{id}/retry", "Replay a failed or cancelled job", out.Job),
     Op("POST", "/api/w/{ws}/schedules", "Create a cron schedule", out.Schedule, 201,
        sched.ScheduleIn),
     Op("GET", "/api/w/{ws}/schedules", "List schedules, with next fires and last runs",
-       out.SchedulePage, query={"cursor": "string", "limit": "integer"}),
+       out.SchedulePage, query={"cursor": _STRING, "limit": _LIMIT}),
     Op("GET", "/api/w/{ws}/schedules/{name}", "Read a schedule", out.Schedule,
-       query={"runs": "integer"}),
+       query={"runs": _RUNS}),
     Op("PATCH", "/api/w/{ws}/schedules/{name}", "Change a schedule", out.Schedule,
        body=sched.SchedulePatch),
     Op("DELETE", "/api/w/{ws}/schedules/{name}", "Delete a schedule (built-ins refuse)",
@@ -96,6 +113,8 @@ OPERATIONS = [
        out.HeartbeatOut, body=agent.HeartbeatIn, auth="agent"),
     Op("POST", "/api/agent_workers/release", "Give jobs back without using an attempt",
        out.Released, body=agent.ReleaseIn, auth="agent"),
+    Op("POST", "/api/agent_workers/complete", "Report several outcomes in one request",
+       out.CompletedMany, body=agent.CompleteManyIn, auth="agent"),
     Op("POST", "/api/w/{ws}/agent_workers/jobs/{id}/logs", "Append logs (idempotent by offset)",
        out.LogsAck, body=agent.LogsIn, auth="agent"),
     Op("POST", "/api/w/{ws}/agent_workers/jobs/{id}/complete", "Report an attempt's outcome",
@@ -123,10 +142,10 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 def _parameters(op: Op) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True,
-         "schema": {"type": "integer", "minimum": 1} if name == "id" else {"type": "string"}}
+         "schema": _PATH_ID if name == "id" else {"type": "string"}}
         for name in re.findall(r"\{(\w+)\}", op.path)]
-    params += [{"name": n, "in": "query", "required": False, "schema": {"type": t}}
-               for n, t in op.query.items()]
+    params += [{"name": n, "in": "query", "required": False, "schema": schema}
+               for n, schema in op.query.items()]
     params += [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
                for h in op.headers]
     return params
@@ -135,6 +154,8 @@ def _parameters(op: Op) -> list[dict[str, Any]]:
 def _operation(op: Op) -> dict[str, Any]:
     responses: dict[str, Any] = {str(op.status): {"description": op.summary,
                                                   **_json(_ref(op.response))}}
+    for status, text in op.also.items():
+        responses[str(status)] = {"description": text, **_json(_ref(op.response))}
     for status, text in _ERRORS.items():
         responses[str(status)] = {"description": text, **_json(_ref(out.ErrorOut))}
     operation: dict[str, Any] = {
@@ -161,6 +182,50 @@ def _ecma(node: Any) -> Any:
     return node
 
 
+def _pattern(regex: re.Pattern[str]) -> str:
+    return f"^(?:{regex.pattern})$"
+
+
+_LANGUAGE: dict[str, Any] = {"type": "string", "enum": list(LANGUAGES)}
+_OVERLAP: dict[str, Any] = {"type": "string", "enum": list(sched.OVERLAPS)}
+# Rules the routes check beyond what the wire models' types say, from the same constants:
+# (schema, property) -> what the property's schema becomes.
+_REFINED: dict[tuple[str, str], dict[str, Any]] = {
+    ("AgentTokenIn", "tags"): {"items": {"type": "string", "pattern": _pattern(TAG_PATTERN)}},
+    ("ScheduleIn", "name"): {"pattern": _pattern(sched.NAME), "maxLength": 100},
+    ("ScheduleIn", "overlap"): _OVERLAP,
+    ("SchedulePatch", "overlap"): _OVERLAP,
+    ("ScriptIn", "language"): _LANGUAGE,
+    ("JobIn", "language"): {"anyOf": [_LANGUAGE, {"type": "null"}]},
+    ("SettingIn", "key"): {"type": "string", "enum": sorted(setting_routes.SETTINGS)},
+    ("SettingIn", "value"): {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+}
+# A job names a deployed script, or else a language and its content (`identity` needs none).
+_NULL: dict[str, Any] = {"type": "null"}
+_JOB_SOURCE: list[dict[str, Any]] = [
+    {"required": ["script"],
+     "properties": {"script": {"type": "string"}, "language": _NULL, "content": _NULL}},
+    {"required": ["language", "content"],
+     "properties": {"script": _NULL, "language": {"type": "string"},
+                    "content": {"type": "string"}}},
+    {"required": ["language"],
+     "properties": {"script": _NULL, "language": {"const": "identity"}}},
+]
+
+
+def _refine(components: dict[str, Any]) -> dict[str, Any]:
+    for (name, prop), schema in _REFINED.items():
+        target = components[name]["properties"][prop]
+        if "anyOf" in schema or "enum" in schema:
+            default = target.get("default", msgspec.UNSET)
+            target.clear()
+            if default is not msgspec.UNSET:
+                target["default"] = default
+        target.update(schema)
+    components["JobIn"]["anyOf"] = _JOB_SOURCE
+    return components
+
+
 @cache
 def document() -> dict[str, Any]:
     models = {op.response for op in OPERATIONS} | {op.body for op in OPERATIONS if op.body}
@@ -176,7 +241,7 @@ def document() -> dict[str, Any]:
                  "description": "A job server with HTTP-only agent workers."},
         "paths": paths,
         "components": {
-            "schemas": _ecma(components),
+            "schemas": _refine(_ecma(components)),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer",
                            "description": "Superadmin or workspace token"},

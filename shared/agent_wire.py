@@ -57,6 +57,21 @@ class CompleteIn(_Body):
     name: AgentName | None = None
 
 
+class CompletedJob(_Body):
+    id: JobId
+    attempt: Attempt
+    status: Annotated[str, msgspec.Meta(pattern=r"^(succeeded|failed|cancelled)\Z")]
+    result: Any = None
+    error: ErrorIn | None = None
+
+
+class CompleteManyIn(_Body):
+    """Several outcomes in one request: what an agent sends when jobs finish together."""
+
+    name: AgentName
+    jobs: Annotated[list[CompletedJob], msgspec.Meta(min_length=1, max_length=1000)]
+
+
 class AgentTokenIn(_Body):
     group: Group
     tags: Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)]

@@ -221,6 +221,18 @@ class Completed(_Out):
     status: str
 
 
+class CompletedItem(_Out):
+    """One job of a batch completion: its new `status`, or the `error` that refused it."""
+
+    id: int
+    status: str | None = None
+    error: ErrorDetail | None = None
+
+
+class CompletedMany(_Out):
+    jobs: list[CompletedItem]
+
+
 class ScheduleRun(_Out):
     fire_at: str
     job_id: int | None

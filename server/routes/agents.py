@@ -11,11 +11,20 @@ from starlette.routing import Route
 
 from tagrun.server import events
 from tagrun.server.agent_tokens import AgentIdentity, AgentTokens
-from tagrun.server.errors import InvalidInput, Unauthorized
+from tagrun.server.errors import InvalidInput, TagrunError, Unauthorized
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
 from tagrun.server.store import Store
-from tagrun.shared.agent_wire import ClaimIn, CompleteIn, HeartbeatIn, LogsIn, ReleaseIn
+from tagrun.shared.agent_wire import (
+    ClaimIn,
+    CompletedJob,
+    CompleteIn,
+    CompleteManyIn,
+    ErrorIn,
+    HeartbeatIn,
+    LogsIn,
+    ReleaseIn,
+)
 
 log = logging.getLogger("tagrun.agents")
 
@@ -32,10 +41,14 @@ def identify(request: Request) -> AgentIdentity:
     try:
         return tokens.verify(token.strip())
     except Unauthorized as exc:
-        log.warning("agent.token_refused", extra={"reason": exc.message, "path": request.url.path,
-                                                  "ip": request.client.host if request.client
-                                                  else None})
+        _refused(request, exc)
         raise
+
+
+def _refused(request: Request, exc: Unauthorized) -> None:
+    log.warning("agent.token_refused", extra={"reason": exc.message, "path": request.url.path,
+                                              "ip": request.client.host if request.client
+                                              else None})
 
 
 async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
@@ -59,8 +72,12 @@ async def claim(request: Request) -> Response:
     body = await read_body(request, ClaimIn)
     await _seen(request, agent, body.name)
     state = _state(request)
-    jobs = await until_disconnect(request, state.dispatcher.claim(
-        body.name, agent.tags, body.slots, body.wait_s, agent.jti))
+    try:
+        jobs = await until_disconnect(request, state.dispatcher.claim(
+            body.name, agent.tags, body.slots, body.wait_s, agent.jti))
+    except Unauthorized as exc:  # its token was revoked while it waited
+        _refused(request, exc)
+        raise
     if jobs is None:  # the agent went away; the dispatcher gave back what it was leased
         return Response(status_code=499)
     config = state.config
@@ -108,23 +125,51 @@ async def complete(request: Request) -> JSON:
     agent = identify(request)
     job_id = path_int(request, "id")
     body = await read_body(request, CompleteIn)
-    if body.status != "succeeded" and body.error is None:
+    holder = await _holder(request, agent, body.name, job_id)
+    outcome = CompletedJob(job_id, body.attempt, body.status, body.result, body.error)
+    status = await _record(request, agent, holder, outcome, request.path_params["ws"])
+    return JSON({"status": status})
+
+
+async def complete_many(request: Request) -> JSON:
+    """Outcomes of several jobs; each is recorded (or refused) on its own, as if sent alone."""
+    agent = identify(request)
+    body = await read_body(request, CompleteManyIn)
+    answers: list[dict[str, Any]] = []
+    for outcome in body.jobs:
+        try:
+            status = await _record(request, agent, body.name, outcome, None)
+        except TagrunError as exc:
+            answers.append({"id": outcome.id, "error": {"code": exc.code,
+                                                        "message": exc.message}})
+        else:
+            answers.append({"id": outcome.id, "status": status})
+    return JSON({"jobs": answers})
+
+
+async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: CompletedJob,
+                  workspace: str | None) -> str:
+    if outcome.status != "succeeded" and outcome.error is None:
         raise InvalidInput("a failed or cancelled job needs an 'error' {kind, message}")
     state = _state(request)
-    holder = await _holder(request, agent, body.name, job_id)
-    error = {"kind": body.error.kind, "message": body.error.message} if body.error else None
+    error = _error_dict(outcome.error)
     recorded = await state.store.complete_job(
-        holder, job_id, body.attempt, body.status, body.result, error,
-        state.config.retry_backoff_s, tags=agent.tags, workspace=request.path_params["ws"])
+        holder, outcome.id, outcome.attempt, outcome.status, outcome.result, error,
+        state.config.retry_backoff_s, tags=agent.tags, workspace=workspace)
     if not recorded["repeat"]:
         events.job_finished(recorded, error)
-    return JSON({"status": recorded["status"]})
+    return str(recorded["status"])
+
+
+def _error_dict(error: ErrorIn | None) -> dict[str, str] | None:
+    return {"kind": error.kind, "message": error.message} if error else None
 
 
 routes = [
     Route("/api/agent_workers/claim", claim, methods=["POST"]),
     Route("/api/agent_workers/heartbeat", heartbeat, methods=["POST"]),
     Route("/api/agent_workers/release", release, methods=["POST"]),
+    Route("/api/agent_workers/complete", complete_many, methods=["POST"]),
     Route("/api/w/{ws}/agent_workers/jobs/{id}/logs", append_logs, methods=["POST"]),
     Route("/api/w/{ws}/agent_workers/jobs/{id}/complete", complete, methods=["POST"]),
 ]

@@ -68,15 +68,31 @@ class FakeServer:
         if path == "/api/agent_workers/release":
             self.released.extend(body["jobs"])
             return httpx.Response(200, json={"released": [j["id"] for j in body["jobs"]]})
+        if path == "/api/agent_workers/complete":
+            return self._complete_many(body)
         job_id, action = int(path.split("/")[-2]), path.split("/")[-1]
         if action == "logs":
             return self._append_logs(job_id, body)
         if action == "complete":
-            self.completions[job_id] = body
-            if self.on_complete is not None:
-                self.on_complete(job_id, body)
-            return httpx.Response(200, json={"status": body["status"]})
+            return self._complete(job_id, body)
         return error(404, "not_found")
+
+    def _complete(self, job_id: int, body: dict[str, Any]) -> httpx.Response:
+        self.completions[job_id] = body
+        if self.on_complete is not None:
+            self.on_complete(job_id, body)
+        return httpx.Response(200, json={"status": body["status"]})
+
+    def _complete_many(self, body: dict[str, Any]) -> httpx.Response:
+        """Each job as if sent alone to its own route (overrides included)."""
+        answers = []
+        for item in body["jobs"]:
+            job_id = item["id"]
+            path = f"/api/w/default/agent_workers/jobs/{job_id}/complete"
+            one = self.override(path, item) if self.override is not None else None
+            one = one or self._complete(job_id, item)
+            answers.append({"id": job_id, **one.json()})  # {"status"} or {"error"}
+        return httpx.Response(200, json={"jobs": answers})
 
     async def _claim(self, body: dict[str, Any]) -> httpx.Response:
         self.claims += 1

@@ -271,3 +271,32 @@ def waiters(api: httpx.Client) -> float:
         if line.startswith("tagrun_long_poll_waiters "):
             return float(line.split()[1])
     raise AssertionError("no tagrun_long_poll_waiters in /metrics")
+
+
+def test_batch_complete_records_each_job_or_refuses_it_alone(
+    server: TagrunProcess, api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    first, second, third = (submit(api, tag) for _ in range(3))
+    claimed = agent.post(CLAIM, json={"name": "b1", "slots": 3, "wait_s": 5}).json()["jobs"]
+    assert sorted(j["id"] for j in claimed) == [first, second, third]
+    other_tag = unique_tag()
+    foreign = submit(api, other_tag)
+    with api_client(server.url, str(mint(api, [other_tag])["token"])) as other:
+        other.post(CLAIM, json={"name": "b2", "wait_s": 5})
+    body = {"name": "b1", "jobs": [
+        {"id": first, "attempt": 1, "status": "succeeded", "result": {"n": 1}},
+        {"id": second, "attempt": 1, "status": "failed",
+         "error": {"kind": "script_error", "message": "exit 1"}},
+        {"id": third, "attempt": 2, "status": "succeeded"},  # not the attempt it holds
+        {"id": foreign, "attempt": 1, "status": "succeeded"},  # another token's job
+        {"id": first, "attempt": 1, "status": "succeeded", "result": {"n": 1}},  # a repeat
+    ]}
+    answers = agent.post("/api/agent_workers/complete", json=body).json()["jobs"]
+    assert [a.get("status") or a["error"]["code"] for a in answers] == [
+        "succeeded", "queued", "lease_lost", "lease_lost", "succeeded"]
+    assert api.get(f"/api/w/default/jobs/{first}").json()["result"] == {"n": 1}
+    assert api.get(f"/api/w/default/jobs/{second}").json()["status"] == "queued"  # a retry
+    assert api.get(f"/api/w/default/jobs/{third}").json()["status"] == "running"
+    assert api.get(f"/api/w/default/jobs/{foreign}").json()["status"] == "running"
+    bad = agent.post("/api/agent_workers/complete", json={"name": "b1", "jobs": []})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
