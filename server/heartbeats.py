@@ -82,8 +82,6 @@ class Heartbeats:
                    ) -> tuple[list[int], list[int]]:
         beat = _Beat(holder, running)
         self._beats.append(beat)
-        if holder in self.agents:
-            self.agents[holder].active = len(running)
         self._seen.add(holder)
         self._wake.set()
         return await beat.future
@@ -125,5 +123,7 @@ class Heartbeats:
             elif cancel:
                 answers[holder][0].append(job_id)
         for beat in beats:
+            if beat.holder in self.agents:  # it holds what it named, less what it lost
+                self.agents[beat.holder].active = len(beat.running) - len(answers[beat.holder][1])
             if not beat.future.done():
                 beat.future.set_result(answers[beat.holder])

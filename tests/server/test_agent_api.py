@@ -300,3 +300,20 @@ def test_batch_complete_records_each_job_or_refuses_it_alone(
     assert api.get(f"/api/w/default/jobs/{foreign}").json()["status"] == "running"
     bad = agent.post("/api/agent_workers/complete", json={"name": "b1", "jobs": []})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
+
+
+def test_active_count_counts_only_jobs_the_agent_holds(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    held = submit(api, tag)
+    agent.post(CLAIM, json={"name": "c1", "wait_s": 5})
+    named = [{"id": held, "attempt": 1}, {"id": 2**40, "attempt": 1}]  # one it never had
+    assert agent.post(HEARTBEAT, json={"name": "c1", "running": named}).json()["lost"] == [2**40]
+
+    def active() -> int | None:
+        agent.post(HEARTBEAT, json={"name": "c1", "running": named})
+        rows = [a for a in api.get("/api/workers").json()["agents"] if a["name"] == "c1"]
+        return rows[0]["active_count"] if rows and rows[0]["active_count"] else None
+
+    assert wait_until(active, timeout=15, message="active_count recorded") == 1
+    api.post(f"/api/w/default/jobs/{held}/cancel")
