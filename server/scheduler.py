@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tagrun.server import events
@@ -38,6 +38,9 @@ Clock = Callable[[], datetime]
 TICK_S = 1.0  # the longest sleep: a new or changed schedule is seen within it
 MIN_SLEEP_S = 0.02
 BATCH = 100
+# A fire this late was missed while no scheduler ran: logged as a catch-up even when it was
+# the only fire time missed (a daily schedule of a server down over its hour).
+LATE = timedelta(seconds=10)
 
 
 def utc_now() -> datetime:
@@ -140,15 +143,16 @@ class Scheduler:
             fired = await self.store.fire_schedule(dataclasses.replace(
                 fire, job=None, error=f"no job made: {exc.message}"))
         if fired is not None:
-            self._log(schedule, fire_at, fired)
+            self._log(schedule, fire_at, fired, late=now - fire_at > LATE)
             if job is not None and fired.job_id is not None:
                 events.job_submitted(workspace, [fired.job_id], [job.tag])
         return fired
 
-    def _log(self, schedule: dict[str, Any], fire_at: datetime, fired: Fired) -> None:
+    def _log(self, schedule: dict[str, Any], fire_at: datetime, fired: Fired, *,
+             late: bool) -> None:
         fields = {"workspace": schedule["workspace"], "schedule": schedule["name"],
                   "fire_at": iso(fire_at), "outcome": fired.outcome, "job_id": fired.job_id}
-        if fire_at != schedule["next_fire_at"]:
+        if fire_at != schedule["next_fire_at"] or late:
             log.warning("schedule.caught_up", extra={
                 **fields, "missed_since": iso(schedule["next_fire_at"])})
         if fired.outcome == "error":

@@ -1,10 +1,13 @@
 """Cron expressions in a time zone: validation, next fire times, the latest missed one.
 
-Evaluation is cronsim's, which follows Debian cron, daylight-saving changes included: a
-fixed-time job whose local time is skipped in spring runs right after the gap (02:30 on the
-spring-forward day fires at 03:00), and one whose local time repeats in autumn fires once;
-jobs every hour or more often fire on every real occurrence. Six fields put seconds first.
-Server-side only: the agent never imports this module.
+Fields are matched by cronsim; daylight-saving changes are handled as Debian cron does: a
+fixed-time job (neither its minute nor its hour field starts with `*`) whose local time is
+skipped in spring runs right after the gap (02:30 on the spring-forward day fires at 03:00),
+and one whose local time repeats in autumn fires once, at the first occurrence; other jobs
+fire on every real occurrence. Six fields put seconds first and follow the same rule (cronsim
+applies it to five fields only, so fixed-time expressions are evaluated here in local wall
+time and placed in real time by `_placed`). Server-side only: the agent never imports this
+module.
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ def zone(name: str) -> ZoneInfo:
             from None
 
 
+def _exists(moment: datetime) -> bool:
+    """Whether an aware local time exists (is not skipped by a clock change)."""
+    zone = moment.tzinfo
+    return moment.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == \
+        moment.replace(tzinfo=None)
+
+
 class Cron:
     """A validated expression (5 fields, or 6 with seconds first) in an IANA time zone."""
 
@@ -50,6 +60,11 @@ class Cron:
         if fields not in (5, 6):
             raise CronError(f"cron {expression!r} has {fields} fields; give 5 (minute hour "
                             "day-of-month month day-of-week) or 6 (seconds first)")
+        parts = self.expression.split(" ")
+        minute, hour = parts[-5], parts[-4]
+        # Fixed-time jobs are evaluated in wall time, then placed (see `_placed`).
+        self.wall_time = (self.zone.key != "UTC" and not minute.startswith("*")
+                          and not hour.startswith("*"))
         try:
             CronSim(self.expression, datetime(2000, 1, 1, tzinfo=self.zone))
         except CronSimError as exc:
@@ -58,8 +73,38 @@ class Cron:
             raise CronError(f"cron {expression!r} is invalid") from None
 
     def _iter(self, start: datetime, *, reverse: bool = False) -> Iterator[datetime]:
-        for local in CronSim(self.expression, start.astimezone(self.zone), reverse=reverse):
-            yield local.astimezone(UTC)
+        """Fire times after `start` (before or at it, `reverse`), in UTC, each once."""
+        local = start.astimezone(self.zone)
+        if not self.wall_time:
+            for fire in CronSim(self.expression, local, reverse=reverse):
+                yield fire.astimezone(UTC)
+            return
+        last: datetime | None = None
+        for wall in CronSim(self.expression, local.replace(tzinfo=None), reverse=reverse):
+            fire = self._placed(wall)
+            # A repeated wall time maps to its first occurrence, a skipped one to the end of
+            # the gap: drop what falls on the wrong side of `start` or repeats a fire.
+            if reverse:
+                if fire > start or (last is not None and fire >= last):
+                    continue
+            elif fire <= start or (last is not None and fire <= last):
+                continue
+            last = fire
+            yield fire
+
+    def _placed(self, wall: datetime) -> datetime:
+        """The real instant (UTC) of local wall time `wall`: the first occurrence of a
+        repeated time (fall back), the first instant after the gap for a skipped one
+        (spring forward)."""
+        moment = wall.replace(tzinfo=self.zone)  # fold=0: the earlier of a repeated time
+        if _exists(moment):
+            return moment.astimezone(UTC)
+        moment = moment.replace(second=0, microsecond=0)
+        for _ in range(24 * 60):  # gaps end on a minute, and last at most a day
+            moment += timedelta(minutes=1)
+            if _exists(moment):
+                break
+        return moment.astimezone(UTC)
 
     def next_after(self, moment: datetime) -> datetime | None:
         """The first fire time strictly after `moment` (None: it never fires again)."""

@@ -213,6 +213,14 @@ async def patch_schedule(request: Request) -> JSON:
         schedule["next_fire_at"] = _next_fire(schedule, utc_now())
     if check_job and schedule["enabled"]:
         await _check_job(store, workspace, schedule)
+    elif "script_path" in changes:
+        # A disabled schedule may be left unresolvable while it is fixed (its tag and args
+        # are checked when it is enabled), but never given a script that does not exist.
+        try:
+            await _check_job(store, workspace, schedule)
+        except InvalidInput as exc:
+            if exc.code == "unknown_script":
+                raise
     updated = await store.update_schedule(workspace, name, schedule, reschedule=reschedule)
     return JSON(await _view(store, updated))
 

@@ -104,6 +104,46 @@ def test_six_fields_put_seconds_first() -> None:
         "2024-01-01T00:00:15+00:00", "2024-01-01T00:00:30+00:00", "2024-01-01T00:00:45+00:00"]
 
 
+@pytest.mark.parametrize("cron", ["30 2 * * *", "0 30 2 * * *", "0,30 2,3 * * *"])
+def test_daylight_saving_five_and_six_fields_alike_in_berlin(cron: str) -> None:
+    # 2026-03-29: 02:00-03:00 local is skipped; 2026-10-25: 02:00-03:00 happens twice.
+    berlin = Cron(cron, "Europe/Berlin")
+    wall = {"30 2 * * *": ["02:30"], "0 30 2 * * *": ["02:30"],
+            "0,30 2,3 * * *": ["02:00", "02:30", "03:00", "03:30"]}[cron]
+
+    def day(start: str, count: int) -> list[str]:
+        return [f.isoformat() for f in berlin.next_fires(at(start), count)]
+
+    if len(wall) == 1:  # 02:30 runs at 03:00 CEST in spring, once (CEST) in autumn
+        assert day("2026-03-28T12:00:00+00:00", 2) == [
+            "2026-03-29T01:00:00+00:00", "2026-03-30T00:30:00+00:00"]
+        assert day("2026-10-24T12:00:00+00:00", 2) == [
+            "2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]
+    else:  # 02:00, 02:30 and 03:00 of the gap day make one run, at 03:00 CEST
+        assert day("2026-03-28T12:00:00+00:00", 3) == [
+            "2026-03-29T01:00:00+00:00", "2026-03-29T01:30:00+00:00",
+            "2026-03-30T00:00:00+00:00"]
+        assert day("2026-10-24T12:00:00+00:00", 5) == [
+            "2026-10-25T00:00:00+00:00", "2026-10-25T00:30:00+00:00",
+            "2026-10-25T02:00:00+00:00", "2026-10-25T02:30:00+00:00",
+            "2026-10-26T01:00:00+00:00"]
+    # From inside the repeated hour (02:15 CET, after the CEST 02:30): no second 02:30.
+    assert day("2026-10-25T01:15:00+00:00", 1) == [
+        "2026-10-26T01:30:00+00:00" if len(wall) == 1 else "2026-10-25T02:00:00+00:00"]
+    # The latest missed fire, found backwards after a long downtime, is a real fire time.
+    latest = berlin.latest(at("2020-01-01T01:30:00+00:00"), at("2026-03-29T01:00:05+00:00"))
+    assert latest == at("2026-03-29T01:00:00+00:00")
+
+
+@pytest.mark.parametrize("cron", ["0 * * * *", "0 0 * * * *"])
+def test_hourly_schedules_fire_on_every_real_hour_across_changes(cron: str) -> None:
+    berlin = Cron(cron, "Europe/Berlin")
+    autumn = berlin.next_fires(at("2026-10-24T21:59:59+00:00"), 30)
+    assert sum(f < at("2026-10-25T23:00:00+00:00") for f in autumn) == 25  # 25-hour day
+    spring = berlin.next_fires(at("2026-03-28T22:59:59+00:00"), 30)
+    assert sum(f < at("2026-03-29T22:00:00+00:00") for f in spring) == 23  # 23-hour day
+
+
 # --- firing, with an injected clock -----------------------------------------------------------
 
 
@@ -129,14 +169,15 @@ def test_a_fire_time_makes_one_job_then_the_schedule_moves_on(database_url: str)
     run(database_url, scenario)
 
 
+@pytest.mark.parametrize("cron", ["0 2 * * *", "0 0 2 * * *"])
 def test_spring_forward_a_skipped_local_time_fires_right_after_the_gap(
-        database_url: str) -> None:
+        database_url: str, cron: str) -> None:
     # Europe/Paris, 2024-03-31: 02:00 local does not exist (clocks go from 02:00 to 03:00).
     async def scenario(store: Store) -> None:
         clock = Clock("2024-03-30T12:00:00+00:00")
         scheduler = Scheduler(store, clock=clock)
         await deploy(store)
-        await add_schedule(store, clock, "two-am", "0 2 * * *", timezone="Europe/Paris")
+        await add_schedule(store, clock, "two-am", cron, timezone="Europe/Paris")
         await sweep(scheduler, clock, "2024-03-30T12:00:00+00:00", "2024-04-01T12:00:00+00:00",
                     timedelta(minutes=10))
         assert await fire_times(store, "two-am") == [
@@ -172,7 +213,8 @@ def test_fall_back_a_repeated_local_time_fires_once(
     run(database_url, scenario)
 
 
-def test_after_downtime_one_catch_up_run_for_the_latest_missed_time(database_url: str) -> None:
+def test_after_downtime_one_catch_up_run_for_the_latest_missed_time(
+        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario(store: Store) -> None:
         clock = Clock("2030-01-01T10:00:30+00:00")
         scheduler = Scheduler(store, clock=clock)
@@ -181,6 +223,8 @@ def test_after_downtime_one_catch_up_run_for_the_latest_missed_time(database_url
         await add_schedule(store, clock, "secondly", "* * * * * *")
         clock.set("2030-01-01T10:01:00+00:00")
         await scheduler.tick()
+        await add_schedule(store, clock, "daily", "0 11 * * *")
+        caplog.set_level("INFO", logger="tagrun.scheduler")
         # Down for three hours and a bit (no tick), then back:
         clock.set("2030-01-01T13:17:20.250+00:00")
         await scheduler.tick()
@@ -191,6 +235,10 @@ def test_after_downtime_one_catch_up_run_for_the_latest_missed_time(database_url
                                                        "2030-01-01T13:17:20Z"]
         minutely = await store.get_schedule("default", "minutely")
         assert minutely["next_fire_at"] == at("2030-01-01T13:18:00+00:00")
+        assert await fire_times(store, "daily") == ["2030-01-01T11:00:00Z"]
+        caught_up = {r.__dict__["schedule"] for r in caplog.records
+                     if r.getMessage() == "schedule.caught_up"}
+        assert caught_up == {"minutely", "secondly", "daily"}  # daily: its one time missed
         # A week away: still one run.
         clock.set("2030-01-08T09:00:00.5+00:00")
         await scheduler.tick()
@@ -515,6 +563,12 @@ def test_a_schedule_broken_by_a_redeploy_can_be_disabled_but_not_enabled(
     fixed = api.patch(f"/api/w/{ws}/schedules/nightly",
                       json={"enabled": True, "args": {"zone": "z1", "rack": "r2"}})
     assert fixed.status_code == 200 and fixed.json()["enabled"] is True
+    # Disabled or not, a schedule is never given a script that does not exist.
+    assert api.patch(f"/api/w/{ws}/schedules/nightly",
+                     json={"enabled": False}).status_code == 200
+    missing = error(api.patch(f"/api/w/{ws}/schedules/nightly", json={"script": "f/none"}), 400)
+    assert missing["code"] == "unknown_script" and "f/none" in missing["message"]
+    assert api.get(f"/api/w/{ws}/schedules/nightly").json()["script"] == "f/tagged"
 
 
 def test_a_workspace_token_sees_only_its_own_schedules(
