@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from tagrun.server import metrics, openapi, ui
 from tagrun.server.agent_tokens import AgentTokens
@@ -45,7 +46,20 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = "no such route" if exc.status_code == 404 else str(exc.detail)
-    return _error(exc.status_code, code, message)
+    response = _error(exc.status_code, code, message)
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405:  # Allow: every method of the path, not just its first route's
+        response.headers["Allow"] = ", ".join(_allowed_methods(request))
+    return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and \
+                route.matches(request.scope)[0] is Match.PARTIAL:
+            allowed |= route.methods
+    return sorted(allowed)
 
 
 # The database is down or restarting: clients (agents included) retry a 503.

@@ -14,6 +14,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
+from tagrun.server.auth import WORKSPACE_ID
 from tagrun.server.http import JSON
 from tagrun.server.routes import jobs as job_routes
 from tagrun.server.routes import schedules as sched
@@ -40,7 +41,7 @@ class Op:
     also: dict[int, str] = field(default_factory=dict)  # other success statuses -> when
 
 
-class SettingIn(msgspec.Struct):
+class SettingIn(msgspec.Struct, forbid_unknown_fields=True):  # as routes/settings.py reads it
     key: str
     value: int
 
@@ -53,6 +54,10 @@ _OFFSET: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 2**62}
 _WAIT_S: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": job_routes.MAX_WAIT_S}
 _STATUS: dict[str, Any] = {"type": "string", "enum": list(job_routes.STATES)}
 _RUNS: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 1000}
+_WORKSPACE: dict[str, Any] = {"type": "string", "pattern": f"^(?:{WORKSPACE_ID.pattern})$"}
+# 1-255 printable characters (routes/jobs.py); edge spaces would not survive HTTP.
+_HEADERS: dict[str, dict[str, Any]] = {"Idempotency-Key": {
+    "type": "string", "maxLength": 255, "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$"}}
 _PATH_ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}  # path_int
 
 
@@ -64,7 +69,7 @@ OPERATIONS = [
     Op("POST", "/api/tokens", "Create a workspace token (shown once)", out.WorkspaceToken,
        201, req.WorkspaceTokenIn, auth="superadmin"),
     Op("GET", "/api/tokens", "List workspace tokens", out.WorkspaceTokens,
-       query={"workspace": _STRING}, auth="superadmin"),
+       query={"workspace": _WORKSPACE}, auth="superadmin"),
     Op("DELETE", "/api/tokens/{id}", "Revoke a workspace token", out.Revoked,
        auth="superadmin"),
     Op("POST", "/api/agent_tokens", "Mint an agent token (a JWT, shown once)", out.AgentToken,
@@ -146,8 +151,8 @@ def _parameters(op: Op) -> list[dict[str, Any]]:
         for name in re.findall(r"\{(\w+)\}", op.path)]
     params += [{"name": n, "in": "query", "required": False, "schema": schema}
                for n, schema in op.query.items()]
-    params += [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
-               for h in op.headers]
+    params += [{"name": h, "in": "header", "required": False,
+                "schema": _HEADERS.get(h, {"type": "string"})} for h in op.headers]
     return params
 
 

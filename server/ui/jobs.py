@@ -100,8 +100,17 @@ async def choose_workspace(request: Request, session: Session) -> Response:
     return RedirectResponse(f"/w/{workspace}/{section}", status_code=303)
 
 
+@ui_page
+async def section_shortcut(request: Request, session: Session) -> Response:
+    """`/dead-letter` and `/schedules`, like `/jobs`: that page of the home workspace."""
+    section = request.url.path.strip("/")
+    return RedirectResponse(f"/w/{home_workspace(session)}/{section}", status_code=303)
+
+
 routes = [
     Route("/jobs", choose_workspace, methods=["GET"]),
+    Route("/dead-letter", section_shortcut, methods=["GET"]),
+    Route("/schedules", section_shortcut, methods=["GET"]),
     Route("/w/{ws}/jobs", jobs_page, methods=["GET"]),
     Route("/w/{ws}/jobs/{id}", job_page, methods=["GET"]),
     Route("/w/{ws}/dead-letter", dead_letter_page, methods=["GET"]),

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -52,7 +53,94 @@ def test_every_route_conforms_and_never_fails(server: TagrunProcess, agent_token
             found = getattr(exc, "exceptions", [exc])
             failures.append(f"{operation.method.upper()} {operation.path}: "
                             + " | ".join(str(e)[:1500] for e in found))
+    reset_settings(server)  # PUT /api/settings was sent valid keys and values
     assert not failures, "\n\n".join(failures)
+
+
+def reset_settings(server: TagrunProcess) -> None:
+    with api_client(server.url) as api:
+        for key in ("task_max_concurrent", "task_inline_max_concurrent"):
+            assert api.put("/api/settings", json={"key": key, "value": 0}).status_code == 200
+
+
+# Routes whose every input rule the document states (bounds of query parameters, enums,
+# patterns), so that what it calls valid the server accepts. Others check more than a
+# schema can say (a cron expression, a time zone, a tag template's placeholders).
+EXACT = {("GET", "/api/w/{ws}/jobs"), ("GET", "/api/w/{ws}/jobs/{id}"),
+         ("GET", "/api/w/{ws}/jobs/{id}/logs"), ("GET", "/api/w/{ws}/scripts"),
+         ("GET", "/api/w/{ws}/schedules"), ("GET", "/api/w/{ws}/schedules/{name}"),
+         ("PUT", "/api/settings"), ("POST", "/api/agent_tokens"), ("GET", "/api/agent_tokens"),
+         ("GET", "/api/tokens")}
+
+
+def test_what_the_document_calls_valid_is_accepted(server: TagrunProcess) -> None:
+    schema = schemathesis.openapi.from_url(f"{server.url}/api/openapi.json")
+    operations = [op for op in (r.ok() for r in schema.get_all_operations())
+                  if (op.method.upper(), op.path) in EXACT]
+    assert len(operations) == len(EXACT)
+    failures: list[str] = []
+    try:
+        for operation in operations:
+            @given(case=operation.as_strategy())
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                      phases=[Phase.explicit, Phase.generate],
+                      suppress_health_check=list(HealthCheck))
+            def check(case: Any) -> None:
+                if "ws" in (case.path_parameters or {}):
+                    case.path_parameters["ws"] = "default"
+                if case.query and "wait_s" in case.query:
+                    case.query["wait_s"] = 0  # the bound is documented; do not wait here
+                case.body = integral(case.body)
+                case.call_and_validate(base_url=server.url, checks=[positive_data_acceptance],
+                                       headers={"Authorization": f"Bearer {SUPERADMIN}"})
+            try:
+                check()
+            except Exception as exc:  # noqa: BLE001 - gather every route's failure
+                found = getattr(exc, "exceptions", [exc])
+                failures.append(f"{operation.method.upper()} {operation.path}: "
+                                + " | ".join(str(e)[:1500] for e in found))
+    finally:
+        reset_settings(server)
+    assert not failures, "\n\n".join(failures)
+
+
+def integral(value: Any) -> Any:
+    """JSON Schema's `integer` also matches 760.0; the server wants an integer literal."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    return value
+
+
+def test_query_bounds_and_job_sources_are_in_the_document(server: TagrunProcess) -> None:
+    document = httpx.get(f"{server.url}/api/openapi.json").json()
+    params = {p["name"]: p["schema"] for p in document["paths"]["/api/w/{ws}/jobs"]["get"][
+        "parameters"]}
+    assert params["limit"] == {"type": "integer", "minimum": 1, "maximum": 1000}
+    assert params["status"]["enum"] == ["queued", "running", "succeeded", "failed", "cancelled"]
+    wait = document["paths"]["/api/w/{ws}/jobs/{id}"]["get"]["parameters"][-1]["schema"]
+    assert wait == {"type": "number", "minimum": 0, "maximum": 60}
+    job_in = document["components"]["schemas"]["JobIn"]
+    assert [branch["required"] for branch in job_in["anyOf"]] == [
+        ["script"], ["language", "content"], ["language"]]
+    tags = document["components"]["schemas"]["AgentTokenIn"]["properties"]["tags"]
+    assert tags["items"]["pattern"].startswith("^")
+    assert httpx.post(f"{server.url}/api/w/default/jobs", json={},
+                      headers={"Authorization": f"Bearer {SUPERADMIN}"}).status_code == 400
+
+
+def test_a_wrong_method_is_405_naming_the_allowed_ones(server: TagrunProcess) -> None:
+    answer = httpx.request("TRACE", f"{server.url}/api/health")
+    assert answer.status_code == 405
+    assert answer.json()["error"]["code"] == "method_not_allowed"
+    assert "GET" in answer.headers["allow"]
+    answer = httpx.delete(f"{server.url}/api/w/default/jobs",
+                          headers={"Authorization": f"Bearer {SUPERADMIN}"})
+    assert answer.status_code == 405
+    assert set(answer.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
 
 
 def call(case: Any, server: TagrunProcess, agent_token: str) -> None:

@@ -105,3 +105,12 @@ def test_the_job_list_filters_and_pages_newest_first(page: Page, api: httpx.Clie
     expect(page.locator("#job-list .empty")).to_have_text("No job matches.")
     for job_id in ids:  # nothing serves the tag: leave no queue behind for the other tests
         assert api.post(f"/api/w/default/jobs/{job_id}/cancel").status_code == 200
+
+
+def test_short_addresses_open_the_home_workspace_pages(page: Page) -> None:
+    sign_in(page)
+    for short, heading in [("/jobs", "Jobs"), ("/dead-letter", "Dead letter"),
+                           ("/schedules", "Schedules")]:
+        page.goto(short)
+        expect(page).to_have_url(re.compile(rf"/w/default{short}$"))
+        expect(page.locator("h1")).to_contain_text(heading)
