@@ -156,9 +156,11 @@ async def _run_parts(
     def forced_exit() -> None:
         kill_jobs()  # no job process may outlive a forced exit
         on_forced_exit()
-    log.info("server.started", extra={"mode": config.mode, "version": __version__,
-                                      "url": f"http://{config.host}:{config.port}"
-                                      if server is not None else None})
+    log.info("server.started", extra={
+        "mode": config.mode, "version": __version__,
+        "url": f"http://{config.host}:{config.port}" if server is not None else None,
+        "superadmin_token": None if server is None else "TAGRUN_SUPERADMIN_TOKEN"
+        if config.superadmin_token else str(config.data_dir / "superadmin.token")})
     _install_signals(stop, server, forced_exit)
     if server is not None:
         await server.serve()

@@ -53,11 +53,16 @@ class LogConfigError(ValueError):
     pass
 
 
+def log_format(stream: TextIO | None = None) -> str:
+    """TAGRUN_LOG_FORMAT, else text on a terminal and json otherwise."""
+    return os.environ.get("TAGRUN_LOG_FORMAT", "").strip().lower() or (
+        "text" if (stream or sys.stderr).isatty() else "json")
+
+
 def configure_logging(stream: TextIO | None = None, *, quiet: tuple[str, ...] = ()) -> None:
     """Configure the root logger from TAGRUN_LOG_FORMAT and TAGRUN_LOG_LEVEL."""
     stream = stream or sys.stderr
-    fmt = os.environ.get("TAGRUN_LOG_FORMAT", "").strip().lower() or (
-        "text" if stream.isatty() else "json")
+    fmt = log_format(stream)
     if fmt not in FORMATS:
         raise LogConfigError(f"TAGRUN_LOG_FORMAT={fmt!r} is not one of json, text")
     level = os.environ.get("TAGRUN_LOG_LEVEL", "").strip().upper() or "INFO"

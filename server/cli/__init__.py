@@ -69,7 +69,7 @@ def start(
     from tagrun.server.config import ConfigError, load_config
     from tagrun.server.logs import configure_logging
     from tagrun.server.runtime import run
-    from tagrun.shared.logfmt import LogConfigError
+    from tagrun.shared.logfmt import LogConfigError, log_format
 
     try:
         configure_logging()
@@ -77,7 +77,7 @@ def start(
     except (ConfigError, LogConfigError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
-    if config.runs_http:
+    if config.runs_http and log_format() == "text":  # json logs: server.started says it
         where = "TAGRUN_SUPERADMIN_TOKEN" if config.superadmin_token else \
             str(config.data_dir / "superadmin.token")
         typer.echo(f"tagrun {__version__} ({config.mode}) on http://{config.host}:{config.port}"
