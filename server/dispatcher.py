@@ -25,6 +25,7 @@ from tagrun.server.store import Store
 log = logging.getLogger("tagrun.dispatcher")
 
 MAX_SLOTS_PER_CLAIM = 500
+CLOSED_CLAIM_PAUSE_S = 0.5  # a claim arriving while the server stops is answered after this
 Job = dict[str, Any]
 
 
@@ -52,6 +53,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
         listener.on_queued(self._on_queued)
 
     @property
@@ -65,6 +67,7 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name="dispatcher")
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -77,6 +80,13 @@ class Dispatcher:
     async def claim(
         self, name: str, tags: tuple[str, ...], slots: int, wait_s: float, jti: str
     ) -> list[Job]:
+        if self._closed:
+            # The server is stopping: a claim that came in on a kept-alive connection after
+            # the long-polls were ended would otherwise wait for nothing and hold uvicorn's
+            # graceful shutdown until it cancels the request. Answer it empty, after a pause
+            # so that the agent does not spin before its connection is closed.
+            await asyncio.sleep(min(wait_s, CLOSED_CLAIM_PAUSE_S))
+            return []
         waiter = Waiter(name, tuple(sorted(set(tags))), slots, jti)
         self._groups[waiter.tags].append(waiter)
         self._wake.set()

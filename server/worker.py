@@ -31,6 +31,7 @@ from tagrun.shared.version import __version__
 log = logging.getLogger("tagrun.worker")
 
 TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+LOG_RETRY_S = 60.0  # how long a log write is retried while the database is unreachable
 
 
 @dataclass
@@ -64,6 +65,9 @@ class Worker:
         self.settings = settings
         self.running: dict[int, RunningJob] = {}
         self._slot_freed = asyncio.Event()
+        # When the next delayed job of our tags (a retry's backoff, a future run_at) is due,
+        # in loop time: no NOTIFY comes then, so the wait ends at it instead of at the poll.
+        self._due: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -73,12 +77,21 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         self.listener.on_cancel(self._cancel_now)
         waiter = self.listener.waiter(s.tags)
+        look_ahead = True
         try:
             while not stop.is_set():
                 claimed = await self._claim()
                 if claimed and len(self.running) < s.slots:
                     continue  # there may be more: claim again before sleeping
+                if look_ahead and len(self.running) < s.slots:
+                    await self._note_due()
                 await self._wait(waiter.event, stop)
+                # Look ahead again only after a NOTIFY (new queue rows, delayed ones among
+                # them) or once the delayed job is due: an idle poll costs one query.
+                due_passed = self._due is not None and self._loop_time() >= self._due
+                if due_passed:
+                    self._due = None
+                look_ahead = waiter.event.is_set() or due_passed
                 waiter.event.clear()
         finally:
             waiter.close()
@@ -103,6 +116,8 @@ class Worker:
         self._slot_freed.clear()
         waits = [asyncio.create_task(e.wait()) for e in (woken, stop, self._slot_freed)]
         timeout = self.settings.poll_interval_s
+        if self._due is not None:
+            timeout = min(timeout, max(self._due - self._loop_time(), 0.0))
         if len(self.running) >= self.settings.slots:
             waits.pop(0)  # full: only a free slot or stop matters
             timeout = 3600
@@ -111,6 +126,20 @@ class Worker:
         finally:
             for t in waits:
                 t.cancel()
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _note_due(self) -> None:
+        """Remember when the next not-yet-due job of our tags becomes due."""
+        try:
+            seconds = await self.store.seconds_to_next_due(self.settings.tags)
+        except TRANSIENT:
+            return  # the poll looks again
+        if seconds is not None and seconds > 0:  # <= 0: due but held back by a cap
+            due = self._loop_time() + seconds + 0.005
+            self._due = due if self._due is None else min(self._due, due)
 
     async def _claim(self) -> int:
         s = self.settings
@@ -148,8 +177,22 @@ class Worker:
 
     def _log_sink(self, job_id: int, attempt: int) -> Any:
         async def sink(offset: int, data: str) -> None:
-            await self.store.append_logs(self.settings.name, job_id, attempt, offset, data,
-                                         max_chars=self.settings.max_log_chars)
+            # A database blip (a restart, a failover) must not cost the job the rest of its
+            # logs: retry for a while (a resent chunk is recognised by its offset). Output
+            # meanwhile waits in the stream; a refusal (lease lost) ends the stream at once.
+            delay, deadline = 0.1, self._loop_time() + LOG_RETRY_S
+            while True:
+                try:
+                    await self.store.append_logs(self.settings.name, job_id, attempt, offset,
+                                                 data, max_chars=self.settings.max_log_chars)
+                    return
+                except TRANSIENT as exc:
+                    if self._loop_time() + delay > deadline:
+                        raise
+                    log.warning("worker.db_unavailable", extra={"job_id": job_id,
+                                                                 "error": str(exc)})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
         return sink
 
     async def _execute(self, job: RunningJob, stream: LogStream, work_dir: Path | None) -> None:

@@ -71,6 +71,59 @@ def submit(api: httpx.Client, tag: str, ran: Path, numbers: range) -> None:
     assert response.status_code == 201, response.text
 
 
+def running_holders(database_url: str) -> set[str]:
+    async def fetch() -> set[str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return {r["worker"] for r in await conn.fetch(
+                "SELECT DISTINCT worker FROM jobs WHERE status = 'running'")}
+        finally:
+            await conn.close()
+    return asyncio.run(fetch())
+
+
+def test_agent_and_worker_killed_mid_job_lose_no_job_and_record_each_once(
+    start_process, database_url: str, tmp_path: Path
+) -> None:
+    """kill -9 of an agent and of a direct worker while both run jobs: their jobs run again
+    on the survivors after the lease; every job ends succeeded, recorded once."""
+    server = start_process("server", database_url, env=FAST).wait_healthy()
+    worker_env = {**FAST, "WORKER_TAGS": "f-kill", "WORKER_SLOTS": "3"}
+    doomed_worker = start_process("worker", database_url,
+                                  env={**worker_env, "WORKER_NAME": "doomed-worker"})
+    ran = tmp_path / "ran"
+    with api_client(server.url) as api:
+        token = mint(api, ["f-kill"])
+        agents = [AgentProcess(server.url, token, tmp_path, name="doomed-agent",
+                               env={"AGENT_SLOTS": "3"})]
+        try:
+            batch = [{"language": "bash", "tag": "f-kill", "args": {"n": n},
+                      "content": job_script(ran) + "; sleep 0.3"} for n in range(150)]
+            assert api.post("/api/w/default/jobs/batch", json={"jobs": batch}).status_code == 201
+            wait_until(lambda: {"doomed-agent", "doomed-worker"} <= running_holders(
+                database_url), 30, interval=0.02, message="both doomed holders to run jobs")
+            agents[0].proc.send_signal(signal.SIGKILL)
+            doomed_worker.proc.send_signal(signal.SIGKILL)
+            agents[0].proc.wait()
+            doomed_worker.proc.wait()
+            start_process("worker", database_url,
+                          env={**worker_env, "WORKER_NAME": "survivor-worker"})
+            agents.append(AgentProcess(server.url, token, tmp_path, name="survivor-agent",
+                                       env={"AGENT_SLOTS": "3"}))
+            jobs = all_finished(database_url, 150, timeout=90)
+        finally:
+            for agent in agents:
+                agent.kill()
+    assert_each_succeeded_once(jobs, ran)
+    import json
+    expired = Counter(a["worker"] for j in jobs for a in json.loads(j["attempts"])
+                      if a["error"] and a["error"]["kind"] == "lease_expired")
+    assert expired.keys() == {"doomed-agent", "doomed-worker"}, expired  # killed mid-job
+    rerun_by = {json.loads(j["attempts"])[-1]["worker"] for j in jobs
+                if len(json.loads(j["attempts"])) > 1}
+    assert rerun_by <= {"survivor-agent", "survivor-worker"}, rerun_by
+
+
 def test_server_killed_and_restarted_while_agents_are_attached(
     start_process, database_url: str, tmp_path: Path
 ) -> None:
