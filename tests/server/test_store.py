@@ -198,3 +198,21 @@ def test_script_concurrency_limit_holds_and_older_jobs_go_first(database_url: st
                                 settings={}, record_order=True)
     assert most <= 2
     assert started == sorted(started), "within a capped script, older jobs start first"
+
+
+def test_claims_leave_dead_rows_that_the_queue_vacuum_removes(database_url: str) -> None:
+    async def scenario(store: Store) -> None:
+        await store.insert_jobs("default", [job("churn")] * 6000)
+        while await store.claim_jobs("w", ["churn"], 1000, 60):
+            pass
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10  # the table statistics reach the server within ~1 s
+        while (vacuumed := await store.vacuum_queue(5000)) is None:
+            assert loop.time() < deadline, "the claims' dead rows never showed in the stats"
+            await asyncio.sleep(0.1)
+        assert vacuumed >= 5000
+        dead = await store.pool.fetchval(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'queue'::regclass")
+        assert dead < 100
+        assert await store.vacuum_queue(5000) is None  # nothing left to do: no vacuum
+    run(database_url, scenario)
