@@ -28,9 +28,10 @@ VALUES ($1, 'agent', $2, $3, $4, $5, $6)
 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp,
     tags = EXCLUDED.tags, ip = EXCLUDED.ip, version = EXCLUDED.version, jti = EXCLUDED.jti,
     connected_at = now(), last_seen = now(), stale_reported = false"""
-# Agents that stopped being seen, each returned once (by one replica) until seen again.
+# Agents that stopped being seen, each returned once (by one replica) until seen again; what
+# they ran is no longer theirs (their leases run out), so they count as running nothing.
 MARK_STALE_AGENTS = """
-UPDATE workers SET stale_reported = true
+UPDATE workers SET stale_reported = true, active_count = 0
 WHERE NOT stale_reported AND kind = 'agent'
   AND last_seen < now() - make_interval(secs => $1::float8)
 RETURNING name, grp, tags, ip, last_seen"""

@@ -196,9 +196,11 @@ def test_an_agent_killed_is_reported_stale_once(start_process, database_url: str
                           json={"group": "edge", "tags": ["stale"]}).json()
         agent = AgentProcess(server.url, minted["token"], tmp_path, name="gone")
         agent.wait_logged("agent.started")
-        wait_until(lambda: any(a["name"] == "gone" and not a["stale"]
+        api.post("/api/w/default/jobs", json={"language": "bash", "tag": "stale",
+                                              "content": "sleep 60"})
+        wait_until(lambda: any(a["name"] == "gone" and not a["stale"] and a["active_count"] == 1
                                for a in api.get("/api/workers").json()["agents"]),
-                   message="the agent to show as live")
+                   message="the agent to show as live, running its job")
         agent.kill()  # kill -9: it never says goodbye
 
         def stale_events() -> list[dict[str, object]]:
@@ -209,4 +211,5 @@ def test_an_agent_killed_is_reported_stale_once(start_process, database_url: str
         assert (event["agent"], event["group"], event["tags"]) == ("gone", "edge", ["stale"])
         gone = [a for a in api.get("/api/workers").json()["agents"] if a["name"] == "gone"]
         assert gone and gone[0]["stale"]
+        assert gone[0]["active_count"] == 0  # a stale agent runs nothing the server counts
         assert len(stale_events()) == 1
