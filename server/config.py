@@ -18,6 +18,9 @@ class ConfigError(Exception):
     """A configuration value is wrong; the message names the variable and the value."""
 
 
+SUPERADMIN_TOKEN_FILE = "superadmin.token"  # in the data directory, mode 0600
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     mode: str
@@ -39,6 +42,12 @@ class ServerConfig:
     max_log_bytes: int
     max_queued: int
     metrics_token: str | None
+
+    @property
+    def superadmin_token_source(self) -> str:
+        """Where the superadmin token comes from, to show to the user (never the token)."""
+        return "TAGRUN_SUPERADMIN_TOKEN" if self.superadmin_token else \
+            str(self.data_dir / SUPERADMIN_TOKEN_FILE)
 
     @property
     def runs_http(self) -> bool:

@@ -17,7 +17,7 @@ import uvicorn
 
 from tagrun.server.agent_tokens import AgentTokens
 from tagrun.server.app import Parts, create_app
-from tagrun.server.config import ConfigError, ServerConfig
+from tagrun.server.config import SUPERADMIN_TOKEN_FILE, ConfigError, ServerConfig
 from tagrun.server.dispatcher import Dispatcher
 from tagrun.server.embedded import EmbeddedPostgres
 from tagrun.server.heartbeats import Heartbeats
@@ -40,7 +40,7 @@ class _Server(uvicorn.Server):
 
 
 def superadmin_token_path(data_dir: Path) -> Path:
-    return data_dir / "superadmin.token"
+    return data_dir / SUPERADMIN_TOKEN_FILE
 
 
 async def ensure_superadmin(store: Store, config: ServerConfig) -> None:
@@ -165,8 +165,7 @@ async def _run_parts(
     log.info("server.started", extra={
         "mode": config.mode, "version": __version__,
         "url": f"http://{config.host}:{config.port}" if server is not None else None,
-        "superadmin_token": None if server is None else "TAGRUN_SUPERADMIN_TOKEN"
-        if config.superadmin_token else str(config.data_dir / "superadmin.token")})
+        "superadmin_token": config.superadmin_token_source if server is not None else None})
     _install_signals(stop, server, forced_exit)
     if server is not None:
         await server.serve()

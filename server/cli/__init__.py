@@ -78,10 +78,8 @@ def start(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     if config.runs_http and log_format() == "text":  # json logs: server.started says it
-        where = "TAGRUN_SUPERADMIN_TOKEN" if config.superadmin_token else \
-            str(config.data_dir / "superadmin.token")
         typer.echo(f"tagrun {__version__} ({config.mode}) on http://{config.host}:{config.port}"
-                   f"  superadmin token: {where}", err=True)
+                   f"  superadmin token: {config.superadmin_token_source}", err=True)
     try:
         run(config)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

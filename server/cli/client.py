@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 
-from tagrun.server.config import default_data_dir
+from tagrun.server.config import SUPERADMIN_TOKEN_FILE, default_data_dir
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -26,7 +26,7 @@ def _token() -> str:
     if token:
         return token
     data_dir = Path(os.environ.get("TAGRUN_DATA_DIR") or default_data_dir())
-    path = data_dir / "superadmin.token"
+    path = data_dir / SUPERADMIN_TOKEN_FILE
     try:
         return path.read_text().strip()
     except OSError:

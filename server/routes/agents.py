@@ -125,8 +125,8 @@ async def complete(request: Request) -> JSON:
     agent = identify(request)
     job_id = path_int(request, "id")
     body = await read_body(request, CompleteIn)
+    outcome = _checked(CompletedJob(job_id, body.attempt, body.status, body.result, body.error))
     holder = await _holder(request, agent, body.name, job_id)
-    outcome = CompletedJob(job_id, body.attempt, body.status, body.result, body.error)
     status = await _record(request, agent, holder, outcome, request.path_params["ws"])
     return JSON({"status": status})
 
@@ -138,7 +138,7 @@ async def complete_many(request: Request) -> JSON:
     answers: list[dict[str, Any]] = []
     for outcome in body.jobs:
         try:
-            status = await _record(request, agent, body.name, outcome, None)
+            status = await _record(request, agent, body.name, _checked(outcome), None)
         except TagrunError as exc:
             answers.append({"id": outcome.id, "error": {"code": exc.code,
                                                         "message": exc.message}})
@@ -147,10 +147,14 @@ async def complete_many(request: Request) -> JSON:
     return JSON({"jobs": answers})
 
 
-async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: CompletedJob,
-                  workspace: str | None) -> str:
+def _checked(outcome: CompletedJob) -> CompletedJob:
     if outcome.status != "succeeded" and outcome.error is None:
         raise InvalidInput("a failed or cancelled job needs an 'error' {kind, message}")
+    return outcome
+
+
+async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: CompletedJob,
+                  workspace: str | None) -> str:
     state = _state(request)
     error = _error_dict(outcome.error)
     recorded = await state.store.complete_job(

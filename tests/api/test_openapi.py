@@ -35,6 +35,11 @@ def agent_token(server: TagrunProcess) -> str:
             "group": "schemathesis", "tags": ["schemathesis-only"]}).json()["token"])
 
 
+# Reproducible: the same cases every run (raise EXAMPLES locally to search wider).
+FUZZED = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+
+
 def test_every_route_conforms_and_never_fails(server: TagrunProcess, agent_token: str) -> None:
     schema = schemathesis.openapi.from_url(f"{server.url}/api/openapi.json")
     failures: list[str] = []
@@ -42,9 +47,7 @@ def test_every_route_conforms_and_never_fails(server: TagrunProcess, agent_token
     assert len(operations) >= 25
     for operation in operations:
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                  phases=[Phase.explicit, Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @FUZZED
         def check(case: Any) -> None:
             call(case, server, agent_token)
         try:
@@ -82,9 +85,7 @@ def test_what_the_document_calls_valid_is_accepted(server: TagrunProcess) -> Non
     try:
         for operation in operations:
             @given(case=operation.as_strategy())
-            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                      phases=[Phase.explicit, Phase.generate],
-                      suppress_health_check=list(HealthCheck))
+            @FUZZED
             def check(case: Any) -> None:
                 if "ws" in (case.path_parameters or {}):
                     case.path_parameters["ws"] = "default"
