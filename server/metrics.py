@@ -95,6 +95,8 @@ class SharedState(Collector):
                                 "this process", value=v["pool_in_use"])
         yield GaugeMetricFamily("tagrun_db_pool_size", "Database connections open in this "
                                 "process", value=v["pool_size"])
+        yield GaugeMetricFamily("tagrun_db_pool_max", "Database connections this process may "
+                                "open (TAGRUN_DB_POOL_SIZE)", value=v["pool_max"])
 
 
 SHARED = SharedState()
@@ -114,7 +116,8 @@ async def _read_shared(request: Request) -> dict[str, Any]:
     pool = state.store.pool
     return {"queued": overview["queued"], "running": running, "agents": agents,
             "waiters": state.dispatcher.waiting,
-            "pool_in_use": pool.get_size() - pool.get_idle_size(), "pool_size": pool.get_size()}
+            "pool_in_use": pool.get_size() - pool.get_idle_size(), "pool_size": pool.get_size(),
+            "pool_max": pool.get_max_size()}
 
 
 async def metrics(request: Request) -> Response:

@@ -51,12 +51,14 @@ def test_counters_move_and_queue_depth_matches_the_api(server: TagrunProcess,
 
 def test_metrics_token_is_required_when_set(start_process, database_url: str) -> None:
     proc = start_process("server", database_url,
-                         env={"TAGRUN_METRICS_TOKEN": "scrape-secret"}).wait_healthy()
+                         env={"TAGRUN_METRICS_TOKEN": "scrape-secret",
+                              "TAGRUN_DB_POOL_SIZE": "5"}).wait_healthy()
     assert httpx.get(f"{proc.url}/metrics").status_code == 401
     wrong = httpx.get(f"{proc.url}/metrics", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     good = httpx.get(f"{proc.url}/metrics", headers={"Authorization": "Bearer scrape-secret"})
     assert good.status_code == 200 and "tagrun_db_pool_size" in good.text
+    assert re.search(r"^tagrun_db_pool_max 5\.0$", good.text, re.MULTILINE)
 
 
 def test_tag_labels_are_capped(server: TagrunProcess, api: httpx.Client) -> None:
