@@ -12,7 +12,9 @@ import signal
 import socket
 from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import uvicorn
 
 from tagrun.server.agent_tokens import AgentTokens
@@ -29,6 +31,8 @@ from tagrun.server.worker import Worker, WorkerSettings
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.runtime")
+
+STOP_WAIT_S = 5.0  # how long a stopping part may take before it is logged and cut short
 
 
 class _Server(uvicorn.Server):
@@ -115,7 +119,7 @@ async def serve(
         finally:
             await listener.close()
     finally:
-        await pool.close()
+        await _close_pool(pool)
 
 
 async def _run_parts(
@@ -172,9 +176,32 @@ async def _run_parts(
         stop.set()
     else:
         await stop.wait()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await _finish(tasks)
     for close in closers:
         await close()
+
+
+async def _finish(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for the parts to stop; a part (other than a worker draining its jobs, which has
+    its own timeout) that is not done within STOP_WAIT_S is logged and cancelled, so that a
+    stop always ends, and stops the embedded database with it."""
+    bounded = [t for t in tasks if t.get_name() != "worker"]
+    if bounded:
+        _, pending = await asyncio.wait(bounded, timeout=STOP_WAIT_S)
+        for task in pending:
+            log.warning("server.stop_slow", extra={"part": task.get_name(),
+                                                   "waited_s": STOP_WAIT_S})
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _close_pool(pool: asyncpg.Pool[Any]) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), STOP_WAIT_S)
+    except TimeoutError:  # a connection was never given back: close them all anyway
+        log.warning("server.stop_slow", extra={"part": "database pool",
+                                               "waited_s": STOP_WAIT_S})
+        pool.terminate()
 
 
 async def _start_http_parts(config: ServerConfig, store: Store, listener: Listener) -> Parts:
