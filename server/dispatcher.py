@@ -96,6 +96,10 @@ class Dispatcher:
             if waiter.claiming:  # a claim for it is in flight: take its answer, even if none
                 waiter.expired = True
                 return await waiter.future
+            if waiter.future.done() and not waiter.future.cancelled():
+                # Answered as the wait ran out (wait_for gave up on the shield first): what it
+                # was leased is its answer, else it would be leased to nobody until it expires.
+                return waiter.future.result()
             return []
         except asyncio.CancelledError:  # the agent went away: give back what it was given
             self._release_later(waiter)
@@ -107,6 +111,9 @@ class Dispatcher:
         if not waiter.claiming:
             if not waiter.future.done():
                 waiter.future.cancel()
+            elif not waiter.future.cancelled() and waiter.future.exception() is None \
+                    and waiter.future.result():  # answered just as the agent went away
+                self._release(waiter.name, waiter.future.result())
             return
 
         async def release() -> None:  # the claim in flight will still hand it jobs
