@@ -23,20 +23,23 @@ UPDATE agent_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE jti = $1 
 REVOKED_JTIS = """
 SELECT jti FROM agent_tokens WHERE revoked_at IS NOT NULL AND expires_at > now()"""
 UPSERT_AGENT = """
-INSERT INTO workers (name, kind, grp, tags, ip, version, jti)
-VALUES ($1, 'agent', $2, $3, $4, $5, $6)
+INSERT INTO workers (name, kind, grp, tags, ip, version, jti, via)
+VALUES ($1, 'agent', $2, $3, $4, $5, $6, $7)
 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp,
     tags = EXCLUDED.tags, ip = EXCLUDED.ip, version = EXCLUDED.version, jti = EXCLUDED.jti,
-    connected_at = now(), last_seen = now(), stale_reported = false"""
+    via = EXCLUDED.via, connected_at = now(), last_seen = now(), stale_reported = false"""
 # Agents that stopped being seen, each returned once (by one replica) until seen again; what
 # they ran is no longer theirs (their leases run out), so they count as running nothing.
 MARK_STALE_AGENTS = """
-UPDATE workers SET stale_reported = true, active_count = 0
-WHERE NOT stale_reported AND kind = 'agent'
-  AND last_seen < now() - make_interval(secs => $1::float8)
-RETURNING name, grp, tags, ip, last_seen"""
+UPDATE workers w SET stale_reported = true, active_count = 0, via = NULL, last_seen = s.seen_at
+FROM workers_seen s
+WHERE s.name = w.name AND NOT s.stale_reported AND s.kind = 'agent'
+  AND s.seen_at < now() - make_interval(secs => $1::float8)
+RETURNING w.name, w.grp, w.tags, w.ip, w.last_seen"""
 # One statement for every heartbeat a server process received in an interval: leases of
-# all named jobs are extended and every holder seen is marked alive.
+# all named jobs are extended, the process ($7) is marked alive, and so are the agents it
+# holds. An agent's record is written only when something about it changed: it came to this
+# process, its running count moved, it was reported stale, or it left ($8).
 HEARTBEAT_BATCH = """
 WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[]) AS h(id, attempt, holder)
@@ -46,16 +49,25 @@ WITH held AS (
     WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = h.holder
       AND j.status = 'running'
     RETURNING j.id, j.cancel_requested
+), process AS (
+    INSERT INTO server_processes (id) VALUES ($7) ON CONFLICT (id) DO UPDATE SET last_seen = now()
 ), seen AS (
-    UPDATE workers w SET last_seen = now(), active_count = s.active, stale_reported = false
-    FROM unnest($5::text[], $6::int[]) AS s(name, active) WHERE w.name = s.name
+    UPDATE workers w SET last_seen = now(), via = $7, active_count = s.active,
+                         stale_reported = false
+    FROM unnest($5::text[], $6::int[]) AS s(name, active)
+    WHERE w.name = s.name
+      AND (w.via IS DISTINCT FROM $7 OR w.active_count <> s.active OR w.stale_reported)
+), gone AS (
+    UPDATE workers SET last_seen = now(), via = NULL WHERE name = ANY($8::text[]) AND via = $7
 )
 SELECT h.id, h.holder, e.id IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
 FROM held h LEFT JOIN extended e ON e.id = h.id"""
 LIST_WORKERS = """
-SELECT name, kind, grp, tags, ip, version, connected_at, last_seen, active_count,
-       jobs_executed, last_seen < now() - make_interval(secs => $1::float8) AS stale
-FROM workers ORDER BY kind, grp, name LIMIT $2"""
+SELECT w.name, w.kind, w.grp, w.tags, w.ip, w.version, w.connected_at, s.seen_at AS last_seen,
+       w.active_count, w.jobs_executed,
+       s.seen_at < now() - make_interval(secs => $1::float8) AS stale
+FROM workers w JOIN workers_seen s ON s.name = w.name
+ORDER BY w.kind, w.grp, w.name LIMIT $2"""
 RUNNING_BY_HOLDER_AND_TAG = """
 SELECT worker, tag, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY worker, tag"""
 QUEUED_BY_TAG = "SELECT tag, count(*) AS n FROM queue GROUP BY tag"
@@ -93,10 +105,10 @@ class Agents(StoreBase):
 
     async def upsert_agent(
         self, name: str, group: str, tags: Sequence[str], ip: str | None, version: str,
-        jti: str,
+        jti: str, via: str,
     ) -> None:
-        """Record an agent when a server process first sees it (not on every poll)."""
-        await self.execute(UPSERT_AGENT, name, group, list(tags), ip, version, jti)
+        """Record an agent when server process `via` first sees it (not on every poll)."""
+        await self.execute(UPSERT_AGENT, name, group, list(tags), ip, version, jti, via)
 
     async def mark_stale_agents(self, stale_after_s: float) -> list[dict[str, Any]]:
         """Agents not seen for `stale_after_s`, each returned once until it is seen again."""
@@ -105,12 +117,15 @@ class Agents(StoreBase):
                 for r in await self.fetch(MARK_STALE_AGENTS, stale_after_s)]
 
     async def heartbeat_batch(
-        self, held: Sequence[tuple[int, int, str]], seen: dict[str, int], lease_s: float
+        self, held: Sequence[tuple[int, int, str]], seen: dict[str, int], lease_s: float,
+        *, process: str, gone: Sequence[str] = (),
     ) -> list[tuple[int, str, bool, bool]]:
-        """Extend leases of (job id, attempt, holder); returns (id, holder, lost, cancel)."""
+        """Extend leases of (job id, attempt, holder), mark process `process` and the agents
+        it holds (`seen`: name -> running count) alive and `gone` as no longer held by it.
+        Returns (id, holder, lost, cancel) for each job in `held`."""
         rows = await self.fetch(
             HEARTBEAT_BATCH, [h[0] for h in held], [h[1] for h in held], [h[2] for h in held],
-            lease_s, list(seen), list(seen.values()),
+            lease_s, list(seen), list(seen.values()), process, list(gone),
         )
         return [(r["id"], r["holder"], r["lost"], r["cancel"]) for r in rows]
 

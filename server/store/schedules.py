@@ -79,7 +79,9 @@ DELETE_OLD_FIRES = """
 DELETE FROM schedule_fires WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM schedule_fires WHERE created_at < $1 LIMIT $2))"""
 DELETE_EXPIRED_AGENT_TOKENS = "DELETE FROM agent_tokens WHERE expires_at < $1"
-DELETE_STALE_WORKERS = "DELETE FROM workers WHERE last_seen < $1"
+DELETE_STALE_WORKERS = """
+WITH processes AS (DELETE FROM server_processes WHERE last_seen < $1)
+DELETE FROM workers w USING workers_seen s WHERE s.name = w.name AND s.seen_at < $1"""
 
 LAST_RUNS_SHOWN = 10
 

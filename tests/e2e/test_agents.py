@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -162,6 +166,58 @@ def test_two_replicas_share_jobs_tokens_and_revocations(
                 claim = revoked.post("/api/agent_workers/claim", json={"name": "x", "wait_s": 0})
                 assert claim.status_code == 401
             assert api_second.get("/api/health").status_code == 200
+        finally:
+            agent.kill()
+
+
+def _worker_row_version(database_url: str, name: str) -> str:
+    """The row version (xmin) of an agent's record: it changes whenever the row is written."""
+    async def read() -> str:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return str(await conn.fetchval("SELECT xmin::text FROM workers WHERE name = $1",
+                                           name))
+        finally:
+            await conn.close()
+    return asyncio.run(read())
+
+
+def test_an_idle_agent_costs_no_row_writes_and_goes_stale_when_its_replica_dies(
+    start_process, database_url: str, tmp_path: Path
+) -> None:
+    """An agent that only long-polls is kept alive by the replica holding it marking itself
+    alive, not by rewriting the agent's record: the record is untouched for longer than the
+    stale threshold while every replica shows the agent live. When that replica is killed,
+    the others show the agent stale and log `agent.stale`."""
+    env = {**FAST, "TAGRUN_STALE_AFTER_S": "6"}
+    holder = start_process("server", database_url, env=env).wait_healthy()
+    other = start_process("server", database_url, env=env).wait_healthy()
+    with api_client(holder.url) as api_holder, api_client(other.url) as api_other:
+        minted = api_holder.post("/api/agent_tokens",
+                                 json={"group": "edge", "tags": ["held"]}).json()
+        agent = AgentProcess(holder.url, minted["token"], tmp_path, name="held-agent")
+        try:
+            def listed() -> dict[str, Any] | None:
+                return next((a for a in api_other.get("/api/workers").json()["agents"]
+                             if a["name"] == "held-agent"), None)
+            first = wait_until(listed, message="the agent to show on the other replica")
+            holder.wait_logged("agent.connected")
+            version = _worker_row_version(database_url, "held-agent")
+            started = datetime.fromisoformat(first["last_seen"])
+
+            def live_for_a_while() -> bool:
+                now = listed()
+                assert now is not None and not now["stale"], now
+                return datetime.fromisoformat(now["last_seen"]) - started > timedelta(seconds=8)
+            wait_until(live_for_a_while, 20, interval=0.5,
+                       message="the agent's last_seen to move on by 8 s")
+            assert _worker_row_version(database_url, "held-agent") == version, \
+                "an idle agent's record was rewritten"
+
+            holder.kill()  # kill -9: it never says its agents are gone
+            wait_until(lambda: (a := listed()) is not None and a["stale"], 30,
+                       message="the other replica to show the agent stale")
+            other.wait_logged("agent.stale", timeout=15)
         finally:
             agent.kill()
 
