@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -12,10 +11,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
+from tests.support.database import query
 from tests.support.processes import AgentProcess, TagrunProcess, api_client, wait_until
 
 FAST = {"TAGRUN_LEASE_S": "3", "TAGRUN_HEARTBEAT_S": "0.5"}
@@ -172,14 +171,8 @@ def test_two_replicas_share_jobs_tokens_and_revocations(
 
 def _worker_row_version(database_url: str, name: str) -> str:
     """The row version (xmin) of an agent's record: it changes whenever the row is written."""
-    async def read() -> str:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return str(await conn.fetchval("SELECT xmin::text FROM workers WHERE name = $1",
-                                           name))
-        finally:
-            await conn.close()
-    return asyncio.run(read())
+    [row] = query(database_url, "SELECT xmin::text AS v FROM workers WHERE name = $1", name)
+    return str(row["v"])
 
 
 def test_an_idle_agent_costs_no_row_writes_and_goes_stale_when_its_replica_dies(

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from tests.support.database import query
 from tests.support.processes import AgentProcess, TagrunProcess, api_client, wait_until
 from tests.support.proxy import Proxy
 
@@ -30,18 +31,11 @@ def job_script(ran: Path) -> str:
 
 
 def all_finished(database_url: str, expected: int, timeout: float = 60) -> list[dict[str, Any]]:
-    async def rows() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return [dict(r) for r in await conn.fetch(
-                "SELECT id, status, args, attempts::text AS attempts FROM jobs ORDER BY id")]
-        finally:
-            await conn.close()
-
     seen: list[dict[str, Any]] = []
 
     def done() -> list[dict[str, Any]] | None:
-        seen[:] = asyncio.run(rows())
+        seen[:] = query(database_url, "SELECT id, status, args, attempts::text AS attempts "
+                                      "FROM jobs ORDER BY id")
         finished = [j for j in seen if j["status"] in ("succeeded", "failed", "cancelled")]
         return seen if len(seen) == expected and len(finished) == expected else None
     try:
@@ -73,14 +67,8 @@ def submit(api: httpx.Client, tag: str, ran: Path, numbers: range) -> None:
 
 
 def running_holders(database_url: str) -> set[str]:
-    async def fetch() -> set[str]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return {r["worker"] for r in await conn.fetch(
-                "SELECT DISTINCT worker FROM jobs WHERE status = 'running'")}
-        finally:
-            await conn.close()
-    return asyncio.run(fetch())
+    return {r["worker"] for r in query(
+        database_url, "SELECT DISTINCT worker FROM jobs WHERE status = 'running'")}
 
 
 def test_agent_and_worker_killed_mid_job_lose_no_job_and_record_each_once(

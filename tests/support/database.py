@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -18,6 +19,17 @@ from tagrun.server.store import migrate
 
 TEMPLATE = f"tagrun_test_template_{os.getpid()}"
 _counter = itertools.count(1)
+
+
+def query(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """Rows of one statement, on a connection of its own (for tests that run no event loop)."""
+    async def fetch() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(r) for r in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+    return asyncio.run(fetch())
 
 
 def with_database(dsn: str, name: str) -> str:
