@@ -127,7 +127,8 @@ async def _run_parts(
 ) -> None:
     stop = asyncio.Event()
     server: _Server | None = None
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = []  # each stops within STOP_WAIT_S of `stop`
+    draining: list[asyncio.Task[None]] = []  # a worker's drain: bounded by its own timeout
     closers = []
     if config.runs_http:
         await ensure_superadmin(store, config)
@@ -155,7 +156,7 @@ async def _run_parts(
     if config.runs_worker:
         kind = "inline" if config.mode == "standalone" else "worker"
         worker = Worker(store, listener, worker_settings(config, kind))
-        tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
+        draining.append(asyncio.create_task(worker.run(stop), name="worker"))
         kill_jobs = worker.kill_all
 
     def forced_exit() -> None:
@@ -176,23 +177,22 @@ async def _run_parts(
         stop.set()
     else:
         await stop.wait()
-    await _finish(tasks)
+    await _finish(tasks, draining)
     for close in closers:
         await close()
 
 
-async def _finish(tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for the parts to stop; a part (other than a worker draining its jobs, which has
-    its own timeout) that is not done within STOP_WAIT_S is logged and cancelled, so that a
-    stop always ends, and stops the embedded database with it."""
-    bounded = [t for t in tasks if t.get_name() != "worker"]
-    if bounded:
-        _, pending = await asyncio.wait(bounded, timeout=STOP_WAIT_S)
+async def _finish(tasks: list[asyncio.Task[None]], draining: list[asyncio.Task[None]]) -> None:
+    """Wait for the parts to stop. One of `tasks` not done within STOP_WAIT_S is logged and
+    cancelled, so that a stop always ends (and stops the embedded database with it);
+    `draining` (a worker finishing its jobs) is waited for: its drain has its own timeout."""
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
         for task in pending:
             log.warning("server.stop_slow", extra={"part": task.get_name(),
                                                    "waited_s": STOP_WAIT_S})
             task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*tasks, *draining, return_exceptions=True)
 
 
 async def _close_pool(pool: asyncpg.Pool[Any]) -> None:

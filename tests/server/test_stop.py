@@ -29,12 +29,12 @@ def test_a_part_that_does_not_stop_is_logged_and_cut_short(
 
     async def scenario() -> float:
         tasks = [asyncio.create_task(stuck(), name="scheduler"),
-                 asyncio.create_task(draining_worker(), name="worker"),
                  asyncio.create_task(asyncio.sleep(0), name="maintenance")]
+        worker = asyncio.create_task(draining_worker(), name="worker")
         started = time.monotonic()
-        await runtime._finish(tasks)
+        await runtime._finish(tasks, [worker])
         assert cut_short.is_set()
-        assert tasks[1].done() and not tasks[1].cancelled()
+        assert worker.done() and not worker.cancelled()
         return time.monotonic() - started
 
     with caplog.at_level(logging.WARNING, logger="tagrun.runtime"):

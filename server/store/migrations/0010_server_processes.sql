@@ -13,3 +13,5 @@ SELECT w.name, w.kind, w.stale_reported,
        CASE WHEN p.id IS NULL THEN w.last_seen
             ELSE greatest(w.last_seen, p.last_seen) END AS seen_at
 FROM workers w LEFT JOIN server_processes p ON p.id = w.via;
+-- Staleness is judged on workers_seen.seen_at now, which this index cannot serve.
+DROP INDEX workers_unreported;
