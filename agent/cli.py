@@ -37,8 +37,12 @@ def _version(value: bool) -> None:
 def agent(
     token: Annotated[str | None, typer.Option(
         "--token", envvar="AGENT_TOKEN", metavar="JWT", show_envvar=True,
-        help="Agent token (required). Prefer the environment: command lines are visible "
-             "to other users.")] = None,
+        help="Agent token (this or AGENT_TOKEN_FILE). Jobs cannot read it: the agent "
+             "restarts itself without it in its environment or arguments.")] = None,
+    token_file: Annotated[str | None, typer.Option(
+        "--token-file", envvar="AGENT_TOKEN_FILE", metavar="PATH", show_envvar=True,
+        help="File holding the agent token, read once at start (instead of AGENT_TOKEN).")
+    ] = None,
     base_url: Annotated[str | None, typer.Option(
         "--base-url", envvar="BASE_INTERNAL_URL", metavar="URL", show_envvar=True,
         help="The server, http(s)://host[:port] (required).")] = None,
@@ -77,6 +81,9 @@ def agent(
     from tagrun.agent.config import load_config
     from tagrun.agent.errors import ConfigError
     from tagrun.agent.logs import LogConfigError, configure_logging
+    from tagrun.agent.secrecy import take_token
+
+    handed = take_token()  # set when hide_token re-executed this process
 
     try:
         configure_logging()
@@ -86,7 +93,9 @@ def agent(
     values = {
         "MODE": os.environ.get("MODE"),
         # click reads an empty variable as unset; an empty token must still be refused as such.
-        "AGENT_TOKEN": os.environ.get("AGENT_TOKEN") if token is None else token,
+        "AGENT_TOKEN": handed if handed is not None
+        else os.environ.get("AGENT_TOKEN") if token is None else token,
+        "AGENT_TOKEN_FILE": token_file,
         "BASE_INTERNAL_URL": base_url, "INIT_SCRIPT": init_script, "AGENT_NAME": name,
         "AGENT_SLOTS": slots, "AGENT_WORK_DIR": work_dir, "AGENT_PYTHON": python,
         "AGENT_DRAIN_TIMEOUT_S": drain_timeout_s, "AGENT_POLL_WAIT_S": poll_wait_s,
@@ -102,9 +111,17 @@ def agent(
 
 def _run(config: AgentConfig) -> int:
     import asyncio
+    import logging
 
     from tagrun.agent.runner import run_agent
+    from tagrun.agent.secrecy import forbid_inspection, scrub_launcher
 
+    if scrub_launcher() is False:
+        logging.getLogger("tagrun.agent").warning("agent.launcher_keeps_token", extra={
+            "pid": os.getppid(), "detail": "the one-file launcher process keeps AGENT_TOKEN in "
+            "the environment it started with, where jobs running as this user can read it; "
+            "give this executable its token with AGENT_TOKEN_FILE, or set AGENT_JOB_USER"})
+    forbid_inspection()
     return asyncio.run(run_agent(config))
 
 
@@ -112,4 +129,6 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == [PYTHON_FLAG]:  # a frozen agent running a Python job: see frozen.py
         sys.exit(run_python_job(args[1:]))
-    app(args=args, prog_name="tagrun-agent")
+    from tagrun.agent.secrecy import hide_token
+
+    app(args=hide_token(args), prog_name="tagrun-agent")

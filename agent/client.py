@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -93,7 +94,11 @@ class AgentClient:
         self._retry = retry or RetryPolicy()
         self._http = httpx.AsyncClient(
             base_url=base_url,
+            # The session makes this process a holder of its own: the server records it with
+            # each lease, so another agent, even one with the same token and name, can act on
+            # none of this one's jobs. It lives only in this process's memory.
             headers={"Authorization": f"Bearer {token}",
+                     "Tagrun-Agent-Session": secrets.token_urlsafe(24),
                      "User-Agent": f"tagrun-agent/{__version__}"},
             timeout=DEFAULT_TIMEOUT,
             # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY and SSL_CERT_FILE/SSL_CERT_DIR.
@@ -180,7 +185,7 @@ class AgentClient:
 def _answer(response: httpx.Response) -> dict[str, Any]:
     status = response.status_code
     if status == 401:
-        raise TokenRefused()
+        raise TokenRefused(_refusal(response))
     if status >= 500 or status in (408, 429):
         raise _Transient(f"server answered {status}", _retry_after(response))
     if status >= 300:
@@ -194,6 +199,15 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
         # Typically a proxy's or captive portal's page: not the server, so try again.
         raise _Transient(f"server answered {status} without a JSON object")
     return answer
+
+
+def _refusal(response: httpx.Response) -> str:
+    """Why the server refused the token, in its words ("agent token revoked", "agent token
+    expired", "not a valid agent token": another server's, or damaged)."""
+    code, message = _error_of(response)
+    if code == "http_error":  # no tagrun error body: a proxy in between, say
+        return f"the server refused the agent token (HTTP 401: {message})"
+    return f"the server refused the agent token: {message}"
 
 
 def _error_of(response: httpx.Response) -> tuple[str, str]:

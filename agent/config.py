@@ -52,7 +52,7 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
     if mode is not None and mode != "agent":
         raise ConfigError(f"MODE={mode!r}: tagrun-agent runs only MODE=agent (or MODE unset)")
     return AgentConfig(
-        token=_token(values.get("AGENT_TOKEN")),
+        token=_token(values.get("AGENT_TOKEN"), v.get("AGENT_TOKEN_FILE")),
         base_url=_base_url(v.get("BASE_INTERNAL_URL"), warn),
         name=_name(v.get("AGENT_NAME")),
         slots=int(_number(v, "AGENT_SLOTS", 1, low=1, high=10_000, whole=True)),
@@ -65,16 +65,31 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
     )
 
 
-def _token(raw: str | None) -> str:
+def _token(raw: str | None, file: str | None) -> str:
+    if raw is not None and file is not None:
+        raise ConfigError("AGENT_TOKEN and AGENT_TOKEN_FILE are both set: set one of them")
+    variable = "AGENT_TOKEN"
+    if file is not None:
+        variable, raw = "AGENT_TOKEN_FILE", _read_token_file(file)
     if raw is None:
-        raise ConfigError("AGENT_TOKEN is not set")
+        raise ConfigError("AGENT_TOKEN is not set (nor AGENT_TOKEN_FILE)")
     token = raw.strip()  # a token read from a file usually ends in a newline
     if not token:
-        raise ConfigError("AGENT_TOKEN is empty")
+        raise ConfigError("AGENT_TOKEN is empty" if file is None
+                          else f"AGENT_TOKEN_FILE={file!r} is empty")
     # Checked here so that no HTTP library ever reports a bad header value (the token) back.
     if any(not 0x21 <= ord(c) <= 0x7E for c in token):
-        raise ConfigError("AGENT_TOKEN contains characters that cannot be sent in a header")
+        raise ConfigError(f"{variable} holds characters that cannot be sent in a header")
     return token
+
+
+def _read_token_file(file: str) -> str:
+    try:
+        with open(Path(file).expanduser(), encoding="utf-8") as f:
+            return f.read(65536)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise ConfigError(f"AGENT_TOKEN_FILE={file!r} cannot be read: {reason}") from None
 
 
 def _base_url(raw: str | None, warn: Warn) -> str:

@@ -3,7 +3,7 @@
 AgentError                  root; `exit_code` is what the agent process exits with
  ├── ConfigError            a setting is wrong; names the variable (exit 1)
  ├── InitScriptFailed       INIT_SCRIPT did not succeed; carries its output (exit 1)
- ├── TokenRefused           401: the token is revoked or expired (exit 3)
+ ├── TokenRefused           401: the token is revoked, expired or not valid here (exit 3)
  ├── ServerAnswer           the server answered with an error it meant (4xx): not retried
  └── GaveUp                 a bounded retry ran out; the job is left to lease expiry
 
@@ -31,7 +31,7 @@ class InitScriptFailed(AgentError):
 class TokenRefused(AgentError):
     exit_code = 3
 
-    def __init__(self, message: str = "agent token refused (revoked or expired)") -> None:
+    def __init__(self, message: str = "the server refused the agent token") -> None:
         super().__init__(message)
 
 

@@ -52,6 +52,18 @@ def python_command(configured: str | None) -> list[str]:
     return [env, *library_path, sys.executable, PYTHON_FLAG]
 
 
+def as_bootloader_left_it(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the library path the bootloader had set, for re-executing the whole agent
+    (secrecy.hide_token): the new image reuses the unpacked bundle, as python_command's do."""
+    if _bundle_library_path is None:
+        return env
+    restored = {k: v for k, v in env.items() if k != _LIBRARY_PATH_ORIG}
+    if _LIBRARY_PATH in env:
+        restored[_LIBRARY_PATH_ORIG] = env[_LIBRARY_PATH]
+    restored[_LIBRARY_PATH] = _bundle_library_path
+    return restored
+
+
 def prepare_frozen_process() -> None:
     """First thing the one-file executable does, whatever it was started for."""
     if not is_frozen():

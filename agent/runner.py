@@ -69,8 +69,10 @@ class Agent:
 
     async def run(self, *, handle_signals: bool = True) -> int:
         """Run until stopped; returns the process exit code."""
-        # Jobs inherit our environment: they must not be able to read (or log) the token.
-        os.environ.pop("AGENT_TOKEN", None)
+        # Jobs inherit our environment: they must not be able to read (or log) the token, nor
+        # learn where its file is (see secrecy.py for the environment the process started with).
+        for variable in ("AGENT_TOKEN", "AGENT_TOKEN_FILE"):
+            os.environ.pop(variable, None)
         undo = install_stop_handlers(self.request_stop) if handle_signals else None
         try:
             with _work_root(self.config.work_dir) as self._work_root:
@@ -92,7 +94,7 @@ class Agent:
         await self._kill_everything(body)
         if self._fatal is not None or isinstance(error, TokenRefused):
             log.error("agent.token_refused", extra={
-                "agent": self.config.name, "detail": "agent token refused (revoked or expired)"})
+                "agent": self.config.name, "detail": str(self._fatal or error)})
             return TokenRefused.exit_code
         if error is None:
             return EXIT_ABORTED

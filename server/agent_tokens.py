@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from typing import Any, cast
 import asyncpg
 import jwt
 
-from tagrun.server.errors import Unauthorized
+from tagrun.server.errors import InvalidInput, Unauthorized
 from tagrun.server.store import Store
 from tagrun.shared.tags import TagError, validate_tag
 
@@ -38,6 +40,27 @@ class AgentIdentity:
     jti: str
     group: str
     tags: tuple[str, ...]
+    # Who holds a lease this caller claims: the token, and the agent process's session when
+    # it sent one (two agents sharing a token are two holders). See `holder_key`.
+    key: str = ""
+
+
+SESSION_HEADER = "tagrun-agent-session"
+SESSION = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+
+def holder_key(jti: str, session: str | None) -> str:
+    """The key a lease records for its holder: the jti, and a digest of the agent's session
+    (never the session itself: it is a secret of the agent process)."""
+    if not session:
+        return jti
+    if not SESSION.fullmatch(session):
+        raise InvalidInput(f"header {SESSION_HEADER} must be 16-128 letters, digits, '-' or '_'")
+    return f"{jti}:{hashlib.sha256(session.encode()).hexdigest()[:32]}"
+
+
+def jti_of(key: str) -> str:
+    return key.partition(":")[0]
 
 
 class AgentTokens:
@@ -96,7 +119,7 @@ class AgentTokens:
             raise Unauthorized("agent token lacks a valid jti, group or tags claim")
         if jti in self._revoked:
             raise Unauthorized("agent token revoked")
-        return AgentIdentity(jti=jti, group=group, tags=tuple(cast(list[str], tags)))
+        return AgentIdentity(jti=jti, group=group, tags=tuple(cast(list[str], tags)), key=jti)
 
     def _revoked_now(self, jtis: set[str]) -> None:
         fresh = jtis - self._revoked

@@ -35,6 +35,7 @@ class Waiter:
     tags: tuple[str, ...]
     slots: int
     jti: str
+    key: str  # the holder key its jobs are leased under
     future: asyncio.Future[list[Job]] = field(default_factory=asyncio.Future)
     claiming: bool = False
     revoked: bool = False  # its token was revoked while a claim for it was in flight
@@ -78,7 +79,8 @@ class Dispatcher:
                     waiter.future.set_result([])
 
     async def claim(
-        self, name: str, tags: tuple[str, ...], slots: int, wait_s: float, jti: str
+        self, name: str, tags: tuple[str, ...], slots: int, wait_s: float, jti: str,
+        key: str | None = None,
     ) -> list[Job]:
         if self._closed:
             # The server is stopping: a claim that came in on a kept-alive connection after
@@ -87,7 +89,7 @@ class Dispatcher:
             # so that the agent does not spin before its connection is closed.
             await asyncio.sleep(min(wait_s, CLOSED_CLAIM_PAUSE_S))
             return []
-        waiter = Waiter(name, tuple(sorted(set(tags))), slots, jti)
+        waiter = Waiter(name, tuple(sorted(set(tags))), slots, jti, key or jti)
         self._groups[waiter.tags].append(waiter)
         self._wake.set()
         try:
@@ -113,22 +115,23 @@ class Dispatcher:
                 waiter.future.cancel()
             elif not waiter.future.cancelled() and waiter.future.exception() is None \
                     and waiter.future.result():  # answered just as the agent went away
-                self._release(waiter.name, waiter.future.result())
+                self._release(waiter, waiter.future.result())
             return
 
         async def release() -> None:  # the claim in flight will still hand it jobs
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._released(waiter.name, await waiter.future)
+                await self._released(waiter, await waiter.future)
 
         self._in_background(release())
 
-    def _release(self, holder: str, jobs: list[Job]) -> None:
-        self._in_background(self._released(holder, jobs))
+    def _release(self, waiter: Waiter, jobs: list[Job]) -> None:
+        self._in_background(self._released(waiter, jobs))
 
-    async def _released(self, holder: str, jobs: list[Job]) -> None:
+    async def _released(self, waiter: Waiter, jobs: list[Job]) -> None:
         with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await self.store.release_jobs(holder, [(j["id"], j["attempt"]) for j in jobs])
-            log.info("dispatcher.released", extra={"agent": holder,
+            await self.store.release_jobs(waiter.name, [(j["id"], j["attempt"]) for j in jobs],
+                                          key=waiter.key)
+            log.info("dispatcher.released", extra={"agent": waiter.name,
                                                    "jobs": [j["id"] for j in jobs]})
 
     def _in_background(self, work: Any) -> None:
@@ -193,18 +196,20 @@ class Dispatcher:
     async def _serve(self, tags: tuple[str, ...]) -> None:
         waiters = [w for w in self._groups.get(tags, []) if not w.future.done()]
         slots: list[str] = []
+        keys: list[str | None] = []
         chosen: list[Waiter] = []
         for waiter in waiters:
             if len(slots) + waiter.slots > MAX_SLOTS_PER_CLAIM:
                 break
             slots += [waiter.name] * waiter.slots
+            keys += [waiter.key] * waiter.slots
             chosen.append(waiter)
             waiter.claiming = True
         if not chosen:
             return
         generations = {t: self._generation[t] for t in tags}
         try:
-            jobs = await self.store.claim_for_slots(tags, slots, self.lease_s)
+            jobs = await self.store.claim_for_slots(tags, slots, self.lease_s, keys=keys)
         except Exception as exc:  # noqa: BLE001 - the dispatcher must outlive any claim
             if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
                 log.warning("dispatcher.claim_failed", extra={"error": str(exc)})
@@ -238,22 +243,22 @@ class Dispatcher:
                 self._due[tag] = min(self._due.get(tag, due), due)
 
     def _hand_out(self, chosen: list[Waiter], jobs: list[Job]) -> None:
-        by_holder: dict[str, list[Job]] = defaultdict(list)
+        by_holder: dict[tuple[str, str], list[Job]] = defaultdict(list)
         for job in jobs:
-            by_holder[job["worker"]].append(job)
+            by_holder[job["worker"], job["holder_key"]].append(job)
         for job in jobs:
             events.job_claimed(job)
         for waiter in chosen:
-            mine = by_holder[waiter.name][: waiter.slots]
-            del by_holder[waiter.name][: waiter.slots]
+            mine = by_holder[waiter.name, waiter.key][: waiter.slots]
+            del by_holder[waiter.name, waiter.key][: waiter.slots]
             if waiter.future.done():
                 if mine:
                     log.warning("dispatcher.waiter_gone", extra={
                         "agent": waiter.name, "jobs": [j["id"] for j in mine]})
-                    self._release(waiter.name, mine)
+                    self._release(waiter, mine)
             elif waiter.revoked:
                 if mine:  # leased in the claim that raced the revocation: give them back
-                    self._release(waiter.name, mine)
+                    self._release(waiter, mine)
                 waiter.future.set_exception(Unauthorized("agent token revoked"))
             elif mine:
                 waiter.future.set_result(mine)

@@ -6,7 +6,8 @@
     ├── Forbidden           403 forbidden
     ├── NotFound            404 not_found
     ├── Conflict            409 conflict
-    │   └── LeaseLost       409 lease_lost
+    │   ├── LeaseLost       409 lease_lost
+    │   └── AgentNameTaken  409 agent_name_taken
     ├── PayloadTooLarge     413 payload_too_large
     └── TooManyRequests     429 too_many_requests
 """
@@ -59,6 +60,11 @@ class Conflict(TagrunError):
 class LeaseLost(Conflict):
     code = "lease_lost"
     default_message = "this attempt no longer holds the job's lease"
+
+
+class AgentNameTaken(Conflict):
+    code = "agent_name_taken"
+    default_message = "this agent name is in use by a live agent with another token"
 
 
 class PayloadTooLarge(TagrunError):

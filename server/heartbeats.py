@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from tagrun.server.agent_tokens import jti_of
 from tagrun.server.store import Store
 
 log = logging.getLogger("tagrun.heartbeats")
@@ -29,6 +30,7 @@ log = logging.getLogger("tagrun.heartbeats")
 @dataclass
 class _Beat:
     holder: str
+    key: str  # the holder key its leases were claimed under (token and session)
     running: Sequence[tuple[int, int]]
     future: asyncio.Future[tuple[list[int], list[int]]] = field(
         default_factory=asyncio.Future)
@@ -45,10 +47,11 @@ class AgentRecord:
 
 
 class Heartbeats:
-    def __init__(self, store: Store, *, lease_s: float, interval_s: float = 0.5,
-                 seen_interval_s: float = 5.0) -> None:
+    def __init__(self, store: Store, *, lease_s: float, stale_after_s: float = 30.0,
+                 interval_s: float = 0.5, seen_interval_s: float = 5.0) -> None:
         self.store = store
         self.lease_s = lease_s
+        self.stale_after_s = stale_after_s
         self.interval_s = interval_s
         self.seen_interval_s = seen_interval_s
         self.process = uuid.uuid4().hex  # this server process, in `server_processes`
@@ -73,20 +76,24 @@ class Heartbeats:
                 await self._task
 
     async def seen(self, name: str, record: AgentRecord) -> None:
-        """An agent made a request; the first time this process sees it, record it."""
+        """An agent made a request; the first time this process sees it, record it.
+
+        Raises AgentNameTaken, changing nothing, if a live agent of another token has the name."""
         known = self.agents.get(name)
         if known is None or (known.jti, known.ip) != (record.jti, record.ip):
             await self.store.upsert_agent(name, record.group, record.tags, record.ip,
-                                          record.version, record.jti, self.process)
+                                          record.version, record.jti, self.process,
+                                          stale_after_s=self.stale_after_s)
             self.agents[name] = record
             log.info("agent.connected", extra={"agent": name, "group": record.group,
                                                "tags": list(record.tags), "ip": record.ip,
                                                "version": record.version})
         self._seen.add(name)
 
-    async def beat(self, holder: str, running: Sequence[tuple[int, int]]
+    async def beat(self, holder: str, key: str, running: Sequence[tuple[int, int]]
                    ) -> tuple[list[int], list[int]]:
-        beat = _Beat(holder, running)
+        """Extend the leases `holder` holds under `key`; returns (ids to cancel, ids lost)."""
+        beat = _Beat(holder, key, running)
         self._beats.append(beat)
         self._seen.add(holder)
         self._wake.set()
@@ -105,15 +112,17 @@ class Heartbeats:
     async def _flush(self) -> None:
         beats, self._beats = self._beats, []
         now = time.monotonic()
-        seen: dict[str, int] = {}
+        seen: dict[str, tuple[str, int]] = {}
         gone: set[str] = set()
         looked = now - self._last_seen_flush >= self.seen_interval_s or beats
         if looked:
             names = self._seen | self._live()
-            seen = {n: self.agents[n].active for n in names if n in self.agents}
+            seen = {n: (self.agents[n].jti, self.agents[n].active)
+                    for n in names if n in self.agents}
             gone = self._held - seen.keys()
             self._seen, self._last_seen_flush = set(), now
-        held = [(job_id, attempt, b.holder) for b in beats for job_id, attempt in b.running]
+        held = [(job_id, attempt, b.holder, b.key)
+                for b in beats for job_id, attempt in b.running]
         if not held and not seen and not gone:
             for beat in beats:
                 beat.future.set_result(([], []))
@@ -129,14 +138,17 @@ class Heartbeats:
             return
         if looked:
             self._held = set(seen)
-        answers: dict[str, tuple[list[int], list[int]]] = {b.holder: ([], []) for b in beats}
-        for job_id, holder, lost, cancel in rows:
-            if lost:
-                answers[holder][1].append(job_id)
-            elif cancel:
-                answers[holder][0].append(job_id)
+        outcomes = iter(rows)  # in the order of `held`: beat by beat
         for beat in beats:
-            if beat.holder in self.agents:  # it holds what it named, less what it lost
-                self.agents[beat.holder].active = len(beat.running) - len(answers[beat.holder][1])
+            cancel: list[int] = []
+            lost: list[int] = []
+            for (job_id, _), (was_lost, cancelled) in zip(beat.running, outcomes, strict=False):
+                if was_lost:
+                    lost.append(job_id)
+                elif cancelled:
+                    cancel.append(job_id)
+            known = self.agents.get(beat.holder)
+            if known is not None and jti_of(beat.key) == known.jti:
+                known.active = len(beat.running) - len(lost)  # what it named, less what it lost
             if not beat.future.done():
-                beat.future.set_result(answers[beat.holder])
+                beat.future.set_result((cancel, lost))

@@ -14,6 +14,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
+from tagrun.server.agent_tokens import SESSION
 from tagrun.server.auth import WORKSPACE_ID
 from tagrun.server.http import JSON
 from tagrun.server.routes import jobs as job_routes
@@ -57,7 +58,10 @@ _RUNS: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 1000}
 _WORKSPACE: dict[str, Any] = {"type": "string", "pattern": f"^(?:{WORKSPACE_ID.pattern})$"}
 # 1-255 printable characters (routes/jobs.py); edge spaces would not survive HTTP.
 _HEADERS: dict[str, dict[str, Any]] = {"Idempotency-Key": {
-    "type": "string", "maxLength": 255, "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$"}}
+    "type": "string", "maxLength": 255, "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$"},
+    # One random value per agent process (agent_tokens.holder_key): its leases are its own.
+    "Tagrun-Agent-Session": {"type": "string", "pattern": f"^(?:{SESSION.pattern})$"}}
+_AGENT = ("Tagrun-Agent-Session",)
 _PATH_ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}  # path_int
 
 
@@ -113,22 +117,22 @@ OPERATIONS = [
     Op("DELETE", "/api/w/{ws}/schedules/{name}", "Delete a schedule (built-ins refuse)",
        out.ScheduleDeleted),
     Op("POST", "/api/agent_workers/claim", "Long-poll for jobs of the token's tags",
-       out.Claimed, body=agent.ClaimIn, auth="agent"),
+       out.Claimed, body=agent.ClaimIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/agent_workers/heartbeat", "Extend leases; learn of cancels and losses",
-       out.HeartbeatOut, body=agent.HeartbeatIn, auth="agent"),
+       out.HeartbeatOut, body=agent.HeartbeatIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/agent_workers/release", "Give jobs back without using an attempt",
-       out.Released, body=agent.ReleaseIn, auth="agent"),
+       out.Released, body=agent.ReleaseIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/agent_workers/complete", "Report several outcomes in one request",
-       out.CompletedMany, body=agent.CompleteManyIn, auth="agent"),
+       out.CompletedMany, body=agent.CompleteManyIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/w/{ws}/agent_workers/jobs/{id}/logs", "Append logs (idempotent by offset)",
-       out.LogsAck, body=agent.LogsIn, auth="agent"),
+       out.LogsAck, body=agent.LogsIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/w/{ws}/agent_workers/jobs/{id}/complete", "Report an attempt's outcome",
-       out.Completed, body=agent.CompleteIn, auth="agent"),
+       out.Completed, body=agent.CompleteIn, auth="agent", headers=_AGENT),
 ]
 
 _ERRORS = {400: "Invalid input", 401: "Missing or invalid credentials",
            403: "Not allowed for this token", 404: "Not found",
-           409: "Conflict (e.g. lease_lost)", 413: "Body too large",
+           409: "Conflict (e.g. lease_lost, agent_name_taken)", 413: "Body too large",
            429: "Too many queued jobs (see Retry-After)",
            503: "Database unavailable (see Retry-After)"}
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {

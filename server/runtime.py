@@ -216,7 +216,7 @@ async def _start_http_parts(config: ServerConfig, store: Store, listener: Listen
         if store.caps_may_apply():
             dispatcher.room_freed()
     listener.on_finished(room_freed)
-    heartbeats = Heartbeats(store, lease_s=config.lease_s)
+    heartbeats = Heartbeats(store, lease_s=config.lease_s, stale_after_s=config.stale_after_s)
     await heartbeats.start(dispatcher.waiting_names)
     return Parts(config, store, listener, agent_tokens, dispatcher, heartbeats)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -10,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tagrun.server import events
-from tagrun.server.agent_tokens import AgentIdentity, AgentTokens
+from tagrun.server.agent_tokens import SESSION_HEADER, AgentIdentity, AgentTokens, holder_key
 from tagrun.server.errors import InvalidInput, TagrunError, Unauthorized
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
@@ -34,15 +35,17 @@ def _state(request: Request) -> Any:
 
 
 def identify(request: Request) -> AgentIdentity:
+    """The caller is its token (and its session), never the name its body gives."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send 'Authorization: Bearer <agent token>'")
     tokens: AgentTokens = _state(request).agent_tokens
     try:
-        return tokens.verify(token.strip())
+        agent = tokens.verify(token.strip())
     except Unauthorized as exc:
         _refused(request, exc)
         raise
+    return replace(agent, key=holder_key(agent.jti, request.headers.get(SESSION_HEADER)))
 
 
 def _refused(request: Request, exc: Unauthorized) -> None:
@@ -74,7 +77,7 @@ async def claim(request: Request) -> Response:
     state = _state(request)
     try:
         jobs = await until_disconnect(request, state.dispatcher.claim(
-            body.name, agent.tags, body.slots, body.wait_s, agent.jti))
+            body.name, agent.tags, body.slots, body.wait_s, agent.jti, agent.key))
     except Unauthorized as exc:  # its token was revoked while it waited
         _refused(request, exc)
         raise
@@ -89,7 +92,7 @@ async def heartbeat(request: Request) -> JSON:
     body = await read_body(request, HeartbeatIn)
     await _seen(request, agent, body.name)
     cancel, lost = await _state(request).heartbeats.beat(
-        body.name, [(h.id, h.attempt) for h in body.running])
+        body.name, agent.key, [(h.id, h.attempt) for h in body.running])
     return JSON({"cancel": cancel, "lost": lost})
 
 
@@ -98,7 +101,7 @@ async def release(request: Request) -> JSON:
     body = await read_body(request, ReleaseIn)
     store: Store = _state(request).store
     released = await store.release_jobs(
-        body.name, [(h.id, h.attempt) for h in body.jobs], agent.tags)
+        body.name, [(h.id, h.attempt) for h in body.jobs], agent.tags, key=agent.key)
     return JSON({"released": released})
 
 
@@ -106,7 +109,7 @@ async def _holder(request: Request, agent: AgentIdentity, name: str | None, job_
     if name is not None:
         return name
     store: Store = _state(request).store
-    return await store.holder_for_token(job_id, agent.jti)
+    return await store.holder_for_key(job_id, agent.key)
 
 
 async def append_logs(request: Request) -> JSON:
@@ -117,7 +120,8 @@ async def append_logs(request: Request) -> JSON:
     holder = await _holder(request, agent, body.name, job_id)
     end = await store.append_logs(holder, job_id, body.attempt, body.offset, body.data,
                                   tags=agent.tags, workspace=request.path_params["ws"],
-                                  max_chars=_state(request).config.max_log_bytes)
+                                  max_chars=_state(request).config.max_log_bytes,
+                                  key=agent.key)
     return JSON({"offset": end})
 
 
@@ -159,7 +163,7 @@ async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: 
     error = _error_dict(outcome.error)
     recorded = await state.store.complete_job(
         holder, outcome.id, outcome.attempt, outcome.status, outcome.result, error,
-        state.config.retry_backoff_s, tags=agent.tags, workspace=workspace)
+        state.config.retry_backoff_s, tags=agent.tags, workspace=workspace, key=agent.key)
     if not recorded["repeat"]:
         events.job_finished(recorded, error)
     return str(recorded["status"])

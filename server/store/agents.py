@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from tagrun.server.errors import NotFound
+from tagrun.server.errors import AgentNameTaken, NotFound
 from tagrun.server.store._base import StoreBase, iso
 
 INSERT_SECRET = """
@@ -22,12 +22,19 @@ REVOKE_AGENT_TOKEN = """
 UPDATE agent_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE jti = $1 RETURNING jti"""
 REVOKED_JTIS = """
 SELECT jti FROM agent_tokens WHERE revoked_at IS NOT NULL AND expires_at > now()"""
+# A name is the record of one token: another token may take it over only once the record is
+# stale (its agent gone); until then nothing is written and no row comes back.
 UPSERT_AGENT = """
 INSERT INTO workers (name, kind, grp, tags, ip, version, jti, via)
 VALUES ($1, 'agent', $2, $3, $4, $5, $6, $7)
 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp,
     tags = EXCLUDED.tags, ip = EXCLUDED.ip, version = EXCLUDED.version, jti = EXCLUDED.jti,
-    via = EXCLUDED.via, connected_at = now(), last_seen = now(), stale_reported = false"""
+    via = EXCLUDED.via, connected_at = now(), last_seen = now(), stale_reported = false
+WHERE workers.jti IS NOT DISTINCT FROM EXCLUDED.jti
+   OR NOT EXISTS (SELECT 1 FROM workers_seen s WHERE s.name = EXCLUDED.name
+                  AND s.seen_at >= now() - make_interval(secs => $8::float8))
+RETURNING name"""
+NAME_HOLDER = "SELECT kind, grp FROM workers WHERE name = $1"
 # Agents that stopped being seen, each returned once (by one replica) until seen again; what
 # they ran is no longer theirs (their leases run out), so they count as running nothing.
 MARK_STALE_AGENTS = """
@@ -39,29 +46,32 @@ RETURNING w.name, w.grp, w.tags, w.ip, w.last_seen"""
 # One statement for every heartbeat a server process received in an interval: leases of
 # all named jobs are extended, the process ($7) is marked alive, and so are the agents it
 # holds. An agent's record is written only when something about it changed: it came to this
-# process, its running count moved, it was reported stale, or it left ($8).
+# process, its running count moved, it was reported stale, or it left ($8). A lease is
+# extended only for its holder's name and key ($9), a record marked alive only for its
+# token ($10): naming another agent extends nothing and writes nothing.
 HEARTBEAT_BATCH = """
 WITH held AS (
-    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[]) AS h(id, attempt, holder)
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $9::text[])
+        WITH ORDINALITY AS h(id, attempt, holder, key, n)
 ), extended AS (
     UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8)
     FROM held h
     WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = h.holder
-      AND j.status = 'running'
-    RETURNING j.id, j.cancel_requested
+      AND j.holder_key = h.key AND j.status = 'running'
+    RETURNING h.n, j.cancel_requested
 ), process AS (
     INSERT INTO server_processes (id) VALUES ($7) ON CONFLICT (id) DO UPDATE SET last_seen = now()
 ), seen AS (
     UPDATE workers w SET last_seen = now(), via = $7, active_count = s.active,
                          stale_reported = false
-    FROM unnest($5::text[], $6::int[]) AS s(name, active)
-    WHERE w.name = s.name
+    FROM unnest($5::text[], $6::int[], $10::text[]) AS s(name, active, jti)
+    WHERE w.name = s.name AND w.jti = s.jti
       AND (w.via IS DISTINCT FROM $7 OR w.active_count <> s.active OR w.stale_reported)
 ), gone AS (
     UPDATE workers SET last_seen = now(), via = NULL WHERE name = ANY($8::text[]) AND via = $7
 )
-SELECT h.id, h.holder, e.id IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
-FROM held h LEFT JOIN extended e ON e.id = h.id"""
+SELECT h.n, e.n IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
+FROM held h LEFT JOIN extended e ON e.n = h.n ORDER BY h.n"""
 LIST_WORKERS = """
 SELECT w.name, w.kind, w.grp, w.tags, w.ip, w.version, w.connected_at, s.seen_at AS last_seen,
        w.active_count, w.jobs_executed,
@@ -105,10 +115,21 @@ class Agents(StoreBase):
 
     async def upsert_agent(
         self, name: str, group: str, tags: Sequence[str], ip: str | None, version: str,
-        jti: str, via: str,
+        jti: str, via: str, *, stale_after_s: float,
     ) -> None:
-        """Record an agent when server process `via` first sees it (not on every poll)."""
-        await self.execute(UPSERT_AGENT, name, group, list(tags), ip, version, jti, via)
+        """Record an agent when server process `via` first sees it (not on every poll).
+
+        A name whose record belongs to another token and is not stale is refused with
+        AgentNameTaken, and that record is left as it was."""
+        written = await self.fetchval(UPSERT_AGENT, name, group, list(tags), ip, version, jti,
+                                      via, stale_after_s)
+        if written is None:
+            holder = await self.fetchrow(NAME_HOLDER, name)
+            what = (f"a live {holder['kind']} of group {holder['grp']!r}" if holder is not None
+                    else "another live agent")
+            raise AgentNameTaken(
+                f"agent name {name!r} is in use by {what} with another token; give this agent "
+                "another AGENT_NAME, or stop that one (its name is free once it is stale)")
 
     async def mark_stale_agents(self, stale_after_s: float) -> list[dict[str, Any]]:
         """Agents not seen for `stale_after_s`, each returned once until it is seen again."""
@@ -117,17 +138,18 @@ class Agents(StoreBase):
                 for r in await self.fetch(MARK_STALE_AGENTS, stale_after_s)]
 
     async def heartbeat_batch(
-        self, held: Sequence[tuple[int, int, str]], seen: dict[str, int], lease_s: float,
-        *, process: str, gone: Sequence[str] = (),
-    ) -> list[tuple[int, str, bool, bool]]:
-        """Extend leases of (job id, attempt, holder), mark process `process` and the agents
-        it holds (`seen`: name -> running count) alive and `gone` as no longer held by it.
-        Returns (id, holder, lost, cancel) for each job in `held`."""
+        self, held: Sequence[tuple[int, int, str, str]], seen: dict[str, tuple[str, int]],
+        lease_s: float, *, process: str, gone: Sequence[str] = (),
+    ) -> list[tuple[bool, bool]]:
+        """Extend leases of (job id, attempt, holder name, holder key), mark process `process`
+        and the agents it holds (`seen`: name -> (jti, running count)) alive and `gone` as no
+        longer held by it. Returns (lost, cancel) for each entry of `held`, in order."""
         rows = await self.fetch(
             HEARTBEAT_BATCH, [h[0] for h in held], [h[1] for h in held], [h[2] for h in held],
-            lease_s, list(seen), list(seen.values()), process, list(gone),
+            lease_s, list(seen), [s[1] for s in seen.values()], process, list(gone),
+            [h[3] for h in held], [s[0] for s in seen.values()],
         )
-        return [(r["id"], r["holder"], r["lost"], r["cancel"]) for r in rows]
+        return [(r["lost"], r["cancel"]) for r in rows]
 
     async def workers_overview(self, stale_after_s: float) -> dict[str, Any]:
         workers = [dict(r) for r in await self.fetch(LIST_WORKERS, stale_after_s, 5000)]

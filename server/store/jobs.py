@@ -78,9 +78,9 @@ SELECT id, status,
 FROM updated"""
 RETRY_JOB = """
 WITH updated AS (
-    UPDATE jobs SET status = 'queued', attempt = 0, worker = NULL, result = NULL, error = NULL,
-                    run_at = now(), started_at = NULL, finished_at = NULL,
-                    cancel_requested = false
+    UPDATE jobs SET status = 'queued', attempt = 0, worker = NULL, holder_key = NULL,
+                    result = NULL, error = NULL, run_at = now(), started_at = NULL,
+                    finished_at = NULL, cancel_requested = false
     WHERE workspace = $1 AND id = $2 AND status IN ('failed', 'cancelled')
     RETURNING id, tag, priority, run_at, concurrency_key, concurrency_limit
 )

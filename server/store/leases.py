@@ -22,7 +22,7 @@ from tagrun.server.store.settings import CAPS_STATE
 # applies to the claimer ($4: it runs inside a server process): CLAIM_JOBS_CAPPED does.
 CLAIM_JOBS = """
 WITH slots AS (
-    SELECT holder, n FROM unnest($2::text[]) WITH ORDINALITY AS s(holder, n)
+    SELECT holder, key, n FROM unnest($2::text[], $5::text[]) WITH ORDINALITY AS s(holder, key, n)
 ), picked AS (
     SELECT c.job_id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.job_id) AS n
     FROM unnest($1::text[]) AS t(tag)
@@ -42,12 +42,13 @@ WITH slots AS (
     DELETE FROM queue q USING picked p WHERE q.job_id = p.job_id RETURNING q.job_id
 )
 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
+                  holder_key = s.key,
                   started_at = now(), finished_at = NULL, inline = $4,
                   lease_expires_at = now() + make_interval(secs => $3::float8)
 FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
-          j.log_received AS log_offset, j.priority, j.worker,
+          j.log_received AS log_offset, j.priority, j.worker, j.holder_key,
           extract(epoch FROM now() - j.run_at)::float8 AS waited_s"""
 # The same under caps, run while holding CLAIM_LOCK so that claims from every process are
 # counted one after another: room = the smallest of the free slots, the global cap minus
@@ -70,7 +71,7 @@ WITH caps AS (
                  END) AS n
     FROM caps, load
 ), slots AS (
-    SELECT holder, n FROM unnest($2::text[]) WITH ORDINALITY AS s(holder, n)
+    SELECT holder, key, n FROM unnest($2::text[], $6::text[]) WITH ORDINALITY AS s(holder, key, n)
 ), candidates AS (
     SELECT c.* FROM unnest($1::text[]) AS t(tag)
     CROSS JOIN LATERAL (
@@ -100,12 +101,13 @@ WITH caps AS (
     DELETE FROM queue q USING picked p WHERE q.job_id = p.job_id RETURNING q.job_id
 )
 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
+                  holder_key = s.key,
                   started_at = statement_timestamp(), finished_at = NULL, inline = $4,
                   lease_expires_at = now() + make_interval(secs => $3::float8)
 FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
-          j.log_received AS log_offset, j.priority, j.worker,
+          j.log_received AS log_offset, j.priority, j.worker, j.holder_key,
           extract(epoch FROM now() - j.run_at)::float8 AS waited_s"""
 CLAIM_LOCK_ID = 0x7A6772756F  # serialises capped claims of every process
 CAPPED_LOOKAHEAD = 500
@@ -116,6 +118,7 @@ WITH held AS (
     UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8)
     FROM held h
     WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = $3 AND j.status = 'running'
+      AND j.holder_key IS NOT DISTINCT FROM $5
     RETURNING j.id, j.cancel_requested
 ), w AS (
     UPDATE workers SET last_seen = now(), active_count = cardinality($1::bigint[]) WHERE name = $3
@@ -128,6 +131,7 @@ APPEND_LOGS = """
 WITH cur AS (
     SELECT id, log_size FROM jobs
     WHERE id = $1 AND attempt = $2 AND worker = $3 AND status = 'running' AND log_received = $5
+      AND holder_key IS NOT DISTINCT FROM $10
       AND ($6::text[] IS NULL OR tag = ANY($6::text[]))
       AND ($7::text IS NULL OR workspace = $7)
     FOR UPDATE
@@ -145,14 +149,13 @@ WITH cur AS (
     INSERT INTO job_logs (job_id, off, data) SELECT id, off, data FROM piece WHERE data <> ''
 )
 SELECT id FROM j"""
-LOG_STATE = "SELECT status, attempt, worker, log_received FROM jobs WHERE id = $1"
-HOLDER_FOR_TOKEN = """
-SELECT j.worker FROM jobs j JOIN workers w ON w.name = j.worker
-WHERE j.id = $1 AND w.jti = $2"""
+LOG_STATE = "SELECT status, attempt, worker, holder_key, log_received FROM jobs WHERE id = $1"
+HOLDER_FOR_KEY = "SELECT worker FROM jobs WHERE id = $1 AND holder_key = $2"
 COMPLETE_JOB = """
 WITH cur AS (
     SELECT id, ($4 = 'failed' AND attempt < max_attempts AND NOT cancel_requested) AS again
     FROM jobs WHERE id = $1 AND attempt = $2 AND worker = $3 AND status = 'running'
+      AND holder_key IS NOT DISTINCT FROM $10
       AND ($8::text[] IS NULL OR tag = ANY($8::text[]))
       AND ($9::text IS NULL OR workspace = $9)
     FOR UPDATE
@@ -186,7 +189,7 @@ SELECT id, status, tag, attempt, worker, run_at,
        round(extract(epoch FROM now() - started_at) * 1000) AS duration_ms,
        CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
 FROM j"""
-COMPLETION_STATE = "SELECT status, attempt, worker FROM jobs WHERE id = $1"
+COMPLETION_STATE = "SELECT status, attempt, worker, holder_key FROM jobs WHERE id = $1"
 QUEUE_DEAD_ROWS = "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'queue'::regclass"
 VACUUM_QUEUE = "VACUUM (SKIP_LOCKED) queue"  # no arguments: sent as a simple query
 EXPIRE_LEASES = """
@@ -204,7 +207,7 @@ WITH expired AS (
             'attempt', attempt, 'worker', worker, 'started_at', started_at,
             'finished_at', now(), 'status', 'failed', 'error', jsonb_build_object(
                 'kind', 'lease_expired', 'message', 'the lease expired')),
-        run_at = now(), lease_expires_at = NULL, worker = NULL,
+        run_at = now(), lease_expires_at = NULL, worker = NULL, holder_key = NULL,
         finished_at = CASE WHEN attempt < max_attempts AND NOT cancel_requested
                            THEN NULL ELSE now() END
     FROM expired WHERE jobs.id = expired.id
@@ -231,11 +234,11 @@ WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt)
 ), j AS (
     UPDATE jobs SET status = 'queued', attempt = jobs.attempt - 1, lease_expires_at = NULL,
-                    worker = NULL,
-                    started_at = NULL, run_at = now()
+                    worker = NULL, holder_key = NULL, started_at = NULL, run_at = now()
     FROM held h
     WHERE jobs.id = h.id AND jobs.attempt = h.attempt AND jobs.worker = $3
       AND jobs.status = 'running' AND NOT jobs.cancel_requested
+      AND jobs.holder_key IS NOT DISTINCT FROM $5
       AND ($4::text[] IS NULL OR jobs.tag = ANY($4::text[]))
     RETURNING jobs.id, jobs.tag, jobs.priority, jobs.run_at, jobs.concurrency_key,
               jobs.concurrency_limit
@@ -259,18 +262,21 @@ class Leases(StoreBase):
         return await self.claim_for_slots(tags, [holder] * limit, lease_s, inline=inline)
 
     async def claim_for_slots(
-        self, tags: Sequence[str], slots: Sequence[str], lease_s: float, *, inline: bool = False
+        self, tags: Sequence[str], slots: Sequence[str], lease_s: float, *, inline: bool = False,
+        keys: Sequence[str | None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Lease up to len(slots) jobs, job i to holder slots[i]; each job names its holder.
+        """Lease up to len(slots) jobs, job i to holder slots[i] with key keys[i] (None: a
+        direct worker); each job names its holder and key.
 
         `inline`: the claimer runs jobs inside a server process (task_inline_max_concurrent)."""
         args = (list(tags), list(slots), lease_s, inline)
+        key_list = list(keys) if keys is not None else [None] * len(slots)
         if await self._caps_apply(inline):
             async with translated_errors(), self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", CLAIM_LOCK_ID)
-                rows = await conn.fetch(CLAIM_JOBS_CAPPED, *args, CAPPED_LOOKAHEAD)
+                rows = await conn.fetch(CLAIM_JOBS_CAPPED, *args, CAPPED_LOOKAHEAD, key_list)
         else:
-            rows = await self.fetch(CLAIM_JOBS, *args)
+            rows = await self.fetch(CLAIM_JOBS, *args, key_list)
         jobs = [dict(r) for r in rows]
         jobs.sort(key=lambda j: (-j["priority"], j["id"]))
         return jobs
@@ -296,12 +302,13 @@ class Leases(StoreBase):
         return bool(caps["total"] or (inline and caps["inline"]) or caps["scripts"])
 
     async def extend_leases(
-        self, holder: str, running: Sequence[tuple[int, int]], lease_s: float
+        self, holder: str, running: Sequence[tuple[int, int]], lease_s: float,
+        *, key: str | None = None,
     ) -> tuple[list[int], list[int]]:
         """Extend the leases `holder` names; returns (ids to cancel, ids lost)."""
         ids = [job_id for job_id, _ in running]
         attempts = [attempt for _, attempt in running]
-        rows = await self.fetch(EXTEND_LEASES, ids, attempts, holder, lease_s)
+        rows = await self.fetch(EXTEND_LEASES, ids, attempts, holder, lease_s, key)
         cancel = [r["id"] for r in rows if r["cancel"]]
         lost = [r["id"] for r in rows if r["lost"]]
         return cancel, lost
@@ -309,7 +316,7 @@ class Leases(StoreBase):
     async def append_logs(
         self, holder: str, job_id: int, attempt: int, offset: int, data: str,
         *, tags: Sequence[str] | None = None, workspace: str | None = None,
-        max_chars: int = 10 << 20,
+        max_chars: int = 10 << 20, key: str | None = None,
     ) -> int:
         """Append at `offset` (characters sent so far); a resent chunk is a no-op.
 
@@ -319,11 +326,11 @@ class Leases(StoreBase):
         if data:
             marker = f"\n[tagrun: log truncated here: it reached {max_chars} characters]\n"
             stored = await self.fetchval(APPEND_LOGS, job_id, attempt, holder, data, offset,
-                                         tag_list, workspace, max_chars, marker)
+                                         tag_list, workspace, max_chars, marker, key)
             if stored is not None:
                 return offset + len(data)
         state = await self.fetchrow(LOG_STATE, job_id)
-        if state is None or (state["attempt"], state["worker"]) != (attempt, holder):
+        if state is None or _holder_of(state) != (attempt, holder, key):
             raise LeaseLost()
         if offset + len(data) <= state["log_received"]:
             return int(state["log_received"])
@@ -338,20 +345,21 @@ class Leases(StoreBase):
         self, holder: str, job_id: int, attempt: int, status: str,
         result: Any, error: dict[str, Any] | None, retry_backoff_s: float,
         *, tags: Sequence[str] | None = None, workspace: str | None = None,
+        key: str | None = None,
     ) -> dict[str, Any]:
         """Record an attempt's outcome. Returns the job's new `status` ('queued': a retry is
         scheduled) with id, tag, attempt, worker, run_at and duration_ms; `repeat` is True
         when this completion had already been recorded (nothing changed)."""
         row = await self.fetchrow(
             COMPLETE_JOB, job_id, attempt, holder, status, result, error, retry_backoff_s,
-            list(tags) if tags is not None else None, workspace,
+            list(tags) if tags is not None else None, workspace, key,
         )
         if row is not None:
             return {**dict(row), "run_at": iso(row["run_at"]), "repeat": False}
         # Expiry and release clear `worker`, so only the holder's own recorded completion
         # matches here: a repeat, answered the same way and changing nothing.
         state = await self.fetchrow(COMPLETION_STATE, job_id)
-        if state is not None and (state["attempt"], state["worker"]) == (attempt, holder) \
+        if state is not None and _holder_of(state) == (attempt, holder, key) \
                 and state["status"] != "running":
             return {"id": job_id, "status": str(state["status"]), "repeat": True}
         raise LeaseLost()
@@ -384,16 +392,21 @@ class Leases(StoreBase):
         return None if value is None else float(value)
 
     async def release_jobs(
-        self, holder: str, held: Sequence[tuple[int, int]], tags: Sequence[str] | None = None
+        self, holder: str, held: Sequence[tuple[int, int]], tags: Sequence[str] | None = None,
+        *, key: str | None = None,
     ) -> list[int]:
         """Give jobs back without using an attempt (graceful shutdown)."""
         rows = await self.fetch(RELEASE_JOBS, [i for i, _ in held], [a for _, a in held], holder,
-                                list(tags) if tags is not None else None)
+                                list(tags) if tags is not None else None, key)
         return [r["job_id"] for r in rows]
 
-    async def holder_for_token(self, job_id: int, jti: str) -> str:
-        """The agent holding `job_id`, if it registered with token `jti`; else LeaseLost."""
-        holder = await self.fetchval(HOLDER_FOR_TOKEN, job_id, jti)
+    async def holder_for_key(self, job_id: int, key: str) -> str:
+        """The name of the agent holding `job_id` under holder key `key`; else LeaseLost."""
+        holder = await self.fetchval(HOLDER_FOR_KEY, job_id, key)
         if holder is None:
             raise LeaseLost()
         return str(holder)
+
+
+def _holder_of(state: Any) -> tuple[int, str | None, str | None]:
+    return state["attempt"], state["worker"], state["holder_key"]

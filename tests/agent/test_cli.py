@@ -18,11 +18,12 @@ import pytest
 from tagrun.shared.version import __version__
 from tests.agent.fakes import TOKEN
 
-ENV_VARS = ("AGENT_TOKEN", "BASE_INTERNAL_URL", "INIT_SCRIPT", "AGENT_NAME", "AGENT_SLOTS",
-            "AGENT_WORK_DIR", "AGENT_PYTHON", "AGENT_DRAIN_TIMEOUT_S", "AGENT_POLL_WAIT_S",
-            "AGENT_CA_FILE")
-FLAGS = ("--token", "--base-url", "--init-script", "--name", "--slots", "--work-dir",
-         "--python", "--drain-timeout-s", "--poll-wait-s", "--ca-file", "--version", "--help")
+ENV_VARS = ("AGENT_TOKEN", "AGENT_TOKEN_FILE", "BASE_INTERNAL_URL", "INIT_SCRIPT",
+            "AGENT_NAME", "AGENT_SLOTS", "AGENT_WORK_DIR", "AGENT_PYTHON",
+            "AGENT_DRAIN_TIMEOUT_S", "AGENT_POLL_WAIT_S", "AGENT_CA_FILE")
+FLAGS = ("--token", "--token-file", "--base-url", "--init-script", "--name", "--slots",
+         "--work-dir", "--python", "--drain-timeout-s", "--poll-wait-s", "--ca-file",
+         "--version", "--help")
 
 
 def agent_env(**values: str) -> dict[str, str]:
@@ -52,7 +53,7 @@ def test_version() -> None:
 def test_a_missing_token_exits_1_naming_it() -> None:
     done = agent(BASE_INTERNAL_URL="http://127.0.0.1:9")
     assert done.returncode == 1
-    assert done.stderr.strip() == "error: AGENT_TOKEN is not set"
+    assert done.stderr.strip() == "error: AGENT_TOKEN is not set (nor AGENT_TOKEN_FILE)"
 
 
 def test_an_empty_token_is_refused() -> None:
@@ -138,3 +139,36 @@ def test_sigterm_stops_an_agent_whose_server_is_down() -> None:
     assert events[-1] == "agent.stopped"
     assert stdout == ""
     assert TOKEN not in "".join(seen)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["--token", "--token=", "AGENT_TOKEN"])
+def test_the_agent_restarts_without_the_token_in_its_arguments_or_environment(how: str) -> None:
+    """/proc/<pid>/cmdline and /proc/<pid>/environ show what a process image started with,
+    whatever it removes later: the agent must be a new image that never had the token."""
+    given = {"--token": ["--token", TOKEN], "--token=": [f"--token={TOKEN}"], "AGENT_TOKEN": []}
+    env = agent_env(AGENT_NAME="edge-1", **({"AGENT_TOKEN": TOKEN} if how == "AGENT_TOKEN"
+                                             else {}))
+    seen: list[str] = []
+    with refusing_port() as port, subprocess.Popen(
+        [sys.executable, "-m", "tagrun.agent", *given[how], "--base-url",
+         f"http://127.0.0.1:{port}"], env=env, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=read_lines, args=(proc.stderr, lines), daemon=True)
+        reader.start()
+        try:
+            wait_for(lines, "agent.retrying", seen)  # running, with the token it was given
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+            try:
+                environ: bytes | None = Path(f"/proc/{proc.pid}/environ").read_bytes()
+            except PermissionError:  # not root: the agent is not dumpable, so not readable
+                environ = None
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            proc.kill()
+            reader.join(timeout=10)
+    assert b"tagrun.agent" in cmdline and TOKEN.encode() not in cmdline
+    assert os.geteuid() != 0 or environ is not None
+    assert environ is None or (TOKEN.encode() not in environ and b"AGENT_NAME=edge-1" in environ)

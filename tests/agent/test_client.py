@@ -106,6 +106,17 @@ def test_completion_gives_up_after_its_bound() -> None:
     assert len(script.requests) == 4
 
 
+@pytest.mark.parametrize("reason", ["agent token revoked", "agent token expired",
+                                    "not a valid agent token"])
+def test_401_says_why_the_token_was_refused(reason: str) -> None:
+    with pytest.raises(TokenRefused) as refused:
+        call(Script(error(401, "unauthorized", reason)), lambda c: c.claim(1, 25))
+    assert str(refused.value) == f"the server refused the agent token: {reason}"
+    with pytest.raises(TokenRefused) as bare:
+        call(Script(httpx.Response(401, text="<html>no</html>")), lambda c: c.claim(1, 25))
+    assert "HTTP 401" in str(bare.value)
+
+
 @pytest.mark.parametrize("method", ["claim", "heartbeat", "logs", "complete", "release"])
 def test_401_raises_token_refused_at_once(method: str) -> None:
     script = Script(error(401, "unauthorized", "token revoked"))

@@ -36,12 +36,28 @@ def test_defaults() -> None:
 
 
 def test_the_token_is_required_and_never_shown() -> None:
-    assert refused(AGENT_TOKEN=None) == "AGENT_TOKEN is not set"
+    assert refused(AGENT_TOKEN=None) == "AGENT_TOKEN is not set (nor AGENT_TOKEN_FILE)"
     assert refused(AGENT_TOKEN="") == "AGENT_TOKEN is empty"
     assert refused(AGENT_TOKEN="  \n") == "AGENT_TOKEN is empty"
     assert "AGENT_TOKEN" in refused(AGENT_TOKEN=TOKEN + " x")
     assert load(AGENT_TOKEN=TOKEN + "\n").token == TOKEN  # as read from a file
     assert TOKEN not in repr(load())
+
+
+def test_the_token_can_come_from_a_file_read_once(tmp_path: Path) -> None:
+    path = tmp_path / "agent.token"
+    path.write_text(TOKEN + "\n")
+    assert load(AGENT_TOKEN=None, AGENT_TOKEN_FILE=str(path)).token == TOKEN
+    both = refused(AGENT_TOKEN_FILE=str(path))
+    assert "AGENT_TOKEN and AGENT_TOKEN_FILE" in both
+    missing = refused(AGENT_TOKEN=None, AGENT_TOKEN_FILE=str(tmp_path / "nope"))
+    assert missing.startswith("AGENT_TOKEN_FILE=") and "cannot be read" in missing
+    assert "cannot be read" in refused(AGENT_TOKEN=None, AGENT_TOKEN_FILE=str(tmp_path))
+    (tmp_path / "empty").write_text("\n")
+    assert refused(AGENT_TOKEN=None, AGENT_TOKEN_FILE=str(tmp_path / "empty")) \
+        == f"AGENT_TOKEN_FILE={str(tmp_path / 'empty')!r} is empty"
+    (tmp_path / "binary").write_bytes(b"\xff\xfe")
+    assert "not UTF-8" in refused(AGENT_TOKEN=None, AGENT_TOKEN_FILE=str(tmp_path / "binary"))
 
 
 def test_base_url_is_required_and_checked() -> None:

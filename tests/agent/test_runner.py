@@ -231,7 +231,7 @@ def test_token_refused_on_claim_exits_3(tmp_path: Path, agent_log: CapturedLog) 
 
     assert fake.paths() == ["/api/agent_workers/claim"]  # not retried
     refused = [e for e in agent_log.events() if e["event"] == "agent.token_refused"]
-    assert refused and refused[0]["detail"] == "agent token refused (revoked or expired)"
+    assert refused and refused[0]["detail"] == "the server refused the agent token: token revoked"
     assert TOKEN not in agent_log.getvalue()
 
 

@@ -22,7 +22,12 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from tagrun.shared.version import __version__
-from tests.support.processes import TagrunProcess, api_client, wait_until
+from tests.support.processes import (
+    TagrunProcess,
+    api_client,
+    require_agent_binary,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOWS = sys.platform == "win32"
@@ -38,11 +43,7 @@ posix_only = pytest.mark.skipif(WINDOWS, reason="POSIX signals; Windows is cover
 
 @pytest.fixture(scope="module")
 def binary() -> Path:
-    if BINARY.is_file():
-        return BINARY
-    if os.environ.get("TAGRUN_REQUIRE_AGENT_BINARY") == "1":
-        pytest.fail(f"no agent executable at {BINARY}, and TAGRUN_REQUIRE_AGENT_BINARY=1")
-    pytest.skip(f"no agent executable at {BINARY}: run scripts/build-agent first")
+    return require_agent_binary(BINARY)
 
 
 class BinaryAgent:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import pytest
 
 SUPERADMIN = "tr_test-superadmin-token-for-the-suite"
 
@@ -96,6 +97,15 @@ class TagrunProcess:
         self._log.close()
 
 
+def require_agent_binary(path: Path) -> Path:
+    """The one-file agent at `path`; skip (fail with TAGRUN_REQUIRE_AGENT_BINARY=1) if none."""
+    if path.is_file():
+        return path
+    if os.environ.get("TAGRUN_REQUIRE_AGENT_BINARY") == "1":
+        pytest.fail(f"no agent executable at {path}, and TAGRUN_REQUIRE_AGENT_BINARY=1")
+    pytest.skip(f"no agent executable at {path}: run scripts/build-agent first")
+
+
 def api_client(url: str, token: str = SUPERADMIN) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
@@ -104,8 +114,8 @@ class AgentProcess:
     """`tagrun-agent` in a subprocess, configured by environment like a user would."""
 
     def __init__(self, url: str, token: str, log_dir: Path, *, name: str,
-                 env: Mapping[str, str] | None = None, command: Sequence[str] | None = None
-                 ) -> None:
+                 env: Mapping[str, str] | None = None, command: Sequence[str] | None = None,
+                 user: str | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"agent-{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -115,8 +125,10 @@ class AgentProcess:
                          "AGENT_POLL_WAIT_S": "5", **(env or {})})
         self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         argv = list(command) if command else [str(Path(sys.executable).parent / "tagrun-agent")]
+        as_user: dict[str, Any] = {"user": user, "group": user, "extra_groups": []} if user \
+            else {}
         self.proc = subprocess.Popen(argv, env=full_env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, **as_user)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

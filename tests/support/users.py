@@ -1,0 +1,48 @@
+"""A second, unprivileged OS user for tests that run processes as someone other than root.
+
+When the suite runs as root, `unprivileged_user` creates the user (`useradd --system`, no home,
+no login shell) the first time; the user is left in place for later runs. When the suite runs
+as an ordinary user, that user is already unprivileged and is used as is (None).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def unprivileged_user(name: str) -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        useradd = shutil.which("useradd")
+        assert useradd, "tests that need a second OS user need useradd (package passwd)"
+        subprocess.run([useradd, "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", name], check=True, capture_output=True)
+    return name
+
+
+@contextmanager
+def traversable(*paths: Path) -> Iterator[None]:
+    """Let other users reach `paths` (o+x on each parent directory lacking it, as a clone in a
+    `mktemp -d` directory does); put every mode back afterwards."""
+    changed: dict[Path, int] = {}
+    for path in paths:
+        for parent in path.resolve().parents:
+            mode = parent.stat().st_mode
+            if not mode & stat.S_IXOTH and parent not in changed:
+                changed[parent] = stat.S_IMODE(mode)
+                parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for parent, mode in changed.items():
+            parent.chmod(mode)
