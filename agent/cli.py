@@ -74,6 +74,10 @@ def agent(
         "--ca-file", envvar="AGENT_CA_FILE", metavar="PATH", show_envvar=True,
         help="CA bundle to verify the server with (else SSL_CERT_FILE or the system's).")
     ] = None,
+    allow_insecure: Annotated[str | None, typer.Option(
+        "--allow-insecure", envvar="AGENT_ALLOW_INSECURE", metavar="BOOL", show_envvar=True,
+        help="true: allow plain http to a host that is neither loopback nor private "
+             "(default: false, refused).")] = None,
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -99,7 +103,7 @@ def agent(
         "BASE_INTERNAL_URL": base_url, "INIT_SCRIPT": init_script, "AGENT_NAME": name,
         "AGENT_SLOTS": slots, "AGENT_WORK_DIR": work_dir, "AGENT_PYTHON": python,
         "AGENT_DRAIN_TIMEOUT_S": drain_timeout_s, "AGENT_POLL_WAIT_S": poll_wait_s,
-        "AGENT_CA_FILE": ca_file,
+        "AGENT_CA_FILE": ca_file, "AGENT_ALLOW_INSECURE": allow_insecure,
     }
     try:
         config = load_config(values)

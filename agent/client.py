@@ -23,7 +23,7 @@ import httpx
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_delay,
     stop_never,
     wait_random_exponential,
@@ -31,7 +31,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from tagrun.agent.errors import GaveUp, ServerAnswer, TokenRefused
+from tagrun.agent.errors import GaveUp, ServerAnswer, ServerUntrusted, TokenRefused
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.agent")
@@ -161,7 +161,7 @@ class AgentClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> dict[str, Any]:
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_RETRIED),
+            retry=retry_if_exception(_transient),
             wait=_WaitRetryAfter(self._retry.wait),
             stop=stop,
             before_sleep=_log_retry(path),
@@ -172,7 +172,14 @@ class AgentClient:
             async for attempt in retrying:
                 with attempt:
                     return await self._send(path, body, timeout)
-        except _RETRIED as exc:
+        except httpx.TransportError as exc:
+            if (untrusted := _certificate_error(exc)) is not None:
+                raise ServerUntrusted(
+                    f"the server's certificate is not trusted ({untrusted.verify_message}): "
+                    "give the CA that signed it in AGENT_CA_FILE, or fix BASE_INTERNAL_URL's "
+                    "host name") from None
+            raise GaveUp(f"POST {path}: gave up after retries: {_describe(exc)}") from None
+        except _Transient as exc:
             raise GaveUp(f"POST {path}: gave up after retries: {_describe(exc)}") from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
@@ -180,6 +187,20 @@ class AgentClient:
         self, path: str, body: dict[str, Any], timeout: httpx.Timeout
     ) -> dict[str, Any]:
         return _answer(await self._http.post(path, json=body, timeout=timeout))
+
+
+def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _transient(error: BaseException) -> bool:
+    """Worth another try: not a certificate the agent will never trust (a config error)."""
+    return isinstance(error, _RETRIED) and _certificate_error(error) is None
 
 
 def _answer(response: httpx.Response) -> dict[str, Any]:

@@ -53,7 +53,8 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
         raise ConfigError(f"MODE={mode!r}: tagrun-agent runs only MODE=agent (or MODE unset)")
     return AgentConfig(
         token=_token(values.get("AGENT_TOKEN"), v.get("AGENT_TOKEN_FILE")),
-        base_url=_base_url(v.get("BASE_INTERNAL_URL"), warn),
+        base_url=_base_url(v.get("BASE_INTERNAL_URL"), warn,
+                           insecure=_flag(v, "AGENT_ALLOW_INSECURE")),
         name=_name(v.get("AGENT_NAME")),
         slots=int(_number(v, "AGENT_SLOTS", 1, low=1, high=10_000, whole=True)),
         init_script=v.get("INIT_SCRIPT") if (v.get("INIT_SCRIPT") or "").strip() else None,
@@ -92,7 +93,7 @@ def _read_token_file(file: str) -> str:
         raise ConfigError(f"AGENT_TOKEN_FILE={file!r} cannot be read: {reason}") from None
 
 
-def _base_url(raw: str | None, warn: Warn) -> str:
+def _base_url(raw: str | None, warn: Warn, *, insecure: bool) -> str:
     if raw is None:
         raise ConfigError("BASE_INTERNAL_URL is not set (the server's URL, http(s)://host[:port])")
     url = raw.strip()
@@ -111,20 +112,44 @@ def _base_url(raw: str | None, warn: Warn) -> str:
     if url.endswith("/"):
         url = url.rstrip("/")
         warn(f"BASE_INTERNAL_URL={raw!r}: trailing slash trimmed, using {url!r}")
-    if parts.scheme == "http" and not _is_local(parts.hostname):
-        warn(f"BASE_INTERNAL_URL={url!r} uses plain http to a public host: the token and jobs "
-             "travel unencrypted; use https")
+    if parts.scheme == "http" and not _is_private(parts.hostname):
+        if not insecure:
+            raise ConfigError(
+                f"BASE_INTERNAL_URL={url!r} is plain http to a host that is neither loopback "
+                "nor private: the token and jobs would cross networks unencrypted. Use https "
+                "(see AGENT_CA_FILE), or set AGENT_ALLOW_INSECURE=true to send them anyway")
+        warn(f"BASE_INTERNAL_URL={url!r} uses plain http to a public host "
+             "(AGENT_ALLOW_INSECURE=true): the token and jobs travel unencrypted")
     return url
 
 
-def _is_local(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
+# Names that never leave a site: single labels and the suffixes reserved for private use.
+_PRIVATE_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa")
+
+
+def _is_private(host: str) -> bool:
+    """Loopback, private or link-local: the address itself, or every address the name
+    resolves to (a name that does not resolve counts as public)."""
+    if host == "localhost" or "." not in host.strip(".") and ":" not in host \
+            or host.endswith(_PRIVATE_SUFFIXES):
         return True
     try:
-        address = ipaddress.ip_address(host)
+        addresses = {ipaddress.ip_address(host)}
     except ValueError:
-        return False  # any other host name may resolve to anything: treat it as public
-    return address.is_loopback or address.is_private or address.is_link_local
+        try:
+            found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError):
+            return False
+        addresses = {ipaddress.ip_address(str(f[4][0]).partition("%")[0]) for f in found}
+    return bool(addresses) and all(a.is_loopback or a.is_private or a.is_link_local
+                                   for a in addresses)
+
+
+def _flag(v: Mapping[str, str], name: str) -> bool:
+    raw = v.get(name, "false").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{name}={v[name]!r} must be true or false")
+    return raw in ("true", "1", "yes")
 
 
 def _name(raw: str | None) -> str:

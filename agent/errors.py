@@ -4,6 +4,7 @@ AgentError                  root; `exit_code` is what the agent process exits wi
  ├── ConfigError            a setting is wrong; names the variable (exit 1)
  ├── InitScriptFailed       INIT_SCRIPT did not succeed; carries its output (exit 1)
  ├── TokenRefused           401: the token is revoked, expired or not valid here (exit 3)
+ ├── ServerUntrusted        the server's TLS certificate fails verification (exit 1)
  ├── ServerAnswer           the server answered with an error it meant (4xx): not retried
  └── GaveUp                 a bounded retry ran out; the job is left to lease expiry
 
@@ -33,6 +34,10 @@ class TokenRefused(AgentError):
 
     def __init__(self, message: str = "the server refused the agent token") -> None:
         super().__init__(message)
+
+
+class ServerUntrusted(AgentError):
+    """Not retried: a certificate the agent does not trust now it will not trust later."""
 
 
 class ServerAnswer(AgentError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,12 @@ class ServerConfig:
     max_log_bytes: int
     max_queued: int
     metrics_token: str | None
+    tls_cert: Path | None = None  # with tls_key: serve HTTPS directly
+    tls_key: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}"
 
     @property
     def superadmin_token_source(self) -> str:
@@ -113,6 +120,8 @@ def load_config(
     host: str | None = None,
     port: int | None = None,
     data_dir: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> ServerConfig:
     env = os.environ if env is None else env
     mode = mode or env.get("MODE") or "standalone"
@@ -149,4 +158,27 @@ def load_config(
         max_log_bytes=_integer(env, "TAGRUN_MAX_LOG_BYTES", 10 << 20, minimum=1024),
         max_queued=_integer(env, "TAGRUN_MAX_QUEUED", 0, minimum=0),
         metrics_token=env.get("TAGRUN_METRICS_TOKEN") or None,
+        **_tls(env, tls_cert, tls_key),
     )
+
+
+def _tls(env: Mapping[str, str], cert: Path | None, key: Path | None) -> dict[str, Path]:
+    """--tls-cert/--tls-key (TAGRUN_TLS_CERT/TAGRUN_TLS_KEY): both or neither, loaded once
+    here so that a bad pair is refused at start, naming the variables, not at the first
+    connection."""
+    cert = cert or (Path(env["TAGRUN_TLS_CERT"]) if env.get("TAGRUN_TLS_CERT") else None)
+    key = key or (Path(env["TAGRUN_TLS_KEY"]) if env.get("TAGRUN_TLS_KEY") else None)
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        given, missing = ("TAGRUN_TLS_CERT", "TAGRUN_TLS_KEY") if key is None else \
+            ("TAGRUN_TLS_KEY", "TAGRUN_TLS_CERT")
+        raise ConfigError(f"{given} (--{given[7:].lower().replace('_', '-')}) is set but "
+                          f"{missing} is not: HTTPS needs both")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"TAGRUN_TLS_CERT={str(cert)!r} with TAGRUN_TLS_KEY={str(key)!r} "
+                          f"cannot be used: {reason}") from None
+    return {"tls_cert": cert, "tls_key": key}

@@ -143,6 +143,7 @@ async def _run_parts(
             create_app(parts),
             host=config.host, port=config.port, log_config=None, access_log=False,
             lifespan="off", timeout_graceful_shutdown=5,
+            ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
         ))
         tasks.append(asyncio.create_task(run_maintenance(
             store, stop, stale_after_s=config.stale_after_s), name="maintenance"))
@@ -169,7 +170,7 @@ async def _run_parts(
     gc.freeze()
     log.info("server.started", extra={
         "mode": config.mode, "version": __version__,
-        "url": f"http://{config.host}:{config.port}" if server is not None else None,
+        "url": config.url if server is not None else None,
         "superadmin_token": config.superadmin_token_source if server is not None else None})
     _install_signals(stop, server, forced_exit)
     if server is not None:

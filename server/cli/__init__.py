@@ -55,6 +55,10 @@ def start(
         help="Port to listen on (env: TAGRUN_PORT; default: 8000)")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         help="Embedded database and superadmin token (env: TAGRUN_DATA_DIR)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="Serve HTTPS with this certificate chain, PEM (env: TAGRUN_TLS_CERT)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        help="The certificate's private key, PEM (env: TAGRUN_TLS_KEY)")] = None,
 ) -> None:
     """Start tagrun (embedded PostgreSQL unless DATABASE_URL is set)."""
     if (mode or os.environ.get("MODE")) == "agent":
@@ -73,12 +77,13 @@ def start(
 
     try:
         configure_logging()
-        config = load_config(mode=mode, host=host, port=port, data_dir=data_dir)
+        config = load_config(mode=mode, host=host, port=port, data_dir=data_dir,
+                             tls_cert=tls_cert, tls_key=tls_key)
     except (ConfigError, LogConfigError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     if config.runs_http and log_format() == "text":  # json logs: server.started says it
-        typer.echo(f"tagrun {__version__} ({config.mode}) on http://{config.host}:{config.port}"
+        typer.echo(f"tagrun {__version__} ({config.mode}) on {config.url}"
                    f"  superadmin token: {config.superadmin_token_source}", err=True)
     try:
         run(config)

@@ -78,16 +78,23 @@ def test_a_trailing_slash_is_trimmed_with_a_warning() -> None:
         "https://h.example/tagrun"
 
 
-@pytest.mark.parametrize("url", ["http://tagrun.example.com", "http://8.8.8.8:8000"])
-def test_plain_http_to_a_public_host_warns(url: str) -> None:
+@pytest.mark.parametrize("url", ["http://tagrun.example.com", "http://8.8.8.8:8000",
+                                 "http://does-not-resolve.invalid"])
+def test_plain_http_to_a_public_host_is_refused_unless_allowed(url: str) -> None:
+    message = refused(BASE_INTERNAL_URL=url)
+    assert message.startswith(f"BASE_INTERNAL_URL={url!r} is plain http")
+    assert "AGENT_ALLOW_INSECURE=true" in message
     warnings: list[str] = []
-    load(warnings, BASE_INTERNAL_URL=url)
-    assert len(warnings) == 1 and "plain http" in warnings[0]
+    assert load(warnings, BASE_INTERNAL_URL=url, AGENT_ALLOW_INSECURE="true").base_url == url
+    assert len(warnings) == 1 and "unencrypted" in warnings[0]
+    assert "AGENT_ALLOW_INSECURE='maybe'" in refused(BASE_INTERNAL_URL=url,
+                                                     AGENT_ALLOW_INSECURE="maybe")
 
 
 @pytest.mark.parametrize("url", [
     "http://localhost:8000", "http://127.0.0.1", "http://[::1]:8000", "http://10.1.2.3",
     "http://192.168.0.10:8000", "http://172.16.5.4", "https://tagrun.example.com",
+    "http://tagrun.internal:8000", "http://buildbox", "http://ci.home.arpa",
 ])
 def test_no_warning_for_local_hosts_or_https(url: str) -> None:
     warnings: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -40,10 +41,15 @@ class TagrunProcess:
     """`tagrun start` in a subprocess; its JSON log goes to a file the test can read."""
 
     def __init__(self, mode: str, *, database_url: str | None, data_dir: Path,
-                 env: Mapping[str, str] | None = None, port: int | None = None) -> None:
+                 env: Mapping[str, str] | None = None, port: int | None = None,
+                 args: Sequence[str] = (), ca_file: Path | None = None) -> None:
+        """`args`: more `tagrun start` options; `ca_file`: it serves HTTPS with a certificate
+        of that CA (health checks verify it)."""
         self.mode = mode
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
+        self._verify: ssl.SSLContext | bool = \
+            ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         self.log_path = data_dir / f"{mode}-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         full_env = {**os.environ, "TAGRUN_SUPERADMIN_TOKEN": SUPERADMIN,
@@ -55,7 +61,7 @@ class TagrunProcess:
         self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tagrun.server", "start", "--mode", mode,
-             "--port", str(self.port)],
+             "--port", str(self.port), *args],
             env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -68,7 +74,8 @@ class TagrunProcess:
                 raise AssertionError(f"tagrun exited with {self.proc.returncode}:\n"
                                      f"{self.log_text()[-3000:]}")
             try:
-                return httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200
+                return httpx.get(f"{self.url}/api/health", timeout=1,
+                                 verify=self._verify).status_code == 200
             except httpx.TransportError:
                 return False
         wait_until(healthy, timeout, message=f"{self.mode} on port {self.port} to be healthy")
