@@ -142,7 +142,8 @@ def test_sigterm_stops_an_agent_whose_server_is_down() -> None:
     assert TOKEN not in "".join(seen)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="reads /proc/<pid>/cmdline and environ, which only Linux has")
 @pytest.mark.parametrize("how", ["--token", "--token=", "AGENT_TOKEN"])
 def test_the_agent_restarts_without_the_token_in_its_arguments_or_environment(how: str) -> None:
     """/proc/<pid>/cmdline and /proc/<pid>/environ show what a process image started with,
