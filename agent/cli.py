@@ -59,6 +59,10 @@ def agent(
     work_dir: Annotated[str | None, typer.Option(
         "--work-dir", envvar="AGENT_WORK_DIR", metavar="DIR", show_envvar=True,
         help="Where jobs run, a directory each (default: a temporary directory).")] = None,
+    job_user: Annotated[str | None, typer.Option(
+        "--job-user", envvar="AGENT_JOB_USER", metavar="USER", show_envvar=True,
+        help="Linux and macOS: run jobs as this unprivileged user, so that no job can reach "
+             "the agent's token or memory (the agent runs as root).")] = None,
     python: Annotated[str | None, typer.Option(
         "--python", envvar="AGENT_PYTHON", metavar="PATH", show_envvar=True,
         help="Python interpreter for Python jobs (default: the agent's own).")] = None,
@@ -102,6 +106,7 @@ def agent(
         "AGENT_TOKEN_FILE": token_file,
         "BASE_INTERNAL_URL": base_url, "INIT_SCRIPT": init_script, "AGENT_NAME": name,
         "AGENT_SLOTS": slots, "AGENT_WORK_DIR": work_dir, "AGENT_PYTHON": python,
+        "AGENT_JOB_USER": job_user,
         "AGENT_DRAIN_TIMEOUT_S": drain_timeout_s, "AGENT_POLL_WAIT_S": poll_wait_s,
         "AGENT_CA_FILE": ca_file, "AGENT_ALLOW_INSECURE": allow_insecure,
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import secrets
 import shutil
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tagrun.agent.errors import ConfigError
+from tagrun.shared.executors import JobUser
 
 __all__ = ["AgentConfig", "ConfigError", "load_config"]
 
@@ -39,6 +41,7 @@ class AgentConfig:
     drain_timeout_s: float = 30.0
     poll_wait_s: float = 25.0
     ca_file: Path | None = None
+    job_user: JobUser | None = None  # POSIX: jobs run as this user, not as the agent's
 
 
 def _log_warning(message: str) -> None:
@@ -51,6 +54,9 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
     mode = v.get("MODE")
     if mode is not None and mode != "agent":
         raise ConfigError(f"MODE={mode!r}: tagrun-agent runs only MODE=agent (or MODE unset)")
+    job_user = _job_user(v.get("AGENT_JOB_USER"))
+    if job_user is not None and "AGENT_TOKEN_FILE" in v:
+        _closed_to(job_user, v["AGENT_TOKEN_FILE"])
     return AgentConfig(
         token=_token(values.get("AGENT_TOKEN"), v.get("AGENT_TOKEN_FILE")),
         base_url=_base_url(v.get("BASE_INTERNAL_URL"), warn,
@@ -63,6 +69,7 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
         drain_timeout_s=_number(v, "AGENT_DRAIN_TIMEOUT_S", 30.0, low=0.0, high=None),
         poll_wait_s=_number(v, "AGENT_POLL_WAIT_S", 25.0, low=1.0, high=MAX_POLL_WAIT_S),
         ca_file=_ca_file(v.get("AGENT_CA_FILE")),
+        job_user=job_user,
     )
 
 
@@ -91,6 +98,50 @@ def _read_token_file(file: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
         raise ConfigError(f"AGENT_TOKEN_FILE={file!r} cannot be read: {reason}") from None
+
+
+def _job_user(raw: str | None) -> JobUser | None:
+    if raw is None:
+        return None
+    if os.name != "posix":
+        raise ConfigError(f"AGENT_JOB_USER={raw!r}: running jobs as another user is supported "
+                          "on Linux and macOS only")
+    import pwd
+
+    name = raw.strip()
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"AGENT_JOB_USER={raw!r} is not a user on this machine") from None
+    groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid)) - {entry.pw_gid}))
+    if entry.pw_uid == 0 or entry.pw_gid == 0 or 0 in groups:
+        raise ConfigError(f"AGENT_JOB_USER={raw!r} is root or in group root: jobs must run as "
+                          "an unprivileged user")
+    if os.geteuid() != 0:
+        raise ConfigError(
+            f"AGENT_JOB_USER={raw!r}: only an agent running as root can start jobs as another "
+            f"user, and this one runs as uid {os.geteuid()}: run the agent as root (see "
+            "docs/agent-install.md), or unset AGENT_JOB_USER")
+    return JobUser(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+
+
+def _closed_to(user: JobUser, token_file: str) -> None:
+    """AGENT_TOKEN_FILE must not be readable by the jobs' user (by its permission bits)."""
+    try:
+        info = os.stat(Path(token_file).expanduser())
+    except OSError:
+        return  # reported by _token, which reads it
+    if info.st_uid == user.uid:
+        readable = info.st_mode & 0o400
+    elif info.st_gid in (user.gid, *user.groups):
+        readable = info.st_mode & 0o040
+    else:
+        readable = info.st_mode & 0o004
+    if readable:
+        raise ConfigError(
+            f"AGENT_TOKEN_FILE={token_file!r} can be read by AGENT_JOB_USER={user.name!r}, so "
+            "any job could read the token: make it readable by the agent's user alone "
+            "(chown root and chmod 600)")
 
 
 def _base_url(raw: str | None, warn: Warn, *, insecure: bool) -> str:

@@ -64,6 +64,22 @@ def as_bootloader_left_it(env: dict[str, str]) -> dict[str, str]:
     return restored
 
 
+def share_bundle() -> None:
+    """AGENT_JOB_USER with the one-file executable: Python jobs, running as that user, start
+    this executable again, which reuses the bundle this process unpacked. The bootloader makes
+    that directory private to the agent's user; let others read it (it holds what the
+    published executable holds, nothing secret; only its owner may change it)."""
+    bundle = getattr(sys, "_MEIPASS", None)
+    if not is_frozen() or bundle is None or os.name != "posix":
+        return
+    for folder, _, files in os.walk(bundle):
+        os.chmod(folder, 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o100 else 0o644)
+
+
 def prepare_frozen_process() -> None:
     """First thing the one-file executable does, whatever it was started for."""
     if not is_frozen():

@@ -18,6 +18,7 @@ from tagrun.shared.executors import (
     ErrorKind,
     ExecSpec,
     Execution,
+    JobUser,
     Outcome,
     job_identity_env,
 )
@@ -78,7 +79,7 @@ def _seconds(value: Any) -> float | None:
 class JobRun:
     def __init__(
         self, job: ClaimedJob, client: AgentClient, completions: Completions, work_root: Path,
-        python_cmd: list[str], on_fatal: OnFatal,
+        python_cmd: list[str], on_fatal: OnFatal, user: JobUser | None = None,
     ) -> None:
         self.job = job
         self.lost = False  # lease lost or job released: its outcome must not be reported
@@ -92,7 +93,7 @@ class JobRun:
             self._stream.write(f"\n--- attempt {job.attempt} ---\n")
         env = job_identity_env(job.id, job.workspace, job.attempt, job.tag, client.name)
         spec = ExecSpec(job.language, job.content, job.args, job.timeout_s, self._work_dir,
-                        python_cmd=python_cmd, env=env)
+                        python_cmd=python_cmd, env=env, user=user)
         self._execution = Execution(spec, self._stream.write)
 
     def cancel(self) -> None:

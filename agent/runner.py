@@ -22,8 +22,15 @@ from typing import Any, TypeVar
 from tagrun.agent.client import AgentClient, RetryPolicy
 from tagrun.agent.completions import Completions
 from tagrun.agent.config import AgentConfig
-from tagrun.agent.errors import AgentError, GaveUp, InitScriptFailed, ServerAnswer, TokenRefused
-from tagrun.agent.frozen import python_command
+from tagrun.agent.errors import (
+    AgentError,
+    ConfigError,
+    GaveUp,
+    InitScriptFailed,
+    ServerAnswer,
+    TokenRefused,
+)
+from tagrun.agent.frozen import python_command, share_bundle
 from tagrun.agent.jobs import DEFAULT_HEARTBEAT_S, ClaimedJob, JobRun
 from tagrun.agent.signals import install_stop_handlers
 from tagrun.shared.executors import ExecSpec, Execution
@@ -75,7 +82,8 @@ class Agent:
             os.environ.pop(variable, None)
         undo = install_stop_handlers(self.request_stop) if handle_signals else None
         try:
-            with _work_root(self.config.work_dir) as self._work_root:
+            with _work_root(self.config.work_dir, shared=self.config.job_user is not None) \
+                    as self._work_root:
                 code = await self._supervise()
         finally:
             if undo is not None:
@@ -111,6 +119,7 @@ class Agent:
             log.error("agent.failed", extra=extra)
 
     async def _serve(self) -> None:
+        await self._check_job_user()
         await self._run_init_script()
         if self._stopping.is_set():
             return
@@ -121,6 +130,32 @@ class Agent:
         await self._claim_loop()
         await self._drain()
         self._heartbeats.cancel()
+
+    # -- AGENT_JOB_USER ---------------------------------------------------------------------
+
+    async def _check_job_user(self) -> None:
+        """Start nothing unless a shell job and a Python job really run as AGENT_JOB_USER."""
+        user = self.config.job_user
+        if user is None:
+            return
+        share_bundle()
+        # Through the args and result files too: their absolute paths must be reachable.
+        probes = [(_shell(), 'id -u > "$TAGRUN_RESULT_FILE"'),
+                  ("python", "import os\n\ndef main():\n    return os.getuid()\n")]
+        for language, content in probes:
+            work_dir = Path(tempfile.mkdtemp(prefix="probe-", dir=self._work_root))
+            output: list[str] = []
+            spec = ExecSpec(language, content, {}, 60.0, work_dir, python_cmd=self._python_cmd,
+                            user=user)
+            try:
+                outcome = await Execution(spec, output.append).run()
+            finally:
+                shutil.rmtree(work_dir, ignore_errors=True)
+            if outcome.status != "succeeded" or outcome.result != user.uid:
+                reason = (outcome.error or {}).get("message") or "".join(output)[-500:].strip()
+                raise ConfigError(f"AGENT_JOB_USER={user.name!r}: a {language} job cannot run "
+                                  f"as that user: {reason or 'it ran as another user'}")
+        log.info("agent.job_user", extra={"user": user.name, "uid": user.uid})
 
     # -- INIT_SCRIPT ------------------------------------------------------------------------
 
@@ -193,7 +228,7 @@ class Agent:
         if previous is not None:  # handed out again: our old attempt's lease must be gone
             previous.abandon("claimed again")
         run = JobRun(job, self._client, self._completions, self._work_root, self._python_cmd,
-                     self._on_fatal)
+                     self._on_fatal, self.config.job_user)
         self._runs[job.id] = run
         self._tasks[job.id] = asyncio.create_task(self._run_job(run), name=f"job-{job.id}")
         self._job_started.set()
@@ -288,11 +323,13 @@ class Agent:
 
 
 @contextlib.contextmanager
-def _work_root(configured: Path | None) -> Iterator[Path]:
+def _work_root(configured: Path | None, *, shared: bool) -> Iterator[Path]:
     if configured is not None:
         yield configured
         return
     root = Path(tempfile.mkdtemp(prefix="tagrun-agent-"))
+    if shared:  # jobs of AGENT_JOB_USER pass through to their own directory, and list nothing
+        root.chmod(0o711)
     try:
         yield root
     finally:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import errno
 import json
 import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -99,6 +101,17 @@ class ErrorKind:
 
 
 @dataclass(frozen=True)
+class JobUser:
+    """POSIX: the unprivileged user a job runs as, rather than the agent's own (root)."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+@dataclass(frozen=True)
 class ExecSpec:
     language: str
     content: str
@@ -107,6 +120,7 @@ class ExecSpec:
     work_dir: Path
     python_cmd: Sequence[str] | None = None
     env: Mapping[str, str] | None = None
+    user: JobUser | None = None  # None: the job runs as this process's user
 
 
 def job_identity_env(job_id: int, workspace: str, attempt: int, tag: str, worker: str
@@ -173,7 +187,7 @@ class Execution:
         try:
             env = _job_env(self._spec)
             argv = _prepare(self._spec, env)
-            transport, protocol = await _spawn(argv, self._spec.work_dir, env)
+            transport, protocol = await _spawn(argv, self._spec.work_dir, env, self._spec.user)
         except _LaunchError as exc:
             return _failed(ErrorKind.INTERNAL, str(exc))
         self._transport = transport
@@ -233,7 +247,7 @@ class Execution:
             return _failed(ErrorKind.TIMEOUT, f"timed out after {self._spec.timeout_s:g} s")
         if code != 0:
             return _failed(ErrorKind.SCRIPT_ERROR, _exit_message(code, _last_line(self._tail)))
-        return _collect_result(self._spec.work_dir / _RESULT_NAME, self._tail)
+        return _collect_result(self._spec.work_dir / _RESULT_NAME, self._tail, self._spec.user)
 
 
 async def _drain(reader: asyncio.Task[None]) -> None:
@@ -250,6 +264,9 @@ def _job_env(spec: ExecSpec) -> dict[str, str]:
         # Unbuffered so logs stream live; UTF-8 because that is how we decode the output.
         env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
     env.update(spec.env or {})
+    if spec.user is not None:
+        home = spec.user.home if os.path.isdir(spec.user.home) else str(spec.work_dir)
+        env.update(HOME=home, USER=spec.user.name, LOGNAME=spec.user.name)
     env["TAGRUN_ARGS_FILE"] = str(spec.work_dir / _ARGS_NAME)
     env["TAGRUN_RESULT_FILE"] = str(spec.work_dir / _RESULT_NAME)
     return env
@@ -258,9 +275,27 @@ def _job_env(spec: ExecSpec) -> dict[str, str]:
 def _prepare(spec: ExecSpec, env: Mapping[str, str]) -> list[str]:
     """Write the job's files into work_dir and return the command line to run."""
     try:
-        return _write_files(spec, env)
+        argv = _write_files(spec, env)
     except (OSError, TypeError, ValueError) as exc:  # TypeError: args not JSON-serialisable
         raise _LaunchError(f"cannot write job files into {spec.work_dir}: {exc}") from exc
+    if spec.user is not None:
+        _hand_over(spec.work_dir, spec.user)
+    return argv
+
+
+def _hand_over(work: Path, user: JobUser) -> None:
+    """Give the job's directory and the files just written into it to the job's user.
+
+    Only now: until this point the directory belongs to the agent, so no other job of that
+    user can plant a link in it for the agent to write through."""
+    try:
+        for entry in work.iterdir():
+            os.chown(entry, user.uid, user.gid, follow_symlinks=False)
+        os.chown(work, user.uid, user.gid)
+        work.chmod(0o700)
+    except OSError as exc:
+        raise _LaunchError(f"cannot hand the job's directory {work} to user {user.name!r}: "
+                           f"{exc.strerror}") from exc
 
 
 def _write_files(spec: ExecSpec, env: Mapping[str, str]) -> list[str]:
@@ -301,9 +336,12 @@ def _powershell(path: str | None = None) -> str | None:
 
 
 async def _spawn(
-    argv: list[str], cwd: Path, env: dict[str, str]
+    argv: list[str], cwd: Path, env: dict[str, str], user: JobUser | None = None
 ) -> tuple[asyncio.SubprocessTransport, _JobProtocol]:
     loop = asyncio.get_running_loop()
+    # The child drops to the job's user (groups, then group, then user) before it execs.
+    as_user: dict[str, Any] = {} if user is None else {
+        "user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
     try:
         return await loop.subprocess_exec(
             lambda: _JobProtocol(loop),
@@ -316,9 +354,18 @@ async def _spawn(
             # Own session / process group, so the whole tree can be killed together.
             start_new_session=sys.platform != "win32",
             creationflags=_CREATION_FLAGS,
+            **as_user,
         )
     except OSError as exc:
-        raise _LaunchError(f"cannot start {argv[0]}: {exc}") from exc
+        if user is None:
+            raise _LaunchError(f"cannot start {argv[0]}: {exc}") from exc
+        # Popen blames the working directory for any failure before exec, setuid's included.
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EPERM:
+            reason += " (the system did not let the agent switch to that user)"
+        elif exc.filename:
+            reason += f": {exc.filename}"
+        raise _LaunchError(f"cannot start {argv[0]} as user {user.name!r}: {reason}") from exc
 
 
 def _kill_tree(transport: asyncio.SubprocessTransport) -> None:
@@ -367,9 +414,9 @@ def _exit_message(code: int | None, last_line: str | None) -> str:
     return head if last_line is None else f"{head}: {last_line[:_MESSAGE_LINE_CHARS]}"
 
 
-def _collect_result(result_file: Path, tail: str) -> Outcome:
+def _collect_result(result_file: Path, tail: str, user: JobUser | None = None) -> Outcome:
     try:
-        data = result_file.read_bytes()
+        data = _read_result_file(result_file, user)
     except FileNotFoundError:
         data = b""
     except OSError as exc:
@@ -386,6 +433,27 @@ def _collect_result(result_file: Path, tail: str) -> Outcome:
         return Outcome("succeeded", result=json.loads(line))
     except ValueError:
         return Outcome("succeeded", result=line)
+
+
+def _read_result_file(path: Path, user: JobUser | None) -> bytes:
+    """The job wrote this file, so it decides what is there: never follow a link out of the
+    job's directory, never block on a pipe, never read a file of someone else's that the job
+    hard-linked in (the agent may be root and read what the job cannot)."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(f"{path.name} is a symbolic link") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        if user is not None and info.st_uid != user.uid:
+            raise OSError(f"{path.name} does not belong to the job's user {user.name!r}")
+        return f.read()
 
 
 def python_wrapper_main(argv: Sequence[str]) -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,48 @@ def test_a_ca_bundle_is_accepted() -> None:
     import certifi
 
     assert load(AGENT_CA_FILE=certifi.where()).ca_file == Path(certifi.where())
+
+
+@pytest.mark.skipif(os.name != "posix", reason="AGENT_JOB_USER exists on Linux and macOS only")
+def test_the_job_user_must_be_a_real_unprivileged_user() -> None:
+    assert refused(AGENT_JOB_USER="no-such-user-here") \
+        == "AGENT_JOB_USER='no-such-user-here' is not a user on this machine"
+    for root in ("root", "0"):
+        assert refused(AGENT_JOB_USER=root) == (
+            f"AGENT_JOB_USER={root!r} is root or in group root: jobs must run as an "
+            "unprivileged user")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="AGENT_JOB_USER exists on Linux and macOS only")
+def test_the_job_user_needs_a_root_agent_and_a_token_file_it_cannot_read(
+    tmp_path: Path
+) -> None:
+    """As root (CI): the user is resolved, and a token file it could read is refused. As an
+    ordinary user: the agent says that only root can switch users."""
+    import pwd  # POSIX only, like this test
+
+    from tests.support.users import unprivileged_user
+
+    name = unprivileged_user("tagrun-test-job")
+    if name is None:
+        assert "only an agent running as root" in refused(AGENT_JOB_USER="nobody")
+        return
+    entry = pwd.getpwnam(name)
+    user = load(AGENT_JOB_USER=name).job_user
+    assert user is not None
+    assert (user.name, user.uid, user.gid, user.home) \
+        == (name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+    assert load(AGENT_JOB_USER=str(entry.pw_uid)).job_user == user
+    path = tmp_path / "agent.token"
+    path.write_text(TOKEN)
+    for mode, owner in ((0o600, 0), (0o640, 0), (0o604, 0), (0o600, entry.pw_uid)):
+        os.chown(path, owner, entry.pw_gid if mode == 0o640 else 0)
+        path.chmod(mode)
+        values = {"AGENT_TOKEN": None, "AGENT_TOKEN_FILE": str(path), "AGENT_JOB_USER": name}
+        if (mode, owner) == (0o600, 0):
+            assert load(**values).token == TOKEN
+        else:
+            assert refused(**values) == (
+                f"AGENT_TOKEN_FILE={str(path)!r} can be read by AGENT_JOB_USER={name!r}, so "
+                "any job could read the token: make it readable by the agent's user alone "
+                "(chown root and chmod 600)")

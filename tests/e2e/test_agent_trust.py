@@ -4,7 +4,10 @@ attack must be refused and change nothing a user could see."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import secrets
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -244,7 +247,19 @@ import os, re
 JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}")
 
 
-def main():
+def ptrace_ancestors():
+    """Attach to each ancestor (PTRACE_SEIZE, which does not stop it); exiting detaches."""
+    import ctypes
+    libc, attached, pid = ctypes.CDLL(None, use_errno=True), [], os.getppid()
+    while pid > 1:
+        if libc.ptrace(0x4206, pid, 0, 0) == 0:
+            attached.append(pid)
+        with open(f"/proc/{pid}/stat") as f:
+            pid = int(f.read().rpartition(")")[2].split()[1])
+    return attached
+
+
+def main(dirs=()):
     found, read = [], {"environ": 0, "cmdline": 0, "mem": 0, "files": 0}
 
     def scan(data, where):
@@ -272,7 +287,7 @@ def main():
             read["mem"] += 1
         except OSError:
             pass
-    for top in {os.path.dirname(os.getcwd()), os.path.expanduser("~")}:
+    for top in {os.path.dirname(os.getcwd()), os.path.expanduser("~"), *dirs}:
         for folder, _, names in os.walk(top):
             for name in names:
                 try:
@@ -281,7 +296,7 @@ def main():
                     read["files"] += 1
                 except OSError:
                     pass
-    return {"found": found, "read": read, "uid": os.getuid()}
+    return {"found": found, "read": read, "uid": os.getuid(), "ptraced": ptrace_ancestors()}
 '''
 CANARY = "eyJjYW5hcnkiOiJ5ZXMifQ.eyJub3QiOiJhIHRva2VuIn0.c2lnbmF0dXJlLW9mLWEtY2FuYXJ5"
 
@@ -302,9 +317,10 @@ def start_up_exposure(pid: int, token: str) -> list[str]:
     return exposed
 
 
-def hunt(api: httpx.Client, tag: str) -> dict[str, Any]:
-    job = api.post("/api/w/default/jobs", json={"language": "python", "tag": tag,
-                                                 "content": HUNT}).json()
+def hunt(api: httpx.Client, tag: str, dirs: tuple[Path, ...] = ()) -> dict[str, Any]:
+    job = api.post("/api/w/default/jobs", json={
+        "language": "python", "tag": tag, "content": HUNT,
+        "args": {"dirs": [str(d) for d in dirs]}}).json()
     final = api.get(f"/api/w/default/jobs/{job['id']}", params={"wait_s": 60}).json()
     assert final["status"] == "succeeded", final.get("error")
     return final["result"]  # type: ignore[no-any-return]
@@ -336,14 +352,102 @@ def test_no_job_finds_its_agents_token(
             agent.kill()
             canary.kill()
             canary.wait()
-    places = [where for where, value in found["found"] if value == minted["token"]]
-    assert not places, f"the job found the agent token in {places}"
+    assert_nothing_found(found, str(minted["token"]))
     assert not exposed, f"the token is in the start-up environment or arguments: {exposed}"
+    assert found["uid"] != 0 and found["read"]["files"] >= 1, found["read"]
+    assert minted["token"] not in agent.log_text()
+
+
+@pytest.mark.parametrize("how", ["venv", "one-file"])
+def test_a_job_of_the_job_user_cannot_reach_the_agent_at_all(
+    how: str, api: httpx.Client, fast_server: TagrunProcess, tmp_path: Path
+) -> None:
+    """AGENT_JOB_USER: the agent runs as root (as its systemd unit does) and its jobs as a
+    second, unprivileged user created for the test. The job hunts as before, also attaches
+    with ptrace to every ancestor and reads the directory that holds the token file; a canary
+    of the job's own user shows what the hunt can read."""
+    if os.geteuid() != 0:
+        pytest.skip("running jobs as another user needs an agent running as root")
+    command = None
+    if how == "one-file":
+        command = [str(require_agent_binary(ROOT / "dist" / "tagrun-agent"))]
+    user = unprivileged_user("tagrun-test-job")
+    assert user is not None
+    tag = f"hunt-{uuid.uuid4().hex[:6]}"
+    minted = api.post("/api/agent_tokens", json={"group": "edge", "tags": [tag]}).json()
+    secret_dir = tmp_path / "etc"
+    secret_dir.mkdir(mode=0o755)
+    token_file = secret_dir / "token"
+    token_file.write_text(minted["token"] + "\n")
+    token_file.chmod(0o600)
+    env = {"AGENT_JOB_USER": user}
+    if how == "one-file":  # the venv agent gets AGENT_TOKEN: both ways are covered
+        env["AGENT_TOKEN_FILE"] = str(token_file)
+    with traversable(ROOT / ".venv" / "bin" / "python", ROOT / "dist", token_file):
+        canary = subprocess.Popen(["sleep", "120"], env={"CANARY": CANARY}, cwd="/",
+                                  user=user, group=user)
+        agent = AgentProcess(fast_server.url, None if how == "one-file" else minted["token"],
+                             tmp_path, name=f"apart-{how}", command=command, env=env)
+        try:
+            agent.wait_logged("agent.job_user")
+            found = hunt(api, tag, dirs=(secret_dir,))
+        finally:
+            agent.kill()
+            canary.kill()
+            canary.wait()
+    assert_nothing_found(found, str(minted["token"]))
+    assert found["uid"] == pwd.getpwnam(user).pw_uid
+    assert found["ptraced"] == [], "the job attached to an ancestor with ptrace"
+    assert minted["token"] not in agent.log_text()
+
+
+def test_an_agent_that_cannot_run_jobs_as_the_job_user_refuses_to_start(
+    api: httpx.Client, fast_server: TagrunProcess, tmp_path: Path
+) -> None:
+    """Before its first claim, and saying why: an agent that is not root, and a root agent
+    whose system forbids switching users (a capability bounding set without CAP_SETUID, as
+    a locked-down container or unit has)."""
+    if os.geteuid() != 0:
+        pytest.skip("the second user and the locked-down root agent need the suite as root")
+    job_user = unprivileged_user("tagrun-test-job")
+    agent_user = unprivileged_user("tagrun-test-agent")
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "this test needs setpriv (package util-linux)"
+    tag = f"locked-{uuid.uuid4().hex[:6]}"
+    minted = api.post("/api/agent_tokens", json={"group": "edge", "tags": [tag]}).json()
+    env = {"AGENT_JOB_USER": str(job_user), "HOME": "/nonexistent"}
+    with traversable(ROOT / ".venv" / "bin" / "python"):
+        plain = AgentProcess(fast_server.url, minted["token"], tmp_path, name="not-root",
+                             env=env, user=agent_user)
+        locked = AgentProcess(
+            fast_server.url, minted["token"], tmp_path, name="locked", env=env,
+            command=[setpriv, "--bounding-set=-setuid,-setgid", "--inh-caps=-setuid,-setgid",
+                     str(ROOT / ".venv" / "bin" / "tagrun-agent")])
+        try:
+            assert plain.wait_exit() == 1
+            assert locked.wait_exit() == 1
+        finally:
+            plain.kill()
+            locked.kill()
+    assert (f"AGENT_JOB_USER='{job_user}': only an agent running as root can start jobs as "
+            f"another user, and this one runs as uid {pwd.getpwnam(str(agent_user)).pw_uid}"
+            in plain.log_text())
+    assert (f"AGENT_JOB_USER='{job_user}': a bash job cannot run as that user: cannot start "
+            f"{shutil.which('bash')} as user '{job_user}': Operation not permitted (the system "
+            "did not let the agent switch to that user)") in locked.log_text()
+    names = agents_by_name(api)
+    assert "not-root" not in names and "locked" not in names
+    for agent in (plain, locked):
+        assert minted["token"] not in agent.log_text()
+
+
+def assert_nothing_found(found: dict[str, Any], token: str) -> None:
+    """No token anywhere, and the canary seen: the hunt could read what it should."""
+    places = [where for where, value in found["found"] if value == token]
+    assert not places, f"the job found the agent token in {places}"
     canary_seen = {where.rpartition("/")[2] for where, value in found["found"]
                    if value == CANARY}
     assert {"environ", "mem"} <= canary_seen, found["read"]
-    assert found["uid"] != 0 and found["read"]["files"] >= 1, found["read"]
-    assert minted["token"] not in agent.log_text()
 
 
 def test_a_real_agent_says_why_it_was_refused(

@@ -5,6 +5,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tagrun.shared.executors import (
     ErrorKind,
     ExecSpec,
     Execution,
+    JobUser,
     Outcome,
     available_languages,
     python_wrapper_main,
@@ -94,6 +96,86 @@ def test_invalid_result_file_fails(tmp_path: Path) -> None:
     assert outcome.error is not None
     assert outcome.error["kind"] == ErrorKind.SCRIPT_ERROR
     assert "not valid JSON" in outcome.error["message"]
+
+
+@posix_only
+def test_a_result_file_that_is_a_link_is_refused_not_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "not-the-jobs.json"
+    secret.write_text('{"secret": "of the agent"}')
+    outcome, _ = execute(tmp_path, "bash", f'ln -s {secret} "$TAGRUN_RESULT_FILE"')
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error["message"] == \
+        "cannot read result file: _tagrun_result.json is a symbolic link"
+    assert outcome.result is None
+
+
+@posix_only
+def test_a_result_file_that_is_a_pipe_fails_the_job_without_blocking(tmp_path: Path) -> None:
+    outcome, _ = execute(tmp_path, "bash", 'mkfifo "$TAGRUN_RESULT_FILE"')
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error["message"] == \
+        "cannot read result file: _tagrun_result.json is not a regular file"
+
+
+@pytest.fixture
+def job_user(tmp_path: Path) -> Iterator[JobUser]:
+    """The unprivileged user jobs run as (AGENT_JOB_USER); created when the suite runs as
+    root, which switching users needs. Its jobs run under tmp_path, made reachable to it."""
+    if sys.platform == "win32" or os.geteuid() != 0:
+        pytest.skip("running a job as another user needs a POSIX system and root")
+    import pwd
+
+    from tests.support.users import traversable, unprivileged_user
+
+    entry = pwd.getpwnam(unprivileged_user("tagrun-test-job") or "")
+    with traversable(tmp_path / "work"):
+        yield JobUser(entry.pw_name, entry.pw_uid, entry.pw_gid, (), entry.pw_dir)
+
+
+def test_a_job_user_owns_its_directory_and_nothing_else(
+    tmp_path: Path, job_user: JobUser
+) -> None:
+    user = job_user
+    script = ('echo "$(id -u) $(id -g) $(id -G) $HOME $USER"; stat -c "%u %a" . script.sh; '
+              'cat /proc/$PPID/environ > /dev/null 2>&1 || echo "agent environ: denied"; '
+              'echo \'{"done": true}\' > "$TAGRUN_RESULT_FILE"')
+    outcome, output = execute(tmp_path, "bash", script, user=user)
+    assert outcome.status == "succeeded" and outcome.result == {"done": True}, output
+    lines = output.splitlines()
+    home = user.home if os.path.isdir(user.home) else str(tmp_path / "work")
+    assert lines[0] == f"{user.uid} {user.gid} {user.gid} {home} {user.name}"
+    assert lines[1:3] == [f"{user.uid} 700", f"{user.uid} 644"]
+    assert lines[3] == "agent environ: denied"
+
+
+def test_a_job_user_cannot_pass_off_someone_elses_file_as_its_result(
+    tmp_path: Path, job_user: JobUser
+) -> None:
+    """A hard link to a file the job cannot read (possible where links are not protected,
+    as on macOS) must not make the agent read it on the job's behalf."""
+    user = job_user
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"secret": "of root"}')
+    secret.chmod(0o600)
+    work = tmp_path / "work"
+    linked = asyncio.Event()
+
+    async def run() -> Outcome:
+        spec = make_spec(tmp_path, "bash", "until [ -e linked ]; do sleep 0.02; done",
+                         user=user)
+        task = asyncio.create_task(Execution(spec, lambda text: None).run())
+        while (work.stat().st_uid != user.uid) and not task.done():
+            await asyncio.sleep(0.02)  # handed over to the job's user: the job is starting
+        os.link(secret, work / "_tagrun_result.json")
+        (work / "linked").touch()
+        linked.set()
+        return await task
+
+    outcome = asyncio.run(run())
+    assert linked.is_set()
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error["message"] == ("cannot read result file: _tagrun_result.json does "
+                                        f"not belong to the job's user {user.name!r}")
 
 
 def test_bash_reads_args_file(tmp_path: Path) -> None:

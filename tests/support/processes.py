@@ -120,7 +120,7 @@ def api_client(url: str, token: str = SUPERADMIN) -> httpx.Client:
 class AgentProcess:
     """`tagrun-agent` in a subprocess, configured by environment like a user would."""
 
-    def __init__(self, url: str, token: str, log_dir: Path, *, name: str,
+    def __init__(self, url: str, token: str | None, log_dir: Path, *, name: str,
                  env: Mapping[str, str] | None = None, command: Sequence[str] | None = None,
                  user: str | None = None) -> None:
         self.name = name
@@ -128,8 +128,10 @@ class AgentProcess:
         log_dir.mkdir(parents=True, exist_ok=True)
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("AGENT_", "TAGRUN_")) and k not in ("MODE",)}
-        full_env.update({"AGENT_TOKEN": token, "BASE_INTERNAL_URL": url, "AGENT_NAME": name,
-                         "AGENT_POLL_WAIT_S": "5", **(env or {})})
+        if token is not None:  # None: the test gives it another way (AGENT_TOKEN_FILE)
+            full_env["AGENT_TOKEN"] = token
+        full_env.update({"BASE_INTERNAL_URL": url, "AGENT_NAME": name, "AGENT_POLL_WAIT_S": "5",
+                         **(env or {})})
         self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         argv = list(command) if command else [str(Path(sys.executable).parent / "tagrun-agent")]
         as_user: dict[str, Any] = {"user": user, "group": user, "extra_groups": []} if user \
