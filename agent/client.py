@@ -141,10 +141,10 @@ class AgentClient:
 
     async def complete(
         self, workspace: str, job_id: int, attempt: int, status: str, result: Any,
-        error: dict[str, str] | None,
+        error: dict[str, str] | None, *, retryable: bool = True,
     ) -> str:
         body = {"name": self.name, "attempt": attempt, "status": status, "result": result,
-                "error": error}
+                "error": error, **({} if retryable else {"retryable": False})}
         answer = await self._post(_job_path(workspace, job_id, "complete"), body,
                                   self._retry.bounded_stop)
         return str(answer.get("status", status))

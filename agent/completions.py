@@ -20,7 +20,8 @@ MAX_BATCH = 100
 # refusal of a too-large result must reach that job alone.
 MAX_BATCHED_BYTES = 16 * 1024
 MAX_BATCH_BYTES = 256 * 1024
-_STATUS_OF_CODE = {"lease_lost": 409, "not_found": 404, "forbidden": 403}
+_STATUS_OF_CODE = {"lease_lost": 409, "completion_conflict": 409, "not_found": 404,
+                   "forbidden": 403}
 
 
 @dataclass
@@ -38,10 +39,12 @@ class Completions:
         self._sender: asyncio.Task[None] | None = None
 
     async def complete(self, workspace: str, job_id: int, attempt: int, status: str,
-                       result: Any, error: dict[str, str] | None) -> str:
-        """The job's new status on the server; raises what the single-job route would."""
+                       result: Any, error: dict[str, str] | None, *, retryable: bool = True
+                       ) -> str:
+        """The job's new status on the server; raises what the single-job route would.
+        Not `retryable`: the job fails now (sent only then, which older servers refuse)."""
         item = {"id": job_id, "attempt": attempt, "status": status, "result": result,
-                "error": error}
+                "error": error, **({} if retryable else {"retryable": False})}
         try:
             size = len(json.dumps(item))
         except (TypeError, ValueError):
@@ -110,7 +113,8 @@ class Completions:
 
     async def _one(self, workspace: str, item: dict[str, Any]) -> str:
         return await self._client.complete(workspace, item["id"], item["attempt"],
-                                           item["status"], item["result"], item["error"])
+                                           item["status"], item["result"], item["error"],
+                                           retryable=item.get("retryable", True))
 
 
 def _fail(batch: list[_Pending], exc: BaseException) -> None:

@@ -21,8 +21,9 @@ from tagrun.shared.executors import (
     JobUser,
     Outcome,
     job_identity_env,
+    sendable,
 )
-from tagrun.shared.logstream import LogStream
+from tagrun.shared.logstream import LogStream, StreamEnded
 
 log = logging.getLogger("tagrun.agent")
 
@@ -88,7 +89,7 @@ class JobRun:
         self._completions = completions
         self._on_fatal = on_fatal
         self._work_dir = work_root / f"job{job.id}-{job.attempt}-{secrets.token_hex(3)}"
-        self._stream = LogStream(self._send_logs, job.log_offset)
+        self._stream = LogStream(self._send_logs, job.log_offset, job_id=job.id)
         if job.attempt > 1:
             self._stream.write(f"\n--- attempt {job.attempt} ---\n")
         env = job_identity_env(job.id, job.workspace, job.attempt, job.tag, client.name)
@@ -137,22 +138,27 @@ class JobRun:
             return Outcome("failed", error={"kind": ErrorKind.INTERNAL, "message": str(exc)})
 
     async def _send_logs(self, offset: int, data: str) -> None:
-        """LogStream's sink; an exception makes the stream stop sending for this job."""
+        """LogStream's sink: StreamEnded stops the stream; a chunk the server refuses for
+        another reason is marked lost in the log, and the rest still flows."""
         job = self.job
         try:
             await self._client.append_logs(job.workspace, job.id, job.attempt, offset, data)
         except ServerAnswer as exc:
             if exc.lease_lost:
                 self.abandon("lease_lost")
+                raise StreamEnded(str(exc)) from exc
             raise
         except TokenRefused as exc:
             self._on_fatal(exc)
-            raise
+            raise StreamEnded(str(exc)) from exc
+        except GaveUp as exc:  # out of reach for the whole retry bound: nothing gets through
+            raise StreamEnded(str(exc)) from exc
 
     async def _report(self, outcome: Outcome) -> None:
         job = self.job
+        outcome, retryable = sendable(outcome)
         try:
-            await self._complete(outcome)
+            await self._complete(outcome, retryable=retryable)
         except ServerAnswer as exc:
             if exc.lease_lost:
                 log.warning("job.lease_lost", extra={"job_id": job.id, "attempt": job.attempt})
@@ -167,15 +173,16 @@ class JobRun:
     async def _report_refusal(self, refusal: ServerAnswer) -> None:
         """The server would not take the result (too large, not JSON it accepts): say so."""
         message = f"the server refused the job's result: {refusal.code}: {refusal.message}"
-        try:
+        try:  # the same result would be refused again: no retry
             await self._complete(Outcome("failed", error={"kind": ErrorKind.INTERNAL,
-                                                          "message": message}))
+                                                          "message": message}), retryable=False)
         except (ServerAnswer, GaveUp) as exc:
             log.error("job.completion_refused", extra={"job_id": self.job.id, "error": str(exc)})
 
-    async def _complete(self, outcome: Outcome) -> None:
+    async def _complete(self, outcome: Outcome, *, retryable: bool = True) -> None:
         job = self.job
         status = await self._completions.complete(
-            job.workspace, job.id, job.attempt, outcome.status, outcome.result, outcome.error)
+            job.workspace, job.id, job.attempt, outcome.status, outcome.result, outcome.error,
+            retryable=retryable)
         log.info("job.completed", extra={"job_id": job.id, "attempt": job.attempt,
                                          "status": status, "outcome": outcome.status})

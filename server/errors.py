@@ -62,6 +62,13 @@ class LeaseLost(Conflict):
     default_message = "this attempt no longer holds the job's lease"
 
 
+class CompletionConflict(Conflict):
+    """A second, different outcome for an attempt whose outcome is already recorded."""
+
+    code = "completion_conflict"
+    default_message = "this attempt's outcome is already recorded, and it is another one"
+
+
 class AgentNameTaken(Conflict):
     code = "agent_name_taken"
     default_message = "this agent name is in use by a live agent with another token"

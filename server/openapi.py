@@ -132,7 +132,8 @@ OPERATIONS = [
 
 _ERRORS = {400: "Invalid input", 401: "Missing or invalid credentials",
            403: "Not allowed for this token", 404: "Not found",
-           409: "Conflict (e.g. lease_lost, agent_name_taken)", 413: "Body too large",
+           409: "Conflict (e.g. lease_lost, agent_name_taken, completion_conflict)",
+           413: "Body too large",
            429: "Too many queued jobs (see Retry-After)",
            503: "Database unavailable (see Retry-After)"}
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {

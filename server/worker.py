@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from tagrun.server import events
-from tagrun.server.errors import TagrunError
+from tagrun.server.errors import InvalidInput, LeaseLost, TagrunError
 from tagrun.server.listener import Listener
 from tagrun.server.store import Store
 from tagrun.shared.executors import (
@@ -24,8 +24,9 @@ from tagrun.shared.executors import (
     Execution,
     Outcome,
     job_identity_env,
+    sendable,
 )
-from tagrun.shared.logstream import LogStream
+from tagrun.shared.logstream import LogStream, StreamEnded
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.worker")
@@ -161,7 +162,8 @@ class Worker:
         root = self.settings.work_root
         work_dir = None if job["language"] in NO_PROCESS else Path(  # nothing runs: no dir
             tempfile.mkdtemp(prefix=f"tagrun-job{job['id']}-", dir=root))
-        stream = LogStream(self._log_sink(job["id"], job["attempt"]), job["log_offset"])
+        stream = LogStream(self._log_sink(job["id"], job["attempt"]), job["log_offset"],
+                           job_id=job["id"])
         if job["attempt"] > 1:
             stream.write(f"\n--- attempt {job['attempt']} ---\n")
         spec = ExecSpec(
@@ -186,9 +188,11 @@ class Worker:
                     await self.store.append_logs(self.settings.name, job_id, attempt, offset,
                                                  data, max_chars=self.settings.max_log_chars)
                     return
+                except LeaseLost as exc:
+                    raise StreamEnded(exc.message) from exc
                 except TRANSIENT as exc:
                     if self._loop_time() + delay > deadline:
-                        raise
+                        raise StreamEnded(str(exc)) from exc
                     log.warning("worker.db_unavailable", extra={"job_id": job_id,
                                                                  "error": str(exc)})
                     await asyncio.sleep(delay)
@@ -204,25 +208,34 @@ class Worker:
         await stream.close()
         try:
             if not job.lost:
-                await self._complete(job, outcome)
+                outcome, retryable = sendable(outcome)
+                await self._complete(job, outcome, retryable=retryable)
         finally:
             if work_dir is not None:
                 shutil.rmtree(work_dir, ignore_errors=True)
             self.running.pop(job.id, None)
             self._slot_freed.set()
 
-    async def _complete(self, job: RunningJob, outcome: Outcome) -> None:
+    async def _complete(self, job: RunningJob, outcome: Outcome, *, retryable: bool = True
+                        ) -> None:
         for delay in (0.1, 0.5, 1, 2, 5, 10):
             try:
                 recorded = await self.store.complete_job(
                     self.settings.name, job.id, job.attempt, outcome.status, outcome.result,
-                    outcome.error, self.settings.retry_backoff_s)
+                    outcome.error, self.settings.retry_backoff_s, retryable=retryable)
                 if not recorded["repeat"]:
                     events.job_finished(recorded, outcome.error)
                 return
             except TagrunError as exc:
                 log.warning("job.completion_refused",
                             extra={"job_id": job.id, "error": exc.message})
+                if isinstance(exc, InvalidInput) and retryable:
+                    # The database will refuse this outcome every time: fail the job now,
+                    # saying why, rather than leave it running until its lease expires.
+                    message = f"the database refused the job's result: {exc.message}"
+                    failed = Outcome("failed", error={"kind": ErrorKind.INTERNAL,
+                                                      "message": message})
+                    await self._complete(job, failed, retryable=False)
                 return
             except TRANSIENT as exc:
                 log.warning("job.completion_retry", extra={"job_id": job.id, "error": str(exc)})

@@ -49,12 +49,20 @@ class ErrorIn(_Body):
     message: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
 
 
+# false: this failure can never succeed on another attempt (the server refused the job's
+# result, say), so the job fails now rather than being retried.
+Retryable = Annotated[bool, msgspec.Meta(description=(
+    "false: the failure cannot succeed on another attempt (a refused result): the job fails "
+    "now instead of being retried"))]
+
+
 class CompleteIn(_Body):
     attempt: Attempt
     status: Annotated[str, msgspec.Meta(pattern=r"^(succeeded|failed|cancelled)\Z")]
     result: Any = None
     error: ErrorIn | None = None
     name: AgentName | None = None
+    retryable: Retryable = True
 
 
 class CompletedJob(_Body):
@@ -63,6 +71,7 @@ class CompletedJob(_Body):
     status: Annotated[str, msgspec.Meta(pattern=r"^(succeeded|failed|cancelled)\Z")]
     result: Any = None
     error: ErrorIn | None = None
+    retryable: Retryable = True
 
 
 class CompleteManyIn(_Body):

@@ -14,9 +14,11 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from tagrun.shared.storable import storable_json
 
 LANGUAGES: tuple[str, ...] = ("bash", "sh", "python", "powershell", "identity")
 # Languages that run nothing (the result is the args): they need no work directory.
@@ -433,6 +435,23 @@ def _collect_result(result_file: Path, tail: str, user: JobUser | None = None) -
         return Outcome("succeeded", result=json.loads(line))
     except ValueError:
         return Outcome("succeeded", result=line)
+
+
+def sendable(outcome: Outcome) -> tuple[Outcome, bool]:
+    """The outcome to report, and whether a failure may be retried.
+
+    Text no database can hold (NUL, lone surrogates) is replaced as in logs (storable.py).
+    A result that is still not strict JSON (NaN or Infinity, which Python's json accepts)
+    can be stored nowhere: the attempt fails with that reason, and since the job would
+    return it again, it is not retried."""
+    outcome = replace(outcome, result=storable_json(outcome.result),
+                      error=storable_json(outcome.error))
+    try:
+        json.dumps(outcome.result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        message = f"the job's result cannot be stored as JSON: {exc}"
+        return _failed(ErrorKind.INTERNAL, message), False
+    return outcome, True
 
 
 def _read_result_file(path: Path, user: JobUser | None) -> bytes:

@@ -129,7 +129,8 @@ async def complete(request: Request) -> JSON:
     agent = identify(request)
     job_id = path_int(request, "id")
     body = await read_body(request, CompleteIn)
-    outcome = _checked(CompletedJob(job_id, body.attempt, body.status, body.result, body.error))
+    outcome = _checked(CompletedJob(job_id, body.attempt, body.status, body.result, body.error,
+                                    body.retryable))
     holder = await _holder(request, agent, body.name, job_id)
     status = await _record(request, agent, holder, outcome, request.path_params["ws"])
     return JSON({"status": status})
@@ -163,7 +164,8 @@ async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: 
     error = _error_dict(outcome.error)
     recorded = await state.store.complete_job(
         holder, outcome.id, outcome.attempt, outcome.status, outcome.result, error,
-        state.config.retry_backoff_s, tags=agent.tags, workspace=workspace, key=agent.key)
+        state.config.retry_backoff_s, tags=agent.tags, workspace=workspace, key=agent.key,
+        retryable=outcome.retryable)
     if not recorded["repeat"]:
         events.job_finished(recorded, error)
     return str(recorded["status"])

@@ -10,9 +10,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tagrun.server.errors import Conflict, LeaseLost
+from tagrun.server.errors import CompletionConflict, Conflict, LeaseLost
 from tagrun.server.store._base import StoreBase, iso, translated_errors
 from tagrun.server.store.settings import CAPS_STATE
+from tagrun.shared.storable import storable_json, storable_text
 
 # Leases the best jobs of tags $1 to the slots $2: one holder name per slot, in the order
 # the slots should be served (a holder with three free slots appears three times).
@@ -153,7 +154,8 @@ LOG_STATE = "SELECT status, attempt, worker, holder_key, log_received FROM jobs 
 HOLDER_FOR_KEY = "SELECT worker FROM jobs WHERE id = $1 AND holder_key = $2"
 COMPLETE_JOB = """
 WITH cur AS (
-    SELECT id, ($4 = 'failed' AND attempt < max_attempts AND NOT cancel_requested) AS again
+    SELECT id, ($4 = 'failed' AND $11 AND attempt < max_attempts AND NOT cancel_requested)
+           AS again
     FROM jobs WHERE id = $1 AND attempt = $2 AND worker = $3 AND status = 'running'
       AND holder_key IS NOT DISTINCT FROM $10
       AND ($8::text[] IS NULL OR tag = ANY($8::text[]))
@@ -189,7 +191,9 @@ SELECT id, status, tag, attempt, worker, run_at,
        round(extract(epoch FROM now() - started_at) * 1000) AS duration_ms,
        CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
 FROM j"""
-COMPLETION_STATE = "SELECT status, attempt, worker, holder_key FROM jobs WHERE id = $1"
+COMPLETION_STATE = """
+SELECT status, attempt, worker, holder_key, result, attempts -> -1 AS recorded
+FROM jobs WHERE id = $1"""
 QUEUE_DEAD_ROWS = "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'queue'::regclass"
 VACUUM_QUEUE = "VACUUM (SKIP_LOCKED) queue"  # no arguments: sent as a simple query
 EXPIRE_LEASES = """
@@ -325,7 +329,8 @@ class Leases(StoreBase):
         tag_list = list(tags) if tags is not None else None
         if data:
             marker = f"\n[tagrun: log truncated here: it reached {max_chars} characters]\n"
-            stored = await self.fetchval(APPEND_LOGS, job_id, attempt, holder, data, offset,
+            stored = await self.fetchval(APPEND_LOGS, job_id, attempt, holder,
+                                         storable_text(data), offset,
                                          tag_list, workspace, max_chars, marker, key)
             if stored is not None:
                 return offset + len(data)
@@ -345,24 +350,37 @@ class Leases(StoreBase):
         self, holder: str, job_id: int, attempt: int, status: str,
         result: Any, error: dict[str, Any] | None, retry_backoff_s: float,
         *, tags: Sequence[str] | None = None, workspace: str | None = None,
-        key: str | None = None,
+        key: str | None = None, retryable: bool = True,
     ) -> dict[str, Any]:
         """Record an attempt's outcome. Returns the job's new `status` ('queued': a retry is
         scheduled) with id, tag, attempt, worker, run_at and duration_ms; `repeat` is True
-        when this completion had already been recorded (nothing changed)."""
+        when this very outcome had already been recorded (nothing changed). A failure that
+        is not `retryable` (it could never succeed: a refused result) ends the job now.
+
+        Text PostgreSQL refuses is stored as storable.py says; a result that still cannot
+        be stored (NaN, say) raises InvalidInput, and the caller fails the attempt with
+        that reason. Another outcome for an attempt already recorded: CompletionConflict."""
+        result, error = storable_json(result), storable_json(error)
         row = await self.fetchrow(
             COMPLETE_JOB, job_id, attempt, holder, status, result, error, retry_backoff_s,
-            list(tags) if tags is not None else None, workspace, key,
+            list(tags) if tags is not None else None, workspace, key, retryable,
         )
         if row is not None:
             return {**dict(row), "run_at": iso(row["run_at"]), "repeat": False}
         # Expiry and release clear `worker`, so only the holder's own recorded completion
         # matches here: a repeat, answered the same way and changing nothing.
         state = await self.fetchrow(COMPLETION_STATE, job_id)
-        if state is not None and _holder_of(state) == (attempt, holder, key) \
-                and state["status"] != "running":
-            return {"id": job_id, "status": str(state["status"]), "repeat": True}
-        raise LeaseLost()
+        if state is None or _holder_of(state) != (attempt, holder, key) \
+                or state["status"] == "running":
+            raise LeaseLost()
+        recorded = state["recorded"] or {}
+        same = (recorded.get("status"), recorded.get("error")) == (status, error) \
+            and (status != "succeeded" or state["result"] == result)
+        if not same:
+            raise CompletionConflict(
+                f"attempt {attempt} of job {job_id} is already recorded as "
+                f"{recorded.get('status')}, with another outcome than this one")
+        return {"id": job_id, "status": str(state["status"]), "repeat": True}
 
     async def vacuum_queue(self, min_dead_rows: int) -> int | None:
         """Vacuum the claim table once `min_dead_rows` claimed rows are left in it.

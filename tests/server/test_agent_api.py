@@ -317,3 +317,67 @@ def test_active_count_counts_only_jobs_the_agent_holds(
 
     assert wait_until(active, timeout=15, message="active_count recorded") == 1
     api.post(f"/api/w/default/jobs/{held}/cancel")
+
+
+def test_nul_in_logs_and_results_is_stored_visibly_and_loses_nothing(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    """PostgreSQL cannot hold U+0000: it is shown as ␀ (one character for one, so offsets
+    still count what the agent sent), and the log after it is all there."""
+    job_id = submit(api, tag)
+    [job] = agent.post(CLAIM, json={"name": tag, "wait_s": 5}).json()["jobs"]
+    logs = f"/api/w/default/agent_workers/jobs/{job_id}/logs"
+    offset = 0
+    for data in ("one\n", "nul:\x00:end\n", "two\n"):
+        answer = agent.post(logs, json={"name": tag, "attempt": 1, "offset": offset,
+                                        "data": data})
+        assert answer.status_code == 200, answer.text
+        offset = answer.json()["offset"]
+    assert offset == len("one\nnul:\x00:end\ntwo\n")
+    done = f"/api/w/default/agent_workers/jobs/{job_id}/complete"
+    body = {"name": tag, "attempt": job["attempt"], "status": "succeeded",
+            "result": {"a\x00": ["\x00", "b"]}}
+    assert agent.post(done, json=body).json() == {"status": "succeeded"}
+    assert agent.post(done, json=body).json() == {"status": "succeeded"}  # the same repeat
+    final = api.get(f"/api/w/default/jobs/{job_id}").json()
+    assert final["result"] == {"a\u2400": ["\u2400", "b"]}
+    assert api.get(f"/api/w/default/jobs/{job_id}/logs").json()["data"] \
+        == "one\nnul:\u2400:end\ntwo\n"
+
+
+def test_another_outcome_for_a_recorded_attempt_is_a_conflict(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    job_id = submit(api, tag)
+    agent.post(CLAIM, json={"name": tag, "wait_s": 5})
+    done = f"/api/w/default/agent_workers/jobs/{job_id}/complete"
+    first = {"name": tag, "attempt": 1, "status": "succeeded", "result": {"n": 1}}
+    assert agent.post(done, json=first).json() == {"status": "succeeded"}
+    for other in ({**first, "result": {"n": 2}},
+                  {**first, "status": "failed", "result": None,
+                   "error": {"kind": "script_error", "message": "exit 1"}}):
+        answer = agent.post(done, json=other)
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["error"]["code"] == "completion_conflict"
+        batch = agent.post("/api/agent_workers/complete", json={
+            "name": tag, "jobs": [{"id": job_id, **{k: v for k, v in other.items()
+                                                      if k != "name"}}]}).json()["jobs"]
+        assert batch[0]["error"]["code"] == "completion_conflict"
+    final = api.get(f"/api/w/default/jobs/{job_id}").json()
+    assert (final["status"], final["result"]) == ("succeeded", {"n": 1})
+
+
+def test_a_failure_that_cannot_succeed_again_is_not_retried(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    retried, final = submit(api, tag), submit(api, tag)
+    agent.post(CLAIM, json={"name": tag, "slots": 2, "wait_s": 5})
+    error = {"kind": "internal", "message": "the server refused the job's result"}
+    for job_id, retryable in ((retried, True), (final, False)):
+        answer = agent.post(f"/api/w/default/agent_workers/jobs/{job_id}/complete", json={
+            "name": tag, "attempt": 1, "status": "failed", "error": error,
+            "retryable": retryable})
+        assert answer.json() == {"status": "queued" if retryable else "failed"}
+    job = api.get(f"/api/w/default/jobs/{final}").json()
+    assert (job["status"], job["attempt"], job["max_attempts"]) == ("failed", 1, 3)
+    assert job["error"] == error

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tagrun.server.errors import LeaseLost
+from tagrun.server.errors import CompletionConflict, LeaseLost
 from tagrun.server.store import NewJob, Store, create_pool
 
 Scenario = Callable[[Store], Awaitable[None]]
@@ -79,9 +79,12 @@ def test_writes_from_an_old_attempt_or_another_holder_change_nothing(database_ur
         assert (await store.get_job("default", job_id))["status"] == "running"
         done = await store.complete_job("w1", job_id, attempt, "succeeded", 1, None, 5)
         assert (done["status"], done["repeat"]) == ("succeeded", False)
-        # A repeat of the same completion is accepted and records nothing new.
-        again = await store.complete_job("w1", job_id, attempt, "succeeded", 2, None, 5)
+        # A repeat of the same completion is accepted and records nothing new; another
+        # outcome for the recorded attempt is a conflict.
+        again = await store.complete_job("w1", job_id, attempt, "succeeded", 1, None, 5)
         assert (again["status"], again["repeat"]) == ("succeeded", True)
+        with pytest.raises(CompletionConflict):
+            await store.complete_job("w1", job_id, attempt, "succeeded", 2, None, 5)
         final = await store.get_job("default", job_id)
         assert (final["status"], final["result"]) == ("succeeded", 1)
         assert (await store.read_logs("default", job_id, 0))["data"] == ""
