@@ -23,6 +23,11 @@ def job_submitted(workspace: str, ids: Sequence[int], tags: Sequence[str]) -> No
                                          "tags": sorted(set(tags))[:20]})
 
 
+def job_log_truncated(job_id: int, max_chars: int) -> None:
+    metrics.LOGS_TRUNCATED.inc()
+    log.warning("job.log_truncated", extra={"job_id": job_id, "max_chars": max_chars})
+
+
 def job_claimed(job: dict[str, Any]) -> None:
     if job.get("waited_s") is not None:
         metrics.DISPATCH_LATENCY.observe(max(float(job["waited_s"]), 0.0))

@@ -178,6 +178,9 @@ class Worker:
         events.job_claimed(job)
 
     def _log_sink(self, job_id: int, attempt: int) -> Any:
+        def truncated() -> None:
+            events.job_log_truncated(job_id, self.settings.max_log_chars)
+
         async def sink(offset: int, data: str) -> None:
             # A database blip (a restart, a failover) must not cost the job the rest of its
             # logs: retry for a while (a resent chunk is recognised by its offset). Output
@@ -185,8 +188,9 @@ class Worker:
             delay, deadline = 0.1, self._loop_time() + LOG_RETRY_S
             while True:
                 try:
-                    await self.store.append_logs(self.settings.name, job_id, attempt, offset,
-                                                 data, max_chars=self.settings.max_log_chars)
+                    await self.store.append_logs(
+                        self.settings.name, job_id, attempt, offset, data,
+                        max_chars=self.settings.max_log_chars, on_truncated=truncated)
                     return
                 except LeaseLost as exc:
                     raise StreamEnded(exc.message) from exc

@@ -65,6 +65,8 @@ class Job(_Out):
     started_at: str | None
     finished_at: str | None
     attempts: list[Attempt]
+    # The stored log reached TAGRUN_MAX_LOG_BYTES; the rest was dropped after a marker.
+    log_truncated: bool = False
     content: str | None = None
 
 

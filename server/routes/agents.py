@@ -118,10 +118,11 @@ async def append_logs(request: Request) -> JSON:
     body = await read_body(request, LogsIn)
     store: Store = _state(request).store
     holder = await _holder(request, agent, body.name, job_id)
-    end = await store.append_logs(holder, job_id, body.attempt, body.offset, body.data,
-                                  tags=agent.tags, workspace=request.path_params["ws"],
-                                  max_chars=_state(request).config.max_log_bytes,
-                                  key=agent.key)
+    max_chars = _state(request).config.max_log_bytes
+    end = await store.append_logs(
+        holder, job_id, body.attempt, body.offset, body.data, tags=agent.tags,
+        workspace=request.path_params["ws"], max_chars=max_chars, key=agent.key,
+        on_truncated=lambda: events.job_log_truncated(job_id, max_chars))
     return JSON({"offset": end})
 
 

@@ -130,6 +130,7 @@ def job_view(row: Any) -> dict[str, Any]:
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
         "attempts": [_attempt_view(a) for a in row["attempts"] or []],
+        "log_truncated": row["log_truncated"],
         "content": row["content"],
     }
 

@@ -7,7 +7,7 @@ old attempt or another holder changes nothing and raises `LeaseLost`.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tagrun.server.errors import CompletionConflict, Conflict, LeaseLost
@@ -130,26 +130,27 @@ FROM held h LEFT JOIN extended e ON e.id = h.id"""
 # ($8 characters), where the truncation marker ($9) is written once.
 APPEND_LOGS = """
 WITH cur AS (
-    SELECT id, log_size FROM jobs
+    SELECT id, log_size, log_truncated FROM jobs
     WHERE id = $1 AND attempt = $2 AND worker = $3 AND status = 'running' AND log_received = $5
       AND holder_key IS NOT DISTINCT FROM $10
       AND ($6::text[] IS NULL OR tag = ANY($6::text[]))
       AND ($7::text IS NULL OR workspace = $7)
     FOR UPDATE
 ), piece AS (
-    SELECT id, log_size AS off,
-           CASE WHEN log_size >= $8 THEN ''
+    SELECT id, log_size AS off, log_truncated AS was, log_size + length($4) > $8 AS over,
+           CASE WHEN log_truncated THEN ''
                 WHEN log_size + length($4) <= $8 THEN $4
-                ELSE left($4, ($8 - log_size)::int) || $9 END AS data
+                ELSE left($4, greatest($8 - log_size, 0)::int) || $9 END AS data
     FROM cur
 ), j AS (
     UPDATE jobs SET log_received = log_received + length($4),
-                    log_size = log_size + length(piece.data)
+                    log_size = log_size + length(piece.data),
+                    log_truncated = piece.was OR piece.over
     FROM piece WHERE jobs.id = piece.id RETURNING jobs.id
 ), ins AS (
     INSERT INTO job_logs (job_id, off, data) SELECT id, off, data FROM piece WHERE data <> ''
 )
-SELECT id FROM j"""
+SELECT piece.over AND NOT piece.was AS truncated_now FROM j JOIN piece ON piece.id = j.id"""
 LOG_STATE = "SELECT status, attempt, worker, holder_key, log_received FROM jobs WHERE id = $1"
 HOLDER_FOR_KEY = "SELECT worker FROM jobs WHERE id = $1 AND holder_key = $2"
 COMPLETE_JOB = """
@@ -321,18 +322,22 @@ class Leases(StoreBase):
         self, holder: str, job_id: int, attempt: int, offset: int, data: str,
         *, tags: Sequence[str] | None = None, workspace: str | None = None,
         max_chars: int = 10 << 20, key: str | None = None,
+        on_truncated: Callable[[], None] | None = None,
     ) -> int:
         """Append at `offset` (characters sent so far); a resent chunk is a no-op.
 
         `tags` and `workspace`, when given, must match the job's (agents act only on jobs
-        of their token's tags). Past `max_chars` stored, the rest is dropped with a marker."""
+        of their token's tags). Past `max_chars` stored, the rest is dropped with a marker,
+        the job is marked `log_truncated`, and `on_truncated` is called (once per job)."""
         tag_list = list(tags) if tags is not None else None
         if data:
             marker = f"\n[tagrun: log truncated here: it reached {max_chars} characters]\n"
-            stored = await self.fetchval(APPEND_LOGS, job_id, attempt, holder,
-                                         storable_text(data), offset,
-                                         tag_list, workspace, max_chars, marker, key)
-            if stored is not None:
+            truncated = await self.fetchval(APPEND_LOGS, job_id, attempt, holder,
+                                            storable_text(data), offset,
+                                            tag_list, workspace, max_chars, marker, key)
+            if truncated is not None:
+                if truncated and on_truncated is not None:
+                    on_truncated()
                 return offset + len(data)
         state = await self.fetchrow(LOG_STATE, job_id)
         if state is None or _holder_of(state) != (attempt, holder, key):

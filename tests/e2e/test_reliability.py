@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.processes import TagrunProcess, api_client
+from tests.support.processes import AgentProcess, TagrunProcess, api_client
 
 
 @pytest.fixture
@@ -92,13 +94,35 @@ def test_submits_past_max_queued_get_429_with_retry_after(api: httpx.Client) -> 
     assert batch.status_code == 429
 
 
-def test_logs_are_capped_with_a_marker(api: httpx.Client) -> None:
-    job = api.post("/api/w/default/jobs", json={
-        "language": "bash",
-        "content": "for i in $(seq 1 500); do echo line-$i; done; echo done"}).json()
-    final = api.get(f"/api/w/default/jobs/{job['id']}", params={"wait_s": 20}).json()
-    assert (final["status"], final["result"]) == ("succeeded", "done")
-    logs = api.get(f"/api/w/default/jobs/{job['id']}/logs").json()
-    assert logs["done"] and "log truncated" in logs["data"]
-    assert "line-1\n" in logs["data"] and "line-500" not in logs["data"]
-    assert len(logs["data"]) < 2200
+def test_logs_are_capped_with_a_marker_and_say_so(
+    api: httpx.Client, limited: TagrunProcess, tmp_path: Path
+) -> None:
+    """On the in-process worker and on an agent: the log stops at the cap with a marker, and
+    the job view, an event and a metric say it was truncated, so none passes as whole."""
+    tag = f"capped-{uuid.uuid4().hex[:6]}"
+    token = api.post("/api/agent_tokens", json={"group": "edge", "tags": [tag]}).json()["token"]
+    agent = AgentProcess(limited.url, token, tmp_path, name="capped")
+    content = "for i in $(seq 1 500); do echo line-$i; done; echo done"
+    try:
+        jobs = [api.post("/api/w/default/jobs", json={"language": "bash", "content": content,
+                                                       **extra}).json()
+                for extra in ({}, {"tag": tag})]
+        whole = api.post("/api/w/default/jobs", json={"language": "bash",
+                                                      "content": "echo short"}).json()
+        for job in jobs:
+            final = api.get(f"/api/w/default/jobs/{job['id']}", params={"wait_s": 20}).json()
+            assert (final["status"], final["result"], final["log_truncated"]) \
+                == ("succeeded", "done", True)
+            logs = api.get(f"/api/w/default/jobs/{job['id']}/logs").json()
+            assert logs["done"] and "log truncated" in logs["data"]
+            assert "line-1\n" in logs["data"] and "line-500" not in logs["data"]
+            assert len(logs["data"]) < 2200
+            limited.wait_logged("job.log_truncated")
+            assert f'"event": "job.log_truncated", "logger": "tagrun.events", "job_id": ' \
+                   f'{job["id"]}' in limited.log_text()
+        short = api.get(f"/api/w/default/jobs/{whole['id']}", params={"wait_s": 20}).json()
+        assert (short["result"], short["log_truncated"]) == ("short", False)
+    finally:
+        agent.kill()
+    metrics = httpx.get(f"{limited.url}/metrics").text
+    assert "tagrun_job_logs_truncated_total 2.0" in metrics

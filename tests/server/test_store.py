@@ -104,6 +104,22 @@ def test_log_appends_are_idempotent_by_offset(database_url: str) -> None:
     run(database_url, scenario)
 
 
+def test_a_log_that_fills_the_cap_exactly_still_marks_what_follows(database_url: str) -> None:
+    async def scenario(store: Store) -> None:
+        [job_id] = await store.insert_jobs("default", [job()])
+        await store.claim_jobs("w", ["t"], 1, 60)
+        calls: list[int] = []
+        offset = 0
+        for data in ("x" * 10, "y" * 5, "z" * 5, "more"):
+            offset = await store.append_logs("w", job_id, 1, offset, data, max_chars=10,
+                                             on_truncated=lambda: calls.append(job_id))
+        logs = (await store.read_logs("default", job_id, 0))["data"]
+        assert logs == "x" * 10 + "\n[tagrun: log truncated here: it reached 10 characters]\n"
+        assert offset == 24 and calls == [job_id]  # told once, however much follows
+        assert (await store.get_job("default", job_id))["log_truncated"] is True
+    run(database_url, scenario)
+
+
 def test_expired_lease_requeues_then_dead_letters(database_url: str) -> None:
     async def scenario(store: Store) -> None:
         [job_id] = await store.insert_jobs("default", [job(max_attempts=2)])

@@ -27,6 +27,7 @@ CHROMIUM = Path(os.environ.get("TAGRUN_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 FAST = {"TAGRUN_LEASE_S": "3", "TAGRUN_HEARTBEAT_S": "0.5"}
+MAX_LOG_CHARS = 65536  # the UI server's TAGRUN_MAX_LOG_BYTES: a job can go past it quickly
 EXPECTED_CONSOLE_ERRORS: dict[int, list[str]] = {}
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
@@ -35,7 +36,8 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 def ui_server(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
               ) -> Iterator[TagrunProcess]:
     proc = TagrunProcess("standalone", database_url=databases.new(),
-                         data_dir=tmp_path_factory.mktemp("ui-server"), env=FAST)
+                         data_dir=tmp_path_factory.mktemp("ui-server"),
+                         env={**FAST, "TAGRUN_MAX_LOG_BYTES": str(MAX_LOG_CHARS)})
     proc.wait_healthy()
     yield proc
     proc.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.ui.conftest import expect_console_errors, sign_in, submit
+from tests.ui.conftest import MAX_LOG_CHARS, expect_console_errors, sign_in, submit
 
 HOSTILE = ('<script>window.__pwned = "script"</script>'
            '<img src=x onerror="window.__pwned = \'img\'">')
@@ -60,6 +60,21 @@ def test_hostile_logs_args_and_results_run_no_script(page: Page, api: httpx.Clie
     }""")
     page.wait_for_function("window.__violations.length > 0")
     assert page.evaluate("window.__pwned") is None
+
+
+def test_a_truncated_log_says_so_above_it(page: Page, api: httpx.Client) -> None:
+    long = submit(api, language="bash",
+                  content=f"head -c {MAX_LOG_CHARS + 10} /dev/zero | tr '\\0' x; echo")
+    short = submit(api, language="bash", content="echo short")
+    assert finished(api, long["id"])["log_truncated"] is True
+    assert finished(api, short["id"])["log_truncated"] is False
+    sign_in(page)
+    page.goto(f"/w/default/jobs/{long['id']}")
+    expect(page.locator("[data-log-truncated]")).to_contain_text("This log is incomplete")
+    expect(page.locator("[data-logs]")).to_contain_text("log truncated here")
+    page.goto(f"/w/default/jobs/{short['id']}")
+    expect(page.locator("[data-logs]")).to_contain_text("short")
+    assert page.locator("[data-log-truncated]").count() == 0
 
 
 def test_a_dead_lettered_job_is_replayed(page: Page, api: httpx.Client, tmp_path: Path) -> None:
