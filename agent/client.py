@@ -99,6 +99,9 @@ class AgentClient:
             # none of this one's jobs. It lives only in this process's memory.
             headers={"Authorization": f"Bearer {token}",
                      "Tagrun-Agent-Session": secrets.token_urlsafe(24),
+                     # It acknowledges each job it is handed (runner: the first heartbeat
+                     # comes within the job's ack_s), so a lost claim answer costs seconds.
+                     "Tagrun-Agent-Features": "ack",
                      "User-Agent": f"tagrun-agent/{__version__}"},
             timeout=DEFAULT_TIMEOUT,
             # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY and SSL_CERT_FILE/SSL_CERT_DIR.

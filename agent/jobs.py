@@ -44,6 +44,7 @@ class ClaimedJob:
     heartbeat_s: float
     log_offset: int
     tag: str = ""
+    ack_s: float | None = None  # acknowledge within this (the first heartbeat does)
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> ClaimedJob:
@@ -57,6 +58,7 @@ class ClaimedJob:
                 heartbeat_s=_seconds(raw.get("heartbeat_s")) or DEFAULT_HEARTBEAT_S,
                 log_offset=_int(raw.get("log_offset") or 0),
                 tag=str(raw.get("tag") or ""),
+                ack_s=_seconds(raw.get("ack_s")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             problem = f"{type(exc).__name__}: {exc}"

@@ -43,6 +43,7 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_ABORTED = 130
 EMPTY_PAUSE_S = 1.0
+ACK_DELAY_S = 0.5  # after a job starts, its acknowledgement (a heartbeat) waits this at most
 KILL_GRACE_S = 10.0  # after killing jobs: time for their last logs and the release
 _INIT_OUTPUT_CHARS = 64 * 1024
 
@@ -59,6 +60,8 @@ class Agent:
         self._aborted = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._job_started = asyncio.Event()
+        self._ack_wanted = asyncio.Event()  # a job started that the server wants acknowledged
+        self._unacked: dict[int, float] = {}  # such jobs: id -> its ack_s
         self._fatal: TokenRefused | None = None
         self._heartbeats: asyncio.Task[None] | None = None
         self._work_root = config.work_dir or Path(tempfile.gettempdir())  # set by run()
@@ -232,6 +235,9 @@ class Agent:
         self._runs[job.id] = run
         self._tasks[job.id] = asyncio.create_task(self._run_job(run), name=f"job-{job.id}")
         self._job_started.set()
+        if job.ack_s is not None:
+            self._unacked[job.id] = job.ack_s
+            self._ack_wanted.set()
         log.info("job.started", extra={"job_id": job.id, "attempt": job.attempt,
                                        "workspace": job.workspace, "agent": self.config.name})
 
@@ -256,15 +262,30 @@ class Agent:
                 if not self._runs:  # idle: the long-poll itself tells the server we are alive
                     self._job_started.clear()
                     await self._job_started.wait()
-                await asyncio.sleep(self._heartbeat_interval())
+                await self._until_beat()
                 await self._heartbeat()
         except TokenRefused as exc:
             self._on_fatal(exc)
+
+    async def _until_beat(self) -> None:
+        """The heartbeat interval, cut short when a job that must be acknowledged starts: then
+        a moment later (jobs done by then were acknowledged by their completion)."""
+        interval = asyncio.create_task(asyncio.sleep(self._heartbeat_interval()))
+        wanted = asyncio.create_task(self._ack_wanted.wait())
+        try:
+            await asyncio.wait([interval, wanted], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interval.cancel()
+            wanted.cancel()
+        if self._ack_wanted.is_set() and self._unacked:
+            await asyncio.sleep(min(ACK_DELAY_S, min(self._unacked.values()) / 4))
 
     def _heartbeat_interval(self) -> float:
         return min((r.job.heartbeat_s for r in self._runs.values()), default=DEFAULT_HEARTBEAT_S)
 
     async def _heartbeat(self) -> None:
+        self._ack_wanted.clear()
+        self._unacked.clear()  # this heartbeat acknowledges every job it names
         held = [(r.job.id, r.job.attempt) for r in self._runs.values() if not r.lost]
         if not held:
             return

@@ -46,6 +46,7 @@ class AgentIdentity:
 
 
 SESSION_HEADER = "tagrun-agent-session"
+FEATURES_HEADER = "tagrun-agent-features"  # what the agent can do: "ack" (routes/agents.claim)
 SESSION = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 

@@ -35,6 +35,7 @@ class ServerConfig:
     worker_name: str | None
     lease_s: float
     heartbeat_s: float
+    claim_ack_s: float  # 0: agents' claims need no acknowledgement
     poll_interval_s: float
     max_body_bytes: int
     pool_size: int
@@ -135,6 +136,11 @@ def load_config(
         raise ConfigError(
             f"TAGRUN_HEARTBEAT_S={heartbeat_s:g} must be less than TAGRUN_LEASE_S={lease_s:g}"
         )
+    # A lost claim answer costs at most this, not a whole lease; never more than the lease.
+    claim_ack_s = _number(env, "TAGRUN_CLAIM_ACK_S", min(5.0, lease_s), minimum=0.0)
+    if claim_ack_s > lease_s:
+        raise ConfigError(
+            f"TAGRUN_CLAIM_ACK_S={claim_ack_s:g} must be at most TAGRUN_LEASE_S={lease_s:g}")
     return ServerConfig(
         mode=mode,
         host=host or env.get("TAGRUN_HOST") or "127.0.0.1",
@@ -148,6 +154,7 @@ def load_config(
         worker_name=env.get("WORKER_NAME") or None,
         lease_s=lease_s,
         heartbeat_s=heartbeat_s,
+        claim_ack_s=claim_ack_s,
         poll_interval_s=_number(env, "TAGRUN_POLL_INTERVAL_S", 2.0, minimum=0.05),
         max_body_bytes=_integer(env, "TAGRUN_MAX_BODY_BYTES", 1 << 20, minimum=1024),
         pool_size=_integer(env, "TAGRUN_DB_POOL_SIZE", 9, minimum=2),

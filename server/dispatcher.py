@@ -36,6 +36,7 @@ class Waiter:
     slots: int
     jti: str
     key: str  # the holder key its jobs are leased under
+    ack_s: float | None = None  # it acknowledges each job within this, or the job is requeued
     future: asyncio.Future[list[Job]] = field(default_factory=asyncio.Future)
     claiming: bool = False
     revoked: bool = False  # its token was revoked while a claim for it was in flight
@@ -80,7 +81,7 @@ class Dispatcher:
 
     async def claim(
         self, name: str, tags: tuple[str, ...], slots: int, wait_s: float, jti: str,
-        key: str | None = None,
+        key: str | None = None, ack_s: float | None = None,
     ) -> list[Job]:
         if self._closed:
             # The server is stopping: a claim that came in on a kept-alive connection after
@@ -89,7 +90,7 @@ class Dispatcher:
             # so that the agent does not spin before its connection is closed.
             await asyncio.sleep(min(wait_s, CLOSED_CLAIM_PAUSE_S))
             return []
-        waiter = Waiter(name, tuple(sorted(set(tags))), slots, jti, key or jti)
+        waiter = Waiter(name, tuple(sorted(set(tags))), slots, jti, key or jti, ack_s)
         self._groups[waiter.tags].append(waiter)
         self._wake.set()
         try:
@@ -197,19 +198,22 @@ class Dispatcher:
         waiters = [w for w in self._groups.get(tags, []) if not w.future.done()]
         slots: list[str] = []
         keys: list[str | None] = []
+        acks: list[float | None] = []
         chosen: list[Waiter] = []
         for waiter in waiters:
             if len(slots) + waiter.slots > MAX_SLOTS_PER_CLAIM:
                 break
             slots += [waiter.name] * waiter.slots
             keys += [waiter.key] * waiter.slots
+            acks += [waiter.ack_s] * waiter.slots
             chosen.append(waiter)
             waiter.claiming = True
         if not chosen:
             return
         generations = {t: self._generation[t] for t in tags}
         try:
-            jobs = await self.store.claim_for_slots(tags, slots, self.lease_s, keys=keys)
+            jobs = await self.store.claim_for_slots(tags, slots, self.lease_s, keys=keys,
+                                                    acks=acks)
         except Exception as exc:  # noqa: BLE001 - the dispatcher must outlive any claim
             if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
                 log.warning("dispatcher.claim_failed", extra={"error": str(exc)})

@@ -23,6 +23,17 @@ def job_submitted(workspace: str, ids: Sequence[int], tags: Sequence[str]) -> No
                                          "tags": sorted(set(tags))[:20]})
 
 
+def claim_unacknowledged(job_id: int, status: str) -> None:
+    """An agent did not acknowledge a job it was handed (the answer was lost on the way):
+    requeued (`queued`; without using an attempt unless it happened max_attempts times
+    already), or ended (`cancelled`, or `failed` once it happened too often)."""
+    metrics.CLAIMS_UNACKNOWLEDGED.inc()
+    log.warning("job.claim_unacknowledged", extra={"job_id": job_id, "status": status})
+    if status == "failed":
+        metrics.DEAD_LETTERED.inc()
+        log.warning("job.dead_lettered", extra={"job_id": job_id, "error_kind": "lost_worker"})
+
+
 def job_log_truncated(job_id: int, max_chars: int) -> None:
     metrics.LOGS_TRUNCATED.inc()
     log.warning("job.log_truncated", extra={"job_id": job_id, "max_chars": max_chars})

@@ -90,6 +90,9 @@ def maintenance_job(task: str, concurrency_key: str) -> NewJob:
 
 
 async def expire_leases_once(store: Store) -> None:
+    # Unacknowledged claims first: a job whose claim answer was lost uses no attempt.
+    for job_id, status in await store.release_unacked():
+        events.claim_unacknowledged(job_id, status)
     for job_id, status in await store.expire_leases():
         events.lease_expired(job_id, status)
 

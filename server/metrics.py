@@ -41,6 +41,9 @@ DEAD_LETTERED = Counter("tagrun_jobs_dead_lettered", "Jobs failed with no attemp
                         registry=REGISTRY)
 LEASE_EXPIRIES = Counter("tagrun_lease_expiries", "Leases that expired (holder gone)",
                          registry=REGISTRY)
+CLAIMS_UNACKNOWLEDGED = Counter(
+    "tagrun_claims_unacknowledged", "Jobs handed to an agent that never acknowledged them "
+    "(the claim answer was lost), put back in the queue", registry=REGISTRY)
 LOGS_TRUNCATED = Counter("tagrun_job_logs_truncated", "Jobs whose stored log reached "
                          "TAGRUN_MAX_LOG_BYTES (the rest was dropped)", registry=REGISTRY)
 DISPATCH_LATENCY = Histogram("tagrun_dispatch_latency_seconds",

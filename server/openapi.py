@@ -60,8 +60,14 @@ _WORKSPACE: dict[str, Any] = {"type": "string", "pattern": f"^(?:{WORKSPACE_ID.p
 _HEADERS: dict[str, dict[str, Any]] = {"Idempotency-Key": {
     "type": "string", "maxLength": 255, "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$"},
     # One random value per agent process (agent_tokens.holder_key): its leases are its own.
-    "Tagrun-Agent-Session": {"type": "string", "pattern": f"^(?:{SESSION.pattern})$"}}
+    "Tagrun-Agent-Session": {"type": "string", "pattern": f"^(?:{SESSION.pattern})$"},
+    # What the agent can do, comma-separated. `ack`: it acknowledges each job it is handed
+    # (a heartbeat or log naming it) within the job's ack_s, or the job is put back in the
+    # queue without using an attempt (its claim answer was lost on the way).
+    "Tagrun-Agent-Features": {"type": "string", "maxLength": 200,
+                              "description": "comma-separated; 'ack': see the claim's ack_s"}}
 _AGENT = ("Tagrun-Agent-Session",)
+_CLAIMING_AGENT = ("Tagrun-Agent-Session", "Tagrun-Agent-Features")
 _PATH_ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}  # path_int
 
 
@@ -117,7 +123,7 @@ OPERATIONS = [
     Op("DELETE", "/api/w/{ws}/schedules/{name}", "Delete a schedule (built-ins refuse)",
        out.ScheduleDeleted),
     Op("POST", "/api/agent_workers/claim", "Long-poll for jobs of the token's tags",
-       out.Claimed, body=agent.ClaimIn, auth="agent", headers=_AGENT),
+       out.Claimed, body=agent.ClaimIn, auth="agent", headers=_CLAIMING_AGENT),
     Op("POST", "/api/agent_workers/heartbeat", "Extend leases; learn of cancels and losses",
        out.HeartbeatOut, body=agent.HeartbeatIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/agent_workers/release", "Give jobs back without using an attempt",

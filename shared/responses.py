@@ -200,6 +200,10 @@ class AgentJob(_Out):
     lease_s: float
     heartbeat_s: float
     log_offset: int
+    # Seconds within which the agent must acknowledge the job (a heartbeat or log naming it)
+    # or it goes back to the queue unused; null: no acknowledgement asked (an agent that did
+    # not send `Tagrun-Agent-Features: ack`, or TAGRUN_CLAIM_ACK_S=0).
+    ack_s: float | None = None
 
 
 class Claimed(_Out):

@@ -11,7 +11,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tagrun.server import events
-from tagrun.server.agent_tokens import SESSION_HEADER, AgentIdentity, AgentTokens, holder_key
+from tagrun.server.agent_tokens import (
+    FEATURES_HEADER,
+    SESSION_HEADER,
+    AgentIdentity,
+    AgentTokens,
+    holder_key,
+)
 from tagrun.server.errors import InvalidInput, TagrunError, Unauthorized
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
@@ -61,12 +67,13 @@ async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
     await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti))
 
 
-def job_for_agent(job: dict[str, Any], lease_s: float, heartbeat_s: float) -> dict[str, Any]:
+def job_for_agent(job: dict[str, Any], lease_s: float, heartbeat_s: float,
+                  ack_s: float | None = None) -> dict[str, Any]:
     return {
         "id": job["id"], "workspace": job["workspace"], "language": job["language"],
         "content": job["content"], "args": job["args"], "tag": job["tag"],
         "attempt": job["attempt"], "timeout_s": job["timeout_s"], "lease_s": lease_s,
-        "heartbeat_s": heartbeat_s, "log_offset": job["log_offset"],
+        "heartbeat_s": heartbeat_s, "log_offset": job["log_offset"], "ack_s": ack_s,
     }
 
 
@@ -75,16 +82,21 @@ async def claim(request: Request) -> Response:
     body = await read_body(request, ClaimIn)
     await _seen(request, agent, body.name)
     state = _state(request)
+    # An agent that says it acknowledges jobs gets them on that condition: a claim answer lost
+    # on the way puts its jobs back in the queue after claim_ack_s, not after the lease.
+    acks = "ack" in request.headers.get(FEATURES_HEADER, "").replace(" ", "").split(",")
+    ack_s = state.config.claim_ack_s if acks and state.config.claim_ack_s else None
     try:
         jobs = await until_disconnect(request, state.dispatcher.claim(
-            body.name, agent.tags, body.slots, body.wait_s, agent.jti, agent.key))
+            body.name, agent.tags, body.slots, body.wait_s, agent.jti, agent.key, ack_s))
     except Unauthorized as exc:  # its token was revoked while it waited
         _refused(request, exc)
         raise
     if jobs is None:  # the agent went away; the dispatcher gave back what it was leased
         return Response(status_code=499)
     config = state.config
-    return JSON({"jobs": [job_for_agent(j, config.lease_s, config.heartbeat_s) for j in jobs]})
+    return JSON({"jobs": [job_for_agent(j, config.lease_s, config.heartbeat_s, ack_s)
+                          for j in jobs]})
 
 
 async def heartbeat(request: Request) -> JSON:

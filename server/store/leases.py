@@ -23,7 +23,8 @@ from tagrun.shared.storable import storable_json, storable_text
 # applies to the claimer ($4: it runs inside a server process): CLAIM_JOBS_CAPPED does.
 CLAIM_JOBS = """
 WITH slots AS (
-    SELECT holder, key, n FROM unnest($2::text[], $5::text[]) WITH ORDINALITY AS s(holder, key, n)
+    SELECT holder, key, ack_s, n
+    FROM unnest($2::text[], $5::text[], $6::float8[]) WITH ORDINALITY AS s(holder, key, ack_s, n)
 ), picked AS (
     SELECT c.job_id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.job_id) AS n
     FROM unnest($1::text[]) AS t(tag)
@@ -45,7 +46,8 @@ WITH slots AS (
 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
                   holder_key = s.key,
                   started_at = now(), finished_at = NULL, inline = $4,
-                  lease_expires_at = now() + make_interval(secs => $3::float8)
+                  lease_expires_at = now() + make_interval(secs => $3::float8),
+                  ack_by = now() + make_interval(secs => s.ack_s)
 FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
@@ -72,7 +74,8 @@ WITH caps AS (
                  END) AS n
     FROM caps, load
 ), slots AS (
-    SELECT holder, key, n FROM unnest($2::text[], $6::text[]) WITH ORDINALITY AS s(holder, key, n)
+    SELECT holder, key, ack_s, n
+    FROM unnest($2::text[], $6::text[], $7::float8[]) WITH ORDINALITY AS s(holder, key, ack_s, n)
 ), candidates AS (
     SELECT c.* FROM unnest($1::text[]) AS t(tag)
     CROSS JOIN LATERAL (
@@ -104,7 +107,8 @@ WITH caps AS (
 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
                   holder_key = s.key,
                   started_at = statement_timestamp(), finished_at = NULL, inline = $4,
-                  lease_expires_at = now() + make_interval(secs => $3::float8)
+                  lease_expires_at = now() + make_interval(secs => $3::float8),
+                  ack_by = now() + make_interval(secs => s.ack_s)
 FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
@@ -116,7 +120,8 @@ EXTEND_LEASES = """
 WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt)
 ), extended AS (
-    UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8)
+    UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8),
+                      ack_by = NULL
     FROM held h
     WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = $3 AND j.status = 'running'
       AND j.holder_key IS NOT DISTINCT FROM $5
@@ -145,7 +150,7 @@ WITH cur AS (
 ), j AS (
     UPDATE jobs SET log_received = log_received + length($4),
                     log_size = log_size + length(piece.data),
-                    log_truncated = piece.was OR piece.over
+                    log_truncated = piece.was OR piece.over, ack_by = NULL
     FROM piece WHERE jobs.id = piece.id RETURNING jobs.id
 ), ins AS (
     INSERT INTO job_logs (job_id, off, data) SELECT id, off, data FROM piece WHERE data <> ''
@@ -225,6 +230,47 @@ WITH expired AS (
 )
 SELECT id, status, CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
 FROM j"""
+# Claims no agent acknowledged in time (their answer was lost on the way): back to the
+# queue without using an attempt, as a release; a cancel requested meanwhile ends them.
+# After max_attempts such returns the job is treated as its holder lost (an attempt used,
+# failed when none is left): a job that kills each agent before it can answer must end.
+RELEASE_UNACKED = """
+WITH unacked AS (
+    SELECT id, cancel_requested AS cancel, handouts_lost >= max_attempts AS spent,
+           attempt < max_attempts AS more
+    FROM jobs WHERE ack_by < now() AND status = 'running'
+    ORDER BY ack_by LIMIT 1000 FOR UPDATE SKIP LOCKED
+), j AS (
+    UPDATE jobs SET
+        status = CASE WHEN u.cancel THEN 'cancelled'
+                      WHEN u.spent AND NOT u.more THEN 'failed' ELSE 'queued' END,
+        attempt = CASE WHEN u.cancel OR u.spent THEN attempt ELSE attempt - 1 END,
+        handouts_lost = handouts_lost + 1,
+        error = CASE WHEN u.cancel THEN '{"kind": "cancelled", "message": "cancelled"}'::jsonb
+                     WHEN u.spent THEN jsonb_build_object(
+                         'kind', 'lost_worker', 'message',
+                         'handed to agents ' || handouts_lost + 1 || ' times, and none '
+                         || 'acknowledged it (was each one lost as the job started?)')
+                     ELSE error END,
+        attempts = CASE WHEN u.spent THEN attempts || jsonb_build_object(
+                            'attempt', attempt, 'worker', worker, 'started_at', started_at,
+                            'finished_at', now(), 'status', 'failed', 'error',
+                            jsonb_build_object('kind', 'lost_worker', 'message',
+                                               'the agent never acknowledged the job'))
+                        ELSE attempts END,
+        finished_at = CASE WHEN u.cancel OR (u.spent AND NOT u.more) THEN now() END,
+        started_at = CASE WHEN u.cancel OR u.spent THEN started_at END,
+        lease_expires_at = NULL, ack_by = NULL, run_at = now(), worker = NULL, holder_key = NULL
+    FROM unacked u WHERE jobs.id = u.id
+    RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
+              jobs.concurrency_key, jobs.concurrency_limit
+), q AS (
+    INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
+    SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit
+    FROM j WHERE status = 'queued'
+)
+SELECT id, status, CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
+FROM j"""
 REGISTER_WORKER = """
 INSERT INTO workers (name, kind, grp, tags, ip, version) VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp, tags = EXCLUDED.tags,
@@ -268,20 +314,25 @@ class Leases(StoreBase):
 
     async def claim_for_slots(
         self, tags: Sequence[str], slots: Sequence[str], lease_s: float, *, inline: bool = False,
-        keys: Sequence[str | None] | None = None,
+        keys: Sequence[str | None] | None = None, acks: Sequence[float | None] | None = None,
     ) -> list[dict[str, Any]]:
         """Lease up to len(slots) jobs, job i to holder slots[i] with key keys[i] (None: a
         direct worker); each job names its holder and key.
 
-        `inline`: the claimer runs jobs inside a server process (task_inline_max_concurrent)."""
+        `inline`: the claimer runs jobs inside a server process (task_inline_max_concurrent).
+        `acks[i]`: slot i's holder must acknowledge its job within that many seconds (an
+        agent, whose claim answer can be lost on the way), or the job goes back to the queue
+        (release_unacked); None: no acknowledgement (a direct worker)."""
         args = (list(tags), list(slots), lease_s, inline)
         key_list = list(keys) if keys is not None else [None] * len(slots)
+        ack_list = list(acks) if acks is not None else [None] * len(slots)
         if await self._caps_apply(inline):
             async with translated_errors(), self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", CLAIM_LOCK_ID)
-                rows = await conn.fetch(CLAIM_JOBS_CAPPED, *args, CAPPED_LOOKAHEAD, key_list)
+                rows = await conn.fetch(CLAIM_JOBS_CAPPED, *args, CAPPED_LOOKAHEAD, key_list,
+                                        ack_list)
         else:
-            rows = await self.fetch(CLAIM_JOBS, *args, key_list)
+            rows = await self.fetch(CLAIM_JOBS, *args, key_list, ack_list)
         jobs = [dict(r) for r in rows]
         jobs.sort(key=lambda j: (-j["priority"], j["id"]))
         return jobs
@@ -402,6 +453,12 @@ class Leases(StoreBase):
 
     async def expire_leases(self) -> list[tuple[int, str]]:
         rows = await self.fetch(EXPIRE_LEASES)
+        return [(r["id"], r["status"]) for r in rows]
+
+    async def release_unacked(self) -> list[tuple[int, str]]:
+        """Requeue (or end, if cancelled) claims whose agent did not acknowledge them in
+        time; (id, new status) for each."""
+        rows = await self.fetch(RELEASE_UNACKED)
         return [(r["id"], r["status"]) for r in rows]
 
     async def register_worker(

@@ -216,7 +216,7 @@ def test_an_idle_agent_costs_no_row_writes_and_goes_stale_when_its_replica_dies(
 
 
 def test_job_of_a_killed_agent_finishes_on_another_after_its_lease(
-    api: httpx.Client, start_agent, tmp_path: Path
+    api: httpx.Client, start_agent, tmp_path: Path, database_url: str
 ) -> None:
     doomed, _ = start_agent(["edge-kill"])
     pids = tmp_path / "pids"
@@ -225,6 +225,10 @@ def test_job_of_a_killed_agent_finishes_on_another_after_its_lease(
         "content": f'echo $$ >> {pids}; [ "$(wc -l < {pids})" -gt 1 ] || sleep 300; echo ok'
     }).json()
     wait_until(pids.exists, message="the job to start on the first agent")
+    # Killed once it acknowledged the job (before that, the job would go back unused:
+    # tests/e2e/test_claim_ack.py), so the kill costs an attempt.
+    wait_until(lambda: query(database_url, "SELECT ack_by FROM jobs WHERE id = $1",
+                             job["id"])[0]["ack_by"] is None, message="the acknowledgement")
     doomed.proc.kill()  # kill -9: no drain, no release, no completion
     doomed.proc.wait()
     os.killpg(int(pids.read_text().split()[0]), signal.SIGKILL)  # what -9 left behind

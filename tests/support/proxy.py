@@ -1,4 +1,5 @@
-"""A loopback TCP proxy that can stop forwarding, like a proxy or network that hangs."""
+"""A loopback TCP proxy that can stop forwarding, like a proxy or network that hangs, or cut a
+connection just as the server's answer passes, like a connection lost mid-response."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ class Proxy:
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._closed = False
+        self._cut: bytes | None = None
+        self.cuts = 0  # answers swallowed by cut_next_answer
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_next_answer(self, containing: bytes) -> None:
+        """Swallow the next data from the server holding `containing`, and close that
+        connection on both sides: the server wrote its answer, the client never gets it."""
+        self._cut = containing
 
     def hang(self) -> None:
         """Stop forwarding: bytes already sent and new connections go nowhere."""
@@ -49,15 +57,19 @@ class Proxy:
                 continue
             with self._lock:
                 self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, down in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(src, dst, down), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
         try:
             while data := src.recv(65536):
                 self.forwarding.wait()
                 if self._closed:
                     return
+                if down and self._cut is not None and self._cut in data:
+                    self._cut = None
+                    self.cuts += 1
+                    return  # the finally below closes both sides
                 dst.sendall(data)
         except OSError:
             pass
