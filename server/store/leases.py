@@ -177,7 +177,7 @@ WITH cur AS (
                       ) * (0.5 + random() / 2))
                       ELSE run_at END,
         finished_at = CASE WHEN cur.again THEN NULL ELSE now() END,
-        lease_expires_at = NULL, cancel_requested = false,
+        lease_expires_at = NULL, ack_by = NULL, cancel_requested = false,
         attempts = attempts || jsonb_build_object(
             'attempt', attempt, 'worker', worker, 'started_at', started_at,
             'finished_at', now(), 'status', $4::text, 'error', $6::jsonb)
@@ -202,6 +202,18 @@ SELECT status, attempt, worker, holder_key, result, attempts -> -1 AS recorded
 FROM jobs WHERE id = $1"""
 QUEUE_DEAD_ROWS = "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'queue'::regclass"
 VACUUM_QUEUE = "VACUUM (SKIP_LOCKED) queue"  # no arguments: sent as a simple query
+# The end of a statement whose CTE `j` updated jobs: those now queued go back in the queue,
+# and those that ended are announced (GET /jobs/{id}?wait_s= listens for it).
+_REQUEUED = """
+    RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
+              jobs.concurrency_key, jobs.concurrency_limit
+), q AS (
+    INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
+    SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit
+    FROM j WHERE status = 'queued'
+)
+SELECT id, status, CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
+FROM j"""
 EXPIRE_LEASES = """
 WITH expired AS (
     SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now()
@@ -217,19 +229,12 @@ WITH expired AS (
             'attempt', attempt, 'worker', worker, 'started_at', started_at,
             'finished_at', now(), 'status', 'failed', 'error', jsonb_build_object(
                 'kind', 'lease_expired', 'message', 'the lease expired')),
-        run_at = now(), lease_expires_at = NULL, worker = NULL, holder_key = NULL,
+        run_at = now(), lease_expires_at = NULL, ack_by = NULL, worker = NULL,
+        holder_key = NULL,
         finished_at = CASE WHEN attempt < max_attempts AND NOT cancel_requested
                            THEN NULL ELSE now() END
     FROM expired WHERE jobs.id = expired.id
-    RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
-              jobs.concurrency_key, jobs.concurrency_limit
-), q AS (
-    INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
-    SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit
-    FROM j WHERE status = 'queued'
-)
-SELECT id, status, CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
-FROM j"""
+""" + _REQUEUED
 # Claims no agent acknowledged in time (their answer was lost on the way): back to the
 # queue without using an attempt, as a release; a cancel requested meanwhile ends them.
 # After max_attempts such returns the job is treated as its holder lost (an attempt used,
@@ -262,15 +267,7 @@ WITH unacked AS (
         started_at = CASE WHEN u.cancel OR u.spent THEN started_at END,
         lease_expires_at = NULL, ack_by = NULL, run_at = now(), worker = NULL, holder_key = NULL
     FROM unacked u WHERE jobs.id = u.id
-    RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
-              jobs.concurrency_key, jobs.concurrency_limit
-), q AS (
-    INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
-    SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit
-    FROM j WHERE status = 'queued'
-)
-SELECT id, status, CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
-FROM j"""
+""" + _REQUEUED
 REGISTER_WORKER = """
 INSERT INTO workers (name, kind, grp, tags, ip, version) VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp, tags = EXCLUDED.tags,
@@ -285,7 +282,8 @@ WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt)
 ), j AS (
     UPDATE jobs SET status = 'queued', attempt = jobs.attempt - 1, lease_expires_at = NULL,
-                    worker = NULL, holder_key = NULL, started_at = NULL, run_at = now()
+                    ack_by = NULL, worker = NULL, holder_key = NULL, started_at = NULL,
+                    run_at = now()
     FROM held h
     WHERE jobs.id = h.id AND jobs.attempt = h.attempt AND jobs.worker = $3
       AND jobs.status = 'running' AND NOT jobs.cancel_requested
