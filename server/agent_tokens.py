@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-import asyncpg
 import jwt
 
 from tagrun.server.errors import InvalidInput, Unauthorized
-from tagrun.server.store import Store
+from tagrun.server.store import DATABASE_ERRORS, Store
 from tagrun.shared.tags import TagError, validate_tag
 
 log = logging.getLogger("tagrun.agent_tokens")
@@ -135,7 +134,7 @@ class AgentTokens:
             await asyncio.sleep(REFRESH_S)
             try:
                 revoked = await self.store.revoked_jtis()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("agent_token.refresh_failed", extra={"error": str(exc)})
                 continue
             self._revoked_now(revoked)

@@ -93,11 +93,16 @@ class Parts:
     heartbeats: Heartbeats
 
 
+# Every route served; those under /api/ are exactly the operations of openapi.OPERATIONS
+# (tests/api/test_openapi.py checks both ways).
+ROUTES = [*health.routes, *admin.routes, *fleet.routes, *settings.routes, *scripts.routes,
+          *jobs.routes, *schedules.routes, *agents.routes, *metrics.routes, *openapi.routes,
+          *ui.routes]
+
+
 def create_app(parts: Parts) -> Starlette:
     app = Starlette(
-        routes=[*health.routes, *admin.routes, *fleet.routes, *settings.routes,
-                *scripts.routes, *jobs.routes, *schedules.routes, *agents.routes, *metrics.routes,
-                *openapi.routes, *ui.routes],
+        routes=ROUTES,
         middleware=[Middleware(metrics.HttpMetrics), Middleware(ui.SecurityHeaders)],
         exception_handlers={
             TagrunError: tagrun_error,

@@ -15,12 +15,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from tagrun.server import events
 from tagrun.server.errors import Unauthorized
 from tagrun.server.listener import Listener
-from tagrun.server.store import Store
+from tagrun.server.store import DATABASE_ERRORS, Store
 
 log = logging.getLogger("tagrun.dispatcher")
 
@@ -129,7 +127,7 @@ class Dispatcher:
         self._in_background(self._released(waiter, jobs))
 
     async def _released(self, waiter: Waiter, jobs: list[Job]) -> None:
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        with contextlib.suppress(*DATABASE_ERRORS):
             await self.store.release_jobs(waiter.name, [(j["id"], j["attempt"]) for j in jobs],
                                           key=waiter.key)
             log.info("dispatcher.released", extra={"agent": waiter.name,
@@ -215,7 +213,7 @@ class Dispatcher:
             jobs = await self.store.claim_for_slots(tags, slots, self.lease_s, keys=keys,
                                                     acks=acks)
         except Exception as exc:  # noqa: BLE001 - the dispatcher must outlive any claim
-            if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
+            if isinstance(exc, DATABASE_ERRORS):
                 log.warning("dispatcher.claim_failed", extra={"error": str(exc)})
             else:
                 log.exception("dispatcher.claim_crashed")
@@ -239,7 +237,7 @@ class Dispatcher:
             return
         try:
             seconds = await self.store.seconds_to_next_due(sorted(tags))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_ERRORS:
             return  # the sweep will look again
         if seconds is not None and seconds > 0:  # <= 0: due but held back by a cap
             due = asyncio.get_running_loop().time() + max(seconds, 0.0) + 0.005

@@ -19,10 +19,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from tagrun.server.agent_tokens import jti_of
-from tagrun.server.store import Store
+from tagrun.server.store import DATABASE_ERRORS, Store
 
 log = logging.getLogger("tagrun.heartbeats")
 
@@ -130,7 +128,7 @@ class Heartbeats:
         try:
             rows = await self.store.heartbeat_batch(held, seen, self.lease_s,
                                                     process=self.process, gone=sorted(gone))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("heartbeats.flush_failed", extra={"error": str(exc)})
             self._seen |= seen.keys()  # marked alive next time; `gone` is worked out again
             for beat in beats:

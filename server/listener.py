@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import asyncpg
 
+from tagrun.server.store import DATABASE_ERRORS
+
 log = logging.getLogger("tagrun.listener")
 
 JOBS_CHANNEL = "tagrun_jobs"
@@ -178,7 +180,7 @@ class Listener:
                 log.info("listener.reconnected")
                 delay = 0.2
                 self._wake_all()  # and again: nothing sent while we were away was heard
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("listener.reconnect_failed", extra={"error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

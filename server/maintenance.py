@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
-
 from tagrun.server import events
 from tagrun.server.config import ConfigError
 from tagrun.server.errors import TagrunError
 from tagrun.server.listener import Listener
-from tagrun.server.store import NewJob, Store
+from tagrun.server.store import DATABASE_ERRORS, NewJob, Store
 from tagrun.shared.executors import ErrorKind
 
 log = logging.getLogger("tagrun.maintenance")
@@ -44,7 +42,6 @@ BATCH = 1000
 KEEP_EXPIRED_TOKENS = timedelta(days=7)
 STALE_RECORD_AGE = timedelta(days=7)
 SAFETY_POLL_S = 30.0  # a NOTIFY wakes the maintenance worker; this covers a missed one
-TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,7 @@ async def run_maintenance(store: Store, stop: asyncio.Event, *, stale_after_s: f
             if time.monotonic() - vacuumed >= QUEUE_VACUUM_INTERVAL_S:
                 vacuumed = time.monotonic()
                 await vacuum_queue(store)
-        except TRANSIENT as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("maintenance.failed", extra={"error": str(exc)})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), LEASE_CHECK_INTERVAL_S)
@@ -225,7 +222,7 @@ class MaintenanceWorker:
                 try:
                     if await self.run_once():
                         continue
-                except TRANSIENT as exc:
+                except DATABASE_ERRORS as exc:
                     log.warning("maintenance.claim_failed", extra={"error": str(exc)})
                 woken = asyncio.create_task(waiter.wait(SAFETY_POLL_S))
                 stopped = asyncio.create_task(stop.wait())
@@ -257,11 +254,11 @@ class MaintenanceWorker:
             return
         except _Cancelled:
             status, error = "cancelled", {"kind": ErrorKind.CANCELLED, "message": "cancelled"}
-        except (TagrunError, ValueError, *TRANSIENT) as exc:
+        except (TagrunError, ValueError, *DATABASE_ERRORS) as exc:
             log.warning("maintenance.task_failed",
                         extra={"job_id": job["id"], "error": str(exc)})
             status, error = "failed", {"kind": ErrorKind.INTERNAL, "message": str(exc)}
-        with contextlib.suppress(TagrunError, *TRANSIENT):  # else lease expiry ends the job
+        with contextlib.suppress(TagrunError, *DATABASE_ERRORS):  # else lease expiry ends the job
             recorded = await self.store.complete_job(
                 self.name, job["id"], job["attempt"], status, result, error, 0.0)
             if not recorded["repeat"]:

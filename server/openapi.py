@@ -20,6 +20,7 @@ from tagrun.server.http import JSON
 from tagrun.server.routes import jobs as job_routes
 from tagrun.server.routes import schedules as sched
 from tagrun.server.routes import settings as setting_routes
+from tagrun.server.store import STATES
 from tagrun.shared import agent_wire as agent
 from tagrun.shared import models as req
 from tagrun.shared import responses as out
@@ -42,6 +43,13 @@ class Op:
     also: dict[int, str] = field(default_factory=dict)  # other success statuses -> when
 
 
+class OpenApiDocument(msgspec.Struct):  # what GET /api/openapi.json answers: this document
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]
+    components: dict[str, Any]
+
+
 class SettingIn(msgspec.Struct, forbid_unknown_fields=True):  # as routes/settings.py reads it
     key: str
     value: int
@@ -53,7 +61,7 @@ _LIMIT: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 1000}
 _ID_CURSOR: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 2**62}
 _OFFSET: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 2**62}
 _WAIT_S: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": job_routes.MAX_WAIT_S}
-_STATUS: dict[str, Any] = {"type": "string", "enum": list(job_routes.STATES)}
+_STATUS: dict[str, Any] = {"type": "string", "enum": list(STATES)}
 _RUNS: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 1000}
 _WORKSPACE: dict[str, Any] = {"type": "string", "pattern": f"^(?:{WORKSPACE_ID.pattern})$"}
 # 1-255 printable characters (routes/jobs.py); edge spaces would not survive HTTP.
@@ -73,6 +81,7 @@ _PATH_ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 10**18 -
 
 OPERATIONS = [
     Op("GET", "/api/health", "Liveness and version", out.Health, auth="none"),
+    Op("GET", "/api/openapi.json", "This document (OpenAPI 3.1)", OpenApiDocument, auth="none"),
     Op("POST", "/api/workspaces", "Create a workspace", out.Workspace, 201, req.WorkspaceIn,
        auth="superadmin"),
     Op("GET", "/api/workspaces", "List workspaces", out.Workspaces, auth="superadmin"),

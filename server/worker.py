@@ -11,12 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from tagrun.server import events
 from tagrun.server.errors import InvalidInput, LeaseLost, TagrunError
 from tagrun.server.listener import Listener
-from tagrun.server.store import Store
+from tagrun.server.store import DATABASE_ERRORS, Store
 from tagrun.shared.executors import (
     NO_PROCESS,
     ErrorKind,
@@ -31,7 +29,6 @@ from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.worker")
 
-TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 LOG_RETRY_S = 60.0  # how long a log write is retried while the database is unreachable
 
 
@@ -108,7 +105,7 @@ class Worker:
             try:
                 await call()
                 return
-            except TRANSIENT as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("worker.db_unavailable", extra={"error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -136,7 +133,7 @@ class Worker:
         """Remember when the next not-yet-due job of our tags becomes due."""
         try:
             seconds = await self.store.seconds_to_next_due(self.settings.tags)
-        except TRANSIENT:
+        except DATABASE_ERRORS:
             return  # the poll looks again
         if seconds is not None and seconds > 0:  # <= 0: due but held back by a cap
             due = self._loop_time() + seconds + 0.005
@@ -150,7 +147,7 @@ class Worker:
         try:
             jobs = await self.store.claim_jobs(s.name, s.tags, free, s.lease_s,
                                                inline=s.kind == "inline")
-        except TRANSIENT as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("worker.claim_failed", extra={"error": str(exc)})
             await asyncio.sleep(min(s.poll_interval_s, 1.0))
             return 0
@@ -194,7 +191,7 @@ class Worker:
                     return
                 except LeaseLost as exc:
                     raise StreamEnded(exc.message) from exc
-                except TRANSIENT as exc:
+                except DATABASE_ERRORS as exc:
                     if self._loop_time() + delay > deadline:
                         raise StreamEnded(str(exc)) from exc
                     log.warning("worker.db_unavailable", extra={"job_id": job_id,
@@ -241,7 +238,7 @@ class Worker:
                                                       "message": message})
                     await self._complete(job, failed, retryable=False)
                 return
-            except TRANSIENT as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("job.completion_retry", extra={"job_id": job.id, "error": str(exc)})
                 await asyncio.sleep(delay)
         log.error("job.completion_abandoned", extra={"job_id": job.id})  # expiry requeues it
@@ -259,7 +256,7 @@ class Worker:
             try:
                 cancel, lost = await self.store.extend_leases(
                     self.settings.name, held, self.settings.lease_s)
-            except TRANSIENT as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("worker.heartbeat_failed", extra={"error": str(exc)})
                 continue
             for job_id in cancel:
@@ -288,6 +285,6 @@ class Worker:
             job.lost = True  # released below: no completion for these
             job.execution.cancel()
         await asyncio.wait(pending, timeout=5)
-        with contextlib.suppress(*TRANSIENT):
+        with contextlib.suppress(*DATABASE_ERRORS):
             released = await self.store.release_jobs(self.settings.name, held)
             log.info("worker.released", extra={"jobs": released})

@@ -68,11 +68,10 @@ def start(
         os.environ["MODE"] = "agent"
         agent_main([])
         return
-    import asyncpg
-
     from tagrun.server.config import ConfigError, load_config
     from tagrun.server.logs import configure_logging
     from tagrun.server.runtime import run
+    from tagrun.server.store import DATABASE_ERRORS
     from tagrun.shared.logfmt import LogConfigError, log_format
 
     try:
@@ -87,7 +86,7 @@ def start(
                    f"  superadmin token: {config.superadmin_token_source}", err=True)
     try:
         run(config)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         # Startup failures (database unreachable, unknown, or refusing us) are the user's to
         # fix: say what failed in one line rather than with a traceback.
         message = f"{exc.__class__.__name__}: {exc}"

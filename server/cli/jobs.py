@@ -18,12 +18,12 @@ from tagrun.server.cli.client import (
     print_table,
     read_content,
 )
+from tagrun.server.job_states import FINAL_STATES
 
 app = typer.Typer(help="Submit, follow, list and control jobs.", no_args_is_help=True)
 
 Workspace = Annotated[str, typer.Option("--workspace", "-w", envvar="TAGRUN_WORKSPACE",
                                         help="Workspace id.")]
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 @contextlib.contextmanager
@@ -49,7 +49,7 @@ def wait_for(client: Client, workspace: str, job_id: int, *, follow_logs: bool) 
             offset = logs["offset"]
         job: dict[str, Any] = client.get(f"/api/w/{workspace}/jobs/{job_id}",
                                          wait_s=1 if follow_logs else 10)
-        if job["status"] in FINAL:
+        if job["status"] in FINAL_STATES:
             if follow_logs:
                 logs = client.get(f"/api/w/{workspace}/jobs/{job_id}/logs", offset=offset)
                 typer.echo(logs["data"], nl=False, err=True)

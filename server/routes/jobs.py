@@ -14,12 +14,11 @@ from tagrun.server import events
 from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.http import JSON, path_int, query_float, query_int, read_body
-from tagrun.server.store import FINAL_STATES, NewJob, Store
+from tagrun.server.store import FINAL_STATES, STATES, NewJob, Store
 from tagrun.shared.executors import LANGUAGES
 from tagrun.shared.models import BatchIn, JobIn
 from tagrun.shared.tags import TagError, resolve_tag
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 MAX_WAIT_S = 60.0
 
 

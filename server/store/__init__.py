@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from tagrun.server.store._base import create_pool
+from tagrun.server.job_states import FINAL_STATES, STATES
+from tagrun.server.store._base import DATABASE_ERRORS, create_pool
 from tagrun.server.store.accounts import Accounts, Principal, hash_token
 from tagrun.server.store.agents import Agents
-from tagrun.server.store.jobs import FINAL_STATES, Jobs, NewJob
+from tagrun.server.store.jobs import Jobs, NewJob
 from tagrun.server.store.leases import Leases
 from tagrun.server.store.migrate import migrate
 from tagrun.server.store.schedules import Schedules
@@ -18,4 +19,5 @@ class Store(Accounts, Agents, Scripts, Settings, Jobs, Leases, Schedules, UiQuer
     """One object over the pool; the mixins group statements by concept."""
 
 
-__all__ = ["FINAL_STATES", "NewJob", "Principal", "Store", "create_pool", "hash_token", "migrate"]
+__all__ = ["DATABASE_ERRORS", "FINAL_STATES", "STATES", "NewJob", "Principal", "Store",
+           "create_pool", "hash_token", "migrate"]

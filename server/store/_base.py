@@ -12,6 +12,11 @@ import asyncpg
 
 from tagrun.server.errors import Conflict, InvalidInput, NotFound
 
+# Errors from the database or the way to it, as opposed to the domain errors translated_errors
+# raises: the connection failed or timed out, the server is restarting, or a statement failed
+# for a reason of the database's. Every loop that must outlive the database retries these.
+DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from tagrun.server.errors import Conflict, NotFound
+from tagrun.server.job_states import FINAL_STATES
 from tagrun.server.store._base import StoreBase, iso, translated_errors
 
 INSERT_JOBS = """
@@ -87,8 +88,6 @@ WITH updated AS (
 INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
 SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit FROM updated
 RETURNING job_id"""
-
-FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from tagrun.server.errors import Conflict, NotFound
+from tagrun.server.job_states import FINAL_STATES
 from tagrun.server.store._base import StoreBase, iso, translated_errors
 from tagrun.server.store.jobs import CANCEL_JOB, INSERT_JOBS, NewJob, _cap_columns, _columns
 
@@ -71,7 +72,7 @@ ADVANCE = "UPDATE schedules SET next_fire_at = $3 WHERE id = $1 AND next_fire_at
 DELETE_OLD_JOBS = """
 WITH old AS (
     SELECT id FROM jobs
-    WHERE finished_at < $1 AND status IN ('succeeded', 'failed', 'cancelled')
+    WHERE finished_at < $1 AND status = ANY($3::text[])
     ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED
 )
 DELETE FROM jobs j USING old WHERE j.id = old.id"""
@@ -213,7 +214,8 @@ class Schedules(StoreBase):
     # --- built-in maintenance -------------------------------------------------------------
 
     async def delete_old_jobs(self, finished_before: datetime, batch: int) -> int:
-        return _count(await self.execute(DELETE_OLD_JOBS, finished_before, batch))
+        return _count(await self.execute(DELETE_OLD_JOBS, finished_before, batch,
+                                         list(FINAL_STATES)))
 
     async def delete_old_fires(self, created_before: datetime, batch: int) -> int:
         return _count(await self.execute(DELETE_OLD_FIRES, created_before, batch))

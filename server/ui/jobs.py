@@ -11,8 +11,7 @@ from starlette.routing import Route
 from tagrun.server.auth import WORKSPACE_ID, authenticator
 from tagrun.server.errors import InvalidInput
 from tagrun.server.http import path_int, query_int
-from tagrun.server.routes.jobs import STATES
-from tagrun.server.store import FINAL_STATES, Store
+from tagrun.server.store import FINAL_STATES, STATES, Store
 from tagrun.server.ui.render import home_workspace, page
 from tagrun.server.ui.session import Session
 from tagrun.server.ui.views import ui_page, with_query

@@ -5,6 +5,7 @@ token) and checks that no answer is a 5xx and every answer conforms to the docum
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import httpx
@@ -186,3 +187,18 @@ def test_real_responses_decode_into_the_documented_models(
     with api_client(server.url, agent_token) as agent:
         claimed = agent.post("/api/agent_workers/claim", json={"name": "doc", "wait_s": 0})
         msgspec.convert(claimed.json(), out.Claimed)
+
+
+def test_every_api_route_served_is_documented_and_every_documented_one_is_served() -> None:
+    from starlette.routing import Route
+
+    from tagrun.server.app import ROUTES
+    from tagrun.server.openapi import document
+
+    served = {(method, re.sub(r":\w+}", "}", route.path)) for route in ROUTES  # {p:path}
+              if isinstance(route, Route) and route.path.startswith("/api/")
+              for method in route.methods or () if method != "HEAD"}
+    documented = {(method.upper(), path) for path, operations in document()["paths"].items()
+                  for method in operations}
+    assert served - documented == set(), "served but not in the OpenAPI document"
+    assert documented - served == set(), "in the OpenAPI document but not served"
