@@ -23,6 +23,15 @@ SUPERADMIN_TOKEN_FILE = "superadmin.token"  # in the data directory, mode 0600
 
 
 @dataclass(frozen=True)
+class LeaseBounds:
+    """The leases a job or script may ask for (`lease_s`): at least three heartbeats (or the
+    server's lease, if shorter), at most TAGRUN_MAX_LEASE_S."""
+
+    min_s: float
+    max_s: float
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     mode: str
     host: str
@@ -36,6 +45,8 @@ class ServerConfig:
     lease_s: float
     heartbeat_s: float
     claim_ack_s: float  # 0: agents' claims need no acknowledgement
+    max_lease_s: float  # the longest lease_s a job or script may ask for
+    db_wait_s: float  # at start, how long to wait for a database that does not answer yet
     poll_interval_s: float
     max_body_bytes: int
     pool_size: int
@@ -50,6 +61,10 @@ class ServerConfig:
     @property
     def url(self) -> str:
         return f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def lease_bounds(self) -> LeaseBounds:
+        return LeaseBounds(min(self.lease_s, 3 * self.heartbeat_s), self.max_lease_s)
 
     @property
     def superadmin_token_source(self) -> str:
@@ -141,6 +156,11 @@ def load_config(
     if claim_ack_s > lease_s:
         raise ConfigError(
             f"TAGRUN_CLAIM_ACK_S={claim_ack_s:g} must be at most TAGRUN_LEASE_S={lease_s:g}")
+    max_lease_s = _number(env, "TAGRUN_MAX_LEASE_S", max(3600.0, lease_s), minimum=1.0,
+                          maximum=7 * 24 * 3600)
+    if max_lease_s < lease_s:
+        raise ConfigError(
+            f"TAGRUN_MAX_LEASE_S={max_lease_s:g} must be at least TAGRUN_LEASE_S={lease_s:g}")
     return ServerConfig(
         mode=mode,
         host=host or env.get("TAGRUN_HOST") or "127.0.0.1",
@@ -155,6 +175,8 @@ def load_config(
         lease_s=lease_s,
         heartbeat_s=heartbeat_s,
         claim_ack_s=claim_ack_s,
+        max_lease_s=max_lease_s,
+        db_wait_s=_number(env, "TAGRUN_DB_WAIT_S", 30.0, minimum=0.0),
         poll_interval_s=_number(env, "TAGRUN_POLL_INTERVAL_S", 2.0, minimum=0.05),
         max_body_bytes=_integer(env, "TAGRUN_MAX_BODY_BYTES", 1 << 20, minimum=1024),
         pool_size=_integer(env, "TAGRUN_DB_POOL_SIZE", 9, minimum=2),

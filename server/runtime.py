@@ -101,7 +101,7 @@ def _nothing() -> None:
 async def serve(
     config: ServerConfig, dsn: str, on_forced_exit: Callable[[], None] = _nothing
 ) -> None:
-    pool = await create_pool(dsn, size=config.pool_size)
+    pool = await _connect(dsn, config)
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
@@ -120,6 +120,29 @@ async def serve(
             await listener.close()
     finally:
         await _close_pool(pool)
+
+
+# Worth waiting for at start: a database still starting, restarting or recovering (refused
+# connections, "the database system is starting up", too many clients). Anything else (a wrong
+# password, an unknown database) is the user's to fix and stops the start at once.
+_NOT_YET = (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+DB_RETRY_S = 1.0
+
+
+async def _connect(dsn: str, config: ServerConfig) -> asyncpg.Pool[Any]:
+    """The pool, once the database answers: a replica started while PostgreSQL restarts or
+    recovers waits up to TAGRUN_DB_WAIT_S for it rather than exiting."""
+    deadline = asyncio.get_running_loop().time() + config.db_wait_s
+    while True:
+        try:
+            return await create_pool(dsn, size=config.pool_size)
+        except _NOT_YET as exc:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise
+            log.warning("server.database_waiting", extra={
+                "error": f"{type(exc).__name__}: {exc}", "left_s": round(left, 1)})
+            await asyncio.sleep(min(DB_RETRY_S, left))
 
 
 async def _run_parts(
@@ -147,7 +170,7 @@ async def _run_parts(
         ))
         tasks.append(asyncio.create_task(run_maintenance(
             store, stop, stale_after_s=config.stale_after_s), name="maintenance"))
-        scheduler = Scheduler(store)
+        scheduler = Scheduler(store, config.lease_bounds)
         await scheduler.seed_builtins()  # listed from the first request on
         tasks.append(asyncio.create_task(scheduler.run(stop), name="scheduler"))
         maintenance = MaintenanceWorker(store, listener, lease_s=config.lease_s,

@@ -23,9 +23,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tagrun.server import events
+from tagrun.server.config import LeaseBounds
 from tagrun.server.errors import TagrunError
 from tagrun.server.maintenance import BUILTINS, maintenance_job
-from tagrun.server.routes.jobs import ScriptCache, new_job
+from tagrun.server.services.jobs import ScriptCache, new_job
 from tagrun.server.store import NewJob, Store
 from tagrun.server.store._base import iso
 from tagrun.server.store.schedules import Fire, Fired
@@ -53,7 +54,9 @@ def concurrency_key(workspace: str, name: str) -> str:
     return f"schedule:{workspace}/{name}"
 
 
-async def schedule_job(store: Store, workspace: str, schedule: dict[str, Any]) -> NewJob:
+async def schedule_job(
+    store: Store, workspace: str, schedule: dict[str, Any], leases: LeaseBounds,
+) -> NewJob:
     """The job a fire queues: the script's latest version, the schedule's args, tag and
     timeout, resolved like a submitted job. InvalidInput or NotFound when it cannot be."""
     key = concurrency_key(workspace, schedule["name"])
@@ -61,13 +64,16 @@ async def schedule_job(store: Store, workspace: str, schedule: dict[str, Any]) -
         return maintenance_job(schedule["builtin"], key)
     body = JobIn(script=schedule["script_path"], args=schedule["args"], tag=schedule["tag"],
                  timeout_s=schedule["timeout_s"])
-    job = await new_job(body, workspace, ScriptCache(store, workspace))
+    job = await new_job(body, workspace, ScriptCache(store, workspace), leases)
     return dataclasses.replace(job, concurrency_key=key, concurrency_limit=1)
 
 
 class Scheduler:
-    def __init__(self, store: Store, *, clock: Clock = utc_now, tick_s: float = TICK_S) -> None:
-        self.store, self.clock, self.tick_s = store, clock, tick_s
+    def __init__(
+        self, store: Store, leases: LeaseBounds, *, clock: Clock = utc_now,
+        tick_s: float = TICK_S,
+    ) -> None:
+        self.store, self.leases, self.clock, self.tick_s = store, leases, clock, tick_s
         self._crons: dict[tuple[str, str], Cron] = {}
         self._seeded = False
 
@@ -131,7 +137,7 @@ class Scheduler:
             fire_at, next_fire_at, error = due, None, str(exc)
         if error is None:
             try:
-                job = await schedule_job(self.store, workspace, schedule)
+                job = await schedule_job(self.store, workspace, schedule, self.leases)
             except TagrunError as exc:
                 error = f"no job made: {exc.message}"
         fire = Fire(schedule["id"], workspace, due, fire_at, next_fire_at, schedule["overlap"],

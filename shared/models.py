@@ -17,6 +17,8 @@ TagTemplate = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000)]
 TimeoutS = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 MaxAttempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
+# Bounded again by the server (three heartbeats to TAGRUN_MAX_LEASE_S).
+LeaseS = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 Label = Annotated[str, msgspec.Meta(max_length=200)]
 # Timestamps must stay inside what Python (and so the driver decoding them) can represent:
 # a stored year-10000 timestamp would make every later read of its row fail.
@@ -35,6 +37,7 @@ class ScriptIn(_Body):
     timeout_s: TimeoutS | None = None
     max_attempts: MaxAttempts = 3
     concurrency_limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    lease_s: LeaseS | None = None
 
 
 class JobIn(_Body):
@@ -47,6 +50,7 @@ class JobIn(_Body):
     run_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     timeout_s: TimeoutS | None = None
     max_attempts: MaxAttempts | None = None
+    lease_s: LeaseS | None = None
 
     def __post_init__(self) -> None:
         if self.run_at is not None:

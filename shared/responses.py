@@ -55,6 +55,8 @@ class Job(_Out):
     run_at: str
     timeout_s: float | None
     max_attempts: int
+    # Its own lease, from the job or its script; null: the server's TAGRUN_LEASE_S.
+    lease_s: float | None
     status: str
     attempt: int
     worker: str | None
@@ -93,6 +95,7 @@ class Script(_Out):
     timeout_s: float | None
     max_attempts: int
     concurrency_limit: int | None
+    lease_s: float | None  # its jobs' lease; null: the server's TAGRUN_LEASE_S
     created_at: str
     content: str | None = None
 

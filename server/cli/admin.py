@@ -30,6 +30,8 @@ def deploy(
     timeout_s: float | None = None,
     max_attempts: int = 3,
     concurrency_limit: int | None = None,
+    lease_s: Annotated[float | None, typer.Option(
+        help="Lease of its jobs: how long a run outlives a lost agent connection.")] = None,
 ) -> None:
     """Deploy a new version of a script."""
     body: dict[str, Any] = {
@@ -37,7 +39,7 @@ def deploy(
         "content": read_content(content, file) if language != "identity" else content or "",
     }
     for key, value in (("tag", tag), ("timeout_s", timeout_s),
-                       ("concurrency_limit", concurrency_limit)):
+                       ("concurrency_limit", concurrency_limit), ("lease_s", lease_s)):
         if value is not None:
             body[key] = value
     script = Client().post(f"/api/w/{workspace}/scripts", body)

@@ -74,6 +74,8 @@ def run(
     timeout_s: Annotated[float | None, typer.Option(help="Kill the job after this long.")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Runs allowed, retries included.")]
     = None,
+    lease_s: Annotated[float | None, typer.Option(
+        help="Its lease: how long it outlives a lost agent connection.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait, stream logs, print the result.")]
     = False,
 ) -> None:
@@ -86,7 +88,8 @@ def run(
             fail("give --script, or --language with --content or --file")
         body["language"] = language
         body["content"] = read_content(content, file) if language != "identity" else content or ""
-    for key, value in (("tag", tag), ("timeout_s", timeout_s), ("max_attempts", max_attempts)):
+    for key, value in (("tag", tag), ("timeout_s", timeout_s), ("max_attempts", max_attempts),
+                       ("lease_s", lease_s)):
         if value is not None:
             body[key] = value
     client = Client()

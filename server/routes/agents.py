@@ -18,6 +18,7 @@ from tagrun.server.agent_tokens import (
     AgentTokens,
     holder_key,
 )
+from tagrun.server.config import ServerConfig
 from tagrun.server.errors import InvalidInput, TagrunError, Unauthorized
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
@@ -67,8 +68,12 @@ async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
     await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti))
 
 
-def job_for_agent(job: dict[str, Any], lease_s: float, heartbeat_s: float,
+def job_for_agent(job: dict[str, Any], config: ServerConfig,
                   ack_s: float | None = None) -> dict[str, Any]:
+    """A claimed job as the agent receives it: its own lease (or the server's), and a
+    heartbeat interval that renews that lease at least three times over."""
+    lease_s = job["lease_s"] or config.lease_s
+    heartbeat_s = min(config.heartbeat_s, lease_s / 3)
     return {
         "id": job["id"], "workspace": job["workspace"], "language": job["language"],
         "content": job["content"], "args": job["args"], "tag": job["tag"],
@@ -94,9 +99,7 @@ async def claim(request: Request) -> Response:
         raise
     if jobs is None:  # the agent went away; the dispatcher gave back what it was leased
         return Response(status_code=499)
-    config = state.config
-    return JSON({"jobs": [job_for_agent(j, config.lease_s, config.heartbeat_s, ack_s)
-                          for j in jobs]})
+    return JSON({"jobs": [job_for_agent(j, state.config, ack_s) for j in jobs]})
 
 
 async def heartbeat(request: Request) -> JSON:

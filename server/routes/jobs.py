@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -14,58 +13,11 @@ from tagrun.server import events
 from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.http import JSON, path_int, query_float, query_int, read_body
-from tagrun.server.store import FINAL_STATES, STATES, NewJob, Store
-from tagrun.shared.executors import LANGUAGES
+from tagrun.server.services.jobs import ScriptCache, new_job
+from tagrun.server.store import FINAL_STATES, STATES, Store
 from tagrun.shared.models import BatchIn, JobIn
-from tagrun.shared.tags import TagError, resolve_tag
 
 MAX_WAIT_S = 60.0
-
-
-class ScriptCache:
-    """Scripts looked up once per request, however many jobs of a batch name them."""
-
-    def __init__(self, store: Store, workspace: str) -> None:
-        self.store, self.workspace = store, workspace
-        self._scripts: dict[str, dict[str, Any]] = {}
-
-    async def get(self, path: str) -> dict[str, Any]:
-        if path not in self._scripts:
-            self._scripts[path] = await self.store.latest_script(self.workspace, path)
-        return self._scripts[path]
-
-
-async def new_job(body: JobIn, workspace: str, scripts: ScriptCache) -> NewJob:
-    if body.script is not None:
-        if body.language is not None or body.content is not None:
-            raise InvalidInput("give either 'script' or 'language' and 'content', not both")
-        script = await scripts.get(body.script)
-        language, content, version = script["language"], script["content"], script["version"]
-        default_tag, timeout_s = script["tag"], script["timeout_s"]
-        max_attempts, limit = script["max_attempts"], script["concurrency_limit"]
-    elif body.language is not None and (body.content is not None or body.language == "identity"):
-        language, content, version = body.language, body.content or "", None
-        default_tag, timeout_s, max_attempts, limit = None, None, 3, None
-        if language not in LANGUAGES:
-            raise InvalidInput(
-                f"unknown language {language!r}; one of {', '.join(LANGUAGES)}",
-                code="unknown_language",
-            )
-    else:
-        raise InvalidInput("give 'script', or both 'language' and 'content' "
-                           "('identity' needs no content)")
-    try:
-        tag = resolve_tag(body.tag or default_tag or language, workspace, body.args)
-    except TagError as exc:
-        raise InvalidInput(str(exc), code="invalid_tag") from None
-    return NewJob(
-        script_path=body.script, script_version=version, language=language, content=content,
-        args=body.args, tag=tag, priority=body.priority, run_at=body.run_at,
-        timeout_s=body.timeout_s if body.timeout_s is not None else timeout_s,
-        max_attempts=body.max_attempts or max_attempts,
-        concurrency_key=f"{workspace}/{body.script}" if limit else None,
-        concurrency_limit=limit,
-    )
 
 
 def _store(request: Request) -> Store:
@@ -86,7 +38,8 @@ async def submit_job(request: Request) -> JSON:
     workspace = await authenticator(request).workspace(request)
     body = await read_body(request, JobIn)
     key = _idempotency_key(request)
-    job = await new_job(body, workspace, ScriptCache(_store(request), workspace))
+    job = await new_job(body, workspace, ScriptCache(_store(request), workspace),
+                        request.app.state.config.lease_bounds)
     await request.app.state.backpressure.admit(1)
     if key is None:
         [job_id], created = await _store(request).insert_jobs(workspace, [job]), True
@@ -104,10 +57,11 @@ async def submit_batch(request: Request) -> JSON:
     if _idempotency_key(request) is not None:
         raise InvalidInput("Idempotency-Key applies to single submits, not to batches")
     scripts = ScriptCache(_store(request), workspace)
+    leases = request.app.state.config.lease_bounds
     jobs = []
     for index, item in enumerate(body.jobs):
         try:
-            jobs.append(await new_job(item, workspace, scripts))
+            jobs.append(await new_job(item, workspace, scripts, leases))
         except (InvalidInput, NotFound) as exc:
             exc.message = f"jobs[{index}]: {exc.message}"
             raise

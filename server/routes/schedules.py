@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tagrun.server.auth import authenticator
+from tagrun.server.config import LeaseBounds
 from tagrun.server.errors import Forbidden, InvalidInput, NotFound
 from tagrun.server.http import JSON, query_int, read_body
 from tagrun.server.maintenance import DESCRIPTIONS
@@ -90,12 +91,14 @@ def _check_overlap(overlap: str) -> None:
                            code="invalid_overlap")
 
 
-async def _check_job(store: Store, workspace: str, schedule: dict[str, Any]) -> None:
+async def _check_job(
+    store: Store, workspace: str, schedule: dict[str, Any], leases: LeaseBounds,
+) -> None:
     """The schedule's script exists and its tag resolves with its args, as a fire needs."""
     if schedule["builtin"] is not None:
         return
     try:
-        await schedule_job(store, workspace, schedule)
+        await schedule_job(store, workspace, schedule, leases)
     except NotFound:
         raise InvalidInput(f"unknown script {schedule['script_path']!r} in workspace "
                            f"{workspace!r}; deploy it first", code="unknown_script") from None
@@ -163,7 +166,7 @@ async def create_schedule(request: Request) -> JSON:
     schedule["next_fire_at"] = _next_fire(schedule, utc_now())
     _check_overlap(body.overlap)
     store = _store(request)
-    await _check_job(store, workspace, schedule)
+    await _check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
     created = await store.create_schedule(workspace, schedule)
     return JSON(schedule_view(created, []), status_code=201)
 
@@ -212,12 +215,12 @@ async def patch_schedule(request: Request) -> JSON:
     if reschedule:
         schedule["next_fire_at"] = _next_fire(schedule, utc_now())
     if check_job and schedule["enabled"]:
-        await _check_job(store, workspace, schedule)
+        await _check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
     elif "script_path" in changes:
         # A disabled schedule may be left unresolvable while it is fixed (its tag and args
         # are checked when it is enabled), but never given a script that does not exist.
         try:
-            await _check_job(store, workspace, schedule)
+            await _check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
         except InvalidInput as exc:
             if exc.code == "unknown_script":
                 raise

@@ -8,6 +8,7 @@ from starlette.routing import Route
 from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput
 from tagrun.server.http import JSON, query_int, read_body
+from tagrun.server.services.jobs import checked_lease_s
 from tagrun.server.store import Store
 from tagrun.shared.executors import LANGUAGES
 from tagrun.shared.models import ScriptIn
@@ -36,6 +37,7 @@ async def deploy_script(request: Request) -> JSON:
         workspace, path=body.path, language=body.language, content=body.content, tag=body.tag,
         timeout_s=body.timeout_s, max_attempts=body.max_attempts,
         concurrency_limit=body.concurrency_limit,
+        lease_s=checked_lease_s(body.lease_s, request.app.state.config.lease_bounds),
     )
     return JSON(script, status_code=201)
 

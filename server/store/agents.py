@@ -54,7 +54,8 @@ WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $9::text[])
         WITH ORDINALITY AS h(id, attempt, holder, key, n)
 ), extended AS (
-    UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8),
+    UPDATE jobs j SET lease_expires_at = now() + make_interval(
+                          secs => coalesce(j.lease_s, $4::float8)),
                       ack_by = NULL
     FROM held h
     WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = h.holder

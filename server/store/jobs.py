@@ -15,16 +15,17 @@ INSERT_JOBS = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                          $7::int[], $8::timestamptz[], $9::float8[], $10::int[], $12::text[],
-                         $13::int[])
+                         $13::int[], $14::float8[])
         WITH ORDINALITY AS t(script_path, script_version, language, content, args, tag,
                              priority, run_at, timeout_s, max_attempts, concurrency_key,
-                             concurrency_limit, ord)
+                             concurrency_limit, lease_s, ord)
 ), ins AS (
     INSERT INTO jobs (workspace, script_path, script_version, language, content, args, tag,
                       priority, run_at, timeout_s, max_attempts, concurrency_key,
-                      concurrency_limit)
+                      concurrency_limit, lease_s)
     SELECT $11, script_path, script_version, language, content, args, tag, priority,
-           coalesce(run_at, now()), timeout_s, max_attempts, concurrency_key, concurrency_limit
+           coalesce(run_at, now()), timeout_s, max_attempts, concurrency_key, concurrency_limit,
+           lease_s
     FROM input ORDER BY ord
     RETURNING id, tag, priority, run_at, concurrency_key, concurrency_limit
 ), q AS (
@@ -104,6 +105,7 @@ class NewJob:
     max_attempts: int
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    lease_s: float | None = None  # None: the server's TAGRUN_LEASE_S
 
 
 def job_view(row: Any) -> dict[str, Any]:
@@ -119,6 +121,7 @@ def job_view(row: Any) -> dict[str, Any]:
         "run_at": iso(row["run_at"]),
         "timeout_s": row["timeout_s"],
         "max_attempts": row["max_attempts"],
+        "lease_s": row["lease_s"],
         "status": row["status"],
         "attempt": row["attempt"],
         "worker": row["worker"],
@@ -152,13 +155,15 @@ def _columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
     )
 
 
-def _cap_columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
-    return [j.concurrency_key for j in jobs], [j.concurrency_limit for j in jobs]
+def _late_columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
+    """The columns added after the first ten ($12 on)."""
+    return ([j.concurrency_key for j in jobs], [j.concurrency_limit for j in jobs],
+            [j.lease_s for j in jobs])
 
 
 class Jobs(StoreBase):
     async def insert_jobs(self, workspace: str, jobs: Sequence[NewJob]) -> list[int]:
-        rows = await self.fetch(INSERT_JOBS, *_columns(jobs), workspace, *_cap_columns(jobs))
+        rows = await self.fetch(INSERT_JOBS, *_columns(jobs), workspace, *_late_columns(jobs))
         return [r["id"] for r in rows]
 
     async def insert_job_once(self, workspace: str, job: NewJob, key: str) -> tuple[int, bool]:
@@ -170,7 +175,7 @@ class Jobs(StoreBase):
                 if existing is not None:
                     return int(existing), False
             [row] = await conn.fetch(INSERT_JOBS, *_columns([job]), workspace,
-                                    *_cap_columns([job]))
+                                    *_late_columns([job]))
             await conn.execute(SET_IDEMPOTENT_JOB, workspace, key, row["id"])
             return int(row["id"]), True
 

@@ -46,12 +46,12 @@ WITH slots AS (
 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
                   holder_key = s.key,
                   started_at = now(), finished_at = NULL, inline = $4,
-                  lease_expires_at = now() + make_interval(secs => $3::float8),
+                  lease_expires_at = now() + make_interval(secs => coalesce(j.lease_s, $3::float8)),
                   ack_by = now() + make_interval(secs => s.ack_s)
 FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
-          j.log_received AS log_offset, j.priority, j.worker, j.holder_key,
+          j.log_received AS log_offset, j.priority, j.worker, j.holder_key, j.lease_s,
           extract(epoch FROM now() - j.run_at)::float8 AS waited_s"""
 # The same under caps, run while holding CLAIM_LOCK so that claims from every process are
 # counted one after another: room = the smallest of the free slots, the global cap minus
@@ -107,12 +107,12 @@ WITH caps AS (
 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
                   holder_key = s.key,
                   started_at = statement_timestamp(), finished_at = NULL, inline = $4,
-                  lease_expires_at = now() + make_interval(secs => $3::float8),
+                  lease_expires_at = now() + make_interval(secs => coalesce(j.lease_s, $3::float8)),
                   ack_by = now() + make_interval(secs => s.ack_s)
 FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
-          j.log_received AS log_offset, j.priority, j.worker, j.holder_key,
+          j.log_received AS log_offset, j.priority, j.worker, j.holder_key, j.lease_s,
           extract(epoch FROM now() - j.run_at)::float8 AS waited_s"""
 CLAIM_LOCK_ID = 0x7A6772756F  # serialises capped claims of every process
 CAPPED_LOOKAHEAD = 500
@@ -120,7 +120,8 @@ EXTEND_LEASES = """
 WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt)
 ), extended AS (
-    UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8),
+    UPDATE jobs j SET lease_expires_at = now() + make_interval(
+                          secs => coalesce(j.lease_s, $4::float8)),
                       ack_by = NULL
     FROM held h
     WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = $3 AND j.status = 'running'

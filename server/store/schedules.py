@@ -16,7 +16,7 @@ from typing import Any
 from tagrun.server.errors import Conflict, NotFound
 from tagrun.server.job_states import FINAL_STATES
 from tagrun.server.store._base import StoreBase, iso, translated_errors
-from tagrun.server.store.jobs import CANCEL_JOB, INSERT_JOBS, NewJob, _cap_columns, _columns
+from tagrun.server.store.jobs import CANCEL_JOB, INSERT_JOBS, NewJob, _columns, _late_columns
 
 INSERT_SCHEDULE = """
 INSERT INTO schedules (workspace, name, cron, timezone, script_path, args, overlap, enabled,
@@ -244,7 +244,7 @@ async def _apply(conn: Any, fire: Fire) -> Fired:
     elif active:
         message = f"waits for run {_ids(active)}"
     [row] = await conn.fetch(INSERT_JOBS, *_columns([fire.job]), fire.workspace,
-                             *_cap_columns([fire.job]))
+                             *_late_columns([fire.job]))
     return Fired("job", job_id=int(row["id"]), message=message, cancelled=cancelled)
 
 

@@ -197,19 +197,22 @@ def test_script_deploy_from_file_then_run_it(server: TagrunProcess, tmp_path: Pa
     source.write_text('echo "from the script file"\necho \'{"deployed": true}\'\n')
 
     deployed = ok(run_cli("script", "deploy", path, "--language", "bash", "--file", str(source),
-                          url=server.url))
+                          "--lease-s", "600", url=server.url))
     assert path in deployed.stdout
     assert "version 1" in deployed.stdout
 
     listing = ok(run_cli("script", "list", url=server.url)).stdout
     assert path in listing
     got = json.loads(ok(run_cli("script", "get", path, url=server.url)).stdout)
-    assert got["path"] == path
+    assert (got["path"], got["lease_s"]) == (path, 600)
     assert "from the script file" in got["content"]
 
     result = ok(run_cli("job", "run", "--script", path, "--wait", url=server.url))
     assert json.loads(result.stdout) == {"deployed": True}
     assert "from the script file" in result.stderr
+    job_id = ok(run_cli("job", "run", "--script", path, "--lease-s", "120",
+                        url=server.url)).stdout.strip()
+    assert json.loads(ok(run_cli("job", "get", job_id, url=server.url)).stdout)["lease_s"] == 120
 
 
 def test_script_deploy_missing_file_is_readable(server: TagrunProcess, tmp_path: Path) -> None:
@@ -364,6 +367,7 @@ def test_run_without_code_is_explained(server: TagrunProcess) -> None:
     ("TAGRUN_PORT", "70000"),
     ("TAGRUN_HEARTBEAT_S", "90"),
     ("TAGRUN_MAX_BODY_BYTES", "1.5"),
+    ("TAGRUN_MAX_LEASE_S", "30"),  # less than the lease (60 s)
 ])
 def test_start_with_a_bad_value_names_it(tmp_path: Path, variable: str, value: str) -> None:
     # The database is unreachable on purpose: a bad value must be caught before it is needed.
@@ -409,9 +413,10 @@ def test_start_with_an_unreachable_database_says_so(tmp_path: Path) -> None:
     url = f"postgresql://tagrun:s3cret-pw@127.0.0.1:{free_port()}/tagrun"
     result = run_cli("start", url="http://127.0.0.1:1", token=None, timeout=60,
                      env={"TAGRUN_DATA_DIR": str(tmp_path), "DATABASE_URL": url,
-                          "TAGRUN_PORT": str(free_port())})
+                          "TAGRUN_PORT": str(free_port()), "TAGRUN_DB_WAIT_S": "1.5"})
     stderr = failed(result)
     assert "DATABASE_URL" in stderr
+    assert "server.database_waiting" in stderr  # it waited TAGRUN_DB_WAIT_S, then gave up
     assert url.split("@")[1] in stderr  # host, port and database
     assert "s3cret-pw" not in stderr
 

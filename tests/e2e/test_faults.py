@@ -319,3 +319,29 @@ def test_caps_hold_across_two_replicas_with_agents_on_each(
     assert Counter(j["status"] for j in jobs) == {"succeeded": 36}
     assert most["all"] == 5, f"at most 5 at once, and the cap should be reached: {most}"
     assert 1 <= most["capped"] <= 2, most
+
+
+def test_a_replica_started_while_the_database_is_out_of_reach_waits_for_it(
+    start_process, database_url: str
+) -> None:
+    """A replica (re)started while PostgreSQL restarts or recovers waits TAGRUN_DB_WAIT_S for
+    it rather than exiting, and serves once it answers."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(database_url)
+    port = parts.port or 5432
+    socket_dir = parse_qs(parts.query).get("host", [None])[0]
+    proxy = Proxy(port, unix_path=f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else None)
+    proxy.partition()
+    try:
+        through_proxy = parts._replace(netloc=f"{parts.netloc.rsplit('@', 1)[0]}@"
+                                              f"127.0.0.1:{proxy.port}", query="").geturl()
+        server = start_process("server", through_proxy, env={"TAGRUN_DB_WAIT_S": "60"})
+        server.wait_logged("server.database_waiting")
+        assert server.proc.poll() is None
+        proxy.heal()
+        server.wait_healthy(timeout=30)
+        with api_client(server.url) as api:
+            assert api.get("/api/workspaces").status_code == 200
+    finally:
+        proxy.close()

@@ -12,6 +12,7 @@ import httpx
 import jwt
 import pytest
 
+from tests.support.database import query
 from tests.support.processes import SUPERADMIN, TagrunProcess, api_client, wait_until
 
 CLAIM = "/api/agent_workers/claim"
@@ -381,3 +382,75 @@ def test_a_failure_that_cannot_succeed_again_is_not_retried(
     job = api.get(f"/api/w/default/jobs/{final}").json()
     assert (job["status"], job["attempt"], job["max_attempts"]) == ("failed", 1, 3)
     assert job["error"] == error
+
+
+def test_a_job_asks_for_its_own_lease_and_the_agent_is_told_to_renew_it_in_time(
+    server: TagrunProcess, api: httpx.Client, tag: str
+) -> None:
+    token = mint(api, [tag])["token"]
+    response = api.post("/api/w/default/jobs", json={
+        "language": "bash", "content": "sleep 1", "tag": tag, "lease_s": 900})
+    assert response.status_code == 201 and response.json()["lease_s"] == 900
+    job_id = response.json()["id"]
+    with api_client(server.url, str(token)) as agent:
+        [job] = agent.post(CLAIM, json={"name": f"lease-{tag}", "wait_s": 5}).json()["jobs"]
+        assert (job["id"], job["lease_s"], job["heartbeat_s"]) == (job_id, 900, 20)
+        [row] = query(server.database_url, "SELECT extract(epoch FROM lease_expires_at - now())"
+                      " AS left_s FROM jobs WHERE id = $1", job_id)
+        assert 880 < row["left_s"] <= 900
+        beat = agent.post(HEARTBEAT, json={"name": f"lease-{tag}",
+                                           "running": [{"id": job_id, "attempt": 1}]})
+        assert beat.json() == {"cancel": [], "lost": []}
+        [row] = query(server.database_url, "SELECT extract(epoch FROM lease_expires_at - now())"
+                      " AS left_s FROM jobs WHERE id = $1", job_id)
+        assert 880 < row["left_s"] <= 900  # renewed for the job's lease, not the server's 60 s
+    # Without lease_s a job keeps the server's lease, and says so with null.
+    plain = api.post("/api/w/default/jobs", json={"language": "bash", "content": "true",
+                                                   "tag": unique_tag()}).json()
+    assert plain["lease_s"] is None
+    api.post(f"/api/w/default/jobs/{plain['id']}/cancel")
+
+
+def test_a_script_lease_passes_to_its_jobs_and_a_job_may_override_it(
+    api: httpx.Client, tag: str
+) -> None:
+    path = f"f/lease/{tag}"
+    deployed = api.post("/api/w/default/scripts", json={
+        "path": path, "language": "bash", "content": "true", "tag": tag, "lease_s": 300})
+    assert deployed.status_code == 201 and deployed.json()["lease_s"] == 300
+    assert api.get(f"/api/w/default/scripts/{path}").json()["lease_s"] == 300
+    inherited = api.post("/api/w/default/jobs", json={"script": path}).json()
+    overridden = api.post("/api/w/default/jobs", json={"script": path, "lease_s": 120}).json()
+    assert (inherited["lease_s"], overridden["lease_s"]) == (300, 120)
+    for job in (inherited, overridden):
+        api.post(f"/api/w/default/jobs/{job['id']}/cancel")
+
+
+@pytest.mark.parametrize("lease_s", [30, 3601, 0, -5, "long"])
+def test_a_lease_the_server_does_not_grant_is_refused_with_its_bounds(
+    api: httpx.Client, tag: str, lease_s: object
+) -> None:
+    before = api.get("/api/w/default/jobs", params={"tag": tag}).json()["jobs"]
+    for route, body in (
+        ("/api/w/default/jobs", {"language": "bash", "content": "true", "tag": tag}),
+        ("/api/w/default/jobs/batch", {"jobs": [{"language": "bash", "content": "true",
+                                                 "tag": tag}]}),
+        ("/api/w/default/scripts", {"path": f"f/x/{tag}", "language": "bash",
+                                    "content": "true"}),
+    ):
+        if route.endswith("batch"):
+            body["jobs"][0]["lease_s"] = lease_s  # type: ignore[index]
+        else:
+            body["lease_s"] = lease_s
+        response = api.post(route, json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        if isinstance(lease_s, int) and lease_s > 0:
+            assert error["code"] == "invalid_lease"
+            assert f"lease_s={lease_s}" in error["message"]
+            assert "60 to 3600 seconds" in error["message"] and "TAGRUN_MAX_LEASE_S" in \
+                error["message"]
+        else:
+            assert "lease_s" in error["message"]
+    assert api.get("/api/w/default/jobs", params={"tag": tag}).json()["jobs"] == before
+    assert api.get(f"/api/w/default/scripts/f/x/{tag}").status_code == 404

@@ -12,12 +12,15 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
+from tagrun.server.config import load_config
 from tagrun.server.errors import NotFound
 from tagrun.server.maintenance import BUILTINS, MAINTENANCE_TAG, MaintenanceWorker
 from tagrun.server.scheduler import Scheduler
 from tagrun.server.store import Store, create_pool
 from tagrun.shared.cron import Cron, CronError
 from tests.support.processes import TagrunProcess, api_client
+
+LEASES = load_config({}).lease_bounds  # the default server's
 
 Scenario = Callable[[Store], Awaitable[None]]
 
@@ -150,7 +153,7 @@ def test_hourly_schedules_fire_on_every_real_hour_across_changes(cron: str) -> N
 def test_a_fire_time_makes_one_job_then_the_schedule_moves_on(database_url: str) -> None:
     async def scenario(store: Store) -> None:
         clock = Clock("2030-01-01T10:00:30+00:00")
-        scheduler = Scheduler(store, clock=clock)
+        scheduler = Scheduler(store, LEASES, clock=clock)
         await deploy(store)
         await add_schedule(store, clock, "minutely", "* * * * *")
         clock.set("2030-01-01T10:00:59+00:00")
@@ -175,7 +178,7 @@ def test_spring_forward_a_skipped_local_time_fires_right_after_the_gap(
     # Europe/Paris, 2024-03-31: 02:00 local does not exist (clocks go from 02:00 to 03:00).
     async def scenario(store: Store) -> None:
         clock = Clock("2024-03-30T12:00:00+00:00")
-        scheduler = Scheduler(store, clock=clock)
+        scheduler = Scheduler(store, LEASES, clock=clock)
         await deploy(store)
         await add_schedule(store, clock, "two-am", cron, timezone="Europe/Paris")
         await sweep(scheduler, clock, "2024-03-30T12:00:00+00:00", "2024-04-01T12:00:00+00:00",
@@ -200,7 +203,7 @@ def test_fall_back_a_repeated_local_time_fires_once(
     async def scenario(store: Store) -> None:
         start = at(f"{day}T00:00:00+00:00") - timedelta(hours=12)
         clock = Clock(start.isoformat())
-        scheduler = Scheduler(store, clock=clock)
+        scheduler = Scheduler(store, LEASES, clock=clock)
         await deploy(store)
         await add_schedule(store, clock, "repeat", cron, timezone=timezone)
         await sweep(scheduler, clock, start.isoformat(),
@@ -217,7 +220,7 @@ def test_after_downtime_one_catch_up_run_for_the_latest_missed_time(
         database_url: str, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario(store: Store) -> None:
         clock = Clock("2030-01-01T10:00:30+00:00")
-        scheduler = Scheduler(store, clock=clock)
+        scheduler = Scheduler(store, LEASES, clock=clock)
         await deploy(store)
         await add_schedule(store, clock, "minutely", "* * * * *")
         await add_schedule(store, clock, "secondly", "* * * * * *")
@@ -253,8 +256,7 @@ def test_two_schedulers_on_one_database_make_one_job_per_fire_time(
         try:
             other = Store(other_pool)
             clock = Clock("2030-01-01T10:00:00.5+00:00")
-            schedulers = [Scheduler(store, clock=clock), Scheduler(other, clock=clock),
-                          Scheduler(other, clock=clock)]
+            schedulers = [Scheduler(s, LEASES, clock=clock) for s in (store, other, other)]
             await deploy(store)
             names = [f"s{i}" for i in range(15)]
             for name in names:
@@ -280,7 +282,7 @@ def test_two_schedulers_on_one_database_make_one_job_per_fire_time(
 def test_a_disabled_schedule_does_not_fire(database_url: str) -> None:
     async def scenario(store: Store) -> None:
         clock = Clock("2030-01-01T10:00:30+00:00")
-        scheduler = Scheduler(store, clock=clock)
+        scheduler = Scheduler(store, LEASES, clock=clock)
         await deploy(store)
         await add_schedule(store, clock, "off", "* * * * *", enabled=False)
         await sweep(scheduler, clock, "2030-01-01T10:00:30+00:00", "2030-01-01T10:05:00+00:00",
@@ -293,7 +295,7 @@ def test_a_fire_that_cannot_make_its_job_is_recorded_and_the_schedule_goes_on(
         database_url: str) -> None:
     async def scenario(store: Store) -> None:
         clock = Clock("2030-01-01T10:00:30+00:00")
-        scheduler = Scheduler(store, clock=clock)
+        scheduler = Scheduler(store, LEASES, clock=clock)
         await add_schedule(store, clock, "orphan", "* * * * *", script="f/never-deployed")
         await sweep(scheduler, clock, "2030-01-01T10:01:00+00:00", "2030-01-01T10:02:00+00:00",
                     timedelta(seconds=30))
@@ -310,7 +312,7 @@ async def overlap_setup(store: Store, overlap: str) -> tuple[Scheduler, Clock]:
     clock = Clock("2030-01-01T10:00:00.5+00:00")
     await deploy(store)
     await add_schedule(store, clock, overlap, "* * * * * *", overlap=overlap)
-    return Scheduler(store, clock=clock), clock
+    return Scheduler(store, LEASES, clock=clock), clock
 
 
 async def fire_at_second(scheduler: Scheduler, clock: Clock, second: int) -> None:
@@ -389,7 +391,7 @@ def test_builtins_are_seeded_once_and_their_runs_are_jobs(database_url: str) -> 
     async def scenario(store: Store) -> None:
         now = datetime.now(UTC)
         clock = Clock(now.isoformat())
-        scheduler = Scheduler(store, clock=clock)
+        scheduler = Scheduler(store, LEASES, clock=clock)
         await scheduler.seed_builtins()
         await scheduler.seed_builtins()
         listed = await store.list_schedules("default", "", 100)

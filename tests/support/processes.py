@@ -46,6 +46,7 @@ class TagrunProcess:
         """`args`: more `tagrun start` options; `ca_file`: it serves HTTPS with a certificate
         of that CA (health checks verify it)."""
         self.mode = mode
+        self.database_url = database_url
         self.port = port or free_port()
         self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
         self._verify: ssl.SSLContext | bool = \

@@ -1,0 +1,75 @@
+"""Jobs as submitted: a body (from the API, a batch or a schedule) resolved against its
+script into the row to insert."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tagrun.server.config import LeaseBounds
+from tagrun.server.errors import InvalidInput
+from tagrun.server.store import NewJob, Store
+from tagrun.shared.executors import LANGUAGES
+from tagrun.shared.models import JobIn
+from tagrun.shared.tags import TagError, resolve_tag
+
+
+def checked_lease_s(lease_s: float | None, leases: LeaseBounds) -> float | None:
+    """`lease_s` if this server grants it; None (the server's lease) stays None."""
+    if lease_s is not None and not leases.min_s <= lease_s <= leases.max_s:
+        raise InvalidInput(
+            f"lease_s={lease_s:g} is out of range: this server grants leases of "
+            f"{leases.min_s:g} to {leases.max_s:g} seconds (three TAGRUN_HEARTBEAT_S, or "
+            f"TAGRUN_LEASE_S if less, to TAGRUN_MAX_LEASE_S)", code="invalid_lease")
+    return lease_s
+
+
+class ScriptCache:
+    """Scripts looked up once per request, however many jobs of a batch name them."""
+
+    def __init__(self, store: Store, workspace: str) -> None:
+        self.store, self.workspace = store, workspace
+        self._scripts: dict[str, dict[str, Any]] = {}
+
+    async def get(self, path: str) -> dict[str, Any]:
+        if path not in self._scripts:
+            self._scripts[path] = await self.store.latest_script(self.workspace, path)
+        return self._scripts[path]
+
+
+async def new_job(
+    body: JobIn, workspace: str, scripts: ScriptCache, leases: LeaseBounds,
+) -> NewJob:
+    """The job `body` asks for, resolved against its script: InvalidInput (400) or
+    NotFound (404) when it cannot be made."""
+    if body.script is not None:
+        if body.language is not None or body.content is not None:
+            raise InvalidInput("give either 'script' or 'language' and 'content', not both")
+        script = await scripts.get(body.script)
+        language, content, version = script["language"], script["content"], script["version"]
+        default_tag, timeout_s = script["tag"], script["timeout_s"]
+        max_attempts, limit = script["max_attempts"], script["concurrency_limit"]
+        lease_s = script["lease_s"]
+    elif body.language is not None and (body.content is not None or body.language == "identity"):
+        language, content, version = body.language, body.content or "", None
+        default_tag, timeout_s, max_attempts, limit, lease_s = None, None, 3, None, None
+        if language not in LANGUAGES:
+            raise InvalidInput(
+                f"unknown language {language!r}; one of {', '.join(LANGUAGES)}",
+                code="unknown_language",
+            )
+    else:
+        raise InvalidInput("give 'script', or both 'language' and 'content' "
+                           "('identity' needs no content)")
+    try:
+        tag = resolve_tag(body.tag or default_tag or language, workspace, body.args)
+    except TagError as exc:
+        raise InvalidInput(str(exc), code="invalid_tag") from None
+    return NewJob(
+        script_path=body.script, script_version=version, language=language, content=content,
+        args=body.args, tag=tag, priority=body.priority, run_at=body.run_at,
+        timeout_s=body.timeout_s if body.timeout_s is not None else timeout_s,
+        max_attempts=body.max_attempts or max_attempts,
+        concurrency_key=f"{workspace}/{body.script}" if limit else None,
+        concurrency_limit=limit,
+        lease_s=checked_lease_s(body.lease_s if body.lease_s is not None else lease_s, leases),
+    )
