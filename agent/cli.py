@@ -74,6 +74,11 @@ def agent(
     poll_wait_s: Annotated[str | None, typer.Option(
         "--poll-wait-s", envvar="AGENT_POLL_WAIT_S", metavar="SECONDS", show_envvar=True,
         help="How long the server holds one claim open, 1 to 60 (default: 25).")] = None,
+    log_spool_mb: Annotated[str | None, typer.Option(
+        "--log-spool-mb", envvar="AGENT_LOG_SPOOL_MB", metavar="MB", show_envvar=True,
+        help="While the server is out of reach, each job's log waits on disk in the work "
+             "directory up to this much; past it output is dropped with a marker "
+             "(default: 64).")] = None,
     ca_file: Annotated[str | None, typer.Option(
         "--ca-file", envvar="AGENT_CA_FILE", metavar="PATH", show_envvar=True,
         help="CA bundle to verify the server with (else SSL_CERT_FILE or the system's).")
@@ -108,7 +113,8 @@ def agent(
         "AGENT_SLOTS": slots, "AGENT_WORK_DIR": work_dir, "AGENT_PYTHON": python,
         "AGENT_JOB_USER": job_user,
         "AGENT_DRAIN_TIMEOUT_S": drain_timeout_s, "AGENT_POLL_WAIT_S": poll_wait_s,
-        "AGENT_CA_FILE": ca_file, "AGENT_ALLOW_INSECURE": allow_insecure,
+        "AGENT_LOG_SPOOL_MB": log_spool_mb, "AGENT_CA_FILE": ca_file,
+        "AGENT_ALLOW_INSECURE": allow_insecure,
     }
     try:
         config = load_config(values)

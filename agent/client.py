@@ -1,8 +1,10 @@
 """HTTP client for the agent routes, retrying what is transient.
 
 Connection errors, timeouts, 5xx, 408 and 429 are retried with exponential backoff and jitter
-(Retry-After honoured): forever for claim and heartbeat, within a bound for the rest, after
-which GaveUp is raised. 401 raises TokenRefused and any other 4xx ServerAnswer, at once.
+(Retry-After honoured): forever for claim and heartbeat; for a job's logs and completion,
+until the job's lease (as last renewed) would have run out; within a bound for the rest.
+Past its bound or deadline a call raises GaveUp. 401 raises TokenRefused and any other 4xx
+ServerAnswer, at once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +46,7 @@ MAX_RETRY_AFTER_S = 120.0
 DEFAULT_TIMEOUT = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 
 Sleep = Callable[[float], Awaitable[None]]
+Deadline = Callable[[], float]  # the time.monotonic() after which a call stops retrying
 
 
 class _Transient(Exception):
@@ -59,15 +63,31 @@ _RETRIED = (httpx.TransportError, _Transient)
 class _WaitRetryAfter(wait_base):
     """The server's Retry-After when it gave one, else the fallback backoff."""
 
-    def __init__(self, fallback: wait_base) -> None:
+    def __init__(self, fallback: wait_base, deadline: Deadline | None = None) -> None:
         self.fallback = fallback
+        self.deadline = deadline
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
         if isinstance(error, _Transient) and error.retry_after is not None:
-            return error.retry_after
-        return float(self.fallback(retry_state))
+            wait = error.retry_after
+        else:
+            wait = float(self.fallback(retry_state))
+        if self.deadline is not None:  # one last try at the deadline, not long past it
+            wait = min(wait, max(self.deadline() - time.monotonic(), 0.05))
+        return wait
+
+
+class _StopAt(stop_base):
+    """Stop retrying once the deadline has passed; it is read at each try, so a deadline
+    that moves on (a lease renewed meanwhile) is followed."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() >= self.deadline()
 
 
 @dataclass(frozen=True)
@@ -92,6 +112,9 @@ class AgentClient:
     ) -> None:
         self.name = name
         self._retry = retry or RetryPolicy()
+        # When the last heartbeat try was sent (time.monotonic()): a heartbeat that succeeds
+        # renewed its leases from at least then.
+        self.heartbeat_sent_at = 0.0
         self._http = httpx.AsyncClient(
             base_url=base_url,
             # The session makes this process a holder of its own: the server records it with
@@ -125,7 +148,8 @@ class AgentClient:
     async def heartbeat(self, running: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
         """Extend the leases of the running jobs; returns the ids to cancel and those lost."""
         body = {"name": self.name, "running": _held(running)}
-        answer = await self._post("/api/agent_workers/heartbeat", body, stop_never)
+        answer = await self._post("/api/agent_workers/heartbeat", body, stop_never,
+                                  heartbeat=True)
         return _ids(answer.get("cancel")), _ids(answer.get("lost"))
 
     async def release(self, jobs: list[tuple[int, int]]) -> list[int]:
@@ -133,39 +157,47 @@ class AgentClient:
         answer = await self._post("/api/agent_workers/release", body, self._retry.bounded_stop)
         return _ids(answer.get("released"))
 
+    def _until(self, deadline: Deadline | None) -> stop_base:
+        return _StopAt(deadline) if deadline is not None else self._retry.bounded_stop
+
     async def append_logs(
-        self, workspace: str, job_id: int, attempt: int, offset: int, data: str
+        self, workspace: str, job_id: int, attempt: int, offset: int, data: str, *,
+        until: Deadline | None = None,
     ) -> int:
+        """Retried until `until` (the job's lease) when given, else within the bound."""
         body = {"name": self.name, "attempt": attempt, "offset": offset, "data": data}
         answer = await self._post(_job_path(workspace, job_id, "logs"), body,
-                                  self._retry.bounded_stop)
+                                  self._until(until))
         end = answer.get("offset")
         return end if isinstance(end, int) else offset + len(data)
 
     async def complete(
         self, workspace: str, job_id: int, attempt: int, status: str, result: Any,
-        error: dict[str, str] | None, *, retryable: bool = True,
+        error: dict[str, str] | None, *, retryable: bool = True, until: Deadline | None = None,
     ) -> str:
         body = {"name": self.name, "attempt": attempt, "status": status, "result": result,
                 "error": error, **({} if retryable else {"retryable": False})}
         answer = await self._post(_job_path(workspace, job_id, "complete"), body,
-                                  self._retry.bounded_stop)
+                                  self._until(until))
         return str(answer.get("status", status))
 
-    async def complete_many(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def complete_many(
+        self, jobs: list[dict[str, Any]], *, until: Deadline | None = None,
+    ) -> list[dict[str, Any]]:
         """Outcomes of several jobs (id, attempt, status, result, error); one answer each."""
         body = {"name": self.name, "jobs": jobs}
-        answer = await self._post("/api/agent_workers/complete", body, self._retry.bounded_stop)
+        answer = await self._post("/api/agent_workers/complete", body, self._until(until))
         answers = answer.get("jobs")
         return [a for a in answers if isinstance(a, dict)] if isinstance(answers, list) else []
 
     async def _post(
         self, path: str, body: dict[str, Any], stop: stop_base,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT, *, heartbeat: bool = False,
     ) -> dict[str, Any]:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_transient),
-            wait=_WaitRetryAfter(self._retry.wait),
+            wait=_WaitRetryAfter(self._retry.wait,
+                                 stop.deadline if isinstance(stop, _StopAt) else None),
             stop=stop,
             before_sleep=_log_retry(path),
             reraise=True,
@@ -174,6 +206,8 @@ class AgentClient:
         try:
             async for attempt in retrying:
                 with attempt:
+                    if heartbeat:
+                        self.heartbeat_sent_at = time.monotonic()
                     return await self._send(path, body, timeout)
         except httpx.TransportError as exc:
             if (untrusted := _certificate_error(exc)) is not None:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tagrun.agent.client import AgentClient
+from tagrun.agent.client import AgentClient, Deadline
 from tagrun.agent.errors import ServerAnswer
 
 MAX_BATCH = 100
@@ -29,6 +29,7 @@ class _Pending:
     workspace: str
     item: dict[str, Any]
     size: int
+    until: Deadline | None = None  # retried until then (the job's lease)
     answer: asyncio.Future[str] = field(default_factory=asyncio.Future)
 
 
@@ -39,10 +40,11 @@ class Completions:
         self._sender: asyncio.Task[None] | None = None
 
     async def complete(self, workspace: str, job_id: int, attempt: int, status: str,
-                       result: Any, error: dict[str, str] | None, *, retryable: bool = True
-                       ) -> str:
+                       result: Any, error: dict[str, str] | None, *, retryable: bool = True,
+                       until: Deadline | None = None) -> str:
         """The job's new status on the server; raises what the single-job route would.
-        Not `retryable`: the job fails now (sent only then, which older servers refuse)."""
+        Not `retryable`: the job fails now (sent only then, which older servers refuse).
+        `until`: retried while the server is out of reach until then (else the bound)."""
         item = {"id": job_id, "attempt": attempt, "status": status, "result": result,
                 "error": error, **({} if retryable else {"retryable": False})}
         try:
@@ -50,8 +52,8 @@ class Completions:
         except (TypeError, ValueError):
             size = MAX_BATCHED_BYTES + 1  # let the single route say what is wrong with it
         if size > MAX_BATCHED_BYTES:
-            return await self._one(workspace, item)
-        pending = _Pending(workspace, item, size)
+            return await self._one(workspace, item, until)
+        pending = _Pending(workspace, item, size, until)
         self._queue.append(pending)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send(), name="completions")
@@ -61,7 +63,8 @@ class Completions:
         while self._queue:
             batch = self._take()
             if len(batch) == 1:
-                await self._settle(batch[0], self._one(batch[0].workspace, batch[0].item))
+                await self._settle(batch[0], self._one(batch[0].workspace, batch[0].item,
+                                                        batch[0].until))
             else:
                 await self._send_batch(batch)
 
@@ -76,13 +79,15 @@ class Completions:
 
     async def _send_batch(self, batch: list[_Pending]) -> None:
         try:
-            answers = await self._client.complete_many([p.item for p in batch])
+            answers = await self._client.complete_many([p.item for p in batch],
+                                                       until=_latest(batch))
         except ServerAnswer as exc:
             if exc.status not in (400, 404, 413, 422):
                 return _fail(batch, exc)
             # The batch as a whole was refused: send each alone, so each gets its own answer.
             for pending in batch:
-                await self._settle(pending, self._one(pending.workspace, pending.item))
+                await self._settle(pending, self._one(pending.workspace, pending.item,
+                                                      pending.until))
             return
         except Exception as exc:  # noqa: BLE001 - GaveUp, TokenRefused: every job hears it
             return _fail(batch, exc)
@@ -111,10 +116,19 @@ class Completions:
             if not pending.answer.done():
                 pending.answer.set_result(status)
 
-    async def _one(self, workspace: str, item: dict[str, Any]) -> str:
+    async def _one(self, workspace: str, item: dict[str, Any], until: Deadline | None) -> str:
         return await self._client.complete(workspace, item["id"], item["attempt"],
                                            item["status"], item["result"], item["error"],
-                                           retryable=item.get("retryable", True))
+                                           retryable=item.get("retryable", True), until=until)
+
+
+def _latest(batch: list[_Pending]) -> Deadline | None:
+    """A batch is retried as long as its longest-lived job may be: past a shorter lease, the
+    server answers that job lease_lost, which it would hear anyway."""
+    deadlines = [p.until for p in batch]
+    if any(d is None for d in deadlines):
+        return None
+    return lambda: max(d() for d in deadlines if d is not None)
 
 
 def _fail(batch: list[_Pending], exc: BaseException) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +26,14 @@ from tagrun.shared.executors import (
     job_identity_env,
     sendable,
 )
-from tagrun.shared.logstream import LogStream, StreamEnded
+from tagrun.shared.logstream import Backlog, LogStream, StreamEnded
 
 log = logging.getLogger("tagrun.agent")
 
 DEFAULT_HEARTBEAT_S = 10.0
+DEFAULT_LEASE_S = 60.0  # a claim answer from a server that does not say
+DEFAULT_SPOOL_BYTES = 64 << 20
+LEASE_RAN_OUT = "its lease ran out while the server was out of reach"
 
 OnFatal = Callable[[TokenRefused], None]
 
@@ -44,6 +50,7 @@ class ClaimedJob:
     heartbeat_s: float
     log_offset: int
     tag: str = ""
+    lease_s: float = DEFAULT_LEASE_S
     ack_s: float | None = None  # acknowledge within this (the first heartbeat does)
 
     @classmethod
@@ -58,6 +65,7 @@ class ClaimedJob:
                 heartbeat_s=_seconds(raw.get("heartbeat_s")) or DEFAULT_HEARTBEAT_S,
                 log_offset=_int(raw.get("log_offset") or 0),
                 tag=str(raw.get("tag") or ""),
+                lease_s=_seconds(raw.get("lease_s")) or DEFAULT_LEASE_S,
                 ack_s=_seconds(raw.get("ack_s")),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -80,18 +88,31 @@ def _seconds(value: Any) -> float | None:
 
 
 class JobRun:
+    """While the server is out of reach the job runs on: its log waits (on disk past a
+    megabyte, in a 0600 spool file beside the job directories, out of the job's reach) and
+    its writes are retried until its lease, as last renewed, would have run out. Then the
+    server will have given the job to another: the agent kills it and drops what waited."""
+
     def __init__(
         self, job: ClaimedJob, client: AgentClient, completions: Completions, work_root: Path,
-        python_cmd: list[str], on_fatal: OnFatal, user: JobUser | None = None,
+        python_cmd: list[str], on_fatal: OnFatal, user: JobUser | None = None, *,
+        spool_bytes: int = DEFAULT_SPOOL_BYTES,
     ) -> None:
         self.job = job
         self.lost = False  # lease lost or job released: its outcome must not be reported
         self.executing = True
+        # The lease as the server granted it: from the claim's answer, then from the sending
+        # of each heartbeat that renewed it (never later than the server's own clock has it).
+        self.lease_until = time.monotonic() + job.lease_s
         self._client = client
         self._completions = completions
         self._on_fatal = on_fatal
         self._work_dir = work_root / f"job{job.id}-{job.attempt}-{secrets.token_hex(3)}"
-        self._stream = LogStream(self._send_logs, job.log_offset, job_id=job.id)
+        backlog = Backlog(self._work_dir.with_name(self._work_dir.name + ".log"), spool_bytes,
+                          job_id=job.id)
+        self._stream = LogStream(self._send_logs, job.log_offset, job_id=job.id,
+                                 backlog=backlog)
+        self._discarding: asyncio.Task[None] | None = None
         if job.attempt > 1:
             self._stream.write(f"\n--- attempt {job.attempt} ---\n")
         env = job_identity_env(job.id, job.workspace, job.attempt, job.tag, client.name)
@@ -105,15 +126,26 @@ class JobRun:
             log.info("job.cancelling", extra={"job_id": self.job.id, "attempt": self.job.attempt})
         self._execution.cancel()
 
-    def abandon(self, reason: str) -> None:
-        """The job is no longer ours to report (lost, released): kill it, report nothing."""
+    def abandon(self, reason: str, *, lease_gone: bool = False) -> None:
+        """The job is no longer ours to report (lost, released): kill it, report nothing.
+        `lease_gone`: another may run it now, so its waiting log is dropped too."""
         if not self.lost:
             log.warning("job.abandoned", extra={"job_id": self.job.id, "attempt": self.job.attempt,
                                                 "reason": reason})
         self.lost = True
         self._execution.cancel()
+        if lease_gone and self._discarding is None:
+            self._discarding = asyncio.create_task(self._stream.discard(), name="log-discard")
+
+    def renewed(self, sent_at: float) -> None:
+        """A heartbeat sent at `sent_at` (time.monotonic()) renewed the lease."""
+        self.lease_until = max(self.lease_until, sent_at + self.job.lease_s)
+
+    def lease_deadline(self) -> float:
+        return self.lease_until
 
     async def run(self) -> None:
+        watchdog = asyncio.create_task(self._watch_lease(), name=f"lease-{self.job.id}")
         try:
             outcome = await self._execute()
             self.executing = False
@@ -123,8 +155,21 @@ class JobRun:
         except TokenRefused as exc:
             self._on_fatal(exc)
         finally:
+            watchdog.cancel()
+            if self._discarding is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._discarding
             if self.job.language not in NO_PROCESS:
                 shutil.rmtree(self._work_dir, ignore_errors=True)
+
+    async def _watch_lease(self) -> None:
+        """Kill the job when its lease runs out unrenewed (the server out of reach all that
+        time): by then the server has put it back in the queue."""
+        while (left := self.lease_until - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+        log.warning("job.lease_ran_out", extra={
+            "job_id": self.job.id, "attempt": self.job.attempt, "lease_s": self.job.lease_s})
+        self.abandon(LEASE_RAN_OUT, lease_gone=True)
 
     async def _execute(self) -> Outcome:
         try:
@@ -144,16 +189,18 @@ class JobRun:
         another reason is marked lost in the log, and the rest still flows."""
         job = self.job
         try:
-            await self._client.append_logs(job.workspace, job.id, job.attempt, offset, data)
+            await self._client.append_logs(job.workspace, job.id, job.attempt, offset, data,
+                                           until=self.lease_deadline)
         except ServerAnswer as exc:
             if exc.lease_lost:
-                self.abandon("lease_lost")
+                self.abandon("lease_lost", lease_gone=True)
                 raise StreamEnded(str(exc)) from exc
             raise
         except TokenRefused as exc:
             self._on_fatal(exc)
             raise StreamEnded(str(exc)) from exc
-        except GaveUp as exc:  # out of reach for the whole retry bound: nothing gets through
+        except GaveUp as exc:  # out of reach until the lease ran out: the job is not ours
+            self.abandon(LEASE_RAN_OUT, lease_gone=True)
             raise StreamEnded(str(exc)) from exc
 
     async def _report(self, outcome: Outcome) -> None:
@@ -185,6 +232,6 @@ class JobRun:
         job = self.job
         status = await self._completions.complete(
             job.workspace, job.id, job.attempt, outcome.status, outcome.result, outcome.error,
-            retryable=retryable)
+            retryable=retryable, until=self.lease_deadline)
         log.info("job.completed", extra={"job_id": job.id, "attempt": job.attempt,
                                          "status": status, "outcome": outcome.status})

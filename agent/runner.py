@@ -231,7 +231,8 @@ class Agent:
         if previous is not None:  # handed out again: our old attempt's lease must be gone
             previous.abandon("claimed again")
         run = JobRun(job, self._client, self._completions, self._work_root, self._python_cmd,
-                     self._on_fatal, self.config.job_user)
+                     self._on_fatal, self.config.job_user,
+                     spool_bytes=self.config.log_spool_bytes)
         self._runs[job.id] = run
         self._tasks[job.id] = asyncio.create_task(self._run_job(run), name=f"job-{job.id}")
         self._job_started.set()
@@ -286,20 +287,24 @@ class Agent:
     async def _heartbeat(self) -> None:
         self._ack_wanted.clear()
         self._unacked.clear()  # this heartbeat acknowledges every job it names
-        held = [(r.job.id, r.job.attempt) for r in self._runs.values() if not r.lost]
-        if not held:
+        runs = [r for r in self._runs.values() if not r.lost]
+        if not runs:
             return
         try:
-            cancel, lost = await self._client.heartbeat(held)
+            cancel, lost = await self._client.heartbeat([(r.job.id, r.job.attempt)
+                                                         for r in runs])
         except ServerAnswer as exc:
             log.error("agent.heartbeat_refused", extra={"error": str(exc)})
             return
+        for run in runs:  # renewed from when the heartbeat that got through was sent
+            if run.job.id not in lost:
+                run.renewed(self._client.heartbeat_sent_at)
         for job_id in cancel:
             if job_id in self._runs:
                 self._runs[job_id].cancel()
         for job_id in lost:
             if job_id in self._runs:
-                self._runs[job_id].abandon("lease_lost")
+                self._runs[job_id].abandon("lease_lost", lease_gone=True)
 
     # -- stopping ---------------------------------------------------------------------------
 

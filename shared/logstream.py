@@ -1,7 +1,9 @@
 """Buffers a job's output and ships it in chunks, in order, at known offsets.
 
 Used by direct workers (sink writes to PostgreSQL) and agents (sink posts over HTTP);
-offsets count characters, so a resent chunk is recognised and ignored by the server.
+offsets count characters, so a resent chunk is recognised and ignored by the server. While
+the sink cannot deliver (the server out of reach), output waits in a Backlog: in memory,
+then in a spool file on disk, up to a limit past which it is dropped with a visible marker.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 log = logging.getLogger("tagrun.logs")
 
@@ -25,20 +30,135 @@ def lost_chunk_marker(size: int, reason: str) -> str:
     return f"\n[tagrun: log chunk lost: {size} characters: {reason}]\n"
 
 
+def dropped_marker(size: int) -> str:
+    return (f"\n[tagrun: {size} characters of output dropped: they did not fit in the log "
+            "spool while the server was out of reach]\n")
+
+
+MEMORY_CHARS = 1 << 20  # output held in memory before a spool file takes the rest
+_ENCODING = {"encoding": "utf-8", "errors": "surrogatepass"}
+
+
+class Backlog:
+    """Output not sent yet, oldest first: in memory up to MEMORY_CHARS, then appended to
+    `spool` (created 0600 on first need, removed when drained) up to `limit_bytes` on disk.
+    Output that fits nowhere is counted, and a marker saying how much was dropped takes its
+    place. Without a spool, memory holds up to `limit_bytes` characters."""
+
+    def __init__(self, spool: Path | None = None, limit_bytes: int = 64 << 20, *,
+                 job_id: int | None = None) -> None:
+        self._path = spool
+        self._spool = spool is not None  # False once the spool failed: memory only
+        self._limit = limit_bytes
+        self._job_id = job_id
+        self._head = ""  # taken from the file but not yet handed out (oldest)
+        self._segments: deque[int] = deque()  # byte sizes of the file's unread segments
+        self._file: int | None = None  # descriptor of the spool, open while it holds output
+        self._read_at = 0
+        self._file_bytes = 0
+        self._memory: list[str] = []  # newest
+        self._memory_chars = 0
+        self._dropped = 0
+        self.size = 0  # characters waiting, all places together
+        self.spooled = False  # a spool file was used at some point
+
+    def add(self, text: str) -> None:
+        if self._dropped and not self._fits(len(text)):
+            self._dropped += len(text)
+            return
+        if self._dropped:  # room again: say where output is missing, then go on
+            marker, self._dropped = dropped_marker(self._dropped), 0
+            self._keep(marker)
+        if not self._fits(len(text)):
+            self._dropped = len(text)
+            return
+        self._keep(text)
+
+    def _fits(self, chars: int) -> bool:
+        if not self._spool:
+            return self.size + chars <= (MEMORY_CHARS if self._path else self._limit)
+        # On disk, a character is counted as a byte: the limit is approximate past ASCII.
+        return self._memory_chars + chars <= MEMORY_CHARS or \
+            self._file_bytes + self._memory_chars + chars <= self._limit
+
+    def _keep(self, text: str) -> None:
+        self._memory.append(text)
+        self._memory_chars += len(text)
+        self.size += len(text)
+        if self._spool and self._memory_chars > MEMORY_CHARS:
+            self._spill()
+
+    def _spill(self) -> None:
+        """Move what memory holds to the end of the spool file."""
+        data = "".join(self._memory).encode(**_ENCODING)
+        try:
+            if self._file is None:
+                assert self._path is not None
+                self._file = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND
+                                     | getattr(os, "O_BINARY", 0), 0o600)
+                self.spooled = True
+            os.write(self._file, data)
+        except OSError as exc:
+            log.warning("logs.spool_failed", extra={"job_id": self._job_id, "path": str(
+                self._path), "error": exc.strerror or str(exc)})
+            self._spool = False  # memory only from now on
+            return
+        self._segments.append(len(data))
+        self._file_bytes += len(data)
+        self._memory, self._memory_chars = [], 0
+
+    def take(self, max_chars: int) -> str:
+        """Up to `max_chars` of the oldest output waiting, removed from the backlog."""
+        if not self._head and self._segments:
+            self._head = self._read_segment()
+        if not self._head and not self._segments:
+            self._head, self._memory, self._memory_chars = "".join(self._memory), [], 0
+            if not self._head and self._dropped:
+                self._head, self._dropped = dropped_marker(self._dropped), 0
+                self.size += len(self._head)
+        chunk, self._head = self._head[:max_chars], self._head[max_chars:]
+        self.size -= len(chunk)
+        return chunk
+
+    def _read_segment(self) -> str:
+        assert self._file is not None
+        size = self._segments.popleft()
+        data = os.pread(self._file, size, self._read_at)
+        self._read_at += size
+        if not self._segments:  # drained: the file goes; a new one comes if needed again
+            self._close_file()
+        return data.decode(**_ENCODING)
+
+    def clear(self) -> None:
+        """Drop everything waiting, and the spool file."""
+        self._head, self._memory, self._memory_chars = "", [], 0
+        self._segments.clear()
+        self._dropped = self.size = 0
+        self._close_file()
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            os.close(self._file)
+            self._file, self._read_at, self._file_bytes = None, 0, 0
+            assert self._path is not None
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+
+
 class LogStream:
     """A chunk the sink refuses (any exception but StreamEnded) is replaced in the log by a
-    visible marker saying so, and the output after it still flows."""
+    visible marker saying so, and the output after it still flows. While a chunk is being
+    sent (and retried), later output waits in the backlog."""
 
     def __init__(
         self, sink: Sink, offset: int, *, interval_s: float = 0.2, max_chunk: int = 64 * 1024,
-        job_id: int | None = None,
+        job_id: int | None = None, backlog: Backlog | None = None,
     ) -> None:
         self._sink = sink
         self._job_id = job_id
         self.lost_chunks = 0
         self.offset = offset
-        self._pending: list[str] = []
-        self._pending_size = 0
+        self._backlog = backlog or Backlog(job_id=job_id)
         self._interval_s = interval_s
         self._max_chunk = max_chunk
         self._wake = asyncio.Event()
@@ -46,11 +166,15 @@ class LogStream:
         self.failed = False
         self._task = asyncio.create_task(self._pump(), name="logstream")
 
+    @property
+    def spooled(self) -> bool:
+        """Output had to wait on disk at some point."""
+        return self._backlog.spooled
+
     def write(self, text: str) -> None:
-        if text and not self._closed:
-            self._pending.append(text)
-            self._pending_size += len(text)
-            if self._pending_size >= self._max_chunk:
+        if text and not self._closed and not self.failed:
+            self._backlog.add(text)
+            if self._backlog.size >= self._max_chunk:
                 self._wake.set()
 
     async def close(self) -> None:
@@ -60,20 +184,26 @@ class LogStream:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
+    async def discard(self) -> None:
+        """Stop now: what has not been sent is dropped, the spool file removed."""
+        self._closed = self.failed = True
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._backlog.clear()
+
     async def _pump(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
             self._wake.clear()
             await self._flush()
-            if self._closed and not self._pending:
+            if self._closed and not self._backlog.size:
                 return
 
     async def _flush(self) -> None:
-        while self._pending and not self.failed:
-            data = "".join(self._pending)
-            chunk, rest = data[: self._max_chunk], data[self._max_chunk :]
-            self._pending, self._pending_size = ([rest], len(rest)) if rest else ([], 0)
+        while self._backlog.size and not self.failed:
+            chunk = self._backlog.take(self._max_chunk)
             try:
                 await self._sink(self.offset, chunk)
             except StreamEnded as exc:
@@ -85,7 +215,7 @@ class LogStream:
                 continue
             self.offset += len(chunk)
         if self.failed:
-            self._pending, self._pending_size = [], 0
+            self._backlog.clear()
 
     async def _mark_lost(self, size: int, refusal: Exception) -> bool:
         """Put a marker where the refused chunk was; False (the stream stops) if even the
@@ -106,4 +236,4 @@ class LogStream:
     def _stop(self, exc: Exception) -> None:
         log.warning("logs.write_failed", extra={"job_id": self._job_id, "error": str(exc)})
         self.failed = True
-        self._pending, self._pending_size = [], 0
+        self._backlog.clear()

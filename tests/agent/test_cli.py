@@ -20,10 +20,11 @@ from tests.agent.fakes import TOKEN
 
 ENV_VARS = ("AGENT_TOKEN", "AGENT_TOKEN_FILE", "BASE_INTERNAL_URL", "INIT_SCRIPT",
             "AGENT_NAME", "AGENT_SLOTS", "AGENT_WORK_DIR", "AGENT_PYTHON",
-            "AGENT_DRAIN_TIMEOUT_S", "AGENT_POLL_WAIT_S", "AGENT_CA_FILE",
+            "AGENT_DRAIN_TIMEOUT_S", "AGENT_POLL_WAIT_S", "AGENT_LOG_SPOOL_MB", "AGENT_CA_FILE",
             "AGENT_ALLOW_INSECURE")
 FLAGS = ("--token", "--token-file", "--base-url", "--init-script", "--name", "--slots",
-         "--work-dir", "--python", "--drain-timeout-s", "--poll-wait-s", "--ca-file",
+         "--work-dir", "--python", "--drain-timeout-s", "--poll-wait-s", "--log-spool-mb",
+         "--ca-file",
          "--allow-insecure", "--version", "--help")
 
 

@@ -117,6 +117,14 @@ def test_slots() -> None:
     assert refused(AGENT_SLOTS="1.5") == "AGENT_SLOTS='1.5' is not a whole number"
 
 
+def test_log_spool() -> None:
+    assert load().log_spool_bytes == 64 << 20
+    assert load(AGENT_LOG_SPOOL_MB="2.5").log_spool_bytes == 5 << 19
+    assert refused(AGENT_LOG_SPOOL_MB="0.5") == "AGENT_LOG_SPOOL_MB='0.5' must be at least 1"
+    assert refused(AGENT_LOG_SPOOL_MB="0").startswith("AGENT_LOG_SPOOL_MB='0' must be")
+    assert refused(AGENT_LOG_SPOOL_MB="lots") == "AGENT_LOG_SPOOL_MB='lots' is not a number"
+
+
 def test_poll_wait() -> None:
     assert load(AGENT_POLL_WAIT_S="5.5").poll_wait_s == 5.5
     assert refused(AGENT_POLL_WAIT_S="61") == "AGENT_POLL_WAIT_S='61' must be between 1 and 60"

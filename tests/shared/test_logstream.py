@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import stat
+from pathlib import Path
 
-from tagrun.shared.logstream import LogStream, StreamEnded, lost_chunk_marker
+import pytest
+
+from tagrun.shared import logstream
+from tagrun.shared.logstream import (
+    Backlog,
+    LogStream,
+    StreamEnded,
+    dropped_marker,
+    lost_chunk_marker,
+)
 
 
 class Log:
@@ -62,3 +73,107 @@ def test_when_even_the_marker_is_refused_the_stream_stops() -> None:
     stream = stream_through(log, "xyz\n", "one\n", "abc\n")
     assert log.text == "xyz\n"
     assert stream.failed
+
+
+# --- the backlog: output waiting while the sink cannot deliver -----------------------------
+
+def test_output_past_memory_waits_in_a_private_spool_file_and_comes_back_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logstream, "MEMORY_CHARS", 100)
+    spool = tmp_path / "job1-1.log"
+    backlog = Backlog(spool, limit_bytes=10_000, job_id=1)
+    lines = [f"line {i} é\u2603\n" for i in range(200)]
+    for line in lines[:50]:
+        backlog.add(line)
+    assert spool.exists() and stat.S_IMODE(spool.stat().st_mode) == 0o600
+    taken = backlog.take(7)  # taking and adding interleave, as a flush and a job's output do
+    for line in lines[50:]:
+        backlog.add(line)
+    while backlog.size:
+        taken += backlog.take(64)
+    assert taken == "".join(lines) and backlog.spooled
+    assert not spool.exists()  # drained: the file is gone
+
+
+def test_output_past_the_spool_limit_is_dropped_with_a_marker_and_the_rest_flows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logstream, "MEMORY_CHARS", 100)
+    backlog = Backlog(tmp_path / "spool", limit_bytes=1000)
+    backlog.add("a" * 900)
+    backlog.add("b" * 500)  # does not fit: dropped
+    backlog.add("c" * 300)  # still no room
+    first = backlog.take(10_000)
+    backlog.add("after\n")
+    rest = ""
+    while backlog.size:
+        rest += backlog.take(10_000)
+    assert first + rest == "a" * 900 + dropped_marker(800) + "after\n"
+
+
+def test_a_discarded_stream_removes_its_spool_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logstream, "MEMORY_CHARS", 10)
+    spool = tmp_path / "spool"
+    sent: list[str] = []
+    release = asyncio.Event()
+
+    async def stuck_sink(offset: int, data: str) -> None:  # the server out of reach
+        await release.wait()
+        sent.append(data)
+
+    async def run() -> None:
+        stream = LogStream(stuck_sink, 0, interval_s=0.01, max_chunk=8,
+                           backlog=Backlog(spool, 10_000))
+        stream.write("x" * 8)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            stream.write("y" * 5)
+        assert spool.exists()
+        await stream.discard()
+        assert not spool.exists() and sent == []
+
+    asyncio.run(run())
+
+
+def test_a_spool_that_cannot_be_written_keeps_output_in_memory_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(logstream, "MEMORY_CHARS", 10)
+    backlog = Backlog(tmp_path / "missing-dir" / "spool", 10_000, job_id=9)
+    with caplog.at_level("WARNING"):
+        backlog.add("0123456789abc")
+        backlog.add("more")
+    assert [r.msg for r in caplog.records] == ["logs.spool_failed"]
+    # Memory alone holds what it can (MEMORY_CHARS); the rest is dropped, and the log says so.
+    assert backlog.take(1000) + backlog.take(1000) == "0123456789abc" + dropped_marker(4)
+
+
+def test_a_partition_holds_the_log_and_the_whole_of_it_arrives_in_order_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logstream, "MEMORY_CHARS", 50)
+    log = Log()
+    reachable = asyncio.Event()
+
+    async def sink(offset: int, data: str) -> None:
+        await reachable.wait()
+        await log.sink(offset, data)
+
+    async def run() -> LogStream:
+        stream = LogStream(sink, 0, interval_s=0.01, max_chunk=16,
+                           backlog=Backlog(tmp_path / "spool", 100_000))
+        for i in range(500):
+            stream.write(f"tick {i}\n")
+            if i % 50 == 0:
+                await asyncio.sleep(0.01)
+        assert stream.spooled
+        reachable.set()
+        await stream.close()
+        return stream
+
+    stream = asyncio.run(run())
+    assert log.text == "".join(f"tick {i}\n" for i in range(500))
+    assert stream.offset == len(log.text) and not (tmp_path / "spool").exists()

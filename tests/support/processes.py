@@ -37,6 +37,15 @@ def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05,
         time.sleep(interval)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 class TagrunProcess:
     """`tagrun start` in a subprocess; its JSON log goes to a file the test can read."""
 
