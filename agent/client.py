@@ -174,9 +174,13 @@ class AgentClient:
     async def complete(
         self, workspace: str, job_id: int, attempt: int, status: str, result: Any,
         error: dict[str, str] | None, *, retryable: bool = True, until: Deadline | None = None,
+        log_chunks_lost: int = 0,
     ) -> str:
+        """Sends `retryable` and `log_chunks_lost` only when they say something (false, more
+        than 0): a server older than them refuses fields it does not know."""
         body = {"name": self.name, "attempt": attempt, "status": status, "result": result,
-                "error": error, **({} if retryable else {"retryable": False})}
+                "error": error, **({} if retryable else {"retryable": False}),
+                **({"log_chunks_lost": log_chunks_lost} if log_chunks_lost else {})}
         answer = await self._post(_job_path(workspace, job_id, "complete"), body,
                                   self._until(until))
         return str(answer.get("status", status))

@@ -41,12 +41,13 @@ class Completions:
 
     async def complete(self, workspace: str, job_id: int, attempt: int, status: str,
                        result: Any, error: dict[str, str] | None, *, retryable: bool = True,
-                       until: Deadline | None = None) -> str:
+                       until: Deadline | None = None, log_chunks_lost: int = 0) -> str:
         """The job's new status on the server; raises what the single-job route would.
         Not `retryable`: the job fails now (sent only then, which older servers refuse).
         `until`: retried while the server is out of reach until then (else the bound)."""
         item = {"id": job_id, "attempt": attempt, "status": status, "result": result,
-                "error": error, **({} if retryable else {"retryable": False})}
+                "error": error, **({} if retryable else {"retryable": False}),
+                **({"log_chunks_lost": log_chunks_lost} if log_chunks_lost else {})}
         try:
             size = len(json.dumps(item))
         except (TypeError, ValueError):
@@ -119,7 +120,8 @@ class Completions:
     async def _one(self, workspace: str, item: dict[str, Any], until: Deadline | None) -> str:
         return await self._client.complete(workspace, item["id"], item["attempt"],
                                            item["status"], item["result"], item["error"],
-                                           retryable=item.get("retryable", True), until=until)
+                                           retryable=item.get("retryable", True), until=until,
+                                           log_chunks_lost=item.get("log_chunks_lost", 0))
 
 
 def _latest(batch: list[_Pending]) -> Deadline | None:

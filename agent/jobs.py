@@ -232,6 +232,7 @@ class JobRun:
         job = self.job
         status = await self._completions.complete(
             job.workspace, job.id, job.attempt, outcome.status, outcome.result, outcome.error,
-            retryable=retryable, until=self.lease_deadline)
+            retryable=retryable, until=self.lease_deadline,
+            log_chunks_lost=self._stream.lost_chunks)
         log.info("job.completed", extra={"job_id": job.id, "attempt": job.attempt,
                                          "status": status, "outcome": outcome.status})

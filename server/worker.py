@@ -210,20 +210,22 @@ class Worker:
         try:
             if not job.lost:
                 outcome, retryable = sendable(outcome)
-                await self._complete(job, outcome, retryable=retryable)
+                await self._complete(job, outcome, retryable=retryable,
+                                     log_chunks_lost=stream.lost_chunks)
         finally:
             if work_dir is not None:
                 shutil.rmtree(work_dir, ignore_errors=True)
             self.running.pop(job.id, None)
             self._slot_freed.set()
 
-    async def _complete(self, job: RunningJob, outcome: Outcome, *, retryable: bool = True
-                        ) -> None:
+    async def _complete(self, job: RunningJob, outcome: Outcome, *, retryable: bool = True,
+                        log_chunks_lost: int = 0) -> None:
         for delay in (0.1, 0.5, 1, 2, 5, 10):
             try:
                 recorded = await self.store.complete_job(
                     self.settings.name, job.id, job.attempt, outcome.status, outcome.result,
-                    outcome.error, self.settings.retry_backoff_s, retryable=retryable)
+                    outcome.error, self.settings.retry_backoff_s, retryable=retryable,
+                    log_chunks_lost=log_chunks_lost)
                 if not recorded["repeat"]:
                     events.job_finished(recorded, outcome.error)
                 return
@@ -236,7 +238,8 @@ class Worker:
                     message = f"the database refused the job's result: {exc.message}"
                     failed = Outcome("failed", error={"kind": ErrorKind.INTERNAL,
                                                       "message": message})
-                    await self._complete(job, failed, retryable=False)
+                    await self._complete(job, failed, retryable=False,
+                                         log_chunks_lost=log_chunks_lost)
                 return
             except DATABASE_ERRORS as exc:
                 log.warning("job.completion_retry", extra={"job_id": job.id, "error": str(exc)})

@@ -56,6 +56,10 @@ Retryable = Annotated[bool, msgspec.Meta(description=(
     "now instead of being retried"))]
 
 
+LogChunksLost = Annotated[int, msgspec.Meta(ge=0, le=1_000_000, description=(
+    "log chunks the server refused while the job ran (each left a marker in the log)"))]
+
+
 class CompleteIn(_Body):
     attempt: Attempt
     status: Annotated[str, msgspec.Meta(pattern=r"^(succeeded|failed|cancelled)\Z")]
@@ -63,6 +67,7 @@ class CompleteIn(_Body):
     error: ErrorIn | None = None
     name: AgentName | None = None
     retryable: Retryable = True
+    log_chunks_lost: LogChunksLost = 0
 
 
 class CompletedJob(_Body):
@@ -72,6 +77,7 @@ class CompletedJob(_Body):
     result: Any = None
     error: ErrorIn | None = None
     retryable: Retryable = True
+    log_chunks_lost: LogChunksLost = 0
 
 
 class CompleteManyIn(_Body):

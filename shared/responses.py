@@ -69,6 +69,8 @@ class Job(_Out):
     attempts: list[Attempt]
     # The stored log reached TAGRUN_MAX_LOG_BYTES; the rest was dropped after a marker.
     log_truncated: bool = False
+    # Log chunks the server refused while the job ran; a marker in the log shows each.
+    log_chunks_lost: int = 0
     content: str | None = None
 
 

@@ -146,7 +146,7 @@ async def complete(request: Request) -> JSON:
     job_id = path_int(request, "id")
     body = await read_body(request, CompleteIn)
     outcome = _checked(CompletedJob(job_id, body.attempt, body.status, body.result, body.error,
-                                    body.retryable))
+                                    body.retryable, body.log_chunks_lost))
     holder = await _holder(request, agent, body.name, job_id)
     status = await _record(request, agent, holder, outcome, request.path_params["ws"])
     return JSON({"status": status})
@@ -181,7 +181,7 @@ async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: 
     recorded = await state.store.complete_job(
         holder, outcome.id, outcome.attempt, outcome.status, outcome.result, error,
         state.config.retry_backoff_s, tags=agent.tags, workspace=workspace, key=agent.key,
-        retryable=outcome.retryable)
+        retryable=outcome.retryable, log_chunks_lost=outcome.log_chunks_lost)
     if not recorded["repeat"]:
         events.job_finished(recorded, error)
     return str(recorded["status"])

@@ -133,6 +133,7 @@ def job_view(row: Any) -> dict[str, Any]:
         "finished_at": iso(row["finished_at"]),
         "attempts": [_attempt_view(a) for a in row["attempts"] or []],
         "log_truncated": row["log_truncated"],
+        "log_chunks_lost": row["log_chunks_lost"],
         "content": row["content"],
     }
 

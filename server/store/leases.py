@@ -179,9 +179,12 @@ WITH cur AS (
                       ELSE run_at END,
         finished_at = CASE WHEN cur.again THEN NULL ELSE now() END,
         lease_expires_at = NULL, ack_by = NULL, cancel_requested = false,
-        attempts = attempts || jsonb_build_object(
+        log_chunks_lost = log_chunks_lost + $12,
+        attempts = attempts || (jsonb_build_object(
             'attempt', attempt, 'worker', worker, 'started_at', started_at,
             'finished_at', now(), 'status', $4::text, 'error', $6::jsonb)
+            || CASE WHEN $12 > 0 THEN jsonb_build_object('log_chunks_lost', $12)
+                    ELSE '{}'::jsonb END)
     FROM cur WHERE jobs.id = cur.id
     RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
               jobs.concurrency_key, jobs.concurrency_limit, jobs.attempt, jobs.worker,
@@ -405,10 +408,11 @@ class Leases(StoreBase):
         self, holder: str, job_id: int, attempt: int, status: str,
         result: Any, error: dict[str, Any] | None, retry_backoff_s: float,
         *, tags: Sequence[str] | None = None, workspace: str | None = None,
-        key: str | None = None, retryable: bool = True,
+        key: str | None = None, retryable: bool = True, log_chunks_lost: int = 0,
     ) -> dict[str, Any]:
-        """Record an attempt's outcome. Returns the job's new `status` ('queued': a retry is
-        scheduled) with id, tag, attempt, worker, run_at and duration_ms; `repeat` is True
+        """Record an attempt's outcome, and how many of its log chunks were lost. Returns the
+        job's new `status` ('queued': a retry is scheduled) with id, tag, attempt, worker,
+        run_at and duration_ms; `repeat` is True
         when this very outcome had already been recorded (nothing changed). A failure that
         is not `retryable` (it could never succeed: a refused result) ends the job now.
 
@@ -419,6 +423,7 @@ class Leases(StoreBase):
         row = await self.fetchrow(
             COMPLETE_JOB, job_id, attempt, holder, status, result, error, retry_backoff_s,
             list(tags) if tags is not None else None, workspace, key, retryable,
+            log_chunks_lost,
         )
         if row is not None:
             return {**dict(row), "run_at": iso(row["run_at"]), "repeat": False}

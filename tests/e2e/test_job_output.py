@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -108,3 +109,34 @@ def test_a_result_no_database_can_hold_fails_at_once_and_is_not_retried(
         "kind": "internal",
         "message": "the job's result cannot be stored as JSON: Out of range float values are "
                    "not JSON compliant"}
+
+
+def test_a_log_chunk_the_server_refuses_leaves_a_marker_and_a_note_on_the_job(
+    start_process: Any, database_url: str, tmp_path: Path
+) -> None:
+    """A real agent whose chunk the server refuses (here: larger than the server takes): the
+    log keeps a marker where the chunk was and goes on, and the job says how many it lost."""
+    server = start_process("server", database_url,
+                           env={"TAGRUN_MAX_BODY_BYTES": "65536"}).wait_healthy()
+    with api_client(server.url) as api:
+        token = api.post("/api/agent_tokens",
+                         json={"group": "edge", "tags": ["chunks"]}).json()["token"]
+        agent = AgentProcess(server.url, token, tmp_path, name="chunks-agent")
+        try:
+            # 30,000 euro signs: about 90 kB in UTF-8, 180 kB as JSON escapes: over the limit.
+            job = api.post("/api/w/default/jobs", json={
+                "language": "python", "tag": "chunks", "content": (
+                    "import sys, time\n\ndef main():\n"
+                    "    print('before', flush=True)\n    time.sleep(1)\n"
+                    "    print('\\u20ac' * 30000, flush=True)\n    time.sleep(1)\n"
+                    "    print('after', flush=True)\n    return 'done'\n")}).json()
+            final = api.get(f"/api/w/default/jobs/{job['id']}", params={"wait_s": 60}).json()
+            log = api.get(f"/api/w/default/jobs/{job['id']}/logs").json()["data"]
+        finally:
+            agent.kill()
+    assert (final["status"], final["result"]) == ("succeeded", "done")
+    markers = log.count("[tagrun: log chunk lost: ")
+    assert markers >= 1 and "413" in log, log[:300]
+    assert log.startswith("before\n") and log.endswith("after\n") and "\u20ac" not in log
+    assert final["log_chunks_lost"] == markers
+    assert final["attempts"][0]["log_chunks_lost"] == markers

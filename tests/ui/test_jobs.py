@@ -129,3 +129,30 @@ def test_short_addresses_open_the_home_workspace_pages(page: Page) -> None:
         page.goto(short)
         expect(page).to_have_url(re.compile(rf"/w/default{short}$"))
         expect(page.locator("h1")).to_contain_text(heading)
+
+
+def test_a_log_with_lost_chunks_says_so_above_it(page: Page, api: httpx.Client) -> None:
+    """An agent reports two log chunks the server refused: the job page says the log has
+    gaps and how many, above the log; a whole log has no such note."""
+    tag = f"gaps-{uuid.uuid4().hex[:8]}"
+    token = api.post("/api/agent_tokens", json={"group": "ui", "tags": [tag]}).json()["token"]
+    job = submit(api, language="bash", content="echo hi", tag=tag)
+    whole = submit(api, language="bash", content="echo whole")
+    with httpx.Client(base_url=str(api.base_url),
+                      headers={"Authorization": f"Bearer {token}"}) as agent:
+        [claimed] = agent.post("/api/agent_workers/claim",
+                               json={"name": "gappy", "wait_s": 10}).json()["jobs"]
+        assert claimed["id"] == job["id"]
+        done = agent.post(f"/api/w/default/agent_workers/jobs/{job['id']}/complete", json={
+            "name": "gappy", "attempt": 1, "status": "succeeded", "result": None,
+            "log_chunks_lost": 2})
+        assert done.status_code == 200, done.text
+    assert finished(api, job["id"])["log_chunks_lost"] == 2
+    assert finished(api, whole["id"])["log_chunks_lost"] == 0
+    sign_in(page)
+    page.goto(f"/w/default/jobs/{job['id']}")
+    expect(page.locator("[data-log-chunks-lost]")).to_contain_text(
+        "the server refused 2 of its chunks")
+    page.goto(f"/w/default/jobs/{whole['id']}")
+    expect(page.locator("[data-logs]")).to_contain_text("whole")
+    assert page.locator("[data-log-chunks-lost]").count() == 0
