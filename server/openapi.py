@@ -17,9 +17,9 @@ from starlette.routing import Route
 from tagrun.server.agent_tokens import SESSION
 from tagrun.server.auth import WORKSPACE_ID
 from tagrun.server.http import JSON
-from tagrun.server.routes import jobs as job_routes
-from tagrun.server.routes import schedules as sched
-from tagrun.server.routes import settings as setting_routes
+from tagrun.server.services import jobs as job_rules
+from tagrun.server.services import schedules as sched
+from tagrun.server.services import settings as setting_rules
 from tagrun.server.store import STATES
 from tagrun.shared import agent_wire as agent
 from tagrun.shared import models as req
@@ -60,7 +60,7 @@ _STRING: dict[str, Any] = {"type": "string"}
 _LIMIT: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 1000}
 _ID_CURSOR: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 2**62}
 _OFFSET: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 2**62}
-_WAIT_S: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": job_routes.MAX_WAIT_S}
+_WAIT_S: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": job_rules.MAX_WAIT_S}
 _STATUS: dict[str, Any] = {"type": "string", "enum": list(STATES)}
 _RUNS: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 1000}
 _WORKSPACE: dict[str, Any] = {"type": "string", "pattern": f"^(?:{WORKSPACE_ID.pattern})$"}
@@ -222,7 +222,7 @@ _REFINED: dict[tuple[str, str], dict[str, Any]] = {
     ("SchedulePatch", "overlap"): _OVERLAP,
     ("ScriptIn", "language"): _LANGUAGE,
     ("JobIn", "language"): {"anyOf": [_LANGUAGE, {"type": "null"}]},
-    ("SettingIn", "key"): {"type": "string", "enum": sorted(setting_routes.SETTINGS)},
+    ("SettingIn", "key"): {"type": "string", "enum": sorted(setting_rules.SETTINGS)},
     ("SettingIn", "value"): {"type": "integer", "minimum": 0, "maximum": 1_000_000},
 }
 # A job names a deployed script, or else a language and its content (`identity` needs none).

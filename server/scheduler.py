@@ -19,19 +19,18 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from tagrun.server import events
 from tagrun.server.config import LeaseBounds
 from tagrun.server.errors import TagrunError
-from tagrun.server.maintenance import BUILTINS, maintenance_job
-from tagrun.server.services.jobs import ScriptCache, new_job
+from tagrun.server.maintenance import BUILTINS
+from tagrun.server.services.schedules import concurrency_key, schedule_job, utc_now
 from tagrun.server.store import NewJob, Store
 from tagrun.server.store._base import iso
 from tagrun.server.store.schedules import Fire, Fired
 from tagrun.shared.cron import Cron, CronError
-from tagrun.shared.models import JobIn
 
 log = logging.getLogger("tagrun.scheduler")
 
@@ -42,30 +41,6 @@ BATCH = 100
 # A fire this late was missed while no scheduler ran: logged as a catch-up even when it was
 # the only fire time missed (a daily schedule of a server down over its hour).
 LATE = timedelta(seconds=10)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def concurrency_key(workspace: str, name: str) -> str:
-    """Every run of a schedule carries this key with limit 1: runs never overlap, and under
-    overlap `queue` a run waits for the previous one (older runs first)."""
-    return f"schedule:{workspace}/{name}"
-
-
-async def schedule_job(
-    store: Store, workspace: str, schedule: dict[str, Any], leases: LeaseBounds,
-) -> NewJob:
-    """The job a fire queues: the script's latest version, the schedule's args, tag and
-    timeout, resolved like a submitted job. InvalidInput or NotFound when it cannot be."""
-    key = concurrency_key(workspace, schedule["name"])
-    if schedule["builtin"] is not None:
-        return maintenance_job(schedule["builtin"], key)
-    body = JobIn(script=schedule["script_path"], args=schedule["args"], tag=schedule["tag"],
-                 timeout_s=schedule["timeout_s"])
-    job = await new_job(body, workspace, ScriptCache(store, workspace), leases)
-    return dataclasses.replace(job, concurrency_key=key, concurrency_limit=1)
 
 
 class Scheduler:

@@ -6,133 +6,36 @@ only by the superadmin (cron, timezone, enabled), never deleted.
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
 from tagrun.server.auth import authenticator
-from tagrun.server.config import LeaseBounds
 from tagrun.server.errors import Forbidden, InvalidInput, NotFound
 from tagrun.server.http import JSON, query_int, read_body
-from tagrun.server.maintenance import DESCRIPTIONS
-from tagrun.server.scheduler import schedule_job, utc_now
+from tagrun.server.services.schedules import (
+    BUILTIN_CHANGES,
+    JOB_FIELDS,
+    NAME,
+    TIMES,
+    ScheduleIn,
+    SchedulePatch,
+    check_job,
+    check_name,
+    check_overlap,
+    next_fire,
+    schedule_view,
+    utc_now,
+)
 from tagrun.server.store import Store
-from tagrun.server.store._base import iso
 from tagrun.server.store.schedules import LAST_RUNS_SHOWN
-from tagrun.shared.cron import Cron, CronError, zone
-from tagrun.shared.models import Path, TagTemplate, TimeoutS
-
-NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
-BUILTIN_PREFIX = "tagrun."
-OVERLAPS = ("queue", "skip", "replace")
-NEXT_FIRES_SHOWN = 5
-Text = Annotated[str, msgspec.Meta(max_length=200)]
-
-
-class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
-    name: Text
-    cron: Text
-    script: Path
-    timezone: Text = "UTC"
-    args: dict[str, Any] = {}
-    overlap: Text = "queue"
-    enabled: bool = True
-    timeout_s: TimeoutS | None = None
-    tag: TagTemplate | None = None
-
-
-class SchedulePatch(msgspec.Struct, forbid_unknown_fields=True):
-    cron: Text | msgspec.UnsetType = msgspec.UNSET
-    timezone: Text | msgspec.UnsetType = msgspec.UNSET
-    script: Path | msgspec.UnsetType = msgspec.UNSET
-    args: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
-    overlap: Text | msgspec.UnsetType = msgspec.UNSET
-    enabled: bool | msgspec.UnsetType = msgspec.UNSET
-    timeout_s: TimeoutS | None | msgspec.UnsetType = msgspec.UNSET
-    tag: TagTemplate | None | msgspec.UnsetType = msgspec.UNSET
-
-
-BUILTIN_CHANGES = {"cron", "timezone", "enabled"}
-TIMES = {"cron", "timezone", "enabled"}  # a change of these takes a new next fire time
-JOB_FIELDS = {"script", "args", "tag", "timeout_s", "enabled"}  # checked again when changed
 
 
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
-
-
-def _cron(expression: str, timezone: str) -> Cron:
-    try:
-        zone(timezone)
-    except CronError as exc:
-        raise InvalidInput(str(exc), code="unknown_timezone") from None
-    try:
-        return Cron(expression, timezone)
-    except CronError as exc:
-        raise InvalidInput(str(exc), code="invalid_cron") from None
-
-
-def _next_fire(schedule: dict[str, Any], now: datetime) -> datetime | None:
-    cron = _cron(schedule["cron"], schedule["timezone"])
-    next_fire_at = cron.next_after(now)
-    if next_fire_at is None:
-        raise InvalidInput(f"cron {schedule['cron']!r} never fires", code="invalid_cron")
-    return next_fire_at if schedule["enabled"] else None
-
-
-def _check_overlap(overlap: str) -> None:
-    if overlap not in OVERLAPS:
-        raise InvalidInput(f"overlap {overlap!r} is not one of {', '.join(OVERLAPS)}",
-                           code="invalid_overlap")
-
-
-async def _check_job(
-    store: Store, workspace: str, schedule: dict[str, Any], leases: LeaseBounds,
-) -> None:
-    """The schedule's script exists and its tag resolves with its args, as a fire needs."""
-    if schedule["builtin"] is not None:
-        return
-    try:
-        await schedule_job(store, workspace, schedule, leases)
-    except NotFound:
-        raise InvalidInput(f"unknown script {schedule['script_path']!r} in workspace "
-                           f"{workspace!r}; deploy it first", code="unknown_script") from None
-
-
-def schedule_view(schedule: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    next_fires: list[datetime] = []
-    first = schedule["next_fire_at"]
-    if schedule["enabled"] and first is not None:
-        try:
-            later = Cron(schedule["cron"], schedule["timezone"]).next_fires(
-                first, NEXT_FIRES_SHOWN - 1)
-        except CronError:
-            later = []
-        next_fires = [first, *later]
-    builtin = schedule["builtin"]
-    return {
-        "name": schedule["name"],
-        "workspace": schedule["workspace"],
-        "cron": schedule["cron"],
-        "timezone": schedule["timezone"],
-        "script": schedule["script_path"],
-        "args": schedule["args"],
-        "overlap": schedule["overlap"],
-        "enabled": schedule["enabled"],
-        "timeout_s": schedule["timeout_s"],
-        "tag": schedule["tag"],
-        "builtin": builtin is not None,
-        "description": DESCRIPTIONS.get(builtin) if builtin is not None else None,
-        "next_fires": [iso(f) for f in next_fires],
-        "last_runs": runs,
-        "created_at": iso(schedule["created_at"]),
-        "updated_at": iso(schedule["updated_at"]),
-    }
 
 
 async def _view(store: Store, schedule: dict[str, Any], runs: int = LAST_RUNS_SHOWN
@@ -153,20 +56,15 @@ async def _named(request: Request) -> tuple[str, str]:
 async def create_schedule(request: Request) -> JSON:
     workspace = await authenticator(request).workspace(request)
     body = await read_body(request, ScheduleIn)
-    if not NAME.fullmatch(body.name):
-        raise InvalidInput(f"name {body.name!r} is not valid: 1-100 characters, lowercase "
-                           "letters, digits and _ . -, starting with a letter or digit")
-    if body.name.startswith(BUILTIN_PREFIX):
-        raise InvalidInput(f"name {body.name!r}: names starting with {BUILTIN_PREFIX!r} are "
-                           "kept for built-in schedules")
+    check_name(body.name)
     schedule = {"name": body.name, "cron": body.cron, "timezone": body.timezone,
                 "script_path": body.script, "args": body.args, "overlap": body.overlap,
                 "enabled": body.enabled, "timeout_s": body.timeout_s, "tag": body.tag,
                 "builtin": None}
-    schedule["next_fire_at"] = _next_fire(schedule, utc_now())
-    _check_overlap(body.overlap)
+    schedule["next_fire_at"] = next_fire(schedule, utc_now())
+    check_overlap(body.overlap)
     store = _store(request)
-    await _check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
+    await check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
     created = await store.create_schedule(workspace, schedule)
     return JSON(schedule_view(created, []), status_code=201)
 
@@ -205,22 +103,22 @@ async def patch_schedule(request: Request) -> JSON:
             raise InvalidInput(f"built-in schedule {name!r} takes only changes of "
                                f"{', '.join(sorted(BUILTIN_CHANGES))}")
     if "overlap" in changes:
-        _check_overlap(changes["overlap"])
+        check_overlap(changes["overlap"])
     # Disabling always works, even a schedule whose script no longer takes its args.
-    check_job = bool(JOB_FIELDS & set(changes)) and changes.get("enabled") is not False
+    recheck = bool(JOB_FIELDS & set(changes)) and changes.get("enabled") is not False
     if "script" in changes:
         changes["script_path"] = changes.pop("script")
     schedule = {**current, **changes}
     reschedule = bool(TIMES & set(changes))
     if reschedule:
-        schedule["next_fire_at"] = _next_fire(schedule, utc_now())
-    if check_job and schedule["enabled"]:
-        await _check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
+        schedule["next_fire_at"] = next_fire(schedule, utc_now())
+    if recheck and schedule["enabled"]:
+        await check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
     elif "script_path" in changes:
         # A disabled schedule may be left unresolvable while it is fixed (its tag and args
         # are checked when it is enabled), but never given a script that does not exist.
         try:
-            await _check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
+            await check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
         except InvalidInput as exc:
             if exc.code == "unknown_script":
                 raise

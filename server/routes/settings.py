@@ -2,50 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
 from tagrun.server.auth import authenticator
-from tagrun.server.errors import InvalidInput
 from tagrun.server.http import JSON, read_body
+from tagrun.server.services.settings import SettingIn, check, current
 from tagrun.server.store import Store
-
-
-@dataclass(frozen=True)
-class Setting:
-    default: int
-    help: str
-
-
-SETTINGS = {
-    "task_max_concurrent": Setting(
-        0, "most jobs running at once over all workers and agents (0: no limit)"),
-    "task_inline_max_concurrent": Setting(
-        0, "most jobs running at once inside server processes (0: no limit)"),
-}
-
-
-class SettingIn(msgspec.Struct, forbid_unknown_fields=True):
-    key: str
-    value: Any
-
-
-def check(key: str, value: Any) -> int:
-    if key not in SETTINGS:
-        raise InvalidInput(f"unknown setting {key!r}; known: {', '.join(sorted(SETTINGS))}",
-                           code="unknown_setting")
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
-        raise InvalidInput(f"{key} must be a whole number from 0 to 1000000, not {value!r}")
-    return value
-
-
-async def current(store: Store) -> dict[str, Any]:
-    stored = await store.get_settings()
-    return {key: stored.get(key, s.default) for key, s in SETTINGS.items()}
 
 
 async def get_settings(request: Request) -> JSON:

@@ -13,8 +13,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tagrun.server.http import query_int
-from tagrun.server.routes import settings
-from tagrun.server.routes.fleet import fleet_view
+from tagrun.server.services import settings
+from tagrun.server.services.fleet import fleet_view
 from tagrun.server.store import Store
 from tagrun.server.ui.render import page
 from tagrun.server.ui.session import Session

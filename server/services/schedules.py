@@ -1,0 +1,156 @@
+"""Schedules' rules: what a valid schedule is, the job a fire makes, and how a schedule is
+shown. Used by the schedule routes, the scheduler and the UI."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from tagrun.server.config import LeaseBounds
+from tagrun.server.errors import InvalidInput, NotFound
+from tagrun.server.maintenance import DESCRIPTIONS, maintenance_job
+from tagrun.server.services.jobs import ScriptCache, new_job
+from tagrun.server.store import NewJob, Store
+from tagrun.server.store._base import iso
+from tagrun.shared.cron import Cron, CronError, zone
+from tagrun.shared.models import JobIn, Path, TagTemplate, TimeoutS
+
+NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
+BUILTIN_PREFIX = "tagrun."
+OVERLAPS = ("queue", "skip", "replace")
+NEXT_FIRES_SHOWN = 5
+Text = Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: Text
+    cron: Text
+    script: Path
+    timezone: Text = "UTC"
+    args: dict[str, Any] = {}
+    overlap: Text = "queue"
+    enabled: bool = True
+    timeout_s: TimeoutS | None = None
+    tag: TagTemplate | None = None
+
+
+class SchedulePatch(msgspec.Struct, forbid_unknown_fields=True):
+    cron: Text | msgspec.UnsetType = msgspec.UNSET
+    timezone: Text | msgspec.UnsetType = msgspec.UNSET
+    script: Path | msgspec.UnsetType = msgspec.UNSET
+    args: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    overlap: Text | msgspec.UnsetType = msgspec.UNSET
+    enabled: bool | msgspec.UnsetType = msgspec.UNSET
+    timeout_s: TimeoutS | None | msgspec.UnsetType = msgspec.UNSET
+    tag: TagTemplate | None | msgspec.UnsetType = msgspec.UNSET
+
+
+BUILTIN_CHANGES = {"cron", "timezone", "enabled"}
+TIMES = {"cron", "timezone", "enabled"}  # a change of these takes a new next fire time
+JOB_FIELDS = {"script", "args", "tag", "timeout_s", "enabled"}  # checked again when changed
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def cron_of(expression: str, timezone: str) -> Cron:
+    try:
+        zone(timezone)
+    except CronError as exc:
+        raise InvalidInput(str(exc), code="unknown_timezone") from None
+    try:
+        return Cron(expression, timezone)
+    except CronError as exc:
+        raise InvalidInput(str(exc), code="invalid_cron") from None
+
+
+def next_fire(schedule: dict[str, Any], now: datetime) -> datetime | None:
+    cron = cron_of(schedule["cron"], schedule["timezone"])
+    next_fire_at = cron.next_after(now)
+    if next_fire_at is None:
+        raise InvalidInput(f"cron {schedule['cron']!r} never fires", code="invalid_cron")
+    return next_fire_at if schedule["enabled"] else None
+
+
+def check_name(name: str) -> None:
+    if not NAME.fullmatch(name):
+        raise InvalidInput(f"name {name!r} is not valid: 1-100 characters, lowercase "
+                           "letters, digits and _ . -, starting with a letter or digit")
+    if name.startswith(BUILTIN_PREFIX):
+        raise InvalidInput(f"name {name!r}: names starting with {BUILTIN_PREFIX!r} are "
+                           "kept for built-in schedules")
+
+
+def check_overlap(overlap: str) -> None:
+    if overlap not in OVERLAPS:
+        raise InvalidInput(f"overlap {overlap!r} is not one of {', '.join(OVERLAPS)}",
+                           code="invalid_overlap")
+
+
+async def check_job(
+    store: Store, workspace: str, schedule: dict[str, Any], leases: LeaseBounds,
+) -> None:
+    """The schedule's script exists and its tag resolves with its args, as a fire needs."""
+    if schedule["builtin"] is not None:
+        return
+    try:
+        await schedule_job(store, workspace, schedule, leases)
+    except NotFound:
+        raise InvalidInput(f"unknown script {schedule['script_path']!r} in workspace "
+                           f"{workspace!r}; deploy it first", code="unknown_script") from None
+
+
+def schedule_view(schedule: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    next_fires: list[datetime] = []
+    first = schedule["next_fire_at"]
+    if schedule["enabled"] and first is not None:
+        try:
+            later = Cron(schedule["cron"], schedule["timezone"]).next_fires(
+                first, NEXT_FIRES_SHOWN - 1)
+        except CronError:
+            later = []
+        next_fires = [first, *later]
+    builtin = schedule["builtin"]
+    return {
+        "name": schedule["name"],
+        "workspace": schedule["workspace"],
+        "cron": schedule["cron"],
+        "timezone": schedule["timezone"],
+        "script": schedule["script_path"],
+        "args": schedule["args"],
+        "overlap": schedule["overlap"],
+        "enabled": schedule["enabled"],
+        "timeout_s": schedule["timeout_s"],
+        "tag": schedule["tag"],
+        "builtin": builtin is not None,
+        "description": DESCRIPTIONS.get(builtin) if builtin is not None else None,
+        "next_fires": [iso(f) for f in next_fires],
+        "last_runs": runs,
+        "created_at": iso(schedule["created_at"]),
+        "updated_at": iso(schedule["updated_at"]),
+    }
+
+
+def concurrency_key(workspace: str, name: str) -> str:
+    """Every run of a schedule carries this key with limit 1: runs never overlap, and under
+    overlap `queue` a run waits for the previous one (older runs first)."""
+    return f"schedule:{workspace}/{name}"
+
+
+async def schedule_job(
+    store: Store, workspace: str, schedule: dict[str, Any], leases: LeaseBounds,
+) -> NewJob:
+    """The job a fire queues: the script's latest version, the schedule's args, tag and
+    timeout, resolved like a submitted job. InvalidInput or NotFound when it cannot be."""
+    key = concurrency_key(workspace, schedule["name"])
+    if schedule["builtin"] is not None:
+        return maintenance_job(schedule["builtin"], key)
+    body = JobIn(script=schedule["script_path"], args=schedule["args"], tag=schedule["tag"],
+                 timeout_s=schedule["timeout_s"])
+    job = await new_job(body, workspace, ScriptCache(store, workspace), leases)
+    return dataclasses.replace(job, concurrency_key=key, concurrency_limit=1)
