@@ -43,6 +43,7 @@ CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 30.0
 CLAIM_GRACE_S = 15.0  # on top of wait_s: the server holds a claim open that long
 MAX_RETRY_AFTER_S = 120.0
+ACK_RETRY_WAIT_S = 0.5  # the longest wait between tries of an acknowledging heartbeat
 DEFAULT_TIMEOUT = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -63,9 +64,11 @@ _RETRIED = (httpx.TransportError, _Transient)
 class _WaitRetryAfter(wait_base):
     """The server's Retry-After when it gave one, else the fallback backoff."""
 
-    def __init__(self, fallback: wait_base, deadline: Deadline | None = None) -> None:
+    def __init__(self, fallback: wait_base, deadline: Deadline | None = None,
+                 most: float | None = None) -> None:
         self.fallback = fallback
         self.deadline = deadline
+        self.most = most
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
@@ -76,6 +79,8 @@ class _WaitRetryAfter(wait_base):
             wait = float(self.fallback(retry_state))
         if self.deadline is not None:  # one last try at the deadline, not long past it
             wait = min(wait, max(self.deadline() - time.monotonic(), 0.05))
+        if self.most is not None:
+            wait = min(wait, self.most)
         return wait
 
 
@@ -145,11 +150,17 @@ class AgentClient:
         jobs = answer.get("jobs")
         return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
 
-    async def heartbeat(self, running: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
-        """Extend the leases of the running jobs; returns the ids to cancel and those lost."""
+    async def heartbeat(
+        self, running: list[tuple[int, int]], *, acknowledges: bool = False,
+    ) -> tuple[list[int], list[int]]:
+        """Extend the leases of the running jobs; returns the ids to cancel and those lost.
+        `acknowledges`: it acknowledges jobs the server is waiting for (within ack_s), so
+        it is retried at short intervals: a link back after a short cut must not find the
+        agent waiting out a long backoff while the acknowledgement window closes."""
         body = {"name": self.name, "running": _held(running)}
         answer = await self._post("/api/agent_workers/heartbeat", body, stop_never,
-                                  heartbeat=True)
+                                  heartbeat=True,
+                                  most_wait=ACK_RETRY_WAIT_S if acknowledges else None)
         return _ids(answer.get("cancel")), _ids(answer.get("lost"))
 
     async def release(self, jobs: list[tuple[int, int]]) -> list[int]:
@@ -197,11 +208,13 @@ class AgentClient:
     async def _post(
         self, path: str, body: dict[str, Any], stop: stop_base,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT, *, heartbeat: bool = False,
+        most_wait: float | None = None,
     ) -> dict[str, Any]:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_transient),
             wait=_WaitRetryAfter(self._retry.wait,
-                                 stop.deadline if isinstance(stop, _StopAt) else None),
+                                 stop.deadline if isinstance(stop, _StopAt) else None,
+                                 most_wait),
             stop=stop,
             before_sleep=_log_retry(path),
             reraise=True,

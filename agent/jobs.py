@@ -129,9 +129,11 @@ class JobRun:
     def abandon(self, reason: str, *, lease_gone: bool = False) -> None:
         """The job is no longer ours to report (lost, released): kill it, report nothing.
         `lease_gone`: another may run it now, so its waiting log is dropped too."""
-        if not self.lost:
+        if not self.lost and self.executing:
             log.warning("job.abandoned", extra={"job_id": self.job.id, "attempt": self.job.attempt,
                                                 "reason": reason})
+        # Once the job has ended, a heartbeat answer that crossed its completion calls it
+        # lost: nothing to kill, and the completion's own answer says what became of it.
         self.lost = True
         self._execution.cancel()
         if lease_gone and self._discarding is None:

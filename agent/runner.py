@@ -286,13 +286,14 @@ class Agent:
 
     async def _heartbeat(self) -> None:
         self._ack_wanted.clear()
+        acknowledges = bool(self._unacked)
         self._unacked.clear()  # this heartbeat acknowledges every job it names
         runs = [r for r in self._runs.values() if not r.lost]
         if not runs:
             return
         try:
-            cancel, lost = await self._client.heartbeat([(r.job.id, r.job.attempt)
-                                                         for r in runs])
+            cancel, lost = await self._client.heartbeat(
+                [(r.job.id, r.job.attempt) for r in runs], acknowledges=acknowledges)
         except ServerAnswer as exc:
             log.error("agent.heartbeat_refused", extra={"error": str(exc)})
             return

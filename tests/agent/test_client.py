@@ -97,6 +97,20 @@ def test_claim_and_heartbeat_retry_beyond_the_bound_of_other_calls() -> None:
     assert len(claim.requests) == len(beat.requests) == 21
 
 
+def test_a_heartbeat_that_acknowledges_jobs_retries_at_short_intervals() -> None:
+    """After a short cut the acknowledgement must land within the server's ack window
+    (5 s), not after a backoff grown long meanwhile: the job would run twice."""
+    failures: list[Answer] = [httpx.ConnectError("connection refused")] * 12
+    plain = Script(*failures, ok({"cancel": [], "lost": []}))
+    acking = Script(*failures, ok({"cancel": [], "lost": []}))
+
+    call(plain, lambda c: c.heartbeat([(1, 1)]))
+    call(acking, lambda c: c.heartbeat([(1, 1)], acknowledges=True))
+
+    assert len(acking.requests) == 13 and all(0 <= s <= 0.5 for s in acking.sleeps)
+    assert max(plain.sleeps) > 0.5  # an ordinary heartbeat backs off as before
+
+
 def test_completion_gives_up_after_its_bound() -> None:
     script = Script(error(503, "unavailable"))
 
