@@ -187,11 +187,9 @@ class AgentClient:
         error: dict[str, str] | None, *, retryable: bool = True, until: Deadline | None = None,
         log_chunks_lost: int = 0,
     ) -> str:
-        """Sends `retryable` and `log_chunks_lost` only when they say something (false, more
-        than 0): a server older than them refuses fields it does not know."""
-        body = {"name": self.name, "attempt": attempt, "status": status, "result": result,
-                "error": error, **({} if retryable else {"retryable": False}),
-                **({"log_chunks_lost": log_chunks_lost} if log_chunks_lost else {})}
+        body = {"name": self.name, **outcome(attempt, status, result, error,
+                                             retryable=retryable,
+                                             log_chunks_lost=log_chunks_lost)}
         answer = await self._post(_job_path(workspace, job_id, "complete"), body,
                                   self._until(until))
         return str(answer.get("status", status))
@@ -241,6 +239,18 @@ class AgentClient:
         self, path: str, body: dict[str, Any], timeout: httpx.Timeout
     ) -> dict[str, Any]:
         return _answer(await self._http.post(path, json=body, timeout=timeout))
+
+
+def outcome(
+    attempt: int, status: str, result: Any, error: dict[str, str] | None, *,
+    retryable: bool = True, log_chunks_lost: int = 0,
+) -> dict[str, Any]:
+    """An attempt's outcome as the complete routes take it. `retryable` and `log_chunks_lost`
+    go only when they say something (false, more than 0): a server older than them refuses
+    fields it does not know."""
+    return {"attempt": attempt, "status": status, "result": result, "error": error,
+            **({} if retryable else {"retryable": False}),
+            **({"log_chunks_lost": log_chunks_lost} if log_chunks_lost else {})}
 
 
 def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tagrun.agent.client import AgentClient, Deadline
+from tagrun.agent.client import AgentClient, Deadline, outcome
 from tagrun.agent.errors import ServerAnswer
 
 MAX_BATCH = 100
@@ -43,11 +43,10 @@ class Completions:
                        result: Any, error: dict[str, str] | None, *, retryable: bool = True,
                        until: Deadline | None = None, log_chunks_lost: int = 0) -> str:
         """The job's new status on the server; raises what the single-job route would.
-        Not `retryable`: the job fails now (sent only then, which older servers refuse).
+        Not `retryable`: the job fails now.
         `until`: retried while the server is out of reach until then (else the bound)."""
-        item = {"id": job_id, "attempt": attempt, "status": status, "result": result,
-                "error": error, **({} if retryable else {"retryable": False}),
-                **({"log_chunks_lost": log_chunks_lost} if log_chunks_lost else {})}
+        item = {"id": job_id, **outcome(attempt, status, result, error, retryable=retryable,
+                                        log_chunks_lost=log_chunks_lost)}
         try:
             size = len(json.dumps(item))
         except (TypeError, ValueError):

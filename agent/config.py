@@ -25,6 +25,7 @@ __all__ = ["AgentConfig", "ConfigError", "load_config"]
 log = logging.getLogger("tagrun.agent")
 
 MAX_POLL_WAIT_S = 60.0
+DEFAULT_LOG_SPOOL_MB = 64  # per job, while the server is out of reach
 
 Warn = Callable[[str], None]
 
@@ -40,7 +41,7 @@ class AgentConfig:
     python: str | None = None
     drain_timeout_s: float = 30.0
     poll_wait_s: float = 25.0
-    log_spool_bytes: int = 64 << 20  # per job, while the server is out of reach
+    log_spool_bytes: int = DEFAULT_LOG_SPOOL_MB << 20
     ca_file: Path | None = None
     job_user: JobUser | None = None  # POSIX: jobs run as this user, not as the agent's
 
@@ -69,7 +70,8 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
         python=_python(v.get("AGENT_PYTHON")),
         drain_timeout_s=_number(v, "AGENT_DRAIN_TIMEOUT_S", 30.0, low=0.0, high=None),
         poll_wait_s=_number(v, "AGENT_POLL_WAIT_S", 25.0, low=1.0, high=MAX_POLL_WAIT_S),
-        log_spool_bytes=int(_number(v, "AGENT_LOG_SPOOL_MB", 64, low=1, high=None)
+        log_spool_bytes=int(_number(v, "AGENT_LOG_SPOOL_MB", DEFAULT_LOG_SPOOL_MB, low=1,
+                                            high=None)
                             * (1 << 20)),
         ca_file=_ca_file(v.get("AGENT_CA_FILE")),
         job_user=job_user,

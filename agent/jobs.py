@@ -32,7 +32,6 @@ log = logging.getLogger("tagrun.agent")
 
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_LEASE_S = 60.0  # a claim answer from a server that does not say
-DEFAULT_SPOOL_BYTES = 64 << 20
 LEASE_RAN_OUT = "its lease ran out while the server was out of reach"
 
 OnFatal = Callable[[TokenRefused], None]
@@ -96,7 +95,7 @@ class JobRun:
     def __init__(
         self, job: ClaimedJob, client: AgentClient, completions: Completions, work_root: Path,
         python_cmd: list[str], on_fatal: OnFatal, user: JobUser | None = None, *,
-        spool_bytes: int = DEFAULT_SPOOL_BYTES,
+        spool_bytes: int,
     ) -> None:
         self.job = job
         self.lost = False  # lease lost or job released: its outcome must not be reported

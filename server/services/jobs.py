@@ -14,6 +14,7 @@ from tagrun.shared.tags import TagError, resolve_tag
 
 MAX_WAIT_S = 60.0  # the longest a GET of a job waits for it to finish (wait_s)
 
+
 def checked_lease_s(lease_s: float | None, leases: LeaseBounds) -> float | None:
     """`lease_s` if this server grants it; None (the server's lease) stays None."""
     if lease_s is not None and not leases.min_s <= lease_s <= leases.max_s:

@@ -46,7 +46,8 @@ WITH slots AS (
 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
                   holder_key = s.key,
                   started_at = now(), finished_at = NULL, inline = $4,
-                  lease_expires_at = now() + make_interval(secs => coalesce(j.lease_s, $3::float8)),
+                  lease_expires_at = now() + make_interval(
+                      secs => coalesce(j.lease_s, $3::float8)),
                   ack_by = now() + make_interval(secs => s.ack_s)
 FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
@@ -107,7 +108,8 @@ WITH caps AS (
 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, worker = s.holder,
                   holder_key = s.key,
                   started_at = statement_timestamp(), finished_at = NULL, inline = $4,
-                  lease_expires_at = now() + make_interval(secs => coalesce(j.lease_s, $3::float8)),
+                  lease_expires_at = now() + make_interval(
+                      secs => coalesce(j.lease_s, $3::float8)),
                   ack_by = now() + make_interval(secs => s.ack_s)
 FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
@@ -412,9 +414,9 @@ class Leases(StoreBase):
     ) -> dict[str, Any]:
         """Record an attempt's outcome, and how many of its log chunks were lost. Returns the
         job's new `status` ('queued': a retry is scheduled) with id, tag, attempt, worker,
-        run_at and duration_ms; `repeat` is True
-        when this very outcome had already been recorded (nothing changed). A failure that
-        is not `retryable` (it could never succeed: a refused result) ends the job now.
+        run_at and duration_ms; `repeat` is True when this very outcome had already been
+        recorded (nothing changed). A failure that is not `retryable` (it could never
+        succeed: a refused result) ends the job now.
 
         Text PostgreSQL refuses is stored as storable.py says; a result that still cannot
         be stored (NaN, say) raises InvalidInput, and the caller fails the attempt with

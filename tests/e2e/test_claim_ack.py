@@ -13,7 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.processes import AgentProcess, TagrunProcess, api_client, wait_until
+from tests.support.processes import (
+    AgentProcess,
+    TagrunProcess,
+    agent_token,
+    api_client,
+    wait_until,
+)
 from tests.support.proxy import Proxy
 
 ACK_S = 2.0
@@ -35,7 +41,7 @@ def api(server: TagrunProcess) -> Iterator[httpx.Client]:
 
 
 def token_for(api: httpx.Client, tag: str) -> str:
-    return str(api.post("/api/agent_tokens", json={"group": "edge", "tags": [tag]}).json()["token"])
+    return agent_token(api, [tag])
 
 
 def submit(api: httpx.Client, tag: str, content: str) -> int:

@@ -19,6 +19,7 @@ import pytest
 from tests.support.processes import (
     AgentProcess,
     TagrunProcess,
+    agent_token,
     api_client,
     process_alive,
     wait_until,
@@ -41,11 +42,6 @@ def api(server: TagrunProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-def token_for(api: httpx.Client, tag: str) -> str:
-    return str(api.post("/api/agent_tokens", json={"group": "site", "tags": [tag]})
-               .json()["token"])
-
-
 def holder(database_url: str, job_id: int) -> tuple[str, bool] | None:
     from tests.support.database import query
 
@@ -65,7 +61,7 @@ def test_a_partition_shorter_than_the_jobs_lease_costs_nothing(
     proxy = Proxy(server.port)
     work = tmp_path / "work"
     work.mkdir()
-    agent = AgentProcess(proxy.url, token_for(api, "site-a"), tmp_path, name="site-a",
+    agent = AgentProcess(proxy.url, agent_token(api, ["site-a"], "site"), tmp_path, name="site-a",
                          env={"AGENT_WORK_DIR": str(work)})
     try:
         job = api.post("/api/w/default/jobs", json={
@@ -105,7 +101,7 @@ def test_past_its_lease_the_cut_off_agent_kills_the_job_and_the_run_elsewhere_co
                f'if [ "$n" -eq 1 ]; then while true; do echo "tick"; sleep 0.2; done; fi; '
                f'echo "second run"')
     proxy = Proxy(server.port)
-    token = token_for(api, "site-b")
+    token = agent_token(api, ["site-b"], "site")
     cut_off = AgentProcess(proxy.url, token, tmp_path, name="cut-off")
     other = None
     try:

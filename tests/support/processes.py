@@ -127,6 +127,13 @@ def api_client(url: str, token: str = SUPERADMIN) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
+def agent_token(api: httpx.Client, tags: Sequence[str], group: str = "edge") -> str:
+    """A new agent token for `tags`, minted by the superadmin client `api`."""
+    response = api.post("/api/agent_tokens", json={"group": group, "tags": list(tags)})
+    assert response.status_code == 201, response.text
+    return str(response.json()["token"])
+
+
 class AgentProcess:
     """`tagrun-agent` in a subprocess, configured by environment like a user would."""
 
