@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+import msgspec
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -35,6 +36,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from tagrun.agent.errors import GaveUp, ServerAnswer, ServerUntrusted, TokenRefused
+from tagrun.shared import agent_wire as wire
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.agent")
@@ -145,8 +147,9 @@ class AgentClient:
         """Long-poll for up to `slots` jobs; the server answers within about wait_s."""
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S,
                                 read=wait_s + CLAIM_GRACE_S)
-        body = {"name": self.name, "slots": slots, "wait_s": wait_s}
+        body = wire.ClaimIn(self.name, slots, wait_s)
         answer = await self._post("/api/agent_workers/claim", body, stop_never, timeout)
+        # Each job is read on its own (wire.claimed_job): one malformed job costs only itself.
         jobs = answer.get("jobs")
         return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
 
@@ -157,16 +160,19 @@ class AgentClient:
         `acknowledges`: it acknowledges jobs the server is waiting for (within ack_s), so
         it is retried at short intervals: a link back after a short cut must not find the
         agent waiting out a long backoff while the acknowledgement window closes."""
-        body = {"name": self.name, "running": _held(running)}
-        answer = await self._post("/api/agent_workers/heartbeat", body, stop_never,
+        path = "/api/agent_workers/heartbeat"
+        answer = await self._post(path, wire.HeartbeatIn(self.name, _held(running)), stop_never,
                                   heartbeat=True,
                                   most_wait=ACK_RETRY_WAIT_S if acknowledges else None)
-        return _ids(answer.get("cancel")), _ids(answer.get("lost"))
+        beat = _read(answer, wire.HeartbeatOut, path)
+        return (beat.cancel, beat.lost) if beat else ([], [])
 
     async def release(self, jobs: list[tuple[int, int]]) -> list[int]:
-        body = {"name": self.name, "jobs": _held(jobs)}
-        answer = await self._post("/api/agent_workers/release", body, self._retry.bounded_stop)
-        return _ids(answer.get("released"))
+        path = "/api/agent_workers/release"
+        answer = await self._post(path, wire.ReleaseIn(self.name, _held(jobs)),
+                                  self._retry.bounded_stop)
+        released = _read(answer, wire.Released, path)
+        return released.released if released else []
 
     def _until(self, deadline: Deadline | None) -> stop_base:
         return _StopAt(deadline) if deadline is not None else self._retry.bounded_stop
@@ -176,35 +182,43 @@ class AgentClient:
         until: Deadline | None = None,
     ) -> int:
         """Retried until `until` (the job's lease) when given, else within the bound."""
-        body = {"name": self.name, "attempt": attempt, "offset": offset, "data": data}
-        answer = await self._post(_job_path(workspace, job_id, "logs"), body,
+        path = _job_path(workspace, job_id, "logs")
+        answer = await self._post(path, wire.LogsIn(attempt, offset, data, self.name),
                                   self._until(until))
-        end = answer.get("offset")
-        return end if isinstance(end, int) else offset + len(data)
+        ack = _read(answer, wire.LogsAck, path)
+        return ack.offset if ack else offset + len(data)
 
     async def complete(
         self, workspace: str, job_id: int, attempt: int, status: str, result: Any,
         error: dict[str, str] | None, *, retryable: bool = True, until: Deadline | None = None,
         log_chunks_lost: int = 0,
     ) -> str:
-        body = {"name": self.name, **outcome(attempt, status, result, error,
-                                             retryable=retryable,
-                                             log_chunks_lost=log_chunks_lost)}
-        answer = await self._post(_job_path(workspace, job_id, "complete"), body,
-                                  self._until(until))
-        return str(answer.get("status", status))
+        return await self.report(workspace, outcome(
+            job_id, attempt, status, result, error, retryable=retryable,
+            log_chunks_lost=log_chunks_lost), until=until)
+
+    async def report(
+        self, workspace: str, done: wire.CompletedJob, *, until: Deadline | None = None,
+    ) -> str:
+        """One job's outcome by itself; its new status."""
+        path = _job_path(workspace, done.id, "complete")
+        body = wire.CompleteIn(done.attempt, done.status, done.result, done.error, self.name,
+                               done.retryable, done.log_chunks_lost)
+        answer = await self._post(path, body, self._until(until))
+        completed = _read(answer, wire.Completed, path)
+        return completed.status if completed else done.status
 
     async def complete_many(
-        self, jobs: list[dict[str, Any]], *, until: Deadline | None = None,
-    ) -> list[dict[str, Any]]:
-        """Outcomes of several jobs (id, attempt, status, result, error); one answer each."""
-        body = {"name": self.name, "jobs": jobs}
-        answer = await self._post("/api/agent_workers/complete", body, self._until(until))
-        answers = answer.get("jobs")
-        return [a for a in answers if isinstance(a, dict)] if isinstance(answers, list) else []
+        self, jobs: list[wire.CompletedJob], *, until: Deadline | None = None,
+    ) -> list[wire.CompletedItem]:
+        """Outcomes of several jobs; one answer each (a new status, or a refusal)."""
+        path = "/api/agent_workers/complete"
+        answer = await self._post(path, wire.CompleteManyIn(self.name, jobs), self._until(until))
+        answers = _read(answer, wire.CompletedMany, path)
+        return answers.jobs if answers else []
 
     async def _post(
-        self, path: str, body: dict[str, Any], stop: stop_base,
+        self, path: str, request: msgspec.Struct, stop: stop_base,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT, *, heartbeat: bool = False,
         most_wait: float | None = None,
     ) -> dict[str, Any]:
@@ -218,6 +232,7 @@ class AgentClient:
             reraise=True,
             sleep=self._retry.sleep,
         )
+        body: dict[str, Any] = msgspec.to_builtins(request)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -242,15 +257,28 @@ class AgentClient:
 
 
 def outcome(
-    attempt: int, status: str, result: Any, error: dict[str, str] | None, *,
+    job_id: int, attempt: int, status: str, result: Any, error: dict[str, str] | None, *,
     retryable: bool = True, log_chunks_lost: int = 0,
-) -> dict[str, Any]:
+) -> wire.CompletedJob:
     """An attempt's outcome as the complete routes take it. `retryable` and `log_chunks_lost`
-    go only when they say something (false, more than 0): a server older than them refuses
-    fields it does not know."""
-    return {"attempt": attempt, "status": status, "result": result, "error": error,
-            **({} if retryable else {"retryable": False}),
-            **({"log_chunks_lost": log_chunks_lost} if log_chunks_lost else {})}
+    are sent only when they say something (false, more than 0: fields at their default are
+    left out), since a server older than them refuses fields it does not know."""
+    return wire.CompletedJob(
+        job_id, attempt, status, result,
+        wire.ErrorIn(error["kind"], error.get("message", "")) if error else None,
+        retryable, log_chunks_lost)
+
+
+A = TypeVar("A", bound=msgspec.Struct)
+
+
+def _read(answer: dict[str, Any], kind: type[A], path: str) -> A | None:
+    """An answer read with its wire model; None (logged) if it does not fit."""
+    try:
+        return msgspec.convert(answer, kind)
+    except msgspec.ValidationError as exc:
+        log.error("agent.bad_answer", extra={"route": path, "error": str(exc)})
+        return None
 
 
 def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:
@@ -342,9 +370,5 @@ def _job_path(workspace: str, job_id: int, action: str) -> str:
     return f"/api/w/{quote(workspace, safe='')}/agent_workers/jobs/{int(job_id)}/{action}"
 
 
-def _held(jobs: list[tuple[int, int]]) -> list[dict[str, int]]:
-    return [{"id": job_id, "attempt": attempt} for job_id, attempt in jobs]
-
-
-def _ids(value: Any) -> list[int]:
-    return [i for i in value if isinstance(i, int)] if isinstance(value, list) else []
+def _held(jobs: list[tuple[int, int]]) -> list[wire.Held]:
+    return [wire.Held(job_id, attempt) for job_id, attempt in jobs]

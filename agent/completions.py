@@ -12,8 +12,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from tagrun.agent.client import AgentClient, Deadline, outcome
 from tagrun.agent.errors import ServerAnswer
+from tagrun.shared.agent_wire import CompletedJob
 
 MAX_BATCH = 100
 # A large result goes by itself: a batch must stay well under the server's body limit, and a
@@ -27,7 +30,7 @@ _STATUS_OF_CODE = {"lease_lost": 409, "completion_conflict": 409, "not_found": 4
 @dataclass
 class _Pending:
     workspace: str
-    item: dict[str, Any]
+    item: CompletedJob
     size: int
     until: Deadline | None = None  # retried until then (the job's lease)
     answer: asyncio.Future[str] = field(default_factory=asyncio.Future)
@@ -45,10 +48,10 @@ class Completions:
         """The job's new status on the server; raises what the single-job route would.
         Not `retryable`: the job fails now.
         `until`: retried while the server is out of reach until then (else the bound)."""
-        item = {"id": job_id, **outcome(attempt, status, result, error, retryable=retryable,
-                                        log_chunks_lost=log_chunks_lost)}
+        item = outcome(job_id, attempt, status, result, error, retryable=retryable,
+                       log_chunks_lost=log_chunks_lost)
         try:
-            size = len(json.dumps(item))
+            size = len(json.dumps(msgspec.to_builtins(item)))
         except (TypeError, ValueError):
             size = MAX_BATCHED_BYTES + 1  # let the single route say what is wrong with it
         if size > MAX_BATCHED_BYTES:
@@ -91,20 +94,20 @@ class Completions:
             return
         except Exception as exc:  # noqa: BLE001 - GaveUp, TokenRefused: every job hears it
             return _fail(batch, exc)
-        by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
+        by_id = {a.id: a for a in answers}
         for pending in batch:
-            answer = by_id.get(pending.item["id"])
+            answer = by_id.get(pending.item.id)
             if pending.answer.done():
                 continue
             if answer is None:
                 pending.answer.set_exception(ServerAnswer(502, "no_answer",
                                                           "the server skipped this job"))
-            elif isinstance(answer.get("error"), dict):
-                code = str(answer["error"].get("code", "error"))
+            elif answer.error is not None:
+                code = answer.error.code
                 pending.answer.set_exception(ServerAnswer(
-                    _STATUS_OF_CODE.get(code, 400), code, str(answer["error"].get("message"))))
+                    _STATUS_OF_CODE.get(code, 400), code, answer.error.message))
             else:
-                pending.answer.set_result(str(answer.get("status", pending.item["status"])))
+                pending.answer.set_result(answer.status or pending.item.status)
 
     async def _settle(self, pending: _Pending, work: Any) -> None:
         try:
@@ -116,11 +119,8 @@ class Completions:
             if not pending.answer.done():
                 pending.answer.set_result(status)
 
-    async def _one(self, workspace: str, item: dict[str, Any], until: Deadline | None) -> str:
-        return await self._client.complete(workspace, item["id"], item["attempt"],
-                                           item["status"], item["result"], item["error"],
-                                           retryable=item.get("retryable", True), until=until,
-                                           log_chunks_lost=item.get("log_chunks_lost", 0))
+    async def _one(self, workspace: str, item: CompletedJob, until: Deadline | None) -> str:
+        return await self._client.report(workspace, item, until=until)
 
 
 def _latest(batch: list[_Pending]) -> Deadline | None:

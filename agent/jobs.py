@@ -9,13 +9,12 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tagrun.agent.client import AgentClient
 from tagrun.agent.completions import Completions
 from tagrun.agent.errors import GaveUp, ServerAnswer, TokenRefused
+from tagrun.shared.agent_wire import AgentJob
 from tagrun.shared.executors import (
     NO_PROCESS,
     ErrorKind,
@@ -30,60 +29,9 @@ from tagrun.shared.logstream import Backlog, LogStream, StreamEnded
 
 log = logging.getLogger("tagrun.agent")
 
-DEFAULT_HEARTBEAT_S = 10.0
-DEFAULT_LEASE_S = 60.0  # a claim answer from a server that does not say
 LEASE_RAN_OUT = "its lease ran out while the server was out of reach"
 
 OnFatal = Callable[[TokenRefused], None]
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    id: int
-    attempt: int
-    workspace: str
-    language: str
-    content: str
-    args: dict[str, Any]
-    timeout_s: float | None
-    heartbeat_s: float
-    log_offset: int
-    tag: str = ""
-    lease_s: float = DEFAULT_LEASE_S
-    ack_s: float | None = None  # acknowledge within this (the first heartbeat does)
-
-    @classmethod
-    def from_wire(cls, raw: dict[str, Any]) -> ClaimedJob:
-        """Read a job of a claim answer; ValueError says what is wrong with it."""
-        try:
-            return cls(
-                id=_int(raw["id"]), attempt=_int(raw["attempt"]),
-                workspace=str(raw["workspace"]), language=str(raw["language"]),
-                content=str(raw.get("content") or ""), args=dict(raw.get("args") or {}),
-                timeout_s=_seconds(raw.get("timeout_s")),
-                heartbeat_s=_seconds(raw.get("heartbeat_s")) or DEFAULT_HEARTBEAT_S,
-                log_offset=_int(raw.get("log_offset") or 0),
-                tag=str(raw.get("tag") or ""),
-                lease_s=_seconds(raw.get("lease_s")) or DEFAULT_LEASE_S,
-                ack_s=_seconds(raw.get("ack_s")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-            raise ValueError(f"malformed job in claim answer: {problem}") from None
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {value!r}")
-    return value
-
-
-def _seconds(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 class JobRun:
@@ -93,7 +41,7 @@ class JobRun:
     server will have given the job to another: the agent kills it and drops what waited."""
 
     def __init__(
-        self, job: ClaimedJob, client: AgentClient, completions: Completions, work_root: Path,
+        self, job: AgentJob, client: AgentClient, completions: Completions, work_root: Path,
         python_cmd: list[str], on_fatal: OnFatal, user: JobUser | None = None, *,
         spool_bytes: int,
     ) -> None:

@@ -31,8 +31,9 @@ from tagrun.agent.errors import (
     TokenRefused,
 )
 from tagrun.agent.frozen import python_command, share_bundle
-from tagrun.agent.jobs import DEFAULT_HEARTBEAT_S, ClaimedJob, JobRun
+from tagrun.agent.jobs import JobRun
 from tagrun.agent.signals import install_stop_handlers
+from tagrun.shared.agent_wire import DEFAULT_HEARTBEAT_S, claimed_job
 from tagrun.shared.executors import ExecSpec, Execution
 from tagrun.shared.version import __version__
 
@@ -223,7 +224,7 @@ class Agent:
 
     def _start(self, raw: dict[str, Any]) -> None:
         try:
-            job = ClaimedJob.from_wire(raw)
+            job = claimed_job(raw)
         except ValueError as exc:
             log.error("job.malformed", extra={"error": str(exc), "job_id": raw.get("id")})
             return

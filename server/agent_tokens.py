@@ -23,7 +23,7 @@ import jwt
 
 from tagrun.server.errors import InvalidInput, Unauthorized
 from tagrun.server.store import DATABASE_ERRORS, Store
-from tagrun.shared.tags import TagError, validate_tag
+from tagrun.server.tags import TagError, validate_tag
 
 log = logging.getLogger("tagrun.agent_tokens")
 

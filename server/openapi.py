@@ -1,6 +1,6 @@
 """`GET /api/openapi.json`: the OpenAPI 3.1 document, generated from the wire models the
-server validates requests with (shared/models.py, shared/agent_wire.py) and the response
-models (shared/responses.py). Nothing is written twice: the operation table below only
+server validates requests with (server/models.py, shared/agent_wire.py) and the response
+models (server/responses.py). Nothing is written twice: the operation table below only
 says which model goes with which route."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
+from tagrun.server import models as req
+from tagrun.server import responses as out
 from tagrun.server.agent_tokens import SESSION
 from tagrun.server.auth import WORKSPACE_ID
 from tagrun.server.http import JSON
@@ -21,11 +23,9 @@ from tagrun.server.services import jobs as job_rules
 from tagrun.server.services import schedules as sched
 from tagrun.server.services import settings as setting_rules
 from tagrun.server.store import STATES
+from tagrun.server.tags import TAG_PATTERN
 from tagrun.shared import agent_wire as agent
-from tagrun.shared import models as req
-from tagrun.shared import responses as out
 from tagrun.shared.executors import LANGUAGES
-from tagrun.shared.tags import TAG_PATTERN
 from tagrun.shared.version import __version__
 
 
@@ -132,17 +132,17 @@ OPERATIONS = [
     Op("DELETE", "/api/w/{ws}/schedules/{name}", "Delete a schedule (built-ins refuse)",
        out.ScheduleDeleted),
     Op("POST", "/api/agent_workers/claim", "Long-poll for jobs of the token's tags",
-       out.Claimed, body=agent.ClaimIn, auth="agent", headers=_CLAIMING_AGENT),
+       agent.Claimed, body=agent.ClaimIn, auth="agent", headers=_CLAIMING_AGENT),
     Op("POST", "/api/agent_workers/heartbeat", "Extend leases; learn of cancels and losses",
-       out.HeartbeatOut, body=agent.HeartbeatIn, auth="agent", headers=_AGENT),
+       agent.HeartbeatOut, body=agent.HeartbeatIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/agent_workers/release", "Give jobs back without using an attempt",
-       out.Released, body=agent.ReleaseIn, auth="agent", headers=_AGENT),
+       agent.Released, body=agent.ReleaseIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/agent_workers/complete", "Report several outcomes in one request",
-       out.CompletedMany, body=agent.CompleteManyIn, auth="agent", headers=_AGENT),
+       agent.CompletedMany, body=agent.CompleteManyIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/w/{ws}/agent_workers/jobs/{id}/logs", "Append logs (idempotent by offset)",
-       out.LogsAck, body=agent.LogsIn, auth="agent", headers=_AGENT),
+       agent.LogsAck, body=agent.LogsIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/w/{ws}/agent_workers/jobs/{id}/complete", "Report an attempt's outcome",
-       out.Completed, body=agent.CompleteIn, auth="agent", headers=_AGENT),
+       agent.Completed, body=agent.CompleteIn, auth="agent", headers=_AGENT),
 ]
 
 _ERRORS = {400: "Invalid input", 401: "Missing or invalid credentials",

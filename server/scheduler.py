@@ -24,13 +24,13 @@ from typing import Any
 
 from tagrun.server import events
 from tagrun.server.config import LeaseBounds
+from tagrun.server.cron import Cron, CronError
 from tagrun.server.errors import TagrunError
 from tagrun.server.maintenance import BUILTINS
 from tagrun.server.services.schedules import concurrency_key, schedule_job, utc_now
 from tagrun.server.store import NewJob, Store
 from tagrun.server.store._base import iso
 from tagrun.server.store.schedules import Fire, Fired
-from tagrun.shared.cron import Cron, CronError
 
 log = logging.getLogger("tagrun.scheduler")
 

@@ -1,4 +1,10 @@
-"""Wire models of the agent API (`/api/agent_workers`) and of agent tokens."""
+"""The agent API's contract (`/api/agent_workers`): every request and answer, defined once.
+
+The server decodes requests with these (strictly: an unknown field is refused) and builds its
+answers from them; the agent builds its requests from them and reads the answers with them
+(leniently: a newer server may add fields). Both sides and the tests' fake server share this
+one module, so the two ends cannot drift apart. Agent tokens' request model lives here too.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,26 @@ JobId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
 Attempt = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 
 
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+# What the agent assumes of a claim answer from a server too old to say.
+DEFAULT_HEARTBEAT_S = 10.0
+DEFAULT_LEASE_S = 60.0
+
+
 class _Body(msgspec.Struct, forbid_unknown_fields=True):
-    pass
+    """A request body."""
+
+
+class _Outcome(_Body, omit_defaults=True):
+    """An outcome: fields at their default are left out when the agent sends it, since a
+    server older than a field (`retryable`, `log_chunks_lost`) refuses fields it does not
+    know."""
+
+
+class _Answer(msgspec.Struct, kw_only=True, frozen=True):
+    """An answer: the server sends every field; the agent ignores fields it does not know."""
 
 
 class Held(_Body):
@@ -39,7 +63,7 @@ class ReleaseIn(_Body):
 
 class LogsIn(_Body):
     attempt: Attempt
-    offset: Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+    offset: NonNegative
     data: str
     name: AgentName | None = None
 
@@ -60,7 +84,7 @@ LogChunksLost = Annotated[int, msgspec.Meta(ge=0, le=1_000_000, description=(
     "log chunks the server refused while the job ran (each left a marker in the log)"))]
 
 
-class CompleteIn(_Body):
+class CompleteIn(_Outcome):
     attempt: Attempt
     status: Annotated[str, msgspec.Meta(pattern=r"^(succeeded|failed|cancelled)\Z")]
     result: Any = None
@@ -70,7 +94,7 @@ class CompleteIn(_Body):
     log_chunks_lost: LogChunksLost = 0
 
 
-class CompletedJob(_Body):
+class CompletedJob(_Outcome):
     id: JobId
     attempt: Attempt
     status: Annotated[str, msgspec.Meta(pattern=r"^(succeeded|failed|cancelled)\Z")]
@@ -92,3 +116,73 @@ class AgentTokenIn(_Body):
     tags: Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)]
     expires_in_s: Annotated[int, msgspec.Meta(ge=60, le=10 * 365 * 86400)] = 30 * 86400
     label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+class AgentJob(_Answer, frozen=True):
+    """A claimed job as the agent receives it."""
+
+    id: JobId
+    workspace: str
+    language: str
+    attempt: Attempt
+    content: str = ""
+    args: dict[str, Any] = {}
+    tag: str = ""
+    timeout_s: Seconds | None = None
+    # The job's own lease (or the server's), and a heartbeat that renews it 3 times over.
+    lease_s: Seconds = DEFAULT_LEASE_S
+    heartbeat_s: Seconds = DEFAULT_HEARTBEAT_S
+    log_offset: NonNegative = 0
+    # Seconds within which the agent must acknowledge the job (a heartbeat or log naming it)
+    # or it goes back to the queue unused; null: no acknowledgement asked (an agent that did
+    # not send `Tagrun-Agent-Features: ack`, or TAGRUN_CLAIM_ACK_S=0).
+    ack_s: Seconds | None = None
+
+
+class Claimed(_Answer, frozen=True):
+    jobs: list[AgentJob]
+
+
+class HeartbeatOut(_Answer, frozen=True):
+    cancel: list[int]
+    lost: list[int]
+
+
+class Released(_Answer, frozen=True):
+    released: list[int]
+
+
+class LogsAck(_Answer, frozen=True):
+    offset: NonNegative
+
+
+class Completed(_Answer, frozen=True):
+    status: str
+
+
+class Refusal(_Answer, frozen=True):
+    code: str
+    message: str
+
+
+class CompletedItem(_Answer, frozen=True):
+    """One job of a batch completion: its new `status`, or the `error` that refused it."""
+
+    id: int
+    status: str | None = None
+    error: Refusal | None = None
+
+
+class CompletedMany(_Answer, frozen=True):
+    jobs: list[CompletedItem]
+
+
+def claimed_job(raw: Any) -> AgentJob:
+    """One job of a claim answer, checked; ValueError says what is wrong with it."""
+    try:
+        return msgspec.convert(raw, AgentJob)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"malformed job in claim answer: {exc}") from None

@@ -71,3 +71,24 @@ def test_no_import_points_back_up(layer: str) -> None:
                     arrows.append(f"{module} imports {target}")
     assert not arrows, "imports against the layers (docs/architecture.md):\n" + "\n".join(
         sorted(set(arrows)))
+
+
+def _reached(found: dict[str, list[str]], side: str) -> set[str]:
+    """The shared modules one side (agent or server) imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [t for m, imported in found.items() if under(m, side) for t in imported]
+    while todo:
+        target = todo.pop()
+        if under(target, "tagrun.shared") and target in found and target not in seen:
+            seen.add(target)
+            todo += found[target]
+    return seen
+
+
+def test_shared_holds_only_what_both_sides_use() -> None:
+    # What only the server uses belongs in server/ (the agent binary carries all of shared/).
+    found = modules()
+    shared = {m for m in found if under(m, "tagrun.shared") and m != "tagrun.shared"}
+    agent, server = _reached(found, "tagrun.agent"), _reached(found, "tagrun.server")
+    assert shared - server == set(), "shared modules the server never imports"
+    assert shared - agent == set(), "shared modules the agent never imports"

@@ -67,7 +67,7 @@ def test_wheel_holds_only_the_tagrun_namespace(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "tagrun/server/store/migrations/0001_init.sql" in names
     assert "tagrun/agent/__init__.py" in names
-    assert "tagrun/shared/tags.py" in names
+    assert "tagrun/shared/agent_wire.py" in names
     assert "tagrun/server/cli/__init__.py" in names
     for generic in ("server", "agent", "shared"):
         assert not any(n.startswith((f"{generic}/", f"{generic}.py")) for n in names), (
@@ -82,7 +82,7 @@ def test_wheel_holds_only_the_tagrun_namespace(wheel: Path) -> None:
 def test_installed_wheel_imports_as_tagrun_only(fresh_python: Path, tmp_path: Path) -> None:
     result = _in_fresh(fresh_python, (
         "import importlib, pathlib, sys, sysconfig\n"
-        "import tagrun.agent, tagrun.shared.tags, tagrun.shared.version\n"
+        "import tagrun.agent, tagrun.server.tags, tagrun.shared.version\n"
         "site = pathlib.Path(sysconfig.get_paths()['purelib'])\n"
         "assert pathlib.Path(tagrun.agent.__file__).is_relative_to(site), tagrun.agent.__file__\n"
         "sql = site / 'tagrun/server/store/migrations/0001_init.sql'\n"

@@ -8,8 +8,8 @@ from starlette.routing import Route
 from tagrun.server.auth import WORKSPACE_ID, authenticator
 from tagrun.server.errors import Conflict, InvalidInput, NotFound
 from tagrun.server.http import JSON, path_int, read_body
+from tagrun.server.models import WorkspaceIn, WorkspaceTokenIn
 from tagrun.server.store import Store
-from tagrun.shared.models import WorkspaceIn, WorkspaceTokenIn
 
 
 def _store(request: Request) -> Store:

@@ -24,13 +24,22 @@ from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
 from tagrun.server.store import Store
 from tagrun.shared.agent_wire import (
+    AgentJob,
+    Claimed,
     ClaimIn,
+    Completed,
+    CompletedItem,
     CompletedJob,
+    CompletedMany,
     CompleteIn,
     CompleteManyIn,
     ErrorIn,
     HeartbeatIn,
+    HeartbeatOut,
+    LogsAck,
     LogsIn,
+    Refusal,
+    Released,
     ReleaseIn,
 )
 
@@ -69,17 +78,16 @@ async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
 
 
 def job_for_agent(job: dict[str, Any], config: ServerConfig,
-                  ack_s: float | None = None) -> dict[str, Any]:
+                  ack_s: float | None = None) -> AgentJob:
     """A claimed job as the agent receives it: its own lease (or the server's), and a
     heartbeat interval that renews that lease at least three times over."""
     lease_s = job["lease_s"] or config.lease_s
-    heartbeat_s = min(config.heartbeat_s, lease_s / 3)
-    return {
-        "id": job["id"], "workspace": job["workspace"], "language": job["language"],
-        "content": job["content"], "args": job["args"], "tag": job["tag"],
-        "attempt": job["attempt"], "timeout_s": job["timeout_s"], "lease_s": lease_s,
-        "heartbeat_s": heartbeat_s, "log_offset": job["log_offset"], "ack_s": ack_s,
-    }
+    return AgentJob(
+        id=job["id"], workspace=job["workspace"], language=job["language"],
+        content=job["content"] or "", args=job["args"] or {}, tag=job["tag"],
+        attempt=job["attempt"], timeout_s=job["timeout_s"], lease_s=lease_s,
+        heartbeat_s=min(config.heartbeat_s, lease_s / 3), log_offset=job["log_offset"],
+        ack_s=ack_s)
 
 
 async def claim(request: Request) -> Response:
@@ -99,7 +107,7 @@ async def claim(request: Request) -> Response:
         raise
     if jobs is None:  # the agent went away; the dispatcher gave back what it was leased
         return Response(status_code=499)
-    return JSON({"jobs": [job_for_agent(j, state.config, ack_s) for j in jobs]})
+    return JSON(Claimed(jobs=[job_for_agent(j, state.config, ack_s) for j in jobs]))
 
 
 async def heartbeat(request: Request) -> JSON:
@@ -108,7 +116,7 @@ async def heartbeat(request: Request) -> JSON:
     await _seen(request, agent, body.name)
     cancel, lost = await _state(request).heartbeats.beat(
         body.name, agent.key, [(h.id, h.attempt) for h in body.running])
-    return JSON({"cancel": cancel, "lost": lost})
+    return JSON(HeartbeatOut(cancel=cancel, lost=lost))
 
 
 async def release(request: Request) -> JSON:
@@ -117,7 +125,7 @@ async def release(request: Request) -> JSON:
     store: Store = _state(request).store
     released = await store.release_jobs(
         body.name, [(h.id, h.attempt) for h in body.jobs], agent.tags, key=agent.key)
-    return JSON({"released": released})
+    return JSON(Released(released=released))
 
 
 async def _holder(request: Request, agent: AgentIdentity, name: str | None, job_id: int) -> str:
@@ -138,7 +146,7 @@ async def append_logs(request: Request) -> JSON:
         holder, job_id, body.attempt, body.offset, body.data, tags=agent.tags,
         workspace=request.path_params["ws"], max_chars=max_chars, key=agent.key,
         on_truncated=lambda: events.job_log_truncated(job_id, max_chars))
-    return JSON({"offset": end})
+    return JSON(LogsAck(offset=end))
 
 
 async def complete(request: Request) -> JSON:
@@ -149,23 +157,23 @@ async def complete(request: Request) -> JSON:
                                     body.retryable, body.log_chunks_lost))
     holder = await _holder(request, agent, body.name, job_id)
     status = await _record(request, agent, holder, outcome, request.path_params["ws"])
-    return JSON({"status": status})
+    return JSON(Completed(status=status))
 
 
 async def complete_many(request: Request) -> JSON:
     """Outcomes of several jobs; each is recorded (or refused) on its own, as if sent alone."""
     agent = identify(request)
     body = await read_body(request, CompleteManyIn)
-    answers: list[dict[str, Any]] = []
+    answers: list[CompletedItem] = []
     for outcome in body.jobs:
         try:
             status = await _record(request, agent, body.name, _checked(outcome), None)
         except TagrunError as exc:
-            answers.append({"id": outcome.id, "error": {"code": exc.code,
-                                                        "message": exc.message}})
+            refusal = Refusal(code=exc.code, message=exc.message)
+            answers.append(CompletedItem(id=outcome.id, error=refusal))
         else:
-            answers.append({"id": outcome.id, "status": status})
-    return JSON({"jobs": answers})
+            answers.append(CompletedItem(id=outcome.id, status=status))
+    return JSON(CompletedMany(jobs=answers))
 
 
 def _checked(outcome: CompletedJob) -> CompletedJob:

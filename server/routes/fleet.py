@@ -12,8 +12,8 @@ from tagrun.server.http import JSON, read_body
 from tagrun.server.services.fleet import fleet_view
 from tagrun.server.services.settings import current
 from tagrun.server.store import Store
+from tagrun.server.tags import TagError, validate_tag
 from tagrun.shared.agent_wire import AgentTokenIn
-from tagrun.shared.tags import TagError, validate_tag
 from tagrun.shared.version import __version__
 
 

@@ -13,9 +13,9 @@ from tagrun.server import events
 from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.http import JSON, path_int, query_float, query_int, read_body
+from tagrun.server.models import BatchIn, JobIn
 from tagrun.server.services.jobs import MAX_WAIT_S, ScriptCache, new_job
 from tagrun.server.store import FINAL_STATES, STATES, Store
-from tagrun.shared.models import BatchIn, JobIn
 
 
 def _store(request: Request) -> Store:

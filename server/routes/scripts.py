@@ -8,11 +8,11 @@ from starlette.routing import Route
 from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput
 from tagrun.server.http import JSON, query_int, read_body
+from tagrun.server.models import ScriptIn
 from tagrun.server.services.jobs import checked_lease_s
 from tagrun.server.store import Store
+from tagrun.server.tags import TagError, check_template
 from tagrun.shared.executors import LANGUAGES
-from tagrun.shared.models import ScriptIn
-from tagrun.shared.tags import TagError, check_template
 
 
 def _store(request: Request) -> Store:

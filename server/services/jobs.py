@@ -7,10 +7,10 @@ from typing import Any
 
 from tagrun.server.config import LeaseBounds
 from tagrun.server.errors import InvalidInput
+from tagrun.server.models import JobIn
 from tagrun.server.store import NewJob, Store
+from tagrun.server.tags import TagError, resolve_tag
 from tagrun.shared.executors import LANGUAGES
-from tagrun.shared.models import JobIn
-from tagrun.shared.tags import TagError, resolve_tag
 
 MAX_WAIT_S = 60.0  # the longest a GET of a job waits for it to finish (wait_s)
 

@@ -11,13 +11,13 @@ from typing import Annotated, Any
 import msgspec
 
 from tagrun.server.config import LeaseBounds
+from tagrun.server.cron import Cron, CronError, zone
 from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.maintenance import DESCRIPTIONS, maintenance_job
+from tagrun.server.models import JobIn, Path, TagTemplate, TimeoutS
 from tagrun.server.services.jobs import ScriptCache, new_job
 from tagrun.server.store import NewJob, Store
 from tagrun.server.store._base import iso
-from tagrun.shared.cron import Cron, CronError, zone
-from tagrun.shared.models import JobIn, Path, TagTemplate, TimeoutS
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
 BUILTIN_PREFIX = "tagrun."

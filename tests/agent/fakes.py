@@ -1,6 +1,8 @@
 """A small in-memory stand-in for the server's agent routes, served through MockTransport.
 
-Only for unit tests of the agent's own logic; the real routes are tested end to end.
+Only for unit tests of the agent's own logic; the real routes are tested end to end. It
+reads every request with the wire models the server uses (strictly: a field the server would
+refuse fails the test) and builds its answers from the models the agent reads.
 """
 
 from __future__ import annotations
@@ -12,17 +14,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import msgspec
+
+from tagrun.shared import agent_wire as wire
 
 TOKEN = "agent-test-token.s3cr3t-value"
 
 
 def job(job_id: int, content: str, **overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "id": job_id, "workspace": "default", "language": "bash", "content": content,
-        "args": {}, "tag": "bash", "attempt": 1, "timeout_s": 30, "lease_s": 60,
-        "heartbeat_s": 0.05, "log_offset": 0,
-    }
-    return {**base, **overrides}
+    """A job of a claim answer, as the server would send it (overrides may make it wrong)."""
+    sent = wire.AgentJob(id=job_id, workspace="default", language="bash", content=content,
+                         tag="bash", attempt=1, timeout_s=30, lease_s=60, heartbeat_s=0.05)
+    return {**msgspec.to_builtins(sent), **overrides}
+
+
+def _answer(model: msgspec.Struct) -> httpx.Response:
+    return httpx.Response(200, json=msgspec.to_builtins(model))
+
+
+def _fields(body: msgspec.Struct) -> dict[str, Any]:
+    """A decoded request as a dict with every field, those the agent left out included."""
+    return {name: msgspec.to_builtins(getattr(body, name)) for name in body.__struct_fields__}
+
+
+_MODELS: dict[str, type[msgspec.Struct]] = {
+    "claim": wire.ClaimIn, "heartbeat": wire.HeartbeatIn, "release": wire.ReleaseIn,
+    "complete_many": wire.CompleteManyIn, "logs": wire.LogsIn, "complete": wire.CompleteIn,
+}
+
+
+def _route(path: str) -> str:
+    action = path.rsplit("/", 1)[-1]
+    if path.startswith("/api/agent_workers/"):
+        return "complete_many" if action == "complete" else action
+    return action
 
 
 def error(status: int, code: str, message: str = "") -> httpx.Response:
@@ -55,19 +80,23 @@ class FakeServer:
     async def handle(self, request: httpx.Request) -> httpx.Response:
         assert request.headers["authorization"] == f"Bearer {TOKEN}"
         path = request.url.path
-        body = json.loads(request.content)
+        model = _MODELS.get(_route(path))
+        if model is None:
+            return error(404, "not_found")
+        checked = msgspec.json.decode(request.content, type=model)  # as the server reads it
+        body = json.loads(request.content)  # as the agent sent it
         self.requests.append((path, body))
         if self.override is not None and (answer := self.override(path, body)) is not None:
             return answer
         if path == "/api/agent_workers/claim":
-            return await self._claim(body)
+            return await self._claim(_fields(checked))  # with slots and wait_s defaulted
         if path == "/api/agent_workers/heartbeat":
             ids = {r["id"] for r in body["running"]}
-            return httpx.Response(200, json={"cancel": sorted(ids & self.cancel),
-                                             "lost": sorted(ids & self.lost)})
+            return _answer(wire.HeartbeatOut(cancel=sorted(ids & self.cancel),
+                                             lost=sorted(ids & self.lost)))
         if path == "/api/agent_workers/release":
             self.released.extend(body["jobs"])
-            return httpx.Response(200, json={"released": [j["id"] for j in body["jobs"]]})
+            return _answer(wire.Released(released=[j["id"] for j in body["jobs"]]))
         if path == "/api/agent_workers/complete":
             return self._complete_many(body)
         job_id, action = int(path.split("/")[-2]), path.split("/")[-1]
@@ -81,7 +110,7 @@ class FakeServer:
         self.completions[job_id] = body
         if self.on_complete is not None:
             self.on_complete(job_id, body)
-        return httpx.Response(200, json={"status": body["status"]})
+        return _answer(wire.Completed(status=body["status"]))
 
     def _complete_many(self, body: dict[str, Any]) -> httpx.Response:
         """Each job as if sent alone to its own route (overrides included)."""
@@ -91,8 +120,9 @@ class FakeServer:
             path = f"/api/w/default/agent_workers/jobs/{job_id}/complete"
             one = self.override(path, item) if self.override is not None else None
             one = one or self._complete(job_id, item)
-            answers.append({"id": job_id, **one.json()})  # {"status"} or {"error"}
-        return httpx.Response(200, json={"jobs": answers})
+            answers.append(msgspec.convert({"id": job_id, **one.json()},  # status or error
+                                           wire.CompletedItem))
+        return _answer(wire.CompletedMany(jobs=answers))
 
     async def _claim(self, body: dict[str, Any]) -> httpx.Response:
         self.claims += 1
@@ -112,4 +142,4 @@ class FakeServer:
         self.logs[job_id] = text[:offset] + data
         if self.on_logs is not None:
             self.on_logs(job_id, data)
-        return httpx.Response(200, json={"offset": offset + len(data)})
+        return _answer(wire.LogsAck(offset=offset + len(data)))

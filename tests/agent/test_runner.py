@@ -80,7 +80,7 @@ def test_runs_a_bash_job_and_reports_its_result_and_logs(
     assert run(agent) == 0
 
     assert fake.completions[7] == {"name": "agent-1", "attempt": 1, "status": "succeeded",
-                                   "result": {"answer": 42}, "error": None}
+                                   "result": {"answer": 42}}
     assert fake.logs[7] == '01234hello\n{"answer": 42}\n'
     log_posts = [b for p, b in fake.requests if p == "/api/w/default/agent_workers/jobs/7/logs"]
     assert log_posts[0]["offset"] == 5

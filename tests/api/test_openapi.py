@@ -21,7 +21,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tagrun.shared import responses as out
+from tagrun.server import responses as out
+from tagrun.shared import agent_wire as wire
 from tests.support.processes import SUPERADMIN, TagrunProcess, api_client
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -186,7 +187,7 @@ def test_real_responses_decode_into_the_documented_models(
                     out.Schedule)
     with api_client(server.url, agent_token) as agent:
         claimed = agent.post("/api/agent_workers/claim", json={"name": "doc", "wait_s": 0})
-        msgspec.convert(claimed.json(), out.Claimed)
+        msgspec.convert(claimed.json(), wire.Claimed)
 
 
 def test_every_api_route_served_is_documented_and_every_documented_one_is_served() -> None:

@@ -13,11 +13,11 @@ import httpx
 import pytest
 
 from tagrun.server.config import load_config
+from tagrun.server.cron import Cron, CronError
 from tagrun.server.errors import NotFound
 from tagrun.server.maintenance import BUILTINS, MAINTENANCE_TAG, MaintenanceWorker
 from tagrun.server.scheduler import Scheduler
 from tagrun.server.store import Store, create_pool
-from tagrun.shared.cron import Cron, CronError
 from tests.support.processes import TagrunProcess, api_client
 
 LEASES = load_config({}).lease_bounds  # the default server's

@@ -193,57 +193,6 @@ class SettingsOut(_Out):
     settings: dict[str, int]
 
 
-class AgentJob(_Out):
-    id: int
-    workspace: str
-    language: str
-    content: str
-    args: dict[str, Any]
-    tag: str
-    attempt: int
-    timeout_s: float | None
-    lease_s: float
-    heartbeat_s: float
-    log_offset: int
-    # Seconds within which the agent must acknowledge the job (a heartbeat or log naming it)
-    # or it goes back to the queue unused; null: no acknowledgement asked (an agent that did
-    # not send `Tagrun-Agent-Features: ack`, or TAGRUN_CLAIM_ACK_S=0).
-    ack_s: float | None = None
-
-
-class Claimed(_Out):
-    jobs: list[AgentJob]
-
-
-class HeartbeatOut(_Out):
-    cancel: list[int]
-    lost: list[int]
-
-
-class Released(_Out):
-    released: list[int]
-
-
-class LogsAck(_Out):
-    offset: int
-
-
-class Completed(_Out):
-    status: str
-
-
-class CompletedItem(_Out):
-    """One job of a batch completion: its new `status`, or the `error` that refused it."""
-
-    id: int
-    status: str | None = None
-    error: ErrorDetail | None = None
-
-
-class CompletedMany(_Out):
-    jobs: list[CompletedItem]
-
-
 class ScheduleRun(_Out):
     fire_at: str
     job_id: int | None
