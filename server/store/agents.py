@@ -9,6 +9,7 @@ from typing import Any
 
 from tagrun.server.errors import AgentNameTaken, NotFound
 from tagrun.server.store._base import StoreBase, iso
+from tagrun.server.store.leases import EXTENDED
 
 INSERT_SECRET = """
 INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"""
@@ -49,19 +50,11 @@ RETURNING w.name, w.grp, w.tags, w.ip, w.last_seen"""
 # process, its running count moved, it was reported stale, or it left ($8). A lease is
 # extended only for its holder's name and key ($9), a record marked alive only for its
 # token ($10): naming another agent extends nothing and writes nothing.
-HEARTBEAT_BATCH = """
+HEARTBEAT_BATCH = f"""
 WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $9::text[])
         WITH ORDINALITY AS h(id, attempt, holder, key, n)
-), extended AS (
-    UPDATE jobs j SET lease_expires_at = now() + make_interval(
-                          secs => coalesce(j.lease_s, $4::float8)),
-                      ack_by = NULL
-    FROM held h
-    WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = h.holder
-      AND j.holder_key = h.key AND j.status = 'running'
-    RETURNING h.n, j.cancel_requested
-), process AS (
+), {EXTENDED}, process AS (
     INSERT INTO server_processes (id) VALUES ($7) ON CONFLICT (id) DO UPDATE SET last_seen = now()
 ), seen AS (
     UPDATE workers w SET last_seen = now(), via = $7, active_count = s.active,

@@ -118,22 +118,29 @@ RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.
           extract(epoch FROM now() - j.run_at)::float8 AS waited_s"""
 CLAIM_LOCK_ID = 0x7A6772756F  # serialises capped claims of every process
 CAPPED_LOOKAHEAD = 500
-EXTEND_LEASES = """
-WITH held AS (
-    SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt)
-), extended AS (
+# Every lease is extended by this one step, for direct workers and agents alike (its two
+# callers below and in agents.py): a job named in `held` (id, attempt, holder, key, n) by its
+# holder's name and key (NULL for a direct worker) while it runs gets its own lease (else $4
+# seconds) from now and needs no acknowledgement any more. Returns the entries (n) extended.
+EXTENDED = """extended AS (
     UPDATE jobs j SET lease_expires_at = now() + make_interval(
                           secs => coalesce(j.lease_s, $4::float8)),
                       ack_by = NULL
     FROM held h
-    WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = $3 AND j.status = 'running'
-      AND j.holder_key IS NOT DISTINCT FROM $5
-    RETURNING j.id, j.cancel_requested
-), w AS (
+    WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker = h.holder
+      AND j.holder_key IS NOT DISTINCT FROM h.key AND j.status = 'running'
+    RETURNING h.n, j.cancel_requested
+)"""
+# A direct worker's heartbeat: its leases ($1, $2 as held by $3 with key $5), and its record.
+EXTEND_LEASES = f"""
+WITH held AS (
+    SELECT h.id, h.attempt, $3::text AS holder, $5::text AS key, h.n
+    FROM unnest($1::bigint[], $2::int[]) WITH ORDINALITY AS h(id, attempt, n)
+), {EXTENDED}, w AS (
     UPDATE workers SET last_seen = now(), active_count = cardinality($1::bigint[]) WHERE name = $3
 )
-SELECT h.id, e.id IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
-FROM held h LEFT JOIN extended e ON e.id = h.id"""
+SELECT h.id, e.n IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
+FROM held h LEFT JOIN extended e ON e.n = h.n"""
 # Offsets ($5) count what the writer sent (`log_received`); what is stored stops at the cap
 # ($8 characters), where the truncation marker ($9) is written once.
 APPEND_LOGS = """
