@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import asyncpg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -23,7 +22,7 @@ from tagrun.server.heartbeats import Heartbeats
 from tagrun.server.http import JSON
 from tagrun.server.listener import Listener
 from tagrun.server.routes import admin, agents, fleet, health, jobs, schedules, scripts, settings
-from tagrun.server.store import Store
+from tagrun.server.store import DATABASE_UNAVAILABLE, Store
 
 log = logging.getLogger("tagrun.http")
 
@@ -60,12 +59,6 @@ def _allowed_methods(request: Request) -> list[str]:
                 route.matches(request.scope)[0] is Match.PARTIAL:
             allowed |= route.methods
     return sorted(allowed)
-
-
-# The database is down or restarting: clients (agents included) retry a 503.
-DATABASE_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-                        asyncpg.InterfaceError, asyncpg.OperatorInterventionError,
-                        asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 
 
 async def database_unavailable(request: Request, exc: Exception) -> Response:

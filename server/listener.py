@@ -14,14 +14,15 @@ from collections.abc import Callable, Iterable, Iterator
 
 import asyncpg
 
-from tagrun.server.store import DATABASE_ERRORS
+from tagrun.server.store import (
+    CANCEL_CHANNEL,
+    CAPPED_CHANNEL,
+    DATABASE_ERRORS,
+    DONE_CHANNEL,
+    JOBS_CHANNEL,
+)
 
 log = logging.getLogger("tagrun.listener")
-
-JOBS_CHANNEL = "tagrun_jobs"
-DONE_CHANNEL = "tagrun_done"
-CANCEL_CHANNEL = "tagrun_cancel"
-CAPPED_CHANNEL = "tagrun_capped"
 
 
 class TagWaiter:

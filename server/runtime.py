@@ -26,7 +26,7 @@ from tagrun.server.heartbeats import Heartbeats
 from tagrun.server.listener import Listener
 from tagrun.server.maintenance import MaintenanceWorker, job_retention_days, run_maintenance
 from tagrun.server.scheduler import Scheduler
-from tagrun.server.store import Store, create_pool, migrate
+from tagrun.server.store import DATABASE_STARTING, Store, create_pool, migrate
 from tagrun.server.worker import Worker, WorkerSettings
 from tagrun.shared.version import __version__
 
@@ -122,10 +122,6 @@ async def serve(
         await _close_pool(pool)
 
 
-# Worth waiting for at start: a database still starting, restarting or recovering (refused
-# connections, "the database system is starting up", too many clients). Anything else (a wrong
-# password, an unknown database) is the user's to fix and stops the start at once.
-_NOT_YET = (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 DB_RETRY_S = 1.0
 
 
@@ -136,7 +132,7 @@ async def _connect(dsn: str, config: ServerConfig) -> asyncpg.Pool[Any]:
     while True:
         try:
             return await create_pool(dsn, size=config.pool_size)
-        except _NOT_YET as exc:
+        except DATABASE_STARTING as exc:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise

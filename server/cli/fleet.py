@@ -68,8 +68,10 @@ def workers(
     if json_:
         print_json(fleet)
         return
-    typer.echo(f"tagrun {fleet['version']}  task_max_concurrent={fleet['task_max_concurrent']}"
-               f"  task_inline_max_concurrent={fleet['task_inline_max_concurrent']}")
+    from tagrun.server.services.settings import SETTINGS  # the caps, named in one place
+
+    caps = "".join(f"  {key}={fleet[key]}" for key in SETTINGS if key in fleet)
+    typer.echo(f"tagrun {fleet['version']}{caps}")
     typer.echo("\nAGENTS AND WORKERS")
     print_table(fleet["agents"], ["name", "kind", "group", "tags", "active_count",
                                   "jobs_executed", "last_seen", "ip", "version", "stale"])

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from tagrun.server.errors import InvalidInput
-from tagrun.server.store import Store
+from tagrun.server.store import INLINE_CAP, TOTAL_CAP, Store
 
 
 @dataclass(frozen=True)
@@ -19,10 +19,8 @@ class Setting:
 
 
 SETTINGS = {
-    "task_max_concurrent": Setting(
-        0, "most jobs running at once over all workers and agents (0: no limit)"),
-    "task_inline_max_concurrent": Setting(
-        0, "most jobs running at once inside server processes (0: no limit)"),
+    TOTAL_CAP: Setting(0, "most jobs running at once over all workers and agents (0: no limit)"),
+    INLINE_CAP: Setting(0, "most jobs running at once inside server processes (0: no limit)"),
 }
 
 

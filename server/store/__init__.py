@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from tagrun.server.job_states import FINAL_STATES, STATES
-from tagrun.server.store._base import DATABASE_ERRORS, create_pool
+from tagrun.server.store._base import (
+    CANCEL_CHANNEL,
+    CAPPED_CHANNEL,
+    DATABASE_ERRORS,
+    DATABASE_STARTING,
+    DATABASE_UNAVAILABLE,
+    DONE_CHANNEL,
+    JOBS_CHANNEL,
+    create_pool,
+)
 from tagrun.server.store.accounts import Accounts, Principal, hash_token
 from tagrun.server.store.agents import Agents
 from tagrun.server.store.jobs import Jobs, NewJob
@@ -11,7 +20,7 @@ from tagrun.server.store.leases import Leases
 from tagrun.server.store.migrate import migrate
 from tagrun.server.store.schedules import Schedules
 from tagrun.server.store.scripts import Scripts
-from tagrun.server.store.settings import Settings
+from tagrun.server.store.settings import INLINE_CAP, TOTAL_CAP, Settings
 from tagrun.server.store.ui import UiQueries
 
 
@@ -19,5 +28,7 @@ class Store(Accounts, Agents, Scripts, Settings, Jobs, Leases, Schedules, UiQuer
     """One object over the pool; the mixins group statements by concept."""
 
 
-__all__ = ["DATABASE_ERRORS", "FINAL_STATES", "STATES", "NewJob", "Principal", "Store",
-           "create_pool", "hash_token", "migrate"]
+__all__ = ["CANCEL_CHANNEL", "CAPPED_CHANNEL", "DATABASE_ERRORS", "DATABASE_STARTING",
+           "DATABASE_UNAVAILABLE", "DONE_CHANNEL", "FINAL_STATES", "INLINE_CAP", "JOBS_CHANNEL",
+           "STATES", "TOTAL_CAP", "NewJob", "Principal", "Store", "create_pool", "hash_token",
+           "migrate"]

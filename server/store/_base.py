@@ -16,6 +16,22 @@ from tagrun.server.errors import Conflict, InvalidInput, NotFound
 # raises: the connection failed or timed out, the server is restarting, or a statement failed
 # for a reason of the database's. Every loop that must outlive the database retries these.
 DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Of those, the database out of reach (down, restarting, full): the API answers 503 with
+# Retry-After, which clients (agents included) retry.
+DATABASE_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                        asyncpg.InterfaceError, asyncpg.OperatorInterventionError,
+                        asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+# Worth waiting for at start: a database still starting, restarting or recovering (refused
+# connections, "the database system is starting up", too many clients). Anything else (a wrong
+# password, an unknown database) is the user's to fix and stops the start at once.
+DATABASE_STARTING = (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+
+# The NOTIFY channels: listener.py listens on them, the statements notify on them (and the
+# queue's trigger, migrations 0001 and 0008, on JOBS_CHANNEL).
+JOBS_CHANNEL = "tagrun_jobs"  # a tag's queue has new jobs; payload: the tag
+DONE_CHANNEL = "tagrun_done"  # a job ended; payload: its id
+CANCEL_CHANNEL = "tagrun_cancel"  # a running job is to be cancelled; payload: its id
+CAPPED_CHANNEL = "tagrun_capped"  # the caps changed: every replica re-reads them
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

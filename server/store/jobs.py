@@ -9,7 +9,13 @@ from typing import Any
 
 from tagrun.server.errors import Conflict, NotFound
 from tagrun.server.job_states import FINAL_STATES
-from tagrun.server.store._base import StoreBase, iso, translated_errors
+from tagrun.server.store._base import (
+    CANCEL_CHANNEL,
+    DONE_CHANNEL,
+    StoreBase,
+    iso,
+    translated_errors,
+)
 
 INSERT_JOBS = """
 WITH input AS (
@@ -57,6 +63,7 @@ JOB_LOG_STATE = "SELECT status, log_size FROM jobs WHERE workspace = $1 AND id =
 READ_LOGS = """
 SELECT off, data FROM job_logs WHERE job_id = $1 AND off + length(data) > $2
 ORDER BY off LIMIT 200"""
+# Announced on $3 (DONE_CHANNEL) when it ends at once, else on $4 (CANCEL_CHANNEL).
 CANCEL_JOB = """
 WITH dequeued AS (
     DELETE FROM queue WHERE job_id = $2
@@ -75,8 +82,8 @@ updated AS (
     RETURNING id, status
 )
 SELECT id, status,
-       CASE WHEN status = 'cancelled' THEN pg_notify('tagrun_done', id::text)
-            ELSE pg_notify('tagrun_cancel', id::text) END
+       CASE WHEN status = 'cancelled' THEN pg_notify($3, id::text)
+            ELSE pg_notify($4, id::text) END
 FROM updated"""
 RETRY_JOB = """
 WITH updated AS (
@@ -216,7 +223,7 @@ class Jobs(StoreBase):
         return {"data": "".join(parts), "offset": end, "done": done}
 
     async def cancel_job(self, workspace: str, job_id: int) -> dict[str, Any]:
-        row = await self.fetchrow(CANCEL_JOB, workspace, job_id)
+        row = await self.fetchrow(CANCEL_JOB, workspace, job_id, DONE_CHANNEL, CANCEL_CHANNEL)
         if row is None:
             job = await self.get_job(workspace, job_id)
             raise Conflict(f"job {job_id} is already {job['status']}", code="job_finished")

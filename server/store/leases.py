@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tagrun.server.errors import CompletionConflict, Conflict, LeaseLost
-from tagrun.server.store._base import StoreBase, iso, translated_errors
-from tagrun.server.store.settings import CAPS_STATE
+from tagrun.server.store._base import DONE_CHANNEL, StoreBase, iso, translated_errors
+from tagrun.server.store.settings import CAPS_STATE, INLINE_CAP, TOTAL_CAP, setting_int
 from tagrun.shared.storable import storable_json, storable_text
 
 # Leases the best jobs of tags $1 to the slots $2: one holder name per slot, in the order
@@ -21,7 +21,7 @@ from tagrun.shared.storable import storable_json, storable_text
 # job of those tags), then the best over all tags. Rows locked but not picked are released
 # at commit. This fast path takes no job of a capped script, and nothing while a global cap
 # applies to the claimer ($4: it runs inside a server process): CLAIM_JOBS_CAPPED does.
-CLAIM_JOBS = """
+CLAIM_JOBS = f"""
 WITH slots AS (
     SELECT holder, key, ack_s, n
     FROM unnest($2::text[], $5::text[], $6::float8[]) WITH ORDINALITY AS s(holder, key, ack_s, n)
@@ -36,7 +36,7 @@ WITH slots AS (
     ) c
     WHERE NOT EXISTS (
         SELECT 1 FROM settings
-        WHERE (key = 'task_max_concurrent' OR ($4 AND key = 'task_inline_max_concurrent'))
+        WHERE (key = '{TOTAL_CAP}' OR ($4 AND key = '{INLINE_CAP}'))
           AND value <> '0'::jsonb)
     ORDER BY c.priority DESC, c.run_at, c.job_id
     LIMIT cardinality($2::text[])
@@ -59,12 +59,10 @@ RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.
 # running jobs, the inline cap minus jobs running in server processes (for inline claimers),
 # and each script's limit minus its running jobs. Looks up to $5 queued jobs ahead per tag
 # past capped ones; within a script, older jobs go first.
-CLAIM_JOBS_CAPPED = """
+CLAIM_JOBS_CAPPED = f"""
 WITH caps AS (
-    SELECT coalesce((SELECT (value #>> '{}')::int FROM settings
-                     WHERE key = 'task_max_concurrent'), 0) AS total_cap,
-           coalesce((SELECT (value #>> '{}')::int FROM settings
-                     WHERE key = 'task_inline_max_concurrent'), 0) AS inline_cap
+    SELECT {setting_int(TOTAL_CAP)} AS total_cap,
+           {setting_int(INLINE_CAP)} AS inline_cap
 ), load AS (
     SELECT count(*) AS running, count(*) FILTER (WHERE inline) AS running_inline
     FROM jobs WHERE status = 'running'
@@ -208,7 +206,7 @@ WITH cur AS (
 )
 SELECT id, status, tag, attempt, worker, run_at,
        round(extract(epoch FROM now() - started_at) * 1000) AS duration_ms,
-       CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
+       CASE WHEN status <> 'queued' THEN pg_notify($13, id::text) END
 FROM j"""
 COMPLETION_STATE = """
 SELECT status, attempt, worker, holder_key, result, attempts -> -1 AS recorded
@@ -217,7 +215,7 @@ QUEUE_DEAD_ROWS = "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'que
 VACUUM_QUEUE = "VACUUM (SKIP_LOCKED) queue"  # no arguments: sent as a simple query
 # The end of a statement whose CTE `j` updated jobs: those now queued go back in the queue,
 # and those that ended are announced (GET /jobs/{id}?wait_s= listens for it).
-_REQUEUED = """
+_REQUEUED = f"""
     RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
               jobs.concurrency_key, jobs.concurrency_limit
 ), q AS (
@@ -225,7 +223,7 @@ _REQUEUED = """
     SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit
     FROM j WHERE status = 'queued'
 )
-SELECT id, status, CASE WHEN status <> 'queued' THEN pg_notify('tagrun_done', id::text) END
+SELECT id, status, CASE WHEN status <> 'queued' THEN pg_notify('{DONE_CHANNEL}', id::text) END
 FROM j"""
 EXPIRE_LEASES = """
 WITH expired AS (
@@ -432,7 +430,7 @@ class Leases(StoreBase):
         row = await self.fetchrow(
             COMPLETE_JOB, job_id, attempt, holder, status, result, error, retry_backoff_s,
             list(tags) if tags is not None else None, workspace, key, retryable,
-            log_chunks_lost,
+            log_chunks_lost, DONE_CHANNEL,
         )
         if row is not None:
             return {**dict(row), "run_at": iso(row["run_at"]), "repeat": False}

@@ -15,7 +15,13 @@ from typing import Any
 
 from tagrun.server.errors import Conflict, NotFound
 from tagrun.server.job_states import FINAL_STATES
-from tagrun.server.store._base import StoreBase, iso, translated_errors
+from tagrun.server.store._base import (
+    CANCEL_CHANNEL,
+    DONE_CHANNEL,
+    StoreBase,
+    iso,
+    translated_errors,
+)
 from tagrun.server.store.jobs import CANCEL_JOB, INSERT_JOBS, NewJob, _columns, _late_columns
 
 INSERT_SCHEDULE = """
@@ -238,7 +244,8 @@ async def _apply(conn: Any, fire: Fire) -> Fired:
         return Fired("skipped", message=f"run {_ids(active)} was still queued or running")
     if active and fire.overlap == "replace":
         for job_id in (r["id"] for r in rows if not r["cancelling"]):
-            if await conn.fetchrow(CANCEL_JOB, fire.workspace, job_id) is not None:
+            if await conn.fetchrow(CANCEL_JOB, fire.workspace, job_id, DONE_CHANNEL,
+                                   CANCEL_CHANNEL) is not None:
                 cancelled.append(job_id)
         message = f"replaced run {_ids(cancelled)}" if cancelled else None
     elif active:

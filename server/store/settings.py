@@ -4,20 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from tagrun.server.store._base import StoreBase
+from tagrun.server.store._base import CAPPED_CHANNEL, StoreBase
+
+# The database-kept settings the statements read (every setting, with its default and help:
+# services/settings.py, which takes these names from here).
+TOTAL_CAP = "task_max_concurrent"
+INLINE_CAP = "task_inline_max_concurrent"
+
+
+def setting_int(key: str) -> str:
+    """SQL for a database-kept integer setting, 0 when unset."""
+    return f"coalesce((SELECT (value #>> '{{}}')::int FROM settings WHERE key = '{key}'), 0)"
+
 
 GET_SETTINGS = "SELECT key, value FROM settings"
-PUT_SETTING = """
+PUT_SETTING = f"""
 WITH put AS (
     INSERT INTO settings (key, value) VALUES ($1, $2)
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
 )
-SELECT pg_notify('tagrun_capped', '')"""  # every replica re-reads its caps at once
-CAPS_STATE = """
-SELECT coalesce((SELECT (value #>> '{}')::int FROM settings
-                 WHERE key = 'task_max_concurrent'), 0) AS total,
-       coalesce((SELECT (value #>> '{}')::int FROM settings
-                 WHERE key = 'task_inline_max_concurrent'), 0) AS inline,
+SELECT pg_notify('{CAPPED_CHANNEL}', '')"""  # every replica re-reads its caps at once
+CAPS_STATE = f"""
+SELECT {setting_int(TOTAL_CAP)} AS total, {setting_int(INLINE_CAP)} AS inline,
        EXISTS (SELECT 1 FROM queue WHERE concurrency_key IS NOT NULL) AS scripts"""
 
 
