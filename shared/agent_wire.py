@@ -19,6 +19,9 @@ Attempt = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+# How an attempt can end: the job states a holder reports (server/job_states.py adds the rest).
+OUTCOMES = ("succeeded", "failed", "cancelled")
+Outcome = Annotated[str, msgspec.Meta(pattern=rf"^({'|'.join(OUTCOMES)})\Z")]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 # What the agent assumes of a claim answer from a server too old to say.
@@ -86,7 +89,7 @@ LogChunksLost = Annotated[int, msgspec.Meta(ge=0, le=1_000_000, description=(
 
 class CompleteIn(_Outcome):
     attempt: Attempt
-    status: Annotated[str, msgspec.Meta(pattern=r"^(succeeded|failed|cancelled)\Z")]
+    status: Outcome
     result: Any = None
     error: ErrorIn | None = None
     name: AgentName | None = None
@@ -97,7 +100,7 @@ class CompleteIn(_Outcome):
 class CompletedJob(_Outcome):
     id: JobId
     attempt: Attempt
-    status: Annotated[str, msgspec.Meta(pattern=r"^(succeeded|failed|cancelled)\Z")]
+    status: Outcome
     result: Any = None
     error: ErrorIn | None = None
     retryable: Retryable = True
