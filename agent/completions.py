@@ -48,8 +48,13 @@ class Completions:
         """The job's new status on the server; raises what the single-job route would.
         Not `retryable`: the job fails now.
         `until`: retried while the server is out of reach until then (else the bound)."""
-        item = outcome(job_id, attempt, status, result, error, retryable=retryable,
-                       log_chunks_lost=log_chunks_lost)
+        return await self.complete_job(workspace, outcome(
+            job_id, attempt, status, result, error, retryable=retryable,
+            log_chunks_lost=log_chunks_lost), until=until)
+
+    async def complete_job(self, workspace: str, item: CompletedJob, *,
+                           until: Deadline | None = None) -> str:
+        """The same for an outcome already made (shared/holder.py makes them)."""
         try:
             size = len(json.dumps(msgspec.to_builtins(item)))
         except (TypeError, ValueError):

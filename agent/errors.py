@@ -10,9 +10,12 @@ AgentError                  root; `exit_code` is what the agent process exits wi
 
 Transport failures (connection errors, timeouts, 5xx, 408, 429) never leave the client as
 such: they are retried, forever for claim and heartbeat, until GaveUp for the rest.
+TokenRefused and GaveUp are also the lease holder's Fatal and OutOfReach (shared/holder.py).
 """
 
 from __future__ import annotations
+
+from tagrun.shared.holder import Fatal, OutOfReach
 
 
 class AgentError(Exception):
@@ -29,7 +32,7 @@ class InitScriptFailed(AgentError):
         self.output = output
 
 
-class TokenRefused(AgentError):
+class TokenRefused(AgentError, Fatal):
     exit_code = 3
 
     def __init__(self, message: str = "the server refused the agent token") -> None:
@@ -52,5 +55,5 @@ class ServerAnswer(AgentError):
         return self.status == 409 and self.code == "lease_lost"
 
 
-class GaveUp(AgentError):
+class GaveUp(AgentError, OutOfReach):
     """The server stayed unreachable for longer than the call's retry bound."""

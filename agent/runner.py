@@ -25,16 +25,16 @@ from tagrun.agent.config import AgentConfig
 from tagrun.agent.errors import (
     AgentError,
     ConfigError,
-    GaveUp,
     InitScriptFailed,
     ServerAnswer,
     TokenRefused,
 )
 from tagrun.agent.frozen import python_command, share_bundle
-from tagrun.agent.jobs import JobRun
+from tagrun.agent.jobs import HttpPort
 from tagrun.agent.signals import install_stop_handlers
-from tagrun.shared.agent_wire import DEFAULT_HEARTBEAT_S, claimed_job
+from tagrun.shared.agent_wire import DEFAULT_HEARTBEAT_S, AgentJob, claimed_job
 from tagrun.shared.executors import ExecSpec, Execution
+from tagrun.shared.holder import KILL_GRACE_S, Fatal, HeldJob, Holder
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.agent")
@@ -45,7 +45,6 @@ EXIT_OK = 0
 EXIT_ABORTED = 130
 EMPTY_PAUSE_S = 1.0
 ACK_DELAY_S = 0.5  # after a job starts, its acknowledgement (a heartbeat) waits this at most
-KILL_GRACE_S = 10.0  # after killing jobs: time for their last logs and the release
 _INIT_OUTPUT_CHARS = 64 * 1024
 
 
@@ -53,17 +52,15 @@ class Agent:
     def __init__(self, config: AgentConfig, client: AgentClient) -> None:
         self.config = config
         self._client = client
-        self._completions = Completions(client)
         self._python_cmd = python_command(config.python)
-        self._runs: dict[int, JobRun] = {}
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._holder = Holder(HttpPort(client, Completions(client)), "agent", log,
+                              config.drain_timeout_s, self._held_job)
         self._stopping = asyncio.Event()
         self._aborted = asyncio.Event()
-        self._slot_freed = asyncio.Event()
         self._job_started = asyncio.Event()
         self._ack_wanted = asyncio.Event()  # a job started that the server wants acknowledged
         self._unacked: dict[int, float] = {}  # such jobs: id -> its ack_s
-        self._fatal: TokenRefused | None = None
+        self._fatal: Fatal | None = None
         self._heartbeats: asyncio.Task[None] | None = None
         self._work_root = config.work_dir or Path(tempfile.gettempdir())  # set by run()
 
@@ -71,11 +68,11 @@ class Agent:
         """First call: drain and stop. Any later call: stop at once."""
         if not self._stopping.is_set():
             log.info("agent.stopping", extra={"agent": self.config.name,
-                                              "running": len(self._runs)})
+                                              "running": len(self._holder)})
             self._stopping.set()
         elif not self._aborted.is_set():
             log.warning("agent.aborting", extra={"agent": self.config.name,
-                                                 "running": len(self._runs)})
+                                                 "running": len(self._holder)})
             self._aborted.set()
 
     async def run(self, *, handle_signals: bool = True) -> int:
@@ -132,7 +129,7 @@ class Agent:
             "slots": self.config.slots, "work_dir": str(self._work_root)})
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         await self._claim_loop()
-        await self._drain()
+        await self._holder.drain()
         self._heartbeats.cancel()
 
     # -- AGENT_JOB_USER ---------------------------------------------------------------------
@@ -187,11 +184,12 @@ class Agent:
     # -- claiming ---------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
+        slot_freed = self._holder.slot_freed
         while not self._stopping.is_set():
-            self._slot_freed.clear()
-            free = self.config.slots - len(self._runs)
+            slot_freed.clear()
+            free = self.config.slots - len(self._holder)
             if free <= 0:
-                await self._unless_stopping(asyncio.create_task(self._slot_freed.wait()))
+                await self._unless_stopping(asyncio.create_task(slot_freed.wait()))
                 continue
             started = time.monotonic()
             jobs = await self._claim(free)
@@ -228,14 +226,7 @@ class Agent:
         except ValueError as exc:
             log.error("job.malformed", extra={"error": str(exc), "job_id": raw.get("id")})
             return
-        previous = self._runs.get(job.id)
-        if previous is not None:  # handed out again: our old attempt's lease must be gone
-            previous.abandon("claimed again")
-        run = JobRun(job, self._client, self._completions, self._work_root, self._python_cmd,
-                     self._on_fatal, self.config.job_user,
-                     spool_bytes=self.config.log_spool_bytes)
-        self._runs[job.id] = run
-        self._tasks[job.id] = asyncio.create_task(self._run_job(run), name=f"job-{job.id}")
+        self._holder.start(job)
         self._job_started.set()
         if job.ack_s is not None:
             self._unacked[job.id] = job.ack_s
@@ -243,16 +234,12 @@ class Agent:
         log.info("job.started", extra={"job_id": job.id, "attempt": job.attempt,
                                        "workspace": job.workspace, "agent": self.config.name})
 
-    async def _run_job(self, run: JobRun) -> None:
-        try:
-            await run.run()
-        finally:
-            if self._runs.get(run.job.id) is run:
-                del self._runs[run.job.id]
-                del self._tasks[run.job.id]
-            self._slot_freed.set()
+    def _held_job(self, job: AgentJob) -> HeldJob:
+        return HeldJob(job, self._holder.port, self._work_root, log,
+                       python_cmd=self._python_cmd, user=self.config.job_user,
+                       spool_bytes=self.config.log_spool_bytes, on_fatal=self._on_fatal)
 
-    def _on_fatal(self, error: TokenRefused) -> None:
+    def _on_fatal(self, error: Fatal) -> None:
         self._fatal = error
         self._aborted.set()
 
@@ -261,7 +248,7 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         try:
             while True:
-                if not self._runs:  # idle: the long-poll itself tells the server we are alive
+                if not self._holder.runs:  # idle: the long-poll tells the server we are alive
                     self._job_started.clear()
                     await self._job_started.wait()
                 await self._until_beat()
@@ -283,66 +270,23 @@ class Agent:
             await asyncio.sleep(min(ACK_DELAY_S, min(self._unacked.values()) / 4))
 
     def _heartbeat_interval(self) -> float:
-        return min((r.job.heartbeat_s for r in self._runs.values()), default=DEFAULT_HEARTBEAT_S)
+        return min((r.job.heartbeat_s for r in self._holder.runs.values()),
+                   default=DEFAULT_HEARTBEAT_S)
 
     async def _heartbeat(self) -> None:
         self._ack_wanted.clear()
         acknowledges = bool(self._unacked)
         self._unacked.clear()  # this heartbeat acknowledges every job it names
-        runs = [r for r in self._runs.values() if not r.lost]
-        if not runs:
-            return
         try:
-            cancel, lost = await self._client.heartbeat(
-                [(r.job.id, r.job.attempt) for r in runs], acknowledges=acknowledges)
+            await self._holder.beat(acknowledges=acknowledges)
         except ServerAnswer as exc:
             log.error("agent.heartbeat_refused", extra={"error": str(exc)})
-            return
-        for run in runs:  # renewed from when the heartbeat that got through was sent
-            if run.job.id not in lost:
-                run.renewed(self._client.heartbeat_sent_at)
-        for job_id in cancel:
-            if job_id in self._runs:
-                self._runs[job_id].cancel()
-        for job_id in lost:
-            if job_id in self._runs:
-                self._runs[job_id].abandon("lease_lost", lease_gone=True)
 
     # -- stopping ---------------------------------------------------------------------------
 
-    async def _drain(self) -> None:
-        if not self._tasks:
-            return
-        log.info("agent.draining", extra={"running": len(self._tasks),
-                                          "timeout_s": self.config.drain_timeout_s})
-        tasks = list(self._tasks.values())
-        _, pending = await asyncio.wait(tasks, timeout=self.config.drain_timeout_s)
-        if not pending:
-            return
-        # Jobs still executing are killed and handed back; those already reporting finish.
-        killed = [r for r in self._runs.values() if r.executing and not r.lost]
-        for run in killed:
-            run.abandon("drain timeout")
-        _, late = await asyncio.wait(pending, timeout=KILL_GRACE_S)
-        for task in late:
-            task.cancel()
-        await self._release([(r.job.id, r.job.attempt) for r in killed])
-
-    async def _release(self, jobs: list[tuple[int, int]]) -> None:
-        if not jobs:
-            return
-        try:
-            released = await self._client.release(jobs)
-        except (ServerAnswer, GaveUp) as exc:
-            log.error("agent.release_failed", extra={"jobs": [j for j, _ in jobs],
-                                                     "error": str(exc)})
-            return
-        log.info("agent.released", extra={"jobs": released})
-
     async def _kill_everything(self, body: asyncio.Task[None]) -> None:
-        for run in self._runs.values():
-            run.abandon("agent exiting")
-        tasks = [body, *self._tasks.values()]
+        self._holder.kill_all("agent exiting")
+        tasks = [body, *self._holder.tasks.values()]
         if self._heartbeats is not None:
             tasks.append(self._heartbeats)
         for task in tasks:

@@ -5,31 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import tempfile
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tagrun.server import events
 from tagrun.server.errors import InvalidInput, LeaseLost, TagrunError
 from tagrun.server.listener import Listener
+from tagrun.server.services.jobs import claimed
 from tagrun.server.store import DATABASE_ERRORS, Store
-from tagrun.shared.executors import (
-    NO_PROCESS,
-    ErrorKind,
-    ExecSpec,
-    Execution,
-    Outcome,
-    job_identity_env,
-    sendable,
+from tagrun.shared.agent_wire import AgentJob, CompletedJob
+from tagrun.shared.holder import (
+    Deadline,
+    Held,
+    HeldJob,
+    Holder,
+    LeaseGone,
+    OutOfReach,
+    Refused,
 )
-from tagrun.shared.logstream import LogStream, StreamEnded
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.worker")
-
-LOG_RETRY_S = 60.0  # how long a log write is retried while the database is unreachable
 
 
 @dataclass
@@ -47,13 +47,75 @@ class WorkerSettings:
     work_root: Path | None = None
 
 
-@dataclass
-class RunningJob:
-    id: int
-    attempt: int
-    execution: Execution
-    lost: bool = False
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
+class StorePort:
+    """The direct worker's side of a lease, over the store: a database blip is retried
+    until the job's lease would run out (OutOfReach after)."""
+
+    def __init__(self, store: Store, settings: WorkerSettings) -> None:
+        self.name = settings.name
+        self._store = store
+        self._settings = settings
+
+    async def append_logs(self, job: AgentJob, offset: int, data: str, until: Deadline
+                          ) -> None:
+        max_chars = self._settings.max_log_chars
+
+        def truncated() -> None:
+            events.job_log_truncated(job.id, max_chars)
+
+        async def append() -> None:
+            try:
+                await self._store.append_logs(self.name, job.id, job.attempt, offset, data,
+                                              max_chars=max_chars, on_truncated=truncated)
+            except LeaseLost as exc:
+                raise LeaseGone(exc.message) from exc
+        await _until(append, until, "worker.db_unavailable", job.id)
+
+    async def complete(self, job: AgentJob, outcome: CompletedJob, until: Deadline) -> None:
+        error = {"kind": outcome.error.kind, "message": outcome.error.message} \
+            if outcome.error else None
+
+        async def complete() -> None:
+            try:
+                recorded = await self._store.complete_job(
+                    self.name, job.id, job.attempt, outcome.status, outcome.result, error,
+                    self._settings.retry_backoff_s, retryable=outcome.retryable,
+                    log_chunks_lost=outcome.log_chunks_lost)
+            except LeaseLost as exc:
+                raise LeaseGone(exc.message) from exc
+            except TagrunError as exc:
+                # InvalidInput: the database will refuse this outcome every time.
+                raise Refused(exc.message, again=isinstance(exc, InvalidInput)) from exc
+            if not recorded["repeat"]:
+                events.job_finished(recorded, error)
+        await _until(complete, until, "job.completion_retry", job.id)
+
+    async def heartbeat(self, held: Held, acknowledges: bool
+                        ) -> tuple[list[int], list[int], float]:
+        sent_at = time.monotonic()
+        cancel, lost = await self._store.extend_leases(self.name, held, self._settings.lease_s)
+        return cancel, lost, sent_at
+
+    async def release(self, held: Held) -> list[int]:
+        try:
+            return await self._store.release_jobs(self.name, held)
+        except DATABASE_ERRORS as exc:
+            raise OutOfReach(str(exc)) from exc
+
+
+async def _until(call: Callable[[], Awaitable[None]], until: Deadline, event: str,
+                 job_id: int) -> None:
+    """Call, retrying database errors (a restart, a failover) with backoff until `until`."""
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except DATABASE_ERRORS as exc:
+            if time.monotonic() + delay > until():
+                raise OutOfReach(str(exc)) from exc
+            log.warning(event, extra={"job_id": job_id, "error": str(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class Worker:
@@ -61,8 +123,9 @@ class Worker:
         self.store = store
         self.listener = listener
         self.settings = settings
-        self.running: dict[int, RunningJob] = {}
-        self._slot_freed = asyncio.Event()
+        self.holder = Holder(StorePort(store, settings), "worker", log,
+                             settings.drain_timeout_s, self._held_job)
+        self._work_root = settings.work_root or Path(tempfile.gettempdir())
         # When the next delayed job of our tags (a retry's backoff, a future run_at) is due,
         # in loop time: no NOTIFY comes then, so the wait ends at it instead of at the poll.
         self._due: float | None = None
@@ -79,9 +142,9 @@ class Worker:
         try:
             while not stop.is_set():
                 claimed = await self._claim()
-                if claimed and len(self.running) < s.slots:
+                if claimed and len(self.holder) < s.slots:
                     continue  # there may be more: claim again before sleeping
-                if look_ahead and len(self.running) < s.slots:
+                if look_ahead and len(self.holder) < s.slots:
                     await self._note_due()
                 await self._wait(waiter.event, stop)
                 # Look ahead again only after a NOTIFY (new queue rows, delayed ones among
@@ -93,7 +156,7 @@ class Worker:
                 waiter.event.clear()
         finally:
             waiter.close()
-            await self._drain()
+            await self.holder.drain()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -111,12 +174,13 @@ class Worker:
                 delay = min(delay * 2, 5.0)
 
     async def _wait(self, woken: asyncio.Event, stop: asyncio.Event) -> None:
-        self._slot_freed.clear()
-        waits = [asyncio.create_task(e.wait()) for e in (woken, stop, self._slot_freed)]
+        slot_freed = self.holder.slot_freed
+        slot_freed.clear()
+        waits = [asyncio.create_task(e.wait()) for e in (woken, stop, slot_freed)]
         timeout = self.settings.poll_interval_s
         if self._due is not None:
             timeout = min(timeout, max(self._due - self._loop_time(), 0.0))
-        if len(self.running) >= self.settings.slots:
+        if len(self.holder) >= self.settings.slots:
             waits.pop(0)  # full: only a free slot or stop matters
             timeout = 3600
         try:
@@ -141,7 +205,7 @@ class Worker:
 
     async def _claim(self) -> int:
         s = self.settings
-        free = s.slots - len(self.running)
+        free = s.slots - len(self.holder)
         if free <= 0:
             return 0
         try:
@@ -155,139 +219,30 @@ class Worker:
             self._start(job)
         return len(jobs)
 
-    def _start(self, job: dict[str, Any]) -> None:
-        root = self.settings.work_root
-        work_dir = None if job["language"] in NO_PROCESS else Path(  # nothing runs: no dir
-            tempfile.mkdtemp(prefix=f"tagrun-job{job['id']}-", dir=root))
-        stream = LogStream(self._log_sink(job["id"], job["attempt"]), job["log_offset"],
-                           job_id=job["id"])
-        if job["attempt"] > 1:
-            stream.write(f"\n--- attempt {job['attempt']} ---\n")
-        spec = ExecSpec(
-            job["language"], job["content"], job["args"] or {}, job["timeout_s"],
-            work_dir or Path(tempfile.gettempdir()),
-            env=job_identity_env(job["id"], job["workspace"], job["attempt"], job["tag"],
-                                 self.settings.name),
-        )
-        running = RunningJob(job["id"], job["attempt"], Execution(spec, stream.write))
-        running.task = asyncio.create_task(self._execute(running, stream, work_dir))
-        self.running[job["id"]] = running
-        events.job_claimed(job)
+    def _start(self, row: dict[str, Any]) -> None:
+        self.holder.start(claimed(row, self.settings.lease_s, self.settings.heartbeat_s))
+        events.job_claimed(row)
 
-    def _log_sink(self, job_id: int, attempt: int) -> Any:
-        def truncated() -> None:
-            events.job_log_truncated(job_id, self.settings.max_log_chars)
-
-        async def sink(offset: int, data: str) -> None:
-            # A database blip (a restart, a failover) must not cost the job the rest of its
-            # logs: retry for a while (a resent chunk is recognised by its offset). Output
-            # meanwhile waits in the stream; a refusal (lease lost) ends the stream at once.
-            delay, deadline = 0.1, self._loop_time() + LOG_RETRY_S
-            while True:
-                try:
-                    await self.store.append_logs(
-                        self.settings.name, job_id, attempt, offset, data,
-                        max_chars=self.settings.max_log_chars, on_truncated=truncated)
-                    return
-                except LeaseLost as exc:
-                    raise StreamEnded(exc.message) from exc
-                except DATABASE_ERRORS as exc:
-                    if self._loop_time() + delay > deadline:
-                        raise StreamEnded(str(exc)) from exc
-                    log.warning("worker.db_unavailable", extra={"job_id": job_id,
-                                                                 "error": str(exc)})
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-        return sink
-
-    async def _execute(self, job: RunningJob, stream: LogStream, work_dir: Path | None) -> None:
-        try:
-            outcome = await job.execution.run()
-        except Exception as exc:  # noqa: BLE001 - an executor bug fails the job, not the worker
-            log.exception("job.executor_crashed", extra={"job_id": job.id})
-            outcome = Outcome("failed", error={"kind": ErrorKind.INTERNAL, "message": str(exc)})
-        await stream.close()
-        try:
-            if not job.lost:
-                outcome, retryable = sendable(outcome)
-                await self._complete(job, outcome, retryable=retryable,
-                                     log_chunks_lost=stream.lost_chunks)
-        finally:
-            if work_dir is not None:
-                shutil.rmtree(work_dir, ignore_errors=True)
-            self.running.pop(job.id, None)
-            self._slot_freed.set()
-
-    async def _complete(self, job: RunningJob, outcome: Outcome, *, retryable: bool = True,
-                        log_chunks_lost: int = 0) -> None:
-        for delay in (0.1, 0.5, 1, 2, 5, 10):
-            try:
-                recorded = await self.store.complete_job(
-                    self.settings.name, job.id, job.attempt, outcome.status, outcome.result,
-                    outcome.error, self.settings.retry_backoff_s, retryable=retryable,
-                    log_chunks_lost=log_chunks_lost)
-                if not recorded["repeat"]:
-                    events.job_finished(recorded, outcome.error)
-                return
-            except TagrunError as exc:
-                log.warning("job.completion_refused",
-                            extra={"job_id": job.id, "error": exc.message})
-                if isinstance(exc, InvalidInput) and retryable:
-                    # The database will refuse this outcome every time: fail the job now,
-                    # saying why, rather than leave it running until its lease expires.
-                    message = f"the database refused the job's result: {exc.message}"
-                    failed = Outcome("failed", error={"kind": ErrorKind.INTERNAL,
-                                                      "message": message})
-                    await self._complete(job, failed, retryable=False,
-                                         log_chunks_lost=log_chunks_lost)
-                return
-            except DATABASE_ERRORS as exc:
-                log.warning("job.completion_retry", extra={"job_id": job.id, "error": str(exc)})
-                await asyncio.sleep(delay)
-        log.error("job.completion_abandoned", extra={"job_id": job.id})  # expiry requeues it
+    def _held_job(self, job: AgentJob) -> HeldJob:
+        return HeldJob(job, self.holder.port, self._work_root, log)
 
     def _cancel_now(self, job_id: int) -> None:
         """A cancel reaches a direct worker at once; the next heartbeat would confirm it."""
-        if job_id in self.running:
-            log.info("job.cancelling", extra={"job_id": job_id})
-            self.running[job_id].execution.cancel()
+        self.holder.cancel(job_id)
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
-            held = [(j.id, j.attempt) for j in self.running.values() if not j.lost]
+            await asyncio.sleep(self._heartbeat_interval())
             try:
-                cancel, lost = await self.store.extend_leases(
-                    self.settings.name, held, self.settings.lease_s)
+                await self.holder.beat(empty=True)  # idle too: it keeps our record alive
             except DATABASE_ERRORS as exc:
                 log.warning("worker.heartbeat_failed", extra={"error": str(exc)})
-                continue
-            for job_id in cancel:
-                self._cancel_now(job_id)
-            for job_id in lost:
-                if job_id in self.running:
-                    log.warning("job.lease_lost", extra={"job_id": job_id})
-                    self.running[job_id].lost = True
-                    self.running[job_id].execution.cancel()
+
+    def _heartbeat_interval(self) -> float:
+        """Often enough for the shortest lease held (a job's own lease_s may be short)."""
+        return min((r.job.heartbeat_s for r in self.holder.runs.values()),
+                   default=self.settings.heartbeat_s)
 
     def kill_all(self) -> None:
         """Kill every running job's process tree now (the process is about to exit)."""
-        for job in self.running.values():
-            job.execution.cancel()
-
-    async def _drain(self) -> None:
-        tasks = [j.task for j in self.running.values() if j.task is not None]
-        if not tasks:
-            return
-        log.info("worker.draining", extra={"running": len(tasks)})
-        _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
-        if not pending:
-            return
-        held = [(j.id, j.attempt) for j in self.running.values()]
-        for job in self.running.values():
-            job.lost = True  # released below: no completion for these
-            job.execution.cancel()
-        await asyncio.wait(pending, timeout=5)
-        with contextlib.suppress(*DATABASE_ERRORS):
-            released = await self.store.release_jobs(self.settings.name, held)
-            log.info("worker.released", extra={"jobs": released})
+        self.holder.kill_all("worker exiting")

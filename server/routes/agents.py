@@ -22,9 +22,9 @@ from tagrun.server.config import ServerConfig
 from tagrun.server.errors import InvalidInput, TagrunError, Unauthorized
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
+from tagrun.server.services.jobs import claimed
 from tagrun.server.store import Store
 from tagrun.shared.agent_wire import (
-    AgentJob,
     Claimed,
     ClaimIn,
     Completed,
@@ -77,19 +77,6 @@ async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
     await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti))
 
 
-def job_for_agent(job: dict[str, Any], config: ServerConfig,
-                  ack_s: float | None = None) -> AgentJob:
-    """A claimed job as the agent receives it: its own lease (or the server's), and a
-    heartbeat interval that renews that lease at least three times over."""
-    lease_s = job["lease_s"] or config.lease_s
-    return AgentJob(
-        id=job["id"], workspace=job["workspace"], language=job["language"],
-        content=job["content"] or "", args=job["args"] or {}, tag=job["tag"],
-        attempt=job["attempt"], timeout_s=job["timeout_s"], lease_s=lease_s,
-        heartbeat_s=min(config.heartbeat_s, lease_s / 3), log_offset=job["log_offset"],
-        ack_s=ack_s)
-
-
 async def claim(request: Request) -> Response:
     agent = identify(request)
     body = await read_body(request, ClaimIn)
@@ -107,7 +94,9 @@ async def claim(request: Request) -> Response:
         raise
     if jobs is None:  # the agent went away; the dispatcher gave back what it was leased
         return Response(status_code=499)
-    return JSON(Claimed(jobs=[job_for_agent(j, state.config, ack_s) for j in jobs]))
+    config: ServerConfig = state.config
+    return JSON(Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s)
+                              for j in jobs]))
 
 
 async def heartbeat(request: Request) -> JSON:
