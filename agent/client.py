@@ -45,6 +45,7 @@ CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 30.0
 CLAIM_GRACE_S = 15.0  # on top of wait_s: the server holds a claim open that long
 MAX_RETRY_AFTER_S = 120.0
+GOODBYE_S = 3.0  # how long an exiting agent waits for its goodbye's answer
 ACK_RETRY_WAIT_S = 0.5  # the longest wait between tries of an acknowledging heartbeat
 DEFAULT_TIMEOUT = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 
@@ -173,6 +174,18 @@ class AgentClient:
                                   self._retry.bounded_stop)
         released = _read(answer, wire.Released, path)
         return released.released if released else []
+
+    async def goodbye(self, reason: str = "stopped") -> bool:
+        """The last request of an agent that stops cleanly: the server shows it `stopped` at
+        once. One try, GOODBYE_S at most (the agent is exiting): False, logged, if it did not
+        get through or the server does not know the route (an older server)."""
+        body = msgspec.to_builtins(wire.GoodbyeIn(self.name, reason))
+        try:
+            await self._send("/api/agent_workers/goodbye", body, httpx.Timeout(GOODBYE_S))
+        except (httpx.HTTPError, _Transient, ServerAnswer, TokenRefused) as exc:
+            log.warning("agent.goodbye_failed", extra={"error": _describe(exc)})
+            return False
+        return True
 
     def _until(self, deadline: Deadline | None) -> stop_base:
         return _StopAt(deadline) if deadline is not None else self._retry.bounded_stop

@@ -61,6 +61,7 @@ class Agent:
         self._ack_wanted = asyncio.Event()  # a job started that the server wants acknowledged
         self._unacked: dict[int, float] = {}  # such jobs: id -> its ack_s
         self._fatal: Fatal | None = None
+        self._claimed = False  # it has asked for jobs: the server has (or may have) its record
         self._heartbeats: asyncio.Task[None] | None = None
         self._work_root = config.work_dir or Path(tempfile.gettempdir())  # set by run()
 
@@ -86,6 +87,8 @@ class Agent:
             with _work_root(self.config.work_dir, shared=self.config.job_user is not None) \
                     as self._work_root:
                 code = await self._supervise()
+            if code == EXIT_OK and self._claimed:
+                await self._client.goodbye()  # last: the server shows us stopped at once
         finally:
             if undo is not None:
                 undo()
@@ -128,6 +131,7 @@ class Agent:
             "agent": self.config.name, "version": __version__, "server": self.config.base_url,
             "slots": self.config.slots, "work_dir": str(self._work_root)})
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        self._claimed = True
         await self._claim_loop()
         await self._holder.drain()
         self._heartbeats.cancel()

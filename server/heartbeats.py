@@ -41,6 +41,7 @@ class AgentRecord:
     ip: str | None
     version: str
     jti: str
+    key: str = ""  # the token and the agent process's session: a new process is a new key
     active: int = 0
 
 
@@ -78,7 +79,7 @@ class Heartbeats:
 
         Raises AgentNameTaken, changing nothing, if a live agent of another token has the name."""
         known = self.agents.get(name)
-        if known is None or (known.jti, known.ip) != (record.jti, record.ip):
+        if known is None or (known.key, known.ip) != (record.key, record.ip):
             await self.store.upsert_agent(name, record.group, record.tags, record.ip,
                                           record.version, record.jti, self.process,
                                           stale_after_s=self.stale_after_s)
@@ -87,6 +88,13 @@ class Heartbeats:
                                                "tags": list(record.tags), "ip": record.ip,
                                                "version": record.version})
         self._seen.add(name)
+
+    def forget(self, name: str) -> None:
+        """The agent said goodbye: mark it alive no more (it is recorded again, as a new
+        process, when an agent of that name comes back)."""
+        self.agents.pop(name, None)
+        self._seen.discard(name)
+        self._held.discard(name)
 
     async def beat(self, holder: str, key: str, running: Sequence[tuple[int, int]]
                    ) -> tuple[list[int], list[int]]:

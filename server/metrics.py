@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tagrun.server.errors import Unauthorized
+from tagrun.server.services.fleet import LIVE_STATES, STATES
 
 MAX_TAG_LABELS = 100
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -93,7 +94,11 @@ class SharedState(Collector):
                                    "group", labels=["group"])
         for group, n in sorted(v["agents"].items())[:MAX_TAG_LABELS]:
             agents.add_metric([group], n)
-        yield from (queued, running, agents)
+        states = GaugeMetricFamily("tagrun_agents", "Agents and workers by state (live, busy, "
+                                   "stopped, stale, token_revoked)", labels=["state"])
+        for state in STATES:
+            states.add_metric([state], v["states"].get(state, 0))
+        yield from (queued, running, agents, states)
         yield GaugeMetricFamily("tagrun_long_poll_waiters", "Agent claims held open by this "
                                 "process", value=v["waiters"])
         yield GaugeMetricFamily("tagrun_db_pool_in_use", "Database connections in use by "
@@ -115,11 +120,13 @@ async def _read_shared(request: Request) -> dict[str, Any]:
     for row in overview["running"]:
         running[row["tag"]] = running.get(row["tag"], 0) + row["n"]
     agents: dict[str, int] = {}
+    states: dict[str, int] = {}
     for worker in overview["workers"]:
-        if worker["kind"] == "agent" and not worker["stale"]:
+        states[worker["state"]] = states.get(worker["state"], 0) + 1
+        if worker["kind"] == "agent" and worker["state"] in LIVE_STATES:
             agents[worker["grp"]] = agents.get(worker["grp"], 0) + 1
     pool = state.store.pool
-    return {"queued": overview["queued"], "running": running, "agents": agents,
+    return {"queued": overview["queued"], "running": running, "agents": agents, "states": states,
             "waiters": state.dispatcher.waiting,
             "pool_in_use": pool.get_size() - pool.get_idle_size(), "pool_size": pool.get_size(),
             "pool_max": pool.get_max_size()}

@@ -139,6 +139,8 @@ OPERATIONS = [
        agent.Released, body=agent.ReleaseIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/agent_workers/complete", "Report several outcomes in one request",
        agent.CompletedMany, body=agent.CompleteManyIn, auth="agent", headers=_AGENT),
+    Op("POST", "/api/agent_workers/goodbye", "Say the agent stops now (its last request)",
+       agent.Goodbye, body=agent.GoodbyeIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/w/{ws}/agent_workers/jobs/{id}/logs", "Append logs (idempotent by offset)",
        agent.LogsAck, body=agent.LogsIn, auth="agent", headers=_AGENT),
     Op("POST", "/api/w/{ws}/agent_workers/jobs/{id}/complete", "Report an attempt's outcome",

@@ -162,7 +162,12 @@ class Agent(_Out):
     last_seen: str
     ip: str | None
     version: str | None
-    stale: bool
+    # One of services/fleet.py STATES: live, busy, stopped, stale, token_revoked.
+    state: str
+    stale: bool  # state == "stale" (kept for clients older than `state`)
+    # When it said goodbye (state "stopped"), and why: "stopped" (drained), "aborted".
+    stopped_at: str | None
+    stop_reason: str | None
 
 
 class Pool(_Out):

@@ -160,6 +160,8 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            with contextlib.suppress(*DATABASE_ERRORS):  # its record shows it stopped at once
+                await self.store.worker_stopped(s.name, "stopped")
             log.info("worker.stopped", extra={"worker": s.name})
 
     async def _until_ok(self, call: Any, stop: asyncio.Event) -> None:

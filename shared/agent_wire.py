@@ -114,6 +114,14 @@ class CompleteManyIn(_Body):
     jobs: Annotated[list[CompletedJob], msgspec.Meta(min_length=1, max_length=1000)]
 
 
+class GoodbyeIn(_Body):
+    """An agent's last act when it stops cleanly: its record shows `stopped` at once."""
+
+    name: AgentName
+    # Why: "stopped" (a stop signal, drained), or another word the agent gives.
+    reason: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,40}\Z")] = "stopped"
+
+
 class AgentTokenIn(_Body):
     group: Group
     tags: Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)]
@@ -164,6 +172,10 @@ class LogsAck(_Answer, frozen=True):
 
 class Completed(_Answer, frozen=True):
     status: str
+
+
+class Goodbye(_Answer, frozen=True):
+    stopped: bool
 
 
 class Refusal(_Answer, frozen=True):

@@ -293,7 +293,8 @@ async def connect_monitor(dsn: str) -> Monitor:
 async def workers_listed(client: httpx.AsyncClient) -> int:
     r = await client.get("/api/workers")
     r.raise_for_status()
-    return sum(1 for a in r.json()["agents"] if a["kind"] == "agent" and not a["stale"])
+    return sum(1 for a in r.json()["agents"]
+               if a["kind"] == "agent" and a["state"] in ("live", "busy"))
 
 
 async def latency(client: httpx.AsyncClient, sim: SimAgents, tag: str, listeners: list[str],

@@ -73,8 +73,8 @@ def workers(
     caps = "".join(f"  {key}={fleet[key]}" for key in SETTINGS if key in fleet)
     typer.echo(f"tagrun {fleet['version']}{caps}")
     typer.echo("\nAGENTS AND WORKERS")
-    print_table(fleet["agents"], ["name", "kind", "group", "tags", "active_count",
-                                  "jobs_executed", "last_seen", "ip", "version", "stale"])
+    print_table(fleet["agents"], ["name", "kind", "state", "group", "tags", "active_count",
+                                  "jobs_executed", "last_seen", "ip", "version"])
     typer.echo("\nPOOLS")
     print_table(fleet["pools"], ["group", "tags", "live_agents", "running_now", "pending_now"])
     typer.echo("\nTAGS")

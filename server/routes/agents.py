@@ -19,7 +19,7 @@ from tagrun.server.agent_tokens import (
     holder_key,
 )
 from tagrun.server.config import ServerConfig
-from tagrun.server.errors import InvalidInput, TagrunError, Unauthorized
+from tagrun.server.errors import InvalidInput, NotFound, TagrunError, Unauthorized
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
 from tagrun.server.services.jobs import claimed
@@ -34,6 +34,8 @@ from tagrun.shared.agent_wire import (
     CompleteIn,
     CompleteManyIn,
     ErrorIn,
+    Goodbye,
+    GoodbyeIn,
     HeartbeatIn,
     HeartbeatOut,
     LogsAck,
@@ -74,7 +76,8 @@ async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
     heartbeats: Heartbeats = _state(request).heartbeats
     ip = request.client.host if request.client else None
     version = request.headers.get("user-agent", "").partition("/")[2][:40] or "unknown"
-    await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti))
+    await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti,
+                                            agent.key))
 
 
 async def claim(request: Request) -> Response:
@@ -115,6 +118,19 @@ async def release(request: Request) -> JSON:
     released = await store.release_jobs(
         body.name, [(h.id, h.attempt) for h in body.jobs], agent.tags, key=agent.key)
     return JSON(Released(released=released))
+
+
+async def goodbye(request: Request) -> JSON:
+    """An agent stopping cleanly says so last: its record shows `stopped` at once."""
+    agent = identify(request)
+    body = await read_body(request, GoodbyeIn)
+    state = _state(request)
+    if not await state.store.agent_goodbye(body.name, agent.jti, body.reason):
+        raise NotFound(f"no agent named {body.name!r} has connected with this token")
+    heartbeats: Heartbeats = state.heartbeats
+    heartbeats.forget(body.name)
+    log.info("agent.goodbye", extra={"agent": body.name, "reason": body.reason})
+    return JSON(Goodbye(stopped=True))
 
 
 async def _holder(request: Request, agent: AgentIdentity, name: str | None, job_id: int) -> str:
@@ -193,6 +209,7 @@ routes = [
     Route("/api/agent_workers/heartbeat", heartbeat, methods=["POST"]),
     Route("/api/agent_workers/release", release, methods=["POST"]),
     Route("/api/agent_workers/complete", complete_many, methods=["POST"]),
+    Route("/api/agent_workers/goodbye", goodbye, methods=["POST"]),
     Route("/api/w/{ws}/agent_workers/jobs/{id}/logs", append_logs, methods=["POST"]),
     Route("/api/w/{ws}/agent_workers/jobs/{id}/complete", complete, methods=["POST"]),
 ]

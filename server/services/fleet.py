@@ -8,6 +8,17 @@ from typing import Any
 
 from tagrun.server.store._base import iso
 
+# What an agent or worker is, the same word in the API, the CLI, the UI and the metrics
+# (computed by the store's LIST_WORKERS): live (connected, running nothing), busy (running
+# jobs), stopped (it stopped cleanly and said so), stale (no contact for TAGRUN_STALE_AFTER_S),
+# token_revoked (its token was revoked or expired: it can do nothing more).
+STATES = ("live", "busy", "stopped", "stale", "token_revoked")
+LIVE_STATES = ("live", "busy")  # those that can take jobs
+
+
+def is_live(agent: dict[str, Any]) -> bool:
+    return agent["state"] in LIVE_STATES
+
 
 def fleet_view(overview: dict[str, Any]) -> dict[str, Any]:
     workers = overview["workers"]
@@ -22,7 +33,9 @@ def fleet_view(overview: dict[str, Any]) -> dict[str, Any]:
         "group": w["grp"], "tags": list(w["tags"]), "active_count": w["active_count"],
         "jobs_executed": w["jobs_executed"], "connected_at": iso(w["connected_at"]),
         "last_seen": iso(w["last_seen"]), "ip": w["ip"], "version": w["version"],
-        "stale": w["stale"],
+        "state": w["state"], "stale": w["state"] == "stale",
+        "stopped_at": iso(w["stopped_at"]),
+        "stop_reason": w["stop_reason"],
     } for w in workers]
     pools: dict[str, dict[str, Any]] = {}
     for a in agents:
@@ -31,14 +44,14 @@ def fleet_view(overview: dict[str, Any]) -> dict[str, Any]:
         pool = pools.setdefault(a["group"], {"group": a["group"], "tags": set(),
                                              "live_agents": 0, "running_now": 0})
         pool["tags"].update(a["tags"])
-        pool["live_agents"] += 0 if a["stale"] else 1
+        pool["live_agents"] += 1 if is_live(a) else 0
         pool["running_now"] += running_by_holder.get(a["name"], 0)
     for pool in pools.values():
         pool["pending_now"] = sum(queued.get(t, 0) for t in pool["tags"])
         pool["tags"] = sorted(pool["tags"])
     live_tags: dict[str, int] = defaultdict(int)
     for a in agents:
-        if not a["stale"]:
+        if is_live(a):
             for tag in a["tags"]:
                 live_tags[tag] += 1
     tags = [{"tag": t, "queued": queued.get(t, 0), "running": running_by_tag.get(t, 0),

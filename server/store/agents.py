@@ -30,7 +30,8 @@ INSERT INTO workers (name, kind, grp, tags, ip, version, jti, via)
 VALUES ($1, 'agent', $2, $3, $4, $5, $6, $7)
 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp,
     tags = EXCLUDED.tags, ip = EXCLUDED.ip, version = EXCLUDED.version, jti = EXCLUDED.jti,
-    via = EXCLUDED.via, connected_at = now(), last_seen = now(), stale_reported = false
+    via = EXCLUDED.via, connected_at = now(), last_seen = now(), stale_reported = false,
+    stopped_at = NULL, stop_reason = NULL
 WHERE workers.jti IS NOT DISTINCT FROM EXCLUDED.jti
    OR NOT EXISTS (SELECT 1 FROM workers_seen s WHERE s.name = EXCLUDED.name
                   AND s.seen_at >= now() - make_interval(secs => $8::float8))
@@ -41,7 +42,7 @@ NAME_HOLDER = "SELECT kind, grp FROM workers WHERE name = $1"
 MARK_STALE_AGENTS = """
 UPDATE workers w SET stale_reported = true, active_count = 0, via = NULL, last_seen = s.seen_at
 FROM workers_seen s
-WHERE s.name = w.name AND NOT s.stale_reported AND s.kind = 'agent'
+WHERE s.name = w.name AND NOT s.stale_reported AND s.kind = 'agent' AND w.stopped_at IS NULL
   AND s.seen_at < now() - make_interval(secs => $1::float8)
 RETURNING w.name, w.grp, w.tags, w.ip, w.last_seen"""
 # One statement for every heartbeat a server process received in an interval: leases of
@@ -60,19 +61,37 @@ WITH held AS (
     UPDATE workers w SET last_seen = now(), via = $7, active_count = s.active,
                          stale_reported = false
     FROM unnest($5::text[], $6::int[], $10::text[]) AS s(name, active, jti)
-    WHERE w.name = s.name AND w.jti = s.jti
+    WHERE w.name = s.name AND w.jti = s.jti AND w.stopped_at IS NULL
       AND (w.via IS DISTINCT FROM $7 OR w.active_count <> s.active OR w.stale_reported)
 ), gone AS (
     UPDATE workers SET last_seen = now(), via = NULL WHERE name = ANY($8::text[]) AND via = $7
 )
 SELECT h.n, e.n IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
 FROM held h LEFT JOIN extended e ON e.n = h.n ORDER BY h.n"""
+# Each record's state (services/fleet.py STATES), true the moment it changes: a revoked or
+# expired token, a clean stop (the holder said goodbye), no contact past $1 seconds, running
+# jobs, or live.
 LIST_WORKERS = """
 SELECT w.name, w.kind, w.grp, w.tags, w.ip, w.version, w.connected_at, s.seen_at AS last_seen,
-       w.active_count, w.jobs_executed,
-       s.seen_at < now() - make_interval(secs => $1::float8) AS stale
+       w.active_count, w.jobs_executed, w.stopped_at, w.stop_reason,
+       CASE WHEN t.revoked_at IS NOT NULL THEN 'revoked'
+            WHEN t.expires_at <= now() THEN 'expired' END AS token_problem,
+       CASE WHEN t.revoked_at IS NOT NULL OR t.expires_at <= now() THEN 'token_revoked'
+            WHEN w.stopped_at IS NOT NULL THEN 'stopped'
+            WHEN s.seen_at < now() - make_interval(secs => $1::float8) THEN 'stale'
+            WHEN w.active_count > 0 THEN 'busy'
+            ELSE 'live' END AS state
 FROM workers w JOIN workers_seen s ON s.name = w.name
+LEFT JOIN agent_tokens t ON w.kind = 'agent' AND t.jti = w.jti
 ORDER BY w.kind, w.grp, w.name LIMIT $2"""
+# The last act of an agent process that stops cleanly: only its own token's record.
+AGENT_GOODBYE = """
+UPDATE workers SET stopped_at = now(), stop_reason = $3, via = NULL, active_count = 0,
+                   last_seen = now()
+WHERE name = $1 AND kind = 'agent' AND jti = $2 RETURNING name"""
+WORKER_STOPPED = """
+UPDATE workers SET stopped_at = now(), stop_reason = $2, active_count = 0, last_seen = now()
+WHERE name = $1 AND kind <> 'agent'"""
 RUNNING_BY_HOLDER_AND_TAG = """
 SELECT worker, tag, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY worker, tag"""
 QUEUED_BY_TAG = "SELECT tag, count(*) AS n FROM queue GROUP BY tag"
@@ -125,6 +144,13 @@ class Agents(StoreBase):
             raise AgentNameTaken(
                 f"agent name {name!r} is in use by {what} with another token; give this agent "
                 "another AGENT_NAME, or stop that one (its name is free once it is stale)")
+
+    async def agent_goodbye(self, name: str, jti: str, reason: str) -> bool:
+        """Mark the agent `name` of token `jti` stopped; False if it has no such record."""
+        return await self.fetchval(AGENT_GOODBYE, name, jti, reason) is not None
+
+    async def worker_stopped(self, name: str, reason: str) -> None:
+        await self.execute(WORKER_STOPPED, name, reason)
 
     async def mark_stale_agents(self, stale_after_s: float) -> list[dict[str, Any]]:
         """Agents not seen for `stale_after_s`, each returned once until it is seen again."""

@@ -283,7 +283,7 @@ REGISTER_WORKER = """
 INSERT INTO workers (name, kind, grp, tags, ip, version) VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp, tags = EXCLUDED.tags,
     ip = EXCLUDED.ip, version = EXCLUDED.version, connected_at = now(), last_seen = now(),
-    active_count = 0"""
+    active_count = 0, stopped_at = NULL, stop_reason = NULL"""
 NEXT_RUN_AT = """
 SELECT extract(epoch FROM min(run_at) - now())
 FROM queue WHERE tag = ANY($1::text[]) AND run_at > now()"""

@@ -19,11 +19,6 @@ END_SESSION = """
 WITH pruned AS (DELETE FROM ui_sessions_ended WHERE expires_at < now())
 INSERT INTO ui_sessions_ended (sid, expires_at) VALUES ($1, $2) ON CONFLICT (sid) DO NOTHING"""
 # Agents whose token was revoked or has expired: they stop at their next request.
-AGENTS_WITHOUT_TOKEN = """
-SELECT w.name, t.revoked_at IS NOT NULL AS revoked
-FROM workers w JOIN agent_tokens t ON t.jti = w.jti
-WHERE w.kind = 'agent' AND (t.revoked_at IS NOT NULL OR t.expires_at <= now())
-LIMIT $1"""
 # One workspace's share of the queue, for a workspace token's view of the Workers page.
 WORKSPACE_RUNNING_BY_HOLDER_AND_TAG = """
 SELECT worker, tag, count(*) AS n FROM jobs
@@ -49,11 +44,6 @@ class UiQueries(StoreBase):
 
     async def end_session(self, sid: str, expires_at: datetime) -> None:
         await self.execute(END_SESSION, sid, expires_at)
-
-    async def agents_without_token(self, limit: int = 5000) -> dict[str, str]:
-        """Agents whose token no longer works, by name: 'revoked' or 'expired'."""
-        rows = await self.fetch(AGENTS_WITHOUT_TOKEN, limit)
-        return {r["name"]: "revoked" if r["revoked"] else "expired" for r in rows}
 
     async def workspace_queue(self, workspace: str) -> dict[str, Any]:
         """`running` and `queued` as in `workers_overview`, counting one workspace's jobs."""

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from tagrun.server.http import query_int
 from tagrun.server.services import settings
-from tagrun.server.services.fleet import fleet_view
+from tagrun.server.services.fleet import fleet_view, is_live
 from tagrun.server.store import Store
 from tagrun.server.ui.render import page
 from tagrun.server.ui.session import Session
@@ -43,8 +43,9 @@ def paged(request: Request, rows: list[Any], name: str, per_page: int) -> dict[s
 def _summary(fleet: dict[str, Any]) -> dict[str, int]:
     agents = fleet["agents"]
     return {
-        "live": sum(1 for a in agents if not a["stale"]),
-        "stale": sum(1 for a in agents if a["stale"]),
+        "live": sum(1 for a in agents if is_live(a)),
+        "stale": sum(1 for a in agents if a["state"] == "stale"),
+        "stopped": sum(1 for a in agents if a["state"] == "stopped"),
         "queued": sum(t["queued"] for t in fleet["tags"]),
         "running": sum(t["running"] for t in fleet["tags"]),
         "unserved": sum(1 for t in fleet["tags"] if t["queued"] and not t["live_workers"]),
@@ -56,9 +57,9 @@ async def _fleet(store: Store, session: Session, stale_after_s: float) -> dict[s
     if session.principal.kind != "superadmin":
         overview.update(await store.workspace_queue(session.principal.workspace or ""))
     fleet = fleet_view(overview)
-    without_token = await store.agents_without_token()
+    tokens = {w["name"]: w["token_problem"] for w in overview["workers"]}
     for agent in fleet["agents"]:
-        agent["token"] = without_token.get(agent["name"]) if agent["kind"] == "agent" else None
+        agent["token"] = tokens.get(agent["name"])  # "revoked" or "expired"
     # Tags nobody serves first: that is what an operator must act on.
     fleet["tags"].sort(key=lambda t: (not (t["queued"] and not t["live_workers"]), t["tag"]))
     return fleet

@@ -40,6 +40,7 @@ def _fields(body: msgspec.Struct) -> dict[str, Any]:
 _MODELS: dict[str, type[msgspec.Struct]] = {
     "claim": wire.ClaimIn, "heartbeat": wire.HeartbeatIn, "release": wire.ReleaseIn,
     "complete_many": wire.CompleteManyIn, "logs": wire.LogsIn, "complete": wire.CompleteIn,
+    "goodbye": wire.GoodbyeIn,
 }
 
 
@@ -97,6 +98,8 @@ class FakeServer:
         if path == "/api/agent_workers/release":
             self.released.extend(body["jobs"])
             return _answer(wire.Released(released=[j["id"] for j in body["jobs"]]))
+        if path == "/api/agent_workers/goodbye":
+            return _answer(wire.Goodbye(stopped=True))
         if path == "/api/agent_workers/complete":
             return self._complete_many(body)
         job_id, action = int(path.split("/")[-2]), path.split("/")[-1]

@@ -279,8 +279,10 @@ def test_drain_timeout_kills_and_releases_the_job(tmp_path: Path) -> None:
 
     assert 1 not in fake.completions
     assert fake.released == [{"id": 1, "attempt": 2}]
-    assert fake.requests[-1] == ("/api/agent_workers/release",
-                                 {"name": "agent-1", "jobs": [{"id": 1, "attempt": 2}]})
+    assert fake.requests[-2:] == [
+        ("/api/agent_workers/release", {"name": "agent-1", "jobs": [{"id": 1, "attempt": 2}]}),
+        ("/api/agent_workers/goodbye", {"name": "agent-1", "reason": "stopped"}),  # its last
+    ]
     assert fake.claims == 1
 
 
@@ -296,6 +298,7 @@ def test_a_second_stop_exits_at_once(tmp_path: Path) -> None:
     assert run(agent) == 130
 
     assert 1 not in fake.completions
+    assert "/api/agent_workers/goodbye" not in fake.paths()  # not a clean stop
 
 
 def test_sigterm_stops_the_agent(tmp_path: Path) -> None:
