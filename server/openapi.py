@@ -22,6 +22,7 @@ from tagrun.server.http import JSON
 from tagrun.server.services import jobs as job_rules
 from tagrun.server.services import schedules as sched
 from tagrun.server.services import settings as setting_rules
+from tagrun.server.services.fleet import STATES as FLEET_STATES
 from tagrun.server.store import STATES
 from tagrun.server.tags import TAG_PATTERN
 from tagrun.shared import agent_wire as agent
@@ -97,8 +98,11 @@ OPERATIONS = [
        query={"all": {"type": "boolean"}}, auth="superadmin"),
     Op("DELETE", "/api/agent_tokens/{jti}", "Revoke an agent token", out.Revoked,
        auth="superadmin"),
-    Op("GET", "/api/workers", "Agents, workers, pools and tags", out.Fleet,
-       auth="superadmin"),
+    Op("GET", "/api/workers", "Agents and workers (a page, filtered), pools, tags, totals",
+       out.Fleet, auth="superadmin",
+       query={"state": {"type": "string", "enum": list(FLEET_STATES)}, "group": _STRING,
+              "tag": _STRING, "name": _STRING, "cursor": _STRING,
+              "limit": {"type": "integer", "minimum": 1, "maximum": 5000}}),
     Op("GET", "/api/settings", "Settings", out.SettingsOut, auth="superadmin"),
     Op("PUT", "/api/settings", "Change a setting", out.SettingsOut, body=SettingIn,
        auth="superadmin"),

@@ -185,11 +185,25 @@ class TagLoad(_Out):
     live_workers: int
 
 
+class FleetTotals(_Out):
+    """Agents and workers in all, in each state, and matching the filters."""
+
+    all: int
+    live: int
+    busy: int
+    stopped: int
+    stale: int
+    token_revoked: int
+    matched: int
+
+
 class Fleet(_Out):
     version: str
     task_max_concurrent: int
     task_inline_max_concurrent: int
-    agents: list[Agent]
+    agents: list[Agent]  # one page, by name
+    next_cursor: str | None  # ?cursor= for the next page; null: the last
+    totals: FleetTotals
     pools: list[Pool]
     tags: list[TagLoad]
 

@@ -61,10 +61,22 @@ def revoke(jti: Annotated[str, typer.Argument(help="The token's id (jti), from t
 
 
 def workers(
+    state: Annotated[str | None, typer.Option(
+        help="Only agents in this state: live, busy, stopped, stale, token_revoked.")] = None,
+    group: Annotated[str | None, typer.Option(help="Only agents of this group.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only agents serving this tag.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only agents whose name has this in it.")
+                    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
 ) -> None:
-    """Show connected agents and workers, pools, and tags with queued jobs."""
-    fleet: dict[str, Any] = Client().get("/api/workers")
+    """Show agents and workers (every page), their states, pools, and tags with queued jobs."""
+    client = Client()
+    filters = {"state": state, "group": group, "tag": tag, "name": name}
+    fleet: dict[str, Any] = client.get("/api/workers", **filters)
+    while fleet["next_cursor"]:
+        more = client.get("/api/workers", **filters, cursor=fleet["next_cursor"])
+        fleet["agents"] += more["agents"]
+        fleet["next_cursor"] = more["next_cursor"]
     if json_:
         print_json(fleet)
         return
@@ -72,6 +84,9 @@ def workers(
 
     caps = "".join(f"  {key}={fleet[key]}" for key in SETTINGS if key in fleet)
     typer.echo(f"tagrun {fleet['version']}{caps}")
+    counts = fleet["totals"]
+    typer.echo(f"{counts['all']} agents and workers: " + ", ".join(
+        f"{counts[s]} {s}" for s in ("live", "busy", "stopped", "stale", "token_revoked")))
     typer.echo("\nAGENTS AND WORKERS")
     print_table(fleet["agents"], ["name", "kind", "state", "group", "tags", "active_count",
                                   "jobs_executed", "last_seen", "ip", "version"])

@@ -8,8 +8,8 @@ from starlette.routing import Route
 from tagrun.server.agent_tokens import AgentTokens
 from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput
-from tagrun.server.http import JSON, read_body
-from tagrun.server.services.fleet import fleet_view
+from tagrun.server.http import JSON, query_int, read_body
+from tagrun.server.services.fleet import STATES, agents_page, fleet_view, totals
 from tagrun.server.services.settings import current
 from tagrun.server.store import Store
 from tagrun.server.tags import TagError, validate_tag
@@ -49,12 +49,28 @@ async def revoke_agent_token(request: Request) -> JSON:
     return JSON({"jti": jti, "revoked": True})
 
 
+MAX_WORKERS_PAGE = 5000
+
+
 async def list_workers(request: Request) -> JSON:
+    """Pools, tags and totals count every agent; `agents` is one page of those matching the
+    filters, by name (`next_cursor` asks for the next)."""
     await authenticator(request).superadmin(request)
+    query = request.query_params
+    state = query.get("state") or None
+    if state is not None and state not in STATES:
+        raise InvalidInput(f"state {state!r} is not one of {', '.join(STATES)}")
+    limit = query_int(request, "limit", 1000, minimum=1, maximum=MAX_WORKERS_PAGE)
     store: Store = request.app.state.store
     overview = await store.workers_overview(request.app.state.config.stale_after_s)
-    return JSON({"version": __version__, **await current(store),
-                 **fleet_view(overview)})
+    fleet = fleet_view(overview)
+    page, next_cursor, matched = agents_page(
+        fleet["agents"], state=state, group=query.get("group") or None,
+        tag=query.get("tag") or None, name=query.get("name") or None,
+        after=query.get("cursor", ""), limit=limit)
+    return JSON({"version": __version__, **await current(store), **fleet, "agents": page,
+                 "next_cursor": next_cursor,
+                 "totals": {**totals(fleet["agents"]), "matched": matched}})
 
 
 routes = [

@@ -59,3 +59,28 @@ def fleet_view(overview: dict[str, Any]) -> dict[str, Any]:
             for t in sorted(set(queued) | set(running_by_tag))]
     return {"agents": agents, "pools": sorted(pools.values(), key=lambda p: p["group"]),
             "tags": tags}
+
+
+def agents_page(agents: list[dict[str, Any]], *, state: str | None = None,
+                group: str | None = None, tag: str | None = None, name: str | None = None,
+                after: str = "", limit: int = 1000,
+                ) -> tuple[list[dict[str, Any]], str | None, int]:
+    """One page of `agents` by name, after the name `after`, of those matching every filter
+    given (`name`: a part of the name). Returns the page, the cursor of the next page (None:
+    this is the last) and how many match in all."""
+    matched = sorted((a for a in agents
+                      if (state is None or a["state"] == state)
+                      and (group is None or a["group"] == group)
+                      and (tag is None or tag in a["tags"])
+                      and (name is None or name in a["name"])), key=lambda a: a["name"])
+    rest = [a for a in matched if a["name"] > after] if after else matched
+    page = rest[:limit]
+    return page, page[-1]["name"] if len(rest) > limit else None, len(matched)
+
+
+def totals(agents: list[dict[str, Any]]) -> dict[str, int]:
+    """How many agents and workers are in each state, and in all."""
+    counted = dict.fromkeys(STATES, 0)
+    for agent in agents:
+        counted[agent["state"]] = counted.get(agent["state"], 0) + 1
+    return {"all": len(agents), **counted}

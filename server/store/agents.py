@@ -83,7 +83,7 @@ SELECT w.name, w.kind, w.grp, w.tags, w.ip, w.version, w.connected_at, s.seen_at
             ELSE 'live' END AS state
 FROM workers w JOIN workers_seen s ON s.name = w.name
 LEFT JOIN agent_tokens t ON w.kind = 'agent' AND t.jti = w.jti
-ORDER BY w.kind, w.grp, w.name LIMIT $2"""
+ORDER BY w.kind, w.grp, w.name LIMIT $2"""  # $2 NULL: every one
 # The last act of an agent process that stops cleanly: only its own token's record.
 AGENT_GOODBYE = """
 UPDATE workers SET stopped_at = now(), stop_reason = $3, via = NULL, active_count = 0,
@@ -173,7 +173,7 @@ class Agents(StoreBase):
         return [(r["lost"], r["cancel"]) for r in rows]
 
     async def workers_overview(self, stale_after_s: float) -> dict[str, Any]:
-        workers = [dict(r) for r in await self.fetch(LIST_WORKERS, stale_after_s, 5000)]
+        workers = [dict(r) for r in await self.fetch(LIST_WORKERS, stale_after_s, None)]
         running = await self.fetch(RUNNING_BY_HOLDER_AND_TAG)
         queued = {r["tag"]: r["n"] for r in await self.fetch(QUEUED_BY_TAG)}
         return {"workers": workers, "running": [dict(r) for r in running], "queued": queued}

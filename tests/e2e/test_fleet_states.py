@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.test_cli import ok, run_cli
+from tests.support.database import query
 from tests.support.processes import (
     AgentProcess,
     TagrunProcess,
@@ -123,3 +124,49 @@ def test_a_direct_worker_stopped_cleanly_shows_stopped(
         assert worker.stop() == 0
         gone = listed(api, "direct-1")
         assert gone is not None and gone["state"] == "stopped", gone
+
+
+def test_every_agent_is_listed_page_by_page_with_filters_and_totals(
+        start_process: Any, database_url: str) -> None:
+    # 250 records of agents seen now (live) or 10 minutes ago (stale), in three groups, as a
+    # fleet leaves them; the pages must list each exactly once, in name order.
+    query(database_url, """
+        INSERT INTO workers (name, kind, grp, tags, last_seen)
+        SELECT 'sim-' || lpad(n::text, 4, '0'), 'agent', 'g' || (n % 3), ARRAY['t' || (n % 5)],
+               now() - CASE WHEN n % 10 = 0 THEN interval '10 minutes' ELSE interval '0' END
+        FROM generate_series(1, 250) n""")
+    server: TagrunProcess = start_process("server", database_url).wait_healthy()
+    with api_client(server.url) as api:
+        names: list[str] = []
+        cursor = ""
+        while True:
+            page = api.get("/api/workers", params={"limit": 100, "cursor": cursor}).json()
+            names += [a["name"] for a in page["agents"]]
+            assert len(page["agents"]) <= 100
+            if page["next_cursor"] is None:
+                break
+            cursor = page["next_cursor"]
+        assert names == [f"sim-{n:04d}" for n in range(1, 251)]
+        totals = page["totals"]
+        assert (totals["all"], totals["live"], totals["stale"], totals["matched"]) == (
+            250, 225, 25, 250)
+        assert sum(p["live_agents"] for p in page["pools"]) == 225  # every agent, every page
+
+        g1 = api.get("/api/workers", params={"group": "g1", "state": "stale"}).json()
+        assert {a["name"] for a in g1["agents"]} == {
+            f"sim-{n:04d}" for n in range(1, 251) if n % 3 == 1 and n % 10 == 0}
+        assert g1["totals"]["matched"] == len(g1["agents"]) and g1["totals"]["all"] == 250
+        tagged = api.get("/api/workers", params={"tag": "t2", "name": "sim-00"}).json()
+        assert {a["name"] for a in tagged["agents"]} == {
+            f"sim-{n:04d}" for n in range(1, 100) if n % 5 == 2}
+
+        for bad in ({"state": "sleepy"}, {"limit": 0}, {"limit": 5001}):
+            refused = api.get("/api/workers", params=bad)
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["code"] == "invalid_input"
+
+        table = ok(run_cli("workers", "--group", "g2", url=server.url)).stdout
+        listed_rows = [line.split()[0] for line in table.splitlines()
+                       if line.startswith("sim-")]
+        assert listed_rows == [f"sim-{n:04d}" for n in range(1, 251) if n % 3 == 2]
+        assert "250 agents and workers: 225 live, 0 busy, 0 stopped, 25 stale" in table
