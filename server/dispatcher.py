@@ -18,13 +18,13 @@ from typing import Any
 from tagrun.server import events
 from tagrun.server.errors import Unauthorized
 from tagrun.server.listener import Listener
-from tagrun.server.store import DATABASE_ERRORS, Store
+from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, Store
 
 log = logging.getLogger("tagrun.dispatcher")
 
 MAX_SLOTS_PER_CLAIM = 500
 CLOSED_CLAIM_PAUSE_S = 0.5  # a claim arriving while the server stops is answered after this
-Job = dict[str, Any]
+Job = ClaimedRow
 
 
 @dataclass(eq=False)
@@ -128,10 +128,10 @@ class Dispatcher:
 
     async def _released(self, waiter: Waiter, jobs: list[Job]) -> None:
         with contextlib.suppress(*DATABASE_ERRORS):
-            await self.store.release_jobs(waiter.name, [(j["id"], j["attempt"]) for j in jobs],
+            await self.store.release_jobs(waiter.name, [(j.id, j.attempt) for j in jobs],
                                           key=waiter.key)
             log.info("dispatcher.released", extra={"agent": waiter.name,
-                                                   "jobs": [j["id"] for j in jobs]})
+                                                   "jobs": [j.id for j in jobs]})
 
     def _in_background(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -247,7 +247,7 @@ class Dispatcher:
     def _hand_out(self, chosen: list[Waiter], jobs: list[Job]) -> None:
         by_holder: dict[tuple[str, str], list[Job]] = defaultdict(list)
         for job in jobs:
-            by_holder[job["worker"], job["holder_key"]].append(job)
+            by_holder[job.worker, job.holder_key or ""].append(job)
         for job in jobs:
             events.job_claimed(job)
         for waiter in chosen:
@@ -256,7 +256,7 @@ class Dispatcher:
             if waiter.future.done():
                 if mine:
                     log.warning("dispatcher.waiter_gone", extra={
-                        "agent": waiter.name, "jobs": [j["id"] for j in mine]})
+                        "agent": waiter.name, "jobs": [j.id for j in mine]})
                     self._release(waiter, mine)
             elif waiter.revoked:
                 if mine:  # leased in the claim that raced the revocation: give them back

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tagrun.server import metrics
+
+if TYPE_CHECKING:  # no import at run time: the store logs through this module's callers
+    from tagrun.server.store.leases import ClaimedRow
 
 log = logging.getLogger("tagrun.events")
 
@@ -39,11 +42,11 @@ def job_log_truncated(job_id: int, max_chars: int) -> None:
     log.warning("job.log_truncated", extra={"job_id": job_id, "max_chars": max_chars})
 
 
-def job_claimed(job: dict[str, Any]) -> None:
-    if job.get("waited_s") is not None:
-        metrics.DISPATCH_LATENCY.observe(max(float(job["waited_s"]), 0.0))
-    log.info("job.claimed", extra={"job_id": job["id"], "tag": job["tag"],
-                                   "attempt": job["attempt"], "worker": job["worker"]})
+def job_claimed(job: ClaimedRow) -> None:
+    if job.waited_s is not None:
+        metrics.DISPATCH_LATENCY.observe(max(job.waited_s, 0.0))
+    log.info("job.claimed", extra={"job_id": job.id, "tag": job.tag, "attempt": job.attempt,
+                                   "worker": job.worker})
 
 
 def job_finished(outcome: dict[str, Any], error: dict[str, Any] | None) -> None:

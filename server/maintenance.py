@@ -27,7 +27,7 @@ from tagrun.server import events
 from tagrun.server.config import ConfigError
 from tagrun.server.errors import TagrunError
 from tagrun.server.listener import Listener
-from tagrun.server.store import DATABASE_ERRORS, NewJob, Store
+from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, NewJob, Store
 from tagrun.shared.executors import ErrorKind
 
 log = logging.getLogger("tagrun.maintenance")
@@ -133,10 +133,10 @@ class _LeaseLost(Exception):
 class MaintenanceRun:
     """One maintenance job being run: its lease, its log, and the task's context."""
 
-    def __init__(self, worker: MaintenanceWorker, job: dict[str, Any]) -> None:
+    def __init__(self, worker: MaintenanceWorker, job: ClaimedRow) -> None:
         self.worker, self.store, self.job = worker, worker.store, job
         self.now = worker.clock()
-        self._log_offset = int(job["log_offset"])
+        self._log_offset = job.log_offset
         self._extended_at = time.monotonic()
 
     async def batched(self, delete: Callable[[], Awaitable[int]]) -> int:
@@ -154,7 +154,7 @@ class MaintenanceRun:
         if time.monotonic() - self._extended_at < lease_s / 3:
             return
         cancel, lost = await self.store.extend_leases(
-            self.worker.name, [(self.job["id"], self.job["attempt"])], lease_s)
+            self.worker.name, [(self.job.id, self.job.attempt)], lease_s)
         self._extended_at = time.monotonic()
         if lost:
             raise _LeaseLost()
@@ -163,7 +163,7 @@ class MaintenanceRun:
 
     async def write(self, line: str) -> None:
         self._log_offset = await self.store.append_logs(
-            self.worker.name, self.job["id"], self.job["attempt"], self._log_offset, line + "\n")
+            self.worker.name, self.job.id, self.job.attempt, self._log_offset, line + "\n")
 
 
 async def _job_retention(run: MaintenanceRun) -> dict[str, Any]:
@@ -240,28 +240,28 @@ class MaintenanceWorker:
             await self._run(job)
         return bool(jobs)
 
-    async def _run(self, job: dict[str, Any]) -> None:
+    async def _run(self, job: ClaimedRow) -> None:
         run = MaintenanceRun(self, job)
-        task = TASKS.get(job["content"])
+        task = TASKS.get(job.content or "")
         result: Any = None
         error: dict[str, str] | None = None
         try:
             if task is None:
-                raise ValueError(f"unknown maintenance task {job['content']!r}")
+                raise ValueError(f"unknown maintenance task {job.content!r}")
             result, status = await task(run), "succeeded"
         except _LeaseLost:
-            log.warning("job.lease_lost", extra={"job_id": job["id"]})
+            log.warning("job.lease_lost", extra={"job_id": job.id})
             return
         except _Cancelled:
             status, error = "cancelled", {"kind": ErrorKind.CANCELLED, "message": "cancelled"}
         except (TagrunError, ValueError, *DATABASE_ERRORS) as exc:
             log.warning("maintenance.task_failed",
-                        extra={"job_id": job["id"], "error": str(exc)})
+                        extra={"job_id": job.id, "error": str(exc)})
             status, error = "failed", {"kind": ErrorKind.INTERNAL, "message": str(exc)}
         with contextlib.suppress(TagrunError, *DATABASE_ERRORS):  # else lease expiry ends the job
             recorded = await self.store.complete_job(
-                self.name, job["id"], job["attempt"], status, result, error, 0.0)
+                self.name, job.id, job.attempt, status, result, error, 0.0)
             if not recorded["repeat"]:
                 events.job_finished(recorded, error)
-            log.info("maintenance.ran", extra={"job_id": job["id"], "task": job["content"],
+            log.info("maintenance.ran", extra={"job_id": job.id, "task": job.content,
                                                "status": status, "result": result})

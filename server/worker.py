@@ -16,7 +16,7 @@ from tagrun.server import events
 from tagrun.server.errors import InvalidInput, LeaseLost, TagrunError
 from tagrun.server.listener import Listener
 from tagrun.server.services.jobs import claimed
-from tagrun.server.store import DATABASE_ERRORS, Store
+from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, Store
 from tagrun.shared.agent_wire import AgentJob, CompletedJob
 from tagrun.shared.holder import (
     Deadline,
@@ -221,7 +221,7 @@ class Worker:
             self._start(job)
         return len(jobs)
 
-    def _start(self, row: dict[str, Any]) -> None:
+    def _start(self, row: ClaimedRow) -> None:
         self.holder.start(claimed(row, self.settings.lease_s, self.settings.heartbeat_s))
         events.job_claimed(row)
 

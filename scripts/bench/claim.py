@@ -32,7 +32,7 @@ async def fill_history(store: Store, count: int) -> None:
             await store.pool.execute(
                 "UPDATE jobs SET status = 'succeeded', finished_at = now(), "
                 "lease_expires_at = NULL WHERE id = ANY($1::bigint[])",
-                [j["id"] for j in claimed])
+                [j.id for j in claimed])
 
 
 async def claim_and_complete(store: Store, jobs: int, batch: int) -> float:
@@ -41,7 +41,7 @@ async def claim_and_complete(store: Store, jobs: int, batch: int) -> float:
     done = 0
     while claimed := await store.claim_jobs("w", ["bench"], batch, 60):
         for job in claimed:
-            await store.complete_job("w", job["id"], job["attempt"], "succeeded", {}, None, 5)
+            await store.complete_job("w", job.id, job.attempt, "succeeded", {}, None, 5)
         done += len(claimed)
     return done / (time.perf_counter() - started)
 

@@ -8,7 +8,7 @@ from typing import Any
 from tagrun.server.config import LeaseBounds
 from tagrun.server.errors import InvalidInput
 from tagrun.server.models import JobIn
-from tagrun.server.store import NewJob, Store
+from tagrun.server.store import ClaimedRow, NewJob, Store
 from tagrun.server.tags import TagError, resolve_tag
 from tagrun.shared.agent_wire import AgentJob
 from tagrun.shared.executors import LANGUAGES
@@ -16,16 +16,16 @@ from tagrun.shared.executors import LANGUAGES
 MAX_WAIT_S = 60.0  # the longest a GET of a job waits for it to finish (wait_s)
 
 
-def claimed(row: dict[str, Any], lease_s: float, heartbeat_s: float,
+def claimed(row: ClaimedRow, lease_s: float, heartbeat_s: float,
             ack_s: float | None = None) -> AgentJob:
     """A claimed row as its holder (agent or direct worker) runs it: its own lease, else the
     server's `lease_s`, and a heartbeat interval that renews that lease three times over."""
-    lease_s = row["lease_s"] or lease_s
+    lease_s = row.lease_s or lease_s
     return AgentJob(
-        id=row["id"], workspace=row["workspace"], language=row["language"],
-        content=row["content"] or "", args=row["args"] or {}, tag=row["tag"],
-        attempt=row["attempt"], timeout_s=row["timeout_s"], lease_s=lease_s,
-        heartbeat_s=min(heartbeat_s, lease_s / 3), log_offset=row["log_offset"], ack_s=ack_s)
+        id=row.id, workspace=row.workspace, language=row.language, content=row.content or "",
+        args=row.args or {}, tag=row.tag, attempt=row.attempt, timeout_s=row.timeout_s,
+        lease_s=lease_s, heartbeat_s=min(heartbeat_s, lease_s / 3), log_offset=row.log_offset,
+        ack_s=ack_s)
 
 
 def checked_lease_s(lease_s: float | None, leases: LeaseBounds) -> float | None:

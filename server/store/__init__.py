@@ -16,7 +16,7 @@ from tagrun.server.store._base import (
 from tagrun.server.store.accounts import Accounts, Principal, hash_token
 from tagrun.server.store.agents import Agents
 from tagrun.server.store.jobs import Jobs, NewJob
-from tagrun.server.store.leases import Leases
+from tagrun.server.store.leases import ClaimedRow, Leases
 from tagrun.server.store.migrate import migrate
 from tagrun.server.store.schedules import Schedules
 from tagrun.server.store.scripts import Scripts
@@ -28,7 +28,7 @@ class Store(Accounts, Agents, Scripts, Settings, Jobs, Leases, Schedules, UiQuer
     """One object over the pool; the mixins group statements by concept."""
 
 
-__all__ = ["CANCEL_CHANNEL", "CAPPED_CHANNEL", "DATABASE_ERRORS", "DATABASE_STARTING",
+__all__ = ["CANCEL_CHANNEL", "CAPPED_CHANNEL", "ClaimedRow", "DATABASE_ERRORS", "DATABASE_STARTING",
            "DATABASE_UNAVAILABLE", "DONE_CHANNEL", "FINAL_STATES", "INLINE_CAP", "JOBS_CHANNEL",
            "STATES", "TOTAL_CAP", "NewJob", "Principal", "Store", "create_pool", "hash_token",
            "migrate"]

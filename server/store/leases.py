@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tagrun.server.errors import CompletionConflict, Conflict, LeaseLost
@@ -114,6 +115,26 @@ WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
           j.log_received AS log_offset, j.priority, j.worker, j.holder_key, j.lease_s,
           extract(epoch FROM now() - j.run_at)::float8 AS waited_s"""
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """A job as a claim leased it (the columns CLAIM_JOBS and CLAIM_JOBS_CAPPED return)."""
+
+    id: int
+    workspace: str
+    language: str
+    content: str | None
+    args: dict[str, Any] | None
+    tag: str
+    attempt: int
+    timeout_s: float | None
+    log_offset: int
+    priority: int
+    worker: str  # its holder's name
+    holder_key: str | None  # its holder's token and session (None: a direct worker)
+    lease_s: float | None  # its own lease, if it has one
+    waited_s: float | None  # from due to claimed
+
+
 CLAIM_LOCK_ID = 0x7A6772756F  # serialises capped claims of every process
 CAPPED_LOOKAHEAD = 500
 # Every lease is extended by this one step, for direct workers and agents alike (its two
@@ -318,13 +339,13 @@ class Leases(StoreBase):
     async def claim_jobs(
         self, holder: str, tags: Sequence[str], limit: int, lease_s: float,
         *, inline: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClaimedRow]:
         return await self.claim_for_slots(tags, [holder] * limit, lease_s, inline=inline)
 
     async def claim_for_slots(
         self, tags: Sequence[str], slots: Sequence[str], lease_s: float, *, inline: bool = False,
         keys: Sequence[str | None] | None = None, acks: Sequence[float | None] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClaimedRow]:
         """Lease up to len(slots) jobs, job i to holder slots[i] with key keys[i] (None: a
         direct worker); each job names its holder and key.
 
@@ -342,8 +363,8 @@ class Leases(StoreBase):
                                         ack_list)
         else:
             rows = await self.fetch(CLAIM_JOBS, *args, key_list, ack_list)
-        jobs = [dict(r) for r in rows]
-        jobs.sort(key=lambda j: (-j["priority"], j["id"]))
+        jobs = [ClaimedRow(**r) for r in rows]
+        jobs.sort(key=lambda j: (-j.priority, j.id))
         return jobs
 
     def forget_caps(self) -> None:

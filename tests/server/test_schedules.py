@@ -17,7 +17,7 @@ from tagrun.server.cron import Cron, CronError
 from tagrun.server.errors import NotFound
 from tagrun.server.maintenance import BUILTINS, MAINTENANCE_TAG, MaintenanceWorker
 from tagrun.server.scheduler import Scheduler
-from tagrun.server.store import Store, create_pool
+from tagrun.server.store import ClaimedRow, Store, create_pool
 from tests.support.processes import TagrunProcess, api_client
 
 LEASES = load_config({}).lease_bounds  # the default server's
@@ -320,8 +320,8 @@ async def fire_at_second(scheduler: Scheduler, clock: Clock, second: int) -> Non
     await scheduler.tick()
 
 
-async def finish(store: Store, job: dict[str, Any], status: str = "succeeded") -> None:
-    await store.complete_job(job["worker"], job["id"], job["attempt"], status, None, None, 0)
+async def finish(store: Store, job: ClaimedRow, status: str = "succeeded") -> None:
+    await store.complete_job(job.worker, job.id, job.attempt, status, None, None, 0)
 
 
 def test_queue_runs_wait_for_the_previous_one_and_none_is_lost(database_url: str) -> None:
@@ -336,7 +336,7 @@ def test_queue_runs_wait_for_the_previous_one_and_none_is_lost(database_url: str
         for _ in range(3):
             claimed = await store.claim_jobs("w", ["identity"], 10, 60)
             assert len(claimed) == 1, "two runs of one schedule at once"
-            order.append(claimed[0]["id"])
+            order.append(claimed[0].id)
             await finish(store, claimed[0])
         assert order == [first["job_id"], second_["job_id"], third["job_id"]]
     run(database_url, scenario)
@@ -354,7 +354,7 @@ def test_skip_drops_a_fire_while_the_previous_run_is_active_and_shows_it(
         fires = await runs(store, "skip")
         assert [(f["fire_at"][-3:], f["status"]) for f in fires] == [
             ("01Z", "succeeded"), ("02Z", "skipped"), ("03Z", "queued")]
-        assert fires[1]["message"] == f"run {running['id']} was still queued or running"
+        assert fires[1]["message"] == f"run {running.id} was still queued or running"
         assert fires[1]["job_id"] is None
     run(database_url, scenario)
 
@@ -365,7 +365,7 @@ def test_replace_cancels_the_running_and_the_queued_run(database_url: str) -> No
         await fire_at_second(scheduler, clock, 1)
         [running] = await store.claim_jobs("w", ["identity"], 10, 60)
         await fire_at_second(scheduler, clock, 2)
-        old = await store.get_job("default", running["id"])
+        old = await store.get_job("default", running.id)
         assert (old["status"], old["cancel_requested"]) == ("running", True)
         # The new run waits until the old one's process is gone.
         assert await store.claim_jobs("w", ["identity"], 10, 60) == []
@@ -374,11 +374,11 @@ def test_replace_cancels_the_running_and_the_queued_run(database_url: str) -> No
         assert second["status"] == "cancelled", "a queued run is cancelled at once"
         assert third["message"] == f"replaced run {second['job_id']}"
         # The holder hears of the cancel, kills the process and reports it:
-        cancel, _ = await store.extend_leases("w", [(running["id"], running["attempt"])], 60)
-        assert cancel == [running["id"]]
+        cancel, _ = await store.extend_leases("w", [(running.id, running.attempt)], 60)
+        assert cancel == [running.id]
         await finish(store, running, "cancelled")
         [new] = await store.claim_jobs("w", ["identity"], 10, 60)
-        assert new["id"] == third["job_id"]
+        assert new.id == third["job_id"]
         assert [f["status"] for f in await runs(store, "replace")] == [
             "cancelled", "cancelled", "running"]
     run(database_url, scenario)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tagrun.server.errors import CompletionConflict, LeaseLost
-from tagrun.server.store import NewJob, Store, create_pool
+from tagrun.server.store import ClaimedRow, NewJob, Store, create_pool
 
 Scenario = Callable[[Store], Awaitable[None]]
 
@@ -36,7 +36,7 @@ def test_claims_take_higher_priority_then_older_jobs_first(database_url: str) ->
         low_old, high, low_new = await store.insert_jobs(
             "default", [job(priority=0, run_at=past), job(priority=5), job(priority=0)])
         claimed = await store.claim_jobs("w", ["t"], 10, 60)
-        assert [j["id"] for j in claimed] == [high, low_old, low_new]
+        assert [j.id for j in claimed] == [high, low_old, low_new]
     run(database_url, scenario)
 
 
@@ -45,7 +45,7 @@ def test_claims_match_tags_exactly_and_skip_future_jobs(database_url: str) -> No
         later = datetime.now(UTC) + timedelta(hours=1)
         [gpu, _other, _delayed] = await store.insert_jobs(
             "default", [job("gpu"), job("gpu-eu"), job("gpu", run_at=later)])
-        assert [j["id"] for j in await store.claim_jobs("w", ["gpu"], 10, 60)] == [gpu]
+        assert [j.id for j in await store.claim_jobs("w", ["gpu"], 10, 60)] == [gpu]
         assert await store.claim_jobs("w", ["gpu"], 10, 60) == []
     run(database_url, scenario)
 
@@ -57,7 +57,7 @@ def test_concurrent_claimers_never_get_the_same_job(database_url: str) -> None:
         async def claimer(name: str) -> list[int]:
             got: list[int] = []
             while batch := await store.claim_jobs(name, ["t"], 7, 60):
-                got += [j["id"] for j in batch]
+                got += [j.id for j in batch]
             return got
         results = await asyncio.gather(*(claimer(f"w{i}") for i in range(4)))
         every = [i for r in results for i in r]
@@ -69,7 +69,7 @@ def test_writes_from_an_old_attempt_or_another_holder_change_nothing(database_ur
     async def scenario(store: Store) -> None:
         [job_id] = await store.insert_jobs("default", [job()])
         [claimed] = await store.claim_jobs("w1", ["t"], 1, 60)
-        attempt = claimed["attempt"]
+        attempt = claimed.attempt
         with pytest.raises(LeaseLost):
             await store.complete_job("w2", job_id, attempt, "succeeded", 1, None, 5)
         with pytest.raises(LeaseLost):
@@ -125,7 +125,7 @@ def test_expired_lease_requeues_then_dead_letters(database_url: str) -> None:
         [job_id] = await store.insert_jobs("default", [job(max_attempts=2)])
         for attempt, expected in ((1, "queued"), (2, "failed")):
             [claimed] = await store.claim_jobs("w", ["t"], 1, 0.01)
-            assert claimed["attempt"] == attempt
+            assert claimed.attempt == attempt
             await asyncio.sleep(0.05)  # let the 10 ms lease run out
             assert await store.expire_leases() == [(job_id, expected)]
             state: dict[str, Any] = await store.get_job("default", job_id)
@@ -141,9 +141,9 @@ def test_released_jobs_go_back_without_using_an_attempt(database_url: str) -> No
     async def scenario(store: Store) -> None:
         [job_id] = await store.insert_jobs("default", [job()])
         [claimed] = await store.claim_jobs("w", ["t"], 1, 60)
-        assert await store.release_jobs("w", [(job_id, claimed["attempt"])]) == [job_id]
+        assert await store.release_jobs("w", [(job_id, claimed.attempt)]) == [job_id]
         [again] = await store.claim_jobs("w", ["t"], 1, 60)
-        assert again["attempt"] == 1
+        assert again.attempt == 1
     run(database_url, scenario)
 
 
@@ -171,12 +171,12 @@ def _capped_run(database_url: str, *, jobs: list[NewJob], claimers: int, inline:
 
         order = asyncio.Lock()
 
-        async def claim(name: str) -> list[dict[str, Any]]:
+        async def claim(name: str) -> list[ClaimedRow]:
             if not record_order:
                 return await store.claim_jobs(name, ["t"], 2, 60, inline=inline)
             async with order:  # so that `started` is in the order the claims happened
                 claimed = await store.claim_jobs(name, ["t"], 2, 60, inline=inline)
-                started.extend(j["id"] for j in claimed)
+                started.extend(j.id for j in claimed)
                 return claimed
 
         async def claimer(name: str) -> None:
@@ -186,7 +186,7 @@ def _capped_run(database_url: str, *, jobs: list[NewJob], claimers: int, inline:
                 idle = 0 if claimed else idle + 1
                 await asyncio.sleep(0.005)
                 for job in claimed:
-                    await store.complete_job(name, job["id"], job["attempt"], "succeeded",
+                    await store.complete_job(name, job.id, job.attempt, "succeeded",
                                              None, None, 5)
         watch = asyncio.create_task(sampler())
         await asyncio.gather(*(claimer(f"w{i}") for i in range(claimers)))
