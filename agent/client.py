@@ -123,6 +123,10 @@ class AgentClient:
         # When the last heartbeat try was sent (time.monotonic()): a heartbeat that succeeds
         # renewed its leases from at least then.
         self.heartbeat_sent_at = 0.0
+        # What the server last said of this agent: paused (claims wait without jobs), and
+        # whether an operator asked it to drain (it stays so).
+        self.paused = False
+        self.drain_requested = False
         self._http = httpx.AsyncClient(
             base_url=base_url,
             # The session makes this process a holder of its own: the server records it with
@@ -150,6 +154,8 @@ class AgentClient:
                                 read=wait_s + CLAIM_GRACE_S)
         body = wire.ClaimIn(self.name, slots, wait_s)
         answer = await self._post("/api/agent_workers/claim", body, stop_never, timeout)
+        self.paused = answer.get("paused") is True
+        self.drain_requested |= answer.get("drain") is True
         # Each job is read on its own (wire.claimed_job): one malformed job costs only itself.
         jobs = answer.get("jobs")
         return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
@@ -166,7 +172,10 @@ class AgentClient:
                                   heartbeat=True,
                                   most_wait=ACK_RETRY_WAIT_S if acknowledges else None)
         beat = _read(answer, wire.HeartbeatOut, path)
-        return (beat.cancel, beat.lost) if beat else ([], [])
+        if beat is None:
+            return [], []
+        self.drain_requested |= beat.drain
+        return beat.cancel, beat.lost
 
     async def release(self, jobs: list[tuple[int, int]]) -> list[int]:
         path = "/api/agent_workers/release"

@@ -62,12 +62,16 @@ class Agent:
         self._unacked: dict[int, float] = {}  # such jobs: id -> its ack_s
         self._fatal: Fatal | None = None
         self._claimed = False  # it has asked for jobs: the server has (or may have) its record
+        self._stop_reason = "stopped"
+        self._was_paused = False
         self._heartbeats: asyncio.Task[None] | None = None
         self._work_root = config.work_dir or Path(tempfile.gettempdir())  # set by run()
 
-    def request_stop(self) -> None:
-        """First call: drain and stop. Any later call: stop at once."""
+    def request_stop(self, reason: str = "stopped") -> None:
+        """First call: drain and stop (`reason`: what the goodbye says). Any later call: stop
+        at once."""
         if not self._stopping.is_set():
+            self._stop_reason = reason
             log.info("agent.stopping", extra={"agent": self.config.name,
                                               "running": len(self._holder)})
             self._stopping.set()
@@ -87,8 +91,8 @@ class Agent:
             with _work_root(self.config.work_dir, shared=self.config.job_user is not None) \
                     as self._work_root:
                 code = await self._supervise()
-            if code == EXIT_OK and self._claimed:
-                await self._client.goodbye()  # last: the server shows us stopped at once
+            if code == EXIT_OK and self._claimed:  # last: the server shows us stopped at once
+                await self._client.goodbye(self._stop_reason)
         finally:
             if undo is not None:
                 undo()
@@ -197,6 +201,7 @@ class Agent:
                 continue
             started = time.monotonic()
             jobs = await self._claim(free)
+            self._heard()
             if jobs:
                 log.info("agent.claimed", extra={"jobs": [j.get("id") for j in jobs]})
             elif time.monotonic() - started < self.config.poll_wait_s / 2:
@@ -205,6 +210,17 @@ class Agent:
                 await self._unless_stopping(asyncio.create_task(asyncio.sleep(EMPTY_PAUSE_S)))
             for raw in jobs:
                 self._start(raw)
+
+    def _heard(self) -> None:
+        """Act on what the server last said of this agent: paused, or asked to drain."""
+        if self._client.paused != self._was_paused:
+            self._was_paused = self._client.paused
+            log.info("agent.paused" if self._client.paused else "agent.resumed",
+                     extra={"agent": self.config.name})
+        if self._client.drain_requested and not self._stopping.is_set():
+            log.info("agent.drain_requested", extra={"agent": self.config.name,
+                                                     "running": len(self._holder)})
+            self.request_stop("drained")
 
     async def _claim(self, free: int) -> list[dict[str, Any]]:
         claim = asyncio.create_task(self._client.claim(free, self.config.poll_wait_s))
@@ -285,6 +301,7 @@ class Agent:
             await self._holder.beat(acknowledges=acknowledges)
         except ServerAnswer as exc:
             log.error("agent.heartbeat_refused", extra={"error": str(exc)})
+        self._heard()
 
     # -- stopping ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from tagrun.server.backpressure import Backpressure
 from tagrun.server.config import ServerConfig
 from tagrun.server.dispatcher import Dispatcher
 from tagrun.server.errors import TagrunError, TooManyRequests
+from tagrun.server.fleet_controls import FleetControls
 from tagrun.server.heartbeats import Heartbeats
 from tagrun.server.http import JSON
 from tagrun.server.listener import Listener
@@ -84,6 +85,7 @@ class Parts:
     agent_tokens: AgentTokens
     dispatcher: Dispatcher
     heartbeats: Heartbeats
+    controls: FleetControls
 
 
 # Every route served; those under /api/ are exactly the operations of openapi.OPERATIONS

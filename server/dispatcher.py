@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class Waiter:
     claiming: bool = False
     revoked: bool = False  # its token was revoked while a claim for it was in flight
     expired: bool = False  # its wait ran out while a claim for it was in flight
+    group: str = ""  # its token's group (a paused group's agents stop waiting)
 
 
 class Dispatcher:
@@ -79,7 +81,7 @@ class Dispatcher:
 
     async def claim(
         self, name: str, tags: tuple[str, ...], slots: int, wait_s: float, jti: str,
-        key: str | None = None, ack_s: float | None = None,
+        key: str | None = None, ack_s: float | None = None, group: str = "",
     ) -> list[Job]:
         if self._closed:
             # The server is stopping: a claim that came in on a kept-alive connection after
@@ -88,7 +90,8 @@ class Dispatcher:
             # so that the agent does not spin before its connection is closed.
             await asyncio.sleep(min(wait_s, CLOSED_CLAIM_PAUSE_S))
             return []
-        waiter = Waiter(name, tuple(sorted(set(tags))), slots, jti, key or jti, ack_s)
+        waiter = Waiter(name, tuple(sorted(set(tags))), slots, jti, key or jti, ack_s,
+                        group=group)
         self._groups[waiter.tags].append(waiter)
         self._wake.set()
         try:
@@ -147,6 +150,16 @@ class Dispatcher:
                     waiter.revoked = True
                 else:
                     waiter.future.set_exception(Unauthorized("agent token revoked"))
+
+    def end_waits(self, stopped: Callable[[str, str], bool]) -> None:
+        """Answer at once, without jobs, the waiting claims of agents `stopped(name, group)`
+        names (paused, draining): their next claim hears why. A claim already in flight
+        still hands out what it leased."""
+        for group in self._groups.values():
+            for waiter in group:
+                if not waiter.claiming and not waiter.future.done() \
+                        and stopped(waiter.name, waiter.group):
+                    waiter.future.set_result([])
 
     def _drop(self, waiter: Waiter) -> None:
         group = self._groups.get(waiter.tags)

@@ -74,20 +74,23 @@ class Heartbeats:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def seen(self, name: str, record: AgentRecord) -> None:
-        """An agent made a request; the first time this process sees it, record it.
+    async def seen(self, name: str, record: AgentRecord) -> bool:
+        """An agent made a request; the first time this process sees it, record it. True if
+        it is a new process of an agent that was asked to drain: the drain is over.
 
         Raises AgentNameTaken, changing nothing, if a live agent of another token has the name."""
         known = self.agents.get(name)
+        undrained = False
         if known is None or (known.key, known.ip) != (record.key, record.ip):
-            await self.store.upsert_agent(name, record.group, record.tags, record.ip,
-                                          record.version, record.jti, self.process,
-                                          stale_after_s=self.stale_after_s)
+            undrained = await self.store.upsert_agent(
+                name, record.group, record.tags, record.ip, record.version, record.jti,
+                self.process, stale_after_s=self.stale_after_s, session_key=record.key)
             self.agents[name] = record
             log.info("agent.connected", extra={"agent": name, "group": record.group,
                                                "tags": list(record.tags), "ip": record.ip,
                                                "version": record.version})
         self._seen.add(name)
+        return undrained
 
     def forget(self, name: str) -> None:
         """The agent said goodbye: mark it alive no more (it is recorded again, as a new

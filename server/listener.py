@@ -19,6 +19,7 @@ from tagrun.server.store import (
     CAPPED_CHANNEL,
     DATABASE_ERRORS,
     DONE_CHANNEL,
+    FLEET_CHANNEL,
     JOBS_CHANNEL,
 )
 
@@ -53,6 +54,7 @@ class Listener:
         self._cancel_callbacks: list[Callable[[int], None]] = []
         self._queued_callbacks: list[Callable[[str | None], None]] = []
         self._capped_callbacks: list[Callable[[], None]] = []
+        self._fleet_callbacks: list[Callable[[], None]] = []
         self._finished_callbacks: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -111,6 +113,15 @@ class Listener:
         replica), before the matching `on_queued` calls."""
         self._capped_callbacks.append(callback)
 
+    def on_fleet(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` when an agent or group is paused, resumed or asked to drain (any
+        replica), and after a reconnect (such a change may have been missed)."""
+        self._fleet_callbacks.append(callback)
+
+    def _on_fleet(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
+        for callback in self._fleet_callbacks:
+            callback()
+
     def on_finished(self, callback: Callable[[], None]) -> None:
         """Call `callback()` whenever a job reaches a final state (any replica)."""
         self._finished_callbacks.append(callback)
@@ -152,6 +163,8 @@ class Listener:
         self.wake_tag_waiters()
         for capped in self._capped_callbacks:
             capped()
+        for fleet in self._fleet_callbacks:
+            fleet()
         for events in self._done.values():
             for event in events:
                 event.set()
@@ -164,6 +177,7 @@ class Listener:
         await conn.add_listener(DONE_CHANNEL, self._on_done)
         await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
         await conn.add_listener(CAPPED_CHANNEL, self._on_capped)
+        await conn.add_listener(FLEET_CHANNEL, self._on_fleet)
         self._conn = conn
         self.connected.set()
 

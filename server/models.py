@@ -74,3 +74,16 @@ class WorkspaceTokenIn(_Body):
     workspace: WorkspaceId
     label: Label = ""
     expires_in_s: Annotated[int, msgspec.Meta(gt=0, le=MAX_EXPIRES_IN_S)] | None = None
+
+
+class PauseIn(_Body):
+    """Pause an agent or a group: it claims nothing new until resumed, or for `for_s`."""
+
+    note: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    for_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86400)] | None = None
+
+
+class DrainIn(_Body):
+    """Drain an agent: it claims nothing more, finishes its jobs, says goodbye and exits 0."""
+
+    note: Annotated[str, msgspec.Meta(max_length=500)] = ""

@@ -168,6 +168,20 @@ class Agent(_Out):
     # When it said goodbye (state "stopped"), and why: "stopped" (drained), "aborted".
     stopped_at: str | None
     stop_reason: str | None
+    # While paused: why, by whom, until when (null: until resumed), and whether the agent or
+    # its group ("agent", "group") was paused. While draining: the note given.
+    pause_note: str | None
+    paused_by: str | None
+    paused_until: str | None
+    paused_as: str | None
+    drain_note: str | None
+
+
+class Steered(_Out):
+    """What a pause, resume or drain did."""
+
+    name: str  # the agent's name, or the group's
+    state: str  # paused, resumed, draining
 
 
 class Pool(_Out):
@@ -191,6 +205,8 @@ class FleetTotals(_Out):
     all: int
     live: int
     busy: int
+    paused: int
+    draining: int
     stopped: int
     stale: int
     token_revoked: int

@@ -22,6 +22,7 @@ from tagrun.server.app import Parts, create_app
 from tagrun.server.config import SUPERADMIN_TOKEN_FILE, ConfigError, ServerConfig
 from tagrun.server.dispatcher import Dispatcher
 from tagrun.server.embedded import EmbeddedPostgres
+from tagrun.server.fleet_controls import FleetControls
 from tagrun.server.heartbeats import Heartbeats
 from tagrun.server.listener import Listener
 from tagrun.server.maintenance import MaintenanceWorker, job_retention_days, run_maintenance
@@ -152,7 +153,7 @@ async def _run_parts(
     if config.runs_http:
         await ensure_superadmin(store, config)
         parts = await _start_http_parts(config, store, listener)
-        closers = [parts.heartbeats.close, parts.agent_tokens.close]
+        closers = [parts.heartbeats.close, parts.agent_tokens.close, parts.controls.close]
 
         async def end_long_polls() -> None:  # so uvicorn's graceful shutdown need not wait
             await stop.wait()
@@ -238,7 +239,13 @@ async def _start_http_parts(config: ServerConfig, store: Store, listener: Listen
     listener.on_finished(room_freed)
     heartbeats = Heartbeats(store, lease_s=config.lease_s, stale_after_s=config.stale_after_s)
     await heartbeats.start(dispatcher.waiting_names)
-    return Parts(config, store, listener, agent_tokens, dispatcher, heartbeats)
+    controls = FleetControls(store)
+    controls.on_change(lambda: dispatcher.end_waits(
+        lambda name, group: controls.paused_for(name, group) is not None
+        or controls.draining(name)))
+    await controls.load()
+    listener.on_fleet(controls.changed)
+    return Parts(config, store, listener, agent_tokens, dispatcher, heartbeats, controls)
 
 
 def run(config: ServerConfig) -> None:

@@ -153,13 +153,24 @@ class AgentJob(_Answer, frozen=True):
     ack_s: Seconds | None = None
 
 
+# Steering: an operator paused the agent (or its group), so a claim waits without jobs; or
+# asked it to drain: claim nothing more, finish the jobs it runs, say goodbye and exit 0.
+Paused = Annotated[bool, msgspec.Meta(description=(
+    "the agent (or its group) is paused: the claim waited without jobs"))]
+Drain = Annotated[bool, msgspec.Meta(description=(
+    "claim nothing more: finish the running jobs, say goodbye (reason drained) and exit"))]
+
+
 class Claimed(_Answer, frozen=True):
     jobs: list[AgentJob]
+    paused: Paused = False
+    drain: Drain = False
 
 
 class HeartbeatOut(_Answer, frozen=True):
     cancel: list[int]
     lost: list[int]
+    drain: Drain = False
 
 
 class Released(_Answer, frozen=True):

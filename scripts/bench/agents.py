@@ -291,10 +291,17 @@ async def connect_monitor(dsn: str) -> Monitor:
 
 
 async def workers_listed(client: httpx.AsyncClient) -> int:
-    r = await client.get("/api/workers")
-    r.raise_for_status()
-    return sum(1 for a in r.json()["agents"]
-               if a["kind"] == "agent" and a["state"] in ("live", "busy"))
+    """Live agents, read page by page as GET /api/workers lists them."""
+    listed, cursor = 0, ""
+    while True:
+        r = await client.get("/api/workers", params={"limit": 5000, "cursor": cursor})
+        r.raise_for_status()
+        page = r.json()
+        listed += sum(1 for a in page["agents"]
+                      if a["kind"] == "agent" and a["state"] in ("live", "busy"))
+        if not page["next_cursor"]:
+            return listed
+        cursor = page["next_cursor"]
 
 
 async def latency(client: httpx.AsyncClient, sim: SimAgents, tag: str, listeners: list[str],

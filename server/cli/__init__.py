@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 
 from tagrun.server.cli.admin import script_app, workspace_app
-from tagrun.server.cli.fleet import settings_app, token_app, workers
+from tagrun.server.cli.fleet import settings_app, token_app, workers_app
 from tagrun.server.cli.jobs import app as job_app
 from tagrun.server.cli.schedules import app as schedule_app
 from tagrun.shared.version import __version__
@@ -25,7 +25,7 @@ app.add_typer(schedule_app, name="schedule")
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(token_app, name="token")
 app.add_typer(settings_app, name="settings")
-app.command("workers")(workers)
+app.add_typer(workers_app, name="workers")
 
 
 def _version(value: bool) -> None:

@@ -16,11 +16,11 @@ token_app = typer.Typer(help="Agent tokens: mint, list, revoke (superadmin).",
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_duration(raw: str) -> int:
+def parse_duration(raw: str, *, option: str = "--expires-in") -> int:
     """'30d', '12h', '45m', '90s', '2w', or plain seconds."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", raw)
     if not match:
-        fail(f"--expires-in {raw!r} is not a duration like 30d, 12h, 45m or 3600")
+        fail(f"{option} {raw!r} is not a duration like 30d, 12h, 45m or 3600")
     return int(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
@@ -60,9 +60,15 @@ def revoke(jti: Annotated[str, typer.Argument(help="The token's id (jti), from t
     typer.echo(f"revoked agent token {jti}")
 
 
+workers_app = typer.Typer(help="Agents and workers: list them, pause, resume and drain.")
+
+
+@workers_app.callback(invoke_without_command=True)
 def workers(
+    ctx: typer.Context,
     state: Annotated[str | None, typer.Option(
-        help="Only agents in this state: live, busy, stopped, stale, token_revoked.")] = None,
+        help="Only agents in this state: live, busy, paused, draining, stopped, stale, "
+             "token_revoked.")] = None,
     group: Annotated[str | None, typer.Option(help="Only agents of this group.")] = None,
     tag: Annotated[str | None, typer.Option(help="Only agents serving this tag.")] = None,
     name: Annotated[str | None, typer.Option(help="Only agents whose name has this in it.")
@@ -70,6 +76,8 @@ def workers(
     json_: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
 ) -> None:
     """Show agents and workers (every page), their states, pools, and tags with queued jobs."""
+    if ctx.invoked_subcommand is not None:
+        return
     client = Client()
     filters = {"state": state, "group": group, "tag": tag, "name": name}
     fleet: dict[str, Any] = client.get("/api/workers", **filters)
@@ -86,7 +94,8 @@ def workers(
     typer.echo(f"tagrun {fleet['version']}{caps}")
     counts = fleet["totals"]
     typer.echo(f"{counts['all']} agents and workers: " + ", ".join(
-        f"{counts[s]} {s}" for s in ("live", "busy", "stopped", "stale", "token_revoked")))
+        f"{counts[s]} {s}" for s in ("live", "busy", "paused", "draining", "stopped", "stale",
+                                     "token_revoked")))
     typer.echo("\nAGENTS AND WORKERS")
     print_table(fleet["agents"], ["name", "kind", "state", "group", "tags", "active_count",
                                   "jobs_executed", "last_seen", "ip", "version"])
@@ -98,6 +107,51 @@ def workers(
     if orphaned:
         typer.secho(f"\nwarning: queued jobs and no live worker for: {', '.join(orphaned)}",
                     fg=typer.colors.YELLOW, err=True)
+
+
+def _target(name: str, group: bool) -> str:
+    from urllib.parse import quote
+
+    return f"/api/pools/{quote(name, safe='')}" if group else \
+        f"/api/workers/{quote(name, safe='')}"
+
+
+@workers_app.command("pause")
+def workers_pause(
+    name: Annotated[str, typer.Argument(help="The agent's name (or the group's, with --group).")],
+    note: Annotated[str, typer.Option(help="Why: shown with its state (required).")],
+    for_: Annotated[str | None, typer.Option(
+        "--for", help="Resume by itself after this long: 10m, 2h, 1d or seconds.")] = None,
+    group: Annotated[bool, typer.Option("--group", help="Pause every agent of group NAME.")
+                     ] = False,
+) -> None:
+    """Pause an agent or a group: it keeps its running jobs and claims nothing new."""
+    body: dict[str, Any] = {"note": note}
+    if for_ is not None:
+        body["for_s"] = parse_duration(for_, option="--for")
+    Client().post(f"{_target(name, group)}/pause", body)
+    typer.echo(f"paused {'group ' if group else ''}{name}"
+               + (f" for {for_}" if for_ else " until resumed"))
+
+
+@workers_app.command("resume")
+def workers_resume(
+    name: Annotated[str, typer.Argument(help="The agent's name (or the group's, with --group).")],
+    group: Annotated[bool, typer.Option("--group", help="Resume group NAME.")] = False,
+) -> None:
+    """Resume a paused agent or group."""
+    Client().post(f"{_target(name, group)}/resume")
+    typer.echo(f"resumed {'group ' if group else ''}{name}")
+
+
+@workers_app.command("drain")
+def workers_drain(
+    name: Annotated[str, typer.Argument(help="The agent's name.")],
+    note: Annotated[str, typer.Option(help="Why (optional).")] = "",
+) -> None:
+    """Drain an agent: it claims nothing more, finishes its jobs, says goodbye and exits 0."""
+    Client().post(f"{_target(name, False)}/drain", {"note": note} if note else {})
+    typer.echo(f"draining {name}: it finishes its jobs, then stops")
 
 
 settings_app = typer.Typer(help="Server settings (superadmin): concurrency caps.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from typing import Any
@@ -20,6 +21,7 @@ from tagrun.server.agent_tokens import (
 )
 from tagrun.server.config import ServerConfig
 from tagrun.server.errors import InvalidInput, NotFound, TagrunError, Unauthorized
+from tagrun.server.fleet_controls import FleetControls
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
 from tagrun.server.services.jobs import claimed
@@ -76,8 +78,10 @@ async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
     heartbeats: Heartbeats = _state(request).heartbeats
     ip = request.client.host if request.client else None
     version = request.headers.get("user-agent", "").partition("/")[2][:40] or "unknown"
-    await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti,
-                                            agent.key))
+    if await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti,
+                                               agent.key)):
+        controls: FleetControls = _state(request).controls
+        controls.undrain(name)  # at once here; every replica re-reads on the NOTIFY
 
 
 async def claim(request: Request) -> Response:
@@ -89,17 +93,45 @@ async def claim(request: Request) -> Response:
     # on the way puts its jobs back in the queue after claim_ack_s, not after the lease.
     acks = "ack" in request.headers.get(FEATURES_HEADER, "").replace(" ", "").split(",")
     ack_s = state.config.claim_ack_s if acks and state.config.claim_ack_s else None
+    controls: FleetControls = state.controls
+    if controls.draining(body.name):
+        return JSON(Claimed(jobs=[], drain=True))
+    wait_s = await until_disconnect(request, _unpaused(controls, body.name, agent.group,
+                                                        body.wait_s))
+    if wait_s is None:
+        return Response(status_code=499)
+    if wait_s <= 0 or controls.draining(body.name):  # paused all the claim's wait, or drained
+        return JSON(Claimed(jobs=[], paused=wait_s <= 0, drain=controls.draining(body.name)))
     try:
         jobs = await until_disconnect(request, state.dispatcher.claim(
-            body.name, agent.tags, body.slots, body.wait_s, agent.jti, agent.key, ack_s))
+            body.name, agent.tags, body.slots, wait_s, agent.jti, agent.key, ack_s,
+            agent.group))
     except Unauthorized as exc:  # its token was revoked while it waited
         _refused(request, exc)
         raise
     if jobs is None:  # the agent went away; the dispatcher gave back what it was leased
         return Response(status_code=499)
+    if not jobs and (controls.paused_for(body.name, agent.group) is not None
+                     or controls.draining(body.name)):  # paused or drained while it waited
+        return JSON(Claimed(jobs=[], paused=not controls.draining(body.name),
+                            drain=controls.draining(body.name)))
     config: ServerConfig = state.config
     return JSON(Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s)
                               for j in jobs]))
+
+
+async def _unpaused(controls: FleetControls, name: str, group: str, wait_s: float) -> float:
+    """Wait while the agent (or its group) is paused, up to `wait_s`: what is left of the
+    claim's wait once it is not (0: paused all along), or at once if it is not paused."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while (paused := controls.paused_for(name, group)) is not None \
+            and not controls.draining(name):
+        left = deadline - loop.time()
+        if left <= 0:
+            return 0.0
+        await controls.wait_change(min(left, paused))
+    return max(deadline - loop.time(), 0.001)
 
 
 async def heartbeat(request: Request) -> JSON:
@@ -108,7 +140,8 @@ async def heartbeat(request: Request) -> JSON:
     await _seen(request, agent, body.name)
     cancel, lost = await _state(request).heartbeats.beat(
         body.name, agent.key, [(h.id, h.attempt) for h in body.running])
-    return JSON(HeartbeatOut(cancel=cancel, lost=lost))
+    controls: FleetControls = _state(request).controls
+    return JSON(HeartbeatOut(cancel=cancel, lost=lost, drain=controls.draining(body.name)))
 
 
 async def release(request: Request) -> JSON:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 from starlette.requests import Request
 from starlette.routing import Route
 
 from tagrun.server.agent_tokens import AgentTokens
 from tagrun.server.auth import authenticator
-from tagrun.server.errors import InvalidInput
+from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.http import JSON, query_int, read_body
+from tagrun.server.models import DrainIn, PauseIn
 from tagrun.server.services.fleet import STATES, agents_page, fleet_view, totals
 from tagrun.server.services.settings import current
 from tagrun.server.store import Store
 from tagrun.server.tags import TagError, validate_tag
 from tagrun.shared.agent_wire import AgentTokenIn
 from tagrun.shared.version import __version__
+
+log = logging.getLogger("tagrun.fleet")
+AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}")
 
 
 def _tokens(request: Request) -> AgentTokens:
@@ -73,9 +80,79 @@ async def list_workers(request: Request) -> JSON:
                  "totals": {**totals(fleet["agents"]), "matched": matched}})
 
 
+def _name(request: Request, key: str) -> str:
+    value: str = request.path_params[key]
+    if not AGENT_NAME.fullmatch(value):
+        raise InvalidInput(f"{value!r} is not an agent or group name")
+    return value
+
+
+async def _steer(request: Request) -> tuple[Store, str]:
+    await authenticator(request).superadmin(request)
+    return request.app.state.store, "superadmin"
+
+
+async def pause_agent(request: Request) -> JSON:
+    """It keeps its running jobs and claims nothing new until resumed (or `for_s` passes)."""
+    store, by = await _steer(request)
+    name = _name(request, "name")
+    body = await read_body(request, PauseIn)
+    if not await store.pause_agent(name, body.for_s, body.note, by):
+        raise NotFound(f"no agent named {name!r}")
+    log.info("fleet.paused", extra={"agent": name, "note": body.note, "for_s": body.for_s,
+                                    "by": by})
+    return JSON({"name": name, "state": "paused"})
+
+
+async def resume_agent(request: Request) -> JSON:
+    store, by = await _steer(request)
+    name = _name(request, "name")
+    if not await store.resume_agent(name):
+        raise NotFound(f"no agent named {name!r}")
+    log.info("fleet.resumed", extra={"agent": name, "by": by})
+    return JSON({"name": name, "state": "resumed"})
+
+
+async def drain_agent(request: Request) -> JSON:
+    """It claims nothing more, finishes its jobs (up to its drain timeout), says goodbye and
+    exits 0, so a service manager may start it again."""
+    store, by = await _steer(request)
+    name = _name(request, "name")
+    body = await read_body(request, DrainIn)
+    if not await store.drain_agent(name, body.note):
+        raise NotFound(f"no agent named {name!r} that has not stopped")
+    log.info("fleet.drain_requested", extra={"agent": name, "note": body.note, "by": by})
+    return JSON({"name": name, "state": "draining"})
+
+
+async def pause_group(request: Request) -> JSON:
+    """Every agent of the group, now and any that connect while it lasts."""
+    store, by = await _steer(request)
+    group = _name(request, "group")
+    body = await read_body(request, PauseIn)
+    await store.pause_group(group, body.for_s, body.note, by)
+    log.info("fleet.paused", extra={"group": group, "note": body.note, "for_s": body.for_s,
+                                    "by": by})
+    return JSON({"name": group, "state": "paused"})
+
+
+async def resume_group(request: Request) -> JSON:
+    store, by = await _steer(request)
+    group = _name(request, "group")
+    if not await store.resume_group(group):
+        raise NotFound(f"group {group!r} is not paused")
+    log.info("fleet.resumed", extra={"group": group, "by": by})
+    return JSON({"name": group, "state": "resumed"})
+
+
 routes = [
     Route("/api/agent_tokens", mint_agent_token, methods=["POST"]),
     Route("/api/agent_tokens", list_agent_tokens, methods=["GET"]),
     Route("/api/agent_tokens/{jti}", revoke_agent_token, methods=["DELETE"]),
     Route("/api/workers", list_workers, methods=["GET"]),
+    Route("/api/workers/{name}/pause", pause_agent, methods=["POST"]),
+    Route("/api/workers/{name}/resume", resume_agent, methods=["POST"]),
+    Route("/api/workers/{name}/drain", drain_agent, methods=["POST"]),
+    Route("/api/pools/{group}/pause", pause_group, methods=["POST"]),
+    Route("/api/pools/{group}/resume", resume_group, methods=["POST"]),
 ]

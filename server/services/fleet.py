@@ -10,9 +10,10 @@ from tagrun.server.store._base import iso
 
 # What an agent or worker is, the same word in the API, the CLI, the UI and the metrics
 # (computed by the store's LIST_WORKERS): live (connected, running nothing), busy (running
-# jobs), stopped (it stopped cleanly and said so), stale (no contact for TAGRUN_STALE_AFTER_S),
-# token_revoked (its token was revoked or expired: it can do nothing more).
-STATES = ("live", "busy", "stopped", "stale", "token_revoked")
+# jobs), paused (it, or its group, claims nothing new until resumed), draining (asked to
+# finish its jobs and stop), stopped (it stopped cleanly and said so), stale (no contact for
+# TAGRUN_STALE_AFTER_S), token_revoked (its token was revoked or expired: it can do nothing).
+STATES = ("live", "busy", "paused", "draining", "stopped", "stale", "token_revoked")
 LIVE_STATES = ("live", "busy")  # those that can take jobs
 
 
@@ -36,6 +37,9 @@ def fleet_view(overview: dict[str, Any]) -> dict[str, Any]:
         "state": w["state"], "stale": w["state"] == "stale",
         "stopped_at": iso(w["stopped_at"]),
         "stop_reason": w["stop_reason"],
+        "pause_note": w["pause_note"], "paused_by": w["paused_by"],
+        "paused_until": iso(w["paused_until"]), "paused_as": w["paused_as"],
+        "drain_note": w["drain_note"],
     } for w in workers]
     pools: dict[str, dict[str, Any]] = {}
     for a in agents:

@@ -10,6 +10,7 @@ from tagrun.server.store._base import (
     DATABASE_STARTING,
     DATABASE_UNAVAILABLE,
     DONE_CHANNEL,
+    FLEET_CHANNEL,
     JOBS_CHANNEL,
     create_pool,
 )
@@ -28,7 +29,7 @@ class Store(Accounts, Agents, Scripts, Settings, Jobs, Leases, Schedules, UiQuer
     """One object over the pool; the mixins group statements by concept."""
 
 
-__all__ = ["CANCEL_CHANNEL", "CAPPED_CHANNEL", "ClaimedRow", "DATABASE_ERRORS", "DATABASE_STARTING",
-           "DATABASE_UNAVAILABLE", "DONE_CHANNEL", "FINAL_STATES", "INLINE_CAP", "JOBS_CHANNEL",
-           "STATES", "TOTAL_CAP", "NewJob", "Principal", "Store", "create_pool", "hash_token",
-           "migrate"]
+__all__ = ["CANCEL_CHANNEL", "CAPPED_CHANNEL", "DATABASE_ERRORS", "DATABASE_STARTING",
+           "DATABASE_UNAVAILABLE", "DONE_CHANNEL", "FINAL_STATES", "FLEET_CHANNEL", "INLINE_CAP",
+           "JOBS_CHANNEL", "STATES", "TOTAL_CAP", "ClaimedRow", "NewJob", "Principal", "Store",
+           "create_pool", "hash_token", "migrate"]

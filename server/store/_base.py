@@ -32,6 +32,7 @@ JOBS_CHANNEL = "tagrun_jobs"  # a tag's queue has new jobs; payload: the tag
 DONE_CHANNEL = "tagrun_done"  # a job ended; payload: its id
 CANCEL_CHANNEL = "tagrun_cancel"  # a running job is to be cancelled; payload: its id
 CAPPED_CHANNEL = "tagrun_capped"  # the caps changed: every replica re-reads them
+FLEET_CHANNEL = "tagrun_fleet"  # an agent or group was paused, resumed or asked to drain
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

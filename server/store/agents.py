@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from tagrun.server.errors import AgentNameTaken, NotFound
-from tagrun.server.store._base import StoreBase, iso
+from tagrun.server.store._base import FLEET_CHANNEL, StoreBase, iso
 from tagrun.server.store.leases import EXTENDED
 
 INSERT_SECRET = """
@@ -25,17 +25,32 @@ REVOKED_JTIS = """
 SELECT jti FROM agent_tokens WHERE revoked_at IS NOT NULL AND expires_at > now()"""
 # A name is the record of one token: another token may take it over only once the record is
 # stale (its agent gone); until then nothing is written and no row comes back.
-UPSERT_AGENT = """
-INSERT INTO workers (name, kind, grp, tags, ip, version, jti, via)
-VALUES ($1, 'agent', $2, $3, $4, $5, $6, $7)
-ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp,
-    tags = EXCLUDED.tags, ip = EXCLUDED.ip, version = EXCLUDED.version, jti = EXCLUDED.jti,
-    via = EXCLUDED.via, connected_at = now(), last_seen = now(), stale_reported = false,
-    stopped_at = NULL, stop_reason = NULL
-WHERE workers.jti IS NOT DISTINCT FROM EXCLUDED.jti
-   OR NOT EXISTS (SELECT 1 FROM workers_seen s WHERE s.name = EXCLUDED.name
-                  AND s.seen_at >= now() - make_interval(secs => $8::float8))
-RETURNING name"""
+# A drain asked of an agent ends when another process of that name (another session, $9)
+# connects: a service manager restarting a drained agent gets one that claims as usual. Then
+# every replica is told (it holds drains in memory).
+UPSERT_AGENT = f"""
+WITH old AS (SELECT drain_at IS NOT NULL AND session_key IS DISTINCT FROM $9 AS undrained
+             FROM workers WHERE name = $1),
+up AS (
+    INSERT INTO workers (name, kind, grp, tags, ip, version, jti, via, session_key)
+    VALUES ($1, 'agent', $2, $3, $4, $5, $6, $7, $9)
+    ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp,
+        tags = EXCLUDED.tags, ip = EXCLUDED.ip, version = EXCLUDED.version,
+        jti = EXCLUDED.jti, via = EXCLUDED.via, connected_at = now(), last_seen = now(),
+        stale_reported = false, stopped_at = NULL, stop_reason = NULL,
+        session_key = EXCLUDED.session_key,
+        drain_at = CASE WHEN workers.session_key IS DISTINCT FROM EXCLUDED.session_key
+                        THEN NULL ELSE workers.drain_at END,
+        drain_note = CASE WHEN workers.session_key IS DISTINCT FROM EXCLUDED.session_key
+                          THEN NULL ELSE workers.drain_note END
+    WHERE workers.jti IS NOT DISTINCT FROM EXCLUDED.jti
+       OR NOT EXISTS (SELECT 1 FROM workers_seen s WHERE s.name = EXCLUDED.name
+                      AND s.seen_at >= now() - make_interval(secs => $8::float8))
+    RETURNING name
+)
+SELECT up.name, coalesce(old.undrained, false) AS undrained,
+       CASE WHEN old.undrained THEN pg_notify('{FLEET_CHANNEL}', '') END
+FROM up LEFT JOIN old ON true"""
 NAME_HOLDER = "SELECT kind, grp FROM workers WHERE name = $1"
 # Agents that stopped being seen, each returned once (by one replica) until seen again; what
 # they ran is no longer theirs (their leases run out), so they count as running nothing.
@@ -73,17 +88,72 @@ FROM held h LEFT JOIN extended e ON e.n = h.n ORDER BY h.n"""
 # jobs, or live.
 LIST_WORKERS = """
 SELECT w.name, w.kind, w.grp, w.tags, w.ip, w.version, w.connected_at, s.seen_at AS last_seen,
-       w.active_count, w.jobs_executed, w.stopped_at, w.stop_reason,
+       w.active_count, w.jobs_executed, w.stopped_at, w.stop_reason, w.drain_note,
        CASE WHEN t.revoked_at IS NOT NULL THEN 'revoked'
             WHEN t.expires_at <= now() THEN 'expired' END AS token_problem,
        CASE WHEN t.revoked_at IS NOT NULL OR t.expires_at <= now() THEN 'token_revoked'
             WHEN w.stopped_at IS NOT NULL THEN 'stopped'
             WHEN s.seen_at < now() - make_interval(secs => $1::float8) THEN 'stale'
+            WHEN w.drain_at IS NOT NULL THEN 'draining'
+            WHEN p.paused OR g.grp IS NOT NULL THEN 'paused'
             WHEN w.active_count > 0 THEN 'busy'
-            ELSE 'live' END AS state
+            ELSE 'live' END AS state,
+       CASE WHEN p.paused THEN w.pause_note ELSE g.note END AS pause_note,
+       CASE WHEN p.paused THEN w.paused_by ELSE g.paused_by END AS paused_by,
+       CASE WHEN p.paused THEN w.paused_until ELSE g.paused_until END AS paused_until,
+       CASE WHEN p.paused THEN 'agent' WHEN g.grp IS NOT NULL THEN 'group' END AS paused_as
 FROM workers w JOIN workers_seen s ON s.name = w.name
+CROSS JOIN LATERAL (SELECT w.paused_at IS NOT NULL
+                           AND (w.paused_until IS NULL OR w.paused_until > now()) AS paused) p
 LEFT JOIN agent_tokens t ON w.kind = 'agent' AND t.jti = w.jti
+LEFT JOIN paused_groups g ON w.kind = 'agent' AND g.grp = w.grp
+                         AND (g.paused_until IS NULL OR g.paused_until > now())
 ORDER BY w.kind, w.grp, w.name LIMIT $2"""  # $2 NULL: every one
+# Steering (routes/fleet.py): each announces itself on FLEET_CHANNEL, so that every replica
+# re-reads FLEET_CONTROLS at once. $2: seconds the pause lasts (NULL: until resumed).
+PAUSE_AGENT = f"""
+WITH w AS (
+    UPDATE workers SET paused_at = now(), paused_until = now() + make_interval(secs => $2),
+                       pause_note = $3, paused_by = $4
+    WHERE name = $1 AND kind = 'agent' RETURNING name
+)
+SELECT name, pg_notify('{FLEET_CHANNEL}', '') FROM w"""
+RESUME_AGENT = f"""
+WITH w AS (
+    UPDATE workers SET paused_at = NULL, paused_until = NULL, pause_note = NULL, paused_by = NULL
+    WHERE name = $1 AND kind = 'agent' RETURNING name
+)
+SELECT name, pg_notify('{FLEET_CHANNEL}', '') FROM w"""
+DRAIN_AGENT = f"""
+WITH w AS (
+    UPDATE workers SET drain_at = now(), drain_note = $2
+    WHERE name = $1 AND kind = 'agent' AND stopped_at IS NULL RETURNING name
+)
+SELECT name, pg_notify('{FLEET_CHANNEL}', '') FROM w"""
+PAUSE_GROUP = f"""
+WITH g AS (
+    INSERT INTO paused_groups (grp, paused_until, note, paused_by)
+    VALUES ($1, now() + make_interval(secs => $2), $3, $4)
+    ON CONFLICT (grp) DO UPDATE SET paused_at = now(), paused_until = EXCLUDED.paused_until,
+                                    note = EXCLUDED.note, paused_by = EXCLUDED.paused_by
+    RETURNING grp
+)
+SELECT grp, pg_notify('{FLEET_CHANNEL}', '') FROM g"""
+RESUME_GROUP = f"""
+WITH g AS (DELETE FROM paused_groups WHERE grp = $1 RETURNING grp)
+SELECT grp, pg_notify('{FLEET_CHANNEL}', '') FROM g"""
+# What every replica keeps in memory (server/fleet_controls.py): pauses still in force, drains.
+FLEET_CONTROLS = """
+SELECT 'agent' AS scope, name AS target, paused_at IS NOT NULL
+           AND (paused_until IS NULL OR paused_until > now()) AS paused,
+       paused_until, drain_at IS NOT NULL AS drain
+FROM workers
+WHERE kind = 'agent' AND ((paused_at IS NOT NULL
+                           AND (paused_until IS NULL OR paused_until > now()))
+                          OR drain_at IS NOT NULL)
+UNION ALL
+SELECT 'group', grp, true, paused_until, false FROM paused_groups
+WHERE paused_until IS NULL OR paused_until > now()"""
 # The last act of an agent process that stops cleanly: only its own token's record.
 AGENT_GOODBYE = """
 UPDATE workers SET stopped_at = now(), stop_reason = $3, via = NULL, active_count = 0,
@@ -129,14 +199,17 @@ class Agents(StoreBase):
 
     async def upsert_agent(
         self, name: str, group: str, tags: Sequence[str], ip: str | None, version: str,
-        jti: str, via: str, *, stale_after_s: float,
-    ) -> None:
-        """Record an agent when server process `via` first sees it (not on every poll).
+        jti: str, via: str, *, stale_after_s: float, session_key: str | None = None,
+    ) -> bool:
+        """Record an agent when server process `via` first sees it (not on every poll); True
+        if that ended a drain asked of an earlier process of that name.
 
         A name whose record belongs to another token and is not stale is refused with
         AgentNameTaken, and that record is left as it was."""
-        written = await self.fetchval(UPSERT_AGENT, name, group, list(tags), ip, version, jti,
-                                      via, stale_after_s)
+        written = await self.fetchrow(UPSERT_AGENT, name, group, list(tags), ip, version, jti,
+                                      via, stale_after_s, session_key)
+        if written is not None:
+            return bool(written["undrained"])
         if written is None:
             holder = await self.fetchrow(NAME_HOLDER, name)
             what = (f"a live {holder['kind']} of group {holder['grp']!r}" if holder is not None
@@ -148,6 +221,24 @@ class Agents(StoreBase):
     async def agent_goodbye(self, name: str, jti: str, reason: str) -> bool:
         """Mark the agent `name` of token `jti` stopped; False if it has no such record."""
         return await self.fetchval(AGENT_GOODBYE, name, jti, reason) is not None
+
+    async def pause_agent(self, name: str, for_s: float | None, note: str, by: str) -> bool:
+        return await self.fetchval(PAUSE_AGENT, name, for_s, note, by) is not None
+
+    async def resume_agent(self, name: str) -> bool:
+        return await self.fetchval(RESUME_AGENT, name) is not None
+
+    async def drain_agent(self, name: str, note: str) -> bool:
+        return await self.fetchval(DRAIN_AGENT, name, note) is not None
+
+    async def pause_group(self, group: str, for_s: float | None, note: str, by: str) -> None:
+        await self.fetchval(PAUSE_GROUP, group, for_s, note, by)
+
+    async def resume_group(self, group: str) -> bool:
+        return await self.fetchval(RESUME_GROUP, group) is not None
+
+    async def fleet_controls(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.fetch(FLEET_CONTROLS)]
 
     async def worker_stopped(self, name: str, reason: str) -> None:
         await self.execute(WORKER_STOPPED, name, reason)

@@ -46,6 +46,7 @@ def _summary(fleet: dict[str, Any]) -> dict[str, int]:
         "live": sum(1 for a in agents if is_live(a)),
         "stale": sum(1 for a in agents if a["state"] == "stale"),
         "stopped": sum(1 for a in agents if a["state"] == "stopped"),
+        "paused": sum(1 for a in agents if a["state"] in ("paused", "draining")),
         "queued": sum(t["queued"] for t in fleet["tags"]),
         "running": sum(t["running"] for t in fleet["tags"]),
         "unserved": sum(1 for t in fleet["tags"] if t["queued"] and not t["live_workers"]),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import signal
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,4 +171,96 @@ def test_every_agent_is_listed_page_by_page_with_filters_and_totals(
         listed_rows = [line.split()[0] for line in table.splitlines()
                        if line.startswith("sim-")]
         assert listed_rows == [f"sim-{n:04d}" for n in range(1, 251) if n % 3 == 2]
-        assert "250 agents and workers: 225 live, 0 busy, 0 stopped, 25 stale" in table
+        assert ("250 agents and workers: 225 live, 0 busy, 0 paused, 0 draining, 0 stopped, "
+                "25 stale") in table
+
+
+def test_a_paused_agent_claims_nothing_until_resumed_and_a_pause_can_end_by_itself(
+        start_process: Any, database_url: str, tmp_path: Path) -> None:
+    server: TagrunProcess = start_process("server", database_url).wait_healthy()
+    with api_client(server.url) as api:
+        agent = AgentProcess(server.url, agent_token(api, ["paws"]), tmp_path, name="paws-1")
+        try:
+            wait_until(lambda: (a := listed(api, "paws-1")) is not None
+                       and a["state"] == "live", message="the agent to show live")
+            ok(run_cli("workers", "pause", "paws-1", "--note", "disk swap", url=server.url))
+            paused = listed(api, "paws-1")
+            assert paused is not None
+            assert (paused["state"], paused["pause_note"], paused["paused_by"],
+                    paused["paused_as"], paused["paused_until"]) == (
+                "paused", "disk swap", "superadmin", "agent", None)
+            # Its waiting claim was answered at once: the agent hears it is paused.
+            agent.wait_logged("agent.paused")
+            job = api.post("/api/w/default/jobs", json={
+                "language": "bash", "tag": "paws", "content": "echo ran"}).json()
+            # The agent keeps claiming (its claims wait out the pause without jobs): a while
+            # later the job has still not been handed to it. (A slow machine cannot make this
+            # fail: only a claim that ignored the pause could.)
+            time.sleep(1.5)
+            assert api.get(f"/api/w/default/jobs/{job['id']}").json()["status"] == "queued"
+            ok(run_cli("workers", "resume", "paws-1", url=server.url))
+            done = api.get(f"/api/w/default/jobs/{job['id']}", params={"wait_s": 20}).json()
+            assert (done["status"], done["worker"]) == ("succeeded", "paws-1")
+            agent.wait_logged("agent.resumed")
+
+            # A pause of the whole group, for 2 s: it ends by itself.
+            ok(run_cli("workers", "pause", "edge", "--group", "--note", "window", "--for", "2",
+                       url=server.url))
+            by_group = listed(api, "paws-1")
+            assert by_group is not None
+            assert (by_group["state"], by_group["paused_as"]) == ("paused", "group")
+            assert by_group["paused_until"] is not None
+            second = api.post("/api/w/default/jobs", json={
+                "language": "bash", "tag": "paws", "content": "echo again"}).json()
+            after = api.get(f"/api/w/default/jobs/{second['id']}", params={"wait_s": 30}).json()
+            assert after["status"] == "succeeded"
+            assert listed(api, "paws-1")["state"] == "live"  # type: ignore[index]
+            started = datetime.fromisoformat(after["started_at"])
+            assert started >= datetime.fromisoformat(by_group["paused_until"]), (
+                "the job started while its agent's group was paused")
+        finally:
+            agent.kill()
+
+
+def test_a_drained_agent_finishes_its_job_says_goodbye_and_exits_0(
+        start_process: Any, database_url: str, tmp_path: Path) -> None:
+    server: TagrunProcess = start_process("server", database_url).wait_healthy()
+    with api_client(server.url) as api:
+        token = agent_token(api, ["drainme"])
+        agent = AgentProcess(server.url, token, tmp_path, name="drain-1")
+        try:
+            marker = tmp_path / "started"
+            job = api.post("/api/w/default/jobs", json={
+                "language": "bash", "tag": "drainme",
+                "content": f"touch {marker}; sleep 2; echo finished"}).json()
+            wait_until(marker.exists, message="the job to start")
+            answer = api.post("/api/workers/drain-1/drain", json={"note": "retire host"})
+            assert answer.json() == {"name": "drain-1", "state": "draining"}
+            assert listed(api, "drain-1")["state"] == "draining"  # type: ignore[index]
+            assert agent.wait_exit(30) == 0
+            done = api.get(f"/api/w/default/jobs/{job['id']}").json()
+            assert (done["status"], done["result"]) == ("succeeded", "finished")
+            gone = listed(api, "drain-1")
+            assert gone is not None
+            assert (gone["state"], gone["stop_reason"]) == ("stopped", "drained")
+            agent.wait_logged("agent.drain_requested")
+        finally:
+            agent.kill()
+        # Started again (as a service manager would), it is a new process: it claims as usual.
+        again = AgentProcess(server.url, token, tmp_path / "again", name="drain-1")
+        try:
+            rerun = api.post("/api/w/default/jobs", json={
+                "language": "bash", "tag": "drainme", "content": "echo back"}).json()
+            done = api.get(f"/api/w/default/jobs/{rerun['id']}", params={"wait_s": 20}).json()
+            assert (done["status"], done["worker"]) == ("succeeded", "drain-1")
+            assert listed(api, "drain-1")["state"] in ("live", "busy")  # type: ignore[index]
+            assert again.proc.poll() is None
+        finally:
+            again.kill()
+        assert api.post("/api/workers/nobody/drain", json={}).status_code == 404
+        assert api.post("/api/workers/drain-1/pause", json={}).status_code == 400  # no note
+        assert api.post("/api/workers/drain-1/pause",
+                        json={"note": "x", "for_s": -1}).status_code == 400
+        with api_client(server.url, agent_token(api, ["x"])) as agent_api:
+            # An agent token opens no steering route.
+            assert agent_api.post("/api/workers/drain-1/resume").status_code in (401, 403)

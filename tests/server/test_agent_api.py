@@ -105,7 +105,8 @@ def test_an_agent_never_receives_jobs_of_other_tags(
     api: httpx.Client, agent: httpx.Client, tag: str
 ) -> None:
     other = submit(api, unique_tag())
-    assert agent.post(CLAIM, json={"name": "a3", "wait_s": 0.5}).json() == {"jobs": []}
+    claimed = agent.post(CLAIM, json={"name": "a3", "wait_s": 0.5}).json()
+    assert claimed == {"jobs": [], "paused": False, "drain": False}
     assert api.get(f"/api/w/default/jobs/{other}").json()["status"] == "queued"
     api.post(f"/api/w/default/jobs/{other}/cancel")
 
@@ -121,7 +122,7 @@ def test_full_cycle_logs_heartbeat_complete(
                                            "data": data})
         assert response.status_code == 200, response.text
     beat = agent.post(HEARTBEAT, json={"name": "a4", "running": [{"id": job_id, "attempt": 1}]})
-    assert beat.json() == {"cancel": [], "lost": []}
+    assert beat.json() == {"cancel": [], "lost": [], "drain": False}
     done = f"/api/w/default/agent_workers/jobs/{job_id}/complete"
     body = {"attempt": job["attempt"], "status": "succeeded", "result": {"n": 1}}
     assert agent.post(done, json=body).json() == {"status": "succeeded"}
@@ -141,7 +142,7 @@ def test_cancel_reaches_the_agent_at_its_heartbeat(
     api.post(f"/api/w/default/jobs/{job_id}/cancel")
     beat = agent.post(HEARTBEAT, json={"name": "a5", "running": [{"id": job_id, "attempt": 1},
                                                                    {"id": 999999, "attempt": 1}]})
-    assert beat.json() == {"cancel": [job_id], "lost": [999999]}
+    assert beat.json() == {"cancel": [job_id], "lost": [999999], "drain": False}
 
 
 def test_release_gives_the_job_back_without_using_an_attempt(
@@ -400,7 +401,7 @@ def test_a_job_asks_for_its_own_lease_and_the_agent_is_told_to_renew_it_in_time(
         assert 880 < row["left_s"] <= 900
         beat = agent.post(HEARTBEAT, json={"name": f"lease-{tag}",
                                            "running": [{"id": job_id, "attempt": 1}]})
-        assert beat.json() == {"cancel": [], "lost": []}
+        assert beat.json() == {"cancel": [], "lost": [], "drain": False}
         [row] = query(server.database_url, "SELECT extract(epoch FROM lease_expires_at - now())"
                       " AS left_s FROM jobs WHERE id = $1", job_id)
         assert 880 < row["left_s"] <= 900  # renewed for the job's lease, not the server's 60 s

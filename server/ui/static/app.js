@@ -127,6 +127,20 @@
   }
 
   onClick("[data-api-post]", (e, b) => act(b, "POST", b.dataset.apiPost));
+  // Pause and drain ask why first (the note is shown with the agent's state).
+  onClick("[data-api-note]", async (e, button) => {
+    const note = window.prompt(button.dataset.prompt || "Why?");
+    if (note === null) return;
+    button.disabled = true;
+    try {
+      await api("POST", button.dataset.apiNote, { note: note.trim() });
+      toast(button.textContent.trim() + ": done", "ok");
+      await refreshNow();
+    } catch (error) {
+      toast(error.message, "error");
+      button.disabled = false;
+    }
+  });
   onClick("[data-api-delete]", (e, b) => act(b, "DELETE", b.dataset.apiDelete));
 
   // ---- workspace picker -------------------------------------------------------------------
