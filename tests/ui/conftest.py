@@ -21,7 +21,7 @@ from tests.support.database import DatabaseFactory
 from tests.support.processes import SUPERADMIN, TagrunProcess, api_client
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Dialog, Page
 
 CHROMIUM = Path(os.environ.get("TAGRUN_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -88,12 +88,28 @@ def page(browser: Browser, ui_server: TagrunProcess) -> Iterator[Page]:
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text)
             if msg.type == "error" and not msg.text.startswith(tuple(allowed)) else None)
-    page.on("dialog", lambda dialog: dialog.accept() if dialog.type == "confirm"
-            else errors.append(f"unexpected {dialog.type}: {dialog.message}"))
+
+    def on_dialog(dialog: Dialog) -> None:
+        if dialog.type == "confirm":
+            dialog.accept()
+        elif dialog.type == "prompt" and id(page) in PROMPT_ANSWERS:
+            dialog.accept(PROMPT_ANSWERS[id(page)])
+        else:
+            errors.append(f"unexpected {dialog.type}: {dialog.message}")
+    page.on("dialog", on_dialog)
     yield page
+    PROMPT_ANSWERS.pop(id(page), None)
     context.close()
     del EXPECTED_CONSOLE_ERRORS[id(page)]
     assert not errors, f"the page reported errors: {errors}"
+
+
+PROMPT_ANSWERS: dict[int, str] = {}
+
+
+def answer_prompts(page: Page, text: str) -> None:
+    """From now on, the page's prompts (a pause's note, say) are answered with `text`."""
+    PROMPT_ANSWERS[id(page)] = text
 
 
 def expect_console_errors(page: Page, prefix: str) -> None:

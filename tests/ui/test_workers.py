@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.support.processes import AgentProcess, TagrunProcess
-from tests.ui.conftest import screenshot, sign_in, submit
+from tests.support.processes import AgentProcess, TagrunProcess, agent_token
+from tests.ui.conftest import answer_prompts, screenshot, sign_in, submit
 
 
 def mint_in_drawer(page: Page, group: str, tags: str) -> str:
@@ -120,3 +120,29 @@ def test_settings_are_edited_in_place(page: Page, api: httpx.Client) -> None:
     assert api.get("/api/settings").json()["settings"]["task_inline_max_concurrent"] == 7
     assert api.put("/api/settings", json={"key": "task_inline_max_concurrent",
                                           "value": 0}).status_code == 200
+
+
+def test_pause_resume_and_drain_an_agent_from_the_workers_page(
+        page: Page, ui_server: TagrunProcess, api: httpx.Client, tmp_path: Path) -> None:
+    group, tag = f"steer-{uuid.uuid4().hex[:6]}", f"ui-{uuid.uuid4().hex[:6]}"
+    sign_in(page)
+    agent = AgentProcess(ui_server.url, agent_token(api, [tag], group), tmp_path,
+                         name=f"agent-{group}")
+    try:
+        page.goto("/workers")
+        row = page.locator(f"#agents tr[data-agent='{agent.name}']")
+        status = row.locator("[data-agent-status]")
+        expect(status).to_have_text("live")
+        answer_prompts(page, "disk swap")
+        row.get_by_role("button", name="Pause").click()
+        expect(status).to_contain_text("paused")
+        expect(status).to_contain_text("disk swap")
+        row.get_by_role("button", name="Resume").click()
+        expect(status).to_have_text("live")
+        answer_prompts(page, "retire host")
+        row.get_by_role("button", name="Drain").click()
+        assert agent.wait_exit(30) == 0  # it said goodbye: stopped, not stale
+        expect(status).to_have_text("stopped")
+        expect(row.get_by_role("button")).to_have_count(0)  # nothing to steer any more
+    finally:
+        agent.kill()
