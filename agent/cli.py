@@ -79,6 +79,15 @@ def agent(
         help="While the server is out of reach, each job's log waits on disk in the work "
              "directory up to this much; past it output is dropped with a marker "
              "(default: 64).")] = None,
+    exit_after_jobs: Annotated[str | None, typer.Option(
+        "--exit-after-jobs", envvar="AGENT_EXIT_AFTER_JOBS", metavar="N", show_envvar=True,
+        help="Ephemeral: after N jobs, claim no more, finish them, say goodbye and exit 0.")
+    ] = None,
+    exit_after_idle_s: Annotated[str | None, typer.Option(
+        "--exit-after-idle-s", envvar="AGENT_EXIT_AFTER_IDLE_S", metavar="SECONDS",
+        show_envvar=True,
+        help="Ephemeral: after this long with no job to run, say goodbye and exit 0.")
+    ] = None,
     ca_file: Annotated[str | None, typer.Option(
         "--ca-file", envvar="AGENT_CA_FILE", metavar="PATH", show_envvar=True,
         help="CA bundle to verify the server with (else SSL_CERT_FILE or the system's).")
@@ -114,7 +123,8 @@ def agent(
         "AGENT_JOB_USER": job_user,
         "AGENT_DRAIN_TIMEOUT_S": drain_timeout_s, "AGENT_POLL_WAIT_S": poll_wait_s,
         "AGENT_LOG_SPOOL_MB": log_spool_mb, "AGENT_CA_FILE": ca_file,
-        "AGENT_ALLOW_INSECURE": allow_insecure,
+        "AGENT_ALLOW_INSECURE": allow_insecure, "AGENT_EXIT_AFTER_JOBS": exit_after_jobs,
+        "AGENT_EXIT_AFTER_IDLE_S": exit_after_idle_s,
     }
     try:
         config = load_config(values)

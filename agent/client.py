@@ -127,6 +127,7 @@ class AgentClient:
         # whether an operator asked it to drain (it stays so).
         self.paused = False
         self.drain_requested = False
+        self.server: dict[str, Any] | None = None  # from the first answered claim
         self._http = httpx.AsyncClient(
             base_url=base_url,
             # The session makes this process a holder of its own: the server records it with
@@ -156,6 +157,9 @@ class AgentClient:
         answer = await self._post("/api/agent_workers/claim", body, stop_never, timeout)
         self.paused = answer.get("paused") is True
         self.drain_requested |= answer.get("drain") is True
+        if self.server is None:  # the first answered claim: who the server takes us for
+            self.server = {"group": answer.get("group"), "tags": answer.get("tags"),
+                           "server_version": answer.get("server_version")}
         # Each job is read on its own (wire.claimed_job): one malformed job costs only itself.
         jobs = answer.get("jobs")
         return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []

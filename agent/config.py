@@ -44,6 +44,9 @@ class AgentConfig:
     log_spool_bytes: int = DEFAULT_LOG_SPOOL_MB << 20
     ca_file: Path | None = None
     job_user: JobUser | None = None  # POSIX: jobs run as this user, not as the agent's
+    # Ephemeral agents: exit 0 (saying goodbye) after this many jobs, or this long idle.
+    exit_after_jobs: int | None = None
+    exit_after_idle_s: float | None = None
 
 
 def _log_warning(message: str) -> None:
@@ -75,6 +78,11 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
                             * (1 << 20)),
         ca_file=_ca_file(v.get("AGENT_CA_FILE")),
         job_user=job_user,
+        exit_after_jobs=int(_number(v, "AGENT_EXIT_AFTER_JOBS", 0, low=1, high=10**9,
+                                    whole=True)) or None
+        if "AGENT_EXIT_AFTER_JOBS" in v else None,
+        exit_after_idle_s=_number(v, "AGENT_EXIT_AFTER_IDLE_S", 0, low=1.0, high=None)
+        if "AGENT_EXIT_AFTER_IDLE_S" in v else None,
     )
 
 

@@ -63,6 +63,8 @@ class Agent:
         self._fatal: Fatal | None = None
         self._claimed = False  # it has asked for jobs: the server has (or may have) its record
         self._stop_reason = "stopped"
+        self._jobs_taken = 0  # jobs started (AGENT_EXIT_AFTER_JOBS counts them)
+        self._connected_logged = False
         self._was_paused = False
         self._heartbeats: asyncio.Task[None] | None = None
         self._work_root = config.work_dir or Path(tempfile.gettempdir())  # set by run()
@@ -193,18 +195,39 @@ class Agent:
 
     async def _claim_loop(self) -> None:
         slot_freed = self._holder.slot_freed
+        idle_since = time.monotonic()
         while not self._stopping.is_set():
             slot_freed.clear()
             free = self.config.slots - len(self._holder)
+            if self.config.exit_after_jobs is not None:
+                left = self.config.exit_after_jobs - self._jobs_taken
+                if left <= 0:  # ephemeral: its last jobs run to their end, then it stops
+                    while self._holder.runs and not self._stopping.is_set():
+                        slot_freed.clear()
+                        await self._unless_stopping(asyncio.create_task(slot_freed.wait()))
+                    if not self._stopping.is_set():
+                        self.request_stop("exit_after_jobs")
+                    break
+                free = min(free, left)
             if free <= 0:
                 await self._unless_stopping(asyncio.create_task(slot_freed.wait()))
+                idle_since = time.monotonic()
                 continue
+            wait_s = self.config.poll_wait_s
+            if self.config.exit_after_idle_s is not None and not self._holder.runs:
+                idle_left = idle_since + self.config.exit_after_idle_s - time.monotonic()
+                if idle_left <= 0:
+                    self.request_stop("idle")
+                    break
+                wait_s = max(min(wait_s, idle_left), 1.0)
             started = time.monotonic()
-            jobs = await self._claim(free)
+            jobs = await self._claim(free, wait_s)
+            if jobs or self._holder.runs:
+                idle_since = time.monotonic()
             self._heard()
             if jobs:
                 log.info("agent.claimed", extra={"jobs": [j.get("id") for j in jobs]})
-            elif time.monotonic() - started < self.config.poll_wait_s / 2:
+            elif time.monotonic() - started < wait_s / 2:
                 # An empty answer long before the wait was up (a server going away, say):
                 # pause a moment rather than ask again in a tight loop.
                 await self._unless_stopping(asyncio.create_task(asyncio.sleep(EMPTY_PAUSE_S)))
@@ -213,6 +236,10 @@ class Agent:
 
     def _heard(self) -> None:
         """Act on what the server last said of this agent: paused, or asked to drain."""
+        if self._client.server is not None and not self._connected_logged:
+            self._connected_logged = True
+            log.info("agent.connected", extra={"agent": self.config.name,
+                                               **self._client.server})
         if self._client.paused != self._was_paused:
             self._was_paused = self._client.paused
             log.info("agent.paused" if self._client.paused else "agent.resumed",
@@ -222,8 +249,8 @@ class Agent:
                                                      "running": len(self._holder)})
             self.request_stop("drained")
 
-    async def _claim(self, free: int) -> list[dict[str, Any]]:
-        claim = asyncio.create_task(self._client.claim(free, self.config.poll_wait_s))
+    async def _claim(self, free: int, wait_s: float) -> list[dict[str, Any]]:
+        claim = asyncio.create_task(self._client.claim(free, wait_s))
         # A claim answered as the stop came is kept: its jobs run, then drain like the rest.
         return claim.result() if await self._unless_stopping(claim) else []
 
@@ -247,6 +274,7 @@ class Agent:
             log.error("job.malformed", extra={"error": str(exc), "job_id": raw.get("id")})
             return
         self._holder.start(job)
+        self._jobs_taken += 1
         self._job_started.set()
         if job.ack_s is not None:
             self._unacked[job.id] = job.ack_s

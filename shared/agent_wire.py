@@ -165,6 +165,11 @@ class Claimed(_Answer, frozen=True):
     jobs: list[AgentJob]
     paused: Paused = False
     drain: Drain = False
+    # Who the server takes the agent for (its token's group and tags), and its version: the
+    # agent logs them once, at its first answered claim (agent.connected).
+    group: str | None = None
+    tags: list[str] | None = None
+    server_version: str | None = None
 
 
 class HeartbeatOut(_Answer, frozen=True):

@@ -46,6 +46,7 @@ from tagrun.shared.agent_wire import (
     Released,
     ReleaseIn,
 )
+from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.agents")
 
@@ -95,13 +96,14 @@ async def claim(request: Request) -> Response:
     ack_s = state.config.claim_ack_s if acks and state.config.claim_ack_s else None
     controls: FleetControls = state.controls
     if controls.draining(body.name):
-        return JSON(Claimed(jobs=[], drain=True))
+        return JSON(Claimed(jobs=[], drain=True, **_who(agent)))
     wait_s = await until_disconnect(request, _unpaused(controls, body.name, agent.group,
                                                         body.wait_s))
     if wait_s is None:
         return Response(status_code=499)
     if wait_s <= 0 or controls.draining(body.name):  # paused all the claim's wait, or drained
-        return JSON(Claimed(jobs=[], paused=wait_s <= 0, drain=controls.draining(body.name)))
+        return JSON(Claimed(jobs=[], paused=wait_s <= 0, drain=controls.draining(body.name),
+                            **_who(agent)))
     try:
         jobs = await until_disconnect(request, state.dispatcher.claim(
             body.name, agent.tags, body.slots, wait_s, agent.jti, agent.key, ack_s,
@@ -114,10 +116,14 @@ async def claim(request: Request) -> Response:
     if not jobs and (controls.paused_for(body.name, agent.group) is not None
                      or controls.draining(body.name)):  # paused or drained while it waited
         return JSON(Claimed(jobs=[], paused=not controls.draining(body.name),
-                            drain=controls.draining(body.name)))
+                            drain=controls.draining(body.name), **_who(agent)))
     config: ServerConfig = state.config
     return JSON(Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s)
-                              for j in jobs]))
+                              for j in jobs], **_who(agent)))
+
+
+def _who(agent: AgentIdentity) -> dict[str, Any]:
+    return {"group": agent.group, "tags": list(agent.tags), "server_version": __version__}
 
 
 async def _unpaused(controls: FleetControls, name: str, group: str, wait_s: float) -> float:

@@ -135,7 +135,8 @@ class FakeServer:
             # Held open like the real long-poll; the agent cancels it when it stops.
             await asyncio.sleep(body["wait_s"])
         handed, self.jobs = self.jobs[: body["slots"]], self.jobs[body["slots"]:]
-        return httpx.Response(200, json={"jobs": handed})
+        return httpx.Response(200, json={"jobs": handed, "group": "edge", "tags": ["bash"],
+                                         "server_version": "9.9.9"})
 
     def _append_logs(self, job_id: int, body: dict[str, Any]) -> httpx.Response:
         text = self.logs.get(job_id, "")

@@ -13,7 +13,8 @@ import pytest
 from tenacity import stop_after_attempt, wait_none
 
 from tagrun.agent.client import AgentClient, RetryPolicy
-from tagrun.agent.config import AgentConfig
+from tagrun.agent.config import AgentConfig, load_config
+from tagrun.agent.errors import ConfigError
 from tagrun.agent.runner import Agent
 from tests.agent.conftest import CapturedLog
 from tests.agent.fakes import TOKEN, FakeServer, error, job
@@ -389,3 +390,56 @@ def test_a_stop_during_the_init_script_ends_it(tmp_path: Path) -> None:
     assert run(agent, handle_signals=True) == 0
 
     assert fake.requests == []
+
+
+def test_an_ephemeral_agent_runs_n_jobs_to_their_end_then_says_goodbye(tmp_path: Path) -> None:
+    fake = FakeServer(jobs=[job(1, "sleep 0.3; echo one"), job(2, "echo two"),
+                            job(3, "echo three")])
+    agent = make_agent(fake, tmp_path, slots=4, exit_after_jobs=2, drain_timeout_s=0.05)
+
+    assert run(agent) == 0
+
+    assert sorted(fake.completions) == [1, 2]  # both ran to the end (no drain kill)
+    assert [j["id"] for j in fake.jobs] == [3]  # the third was never claimed
+    claims = [body for path, body in fake.requests if path.endswith("/claim")]
+    assert claims and all(c.get("slots", 1) <= 2 for c in claims)
+    assert fake.requests[-1] == ("/api/agent_workers/goodbye",
+                                 {"name": "agent-1", "reason": "exit_after_jobs"})
+    assert fake.released == []
+
+
+def test_an_idle_ephemeral_agent_exits_after_its_idle_time(tmp_path: Path) -> None:
+    fake = FakeServer()
+    agent = make_agent(fake, tmp_path, exit_after_idle_s=1.0, poll_wait_s=25.0)
+
+    assert run(agent) == 0
+
+    claims = [body for path, body in fake.requests if path.endswith("/claim")]
+    assert claims and all(c["wait_s"] <= 1.0 for c in claims)  # it did not wait 25 s
+    assert fake.requests[-1] == ("/api/agent_workers/goodbye",
+                                 {"name": "agent-1", "reason": "idle"})
+
+
+def test_ephemeral_settings_are_checked_and_named(tmp_path: Path) -> None:
+    base = {"AGENT_TOKEN": TOKEN, "BASE_INTERNAL_URL": "http://127.0.0.1:1"}
+    config = load_config({**base, "AGENT_EXIT_AFTER_JOBS": "1", "AGENT_EXIT_AFTER_IDLE_S": "30"})
+    assert (config.exit_after_jobs, config.exit_after_idle_s) == (1, 30.0)
+    assert (load_config(base).exit_after_jobs, load_config(base).exit_after_idle_s) == (None,
+                                                                                       None)
+    for name, bad in (("AGENT_EXIT_AFTER_JOBS", "0"), ("AGENT_EXIT_AFTER_JOBS", "two"),
+                      ("AGENT_EXIT_AFTER_IDLE_S", "0.5")):
+        with pytest.raises(ConfigError, match=name):
+            load_config({**base, name: bad})
+
+
+def test_the_agent_says_once_who_the_server_takes_it_for(
+        tmp_path: Path, agent_log: CapturedLog) -> None:
+    fake = FakeServer(jobs=[job(1, "echo one"), job(2, "echo two")])
+    agent = make_agent(fake, tmp_path, exit_after_jobs=2)
+
+    assert run(agent) == 0
+
+    [connected] = [e for e in agent_log.events() if e["event"] == "agent.connected"]
+    assert (connected["agent"], connected["group"], connected["tags"],
+            connected["server_version"]) == ("agent-1", "edge", ["bash"], "9.9.9")
+    assert fake.claims >= 1
