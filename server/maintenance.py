@@ -94,9 +94,15 @@ async def expire_leases_once(store: Store) -> None:
         events.lease_expired(job_id, status)
 
 
-async def report_stale_agents(store: Store, stale_after_s: float) -> None:
+async def report_stale_agents(store: Store, stale_after_s: float,
+                              fold_after_s: float | None = None) -> None:
+    """`fold_after_s`: inline workers not seen this long (or stopped) are deleted; longer than
+    a live one's heartbeat could ever leave it (the runtime gives 3 leases at least)."""
     for agent in await store.mark_stale_agents(stale_after_s):
         log.warning("agent.stale", extra={**agent, "stale_after_s": stale_after_s})
+    folded = await store.fold_inline_workers(fold_after_s or stale_after_s)
+    if folded:  # dead server processes' own workers: not something to keep listing
+        log.info("maintenance.inline_workers_folded", extra={"workers": folded})
 
 
 async def vacuum_queue(store: Store) -> None:
@@ -105,14 +111,15 @@ async def vacuum_queue(store: Store) -> None:
         log.info("maintenance.queue_vacuumed", extra={"dead_rows": dead})
 
 
-async def run_maintenance(store: Store, stop: asyncio.Event, *, stale_after_s: float) -> None:
+async def run_maintenance(store: Store, stop: asyncio.Event, *, stale_after_s: float,
+                          fold_after_s: float | None = None) -> None:
     stale_checked = vacuumed = 0.0
     while not stop.is_set():
         try:
             await expire_leases_once(store)
             if time.monotonic() - stale_checked >= STALE_CHECK_INTERVAL_S:
                 stale_checked = time.monotonic()
-                await report_stale_agents(store, stale_after_s)
+                await report_stale_agents(store, stale_after_s, fold_after_s)
             if time.monotonic() - vacuumed >= QUEUE_VACUUM_INTERVAL_S:
                 vacuumed = time.monotonic()
                 await vacuum_queue(store)

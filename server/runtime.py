@@ -166,7 +166,8 @@ async def _run_parts(
             ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
         ))
         tasks.append(asyncio.create_task(run_maintenance(
-            store, stop, stale_after_s=config.stale_after_s), name="maintenance"))
+            store, stop, stale_after_s=config.stale_after_s,
+            fold_after_s=max(config.stale_after_s, 3 * config.lease_s)), name="maintenance"))
         scheduler = Scheduler(store, config.lease_bounds)
         await scheduler.seed_builtins()  # listed from the first request on
         tasks.append(asyncio.create_task(scheduler.run(stop), name="scheduler"))

@@ -154,6 +154,13 @@ WHERE kind = 'agent' AND ((paused_at IS NOT NULL
 UNION ALL
 SELECT 'group', grp, true, paused_until, false FROM paused_groups
 WHERE paused_until IS NULL OR paused_until > now()"""
+# A standalone server's inline worker lives and dies with its process (and has a name of its
+# own each start): once stopped or stale, its record is folded away rather than piling up.
+FOLD_INLINE_WORKERS = """
+DELETE FROM workers w USING workers_seen s
+WHERE s.name = w.name AND w.kind = 'inline'
+  AND (w.stopped_at IS NOT NULL OR s.seen_at < now() - make_interval(secs => $1::float8))
+RETURNING w.name"""
 # The last act of an agent process that stops cleanly: only its own token's record.
 AGENT_GOODBYE = """
 UPDATE workers SET stopped_at = now(), stop_reason = $3, via = NULL, active_count = 0,
@@ -242,6 +249,10 @@ class Agents(StoreBase):
 
     async def worker_stopped(self, name: str, reason: str) -> None:
         await self.execute(WORKER_STOPPED, name, reason)
+
+    async def fold_inline_workers(self, stale_after_s: float) -> list[str]:
+        """Delete the records of inline workers that stopped or went stale; their names."""
+        return [r["name"] for r in await self.fetch(FOLD_INLINE_WORKERS, stale_after_s)]
 
     async def mark_stale_agents(self, stale_after_s: float) -> list[dict[str, Any]]:
         """Agents not seen for `stale_after_s`, each returned once until it is seen again."""

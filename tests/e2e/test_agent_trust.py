@@ -186,7 +186,7 @@ def test_an_attackers_heartbeat_extends_no_lease(
             attacker.post(HEARTBEAT, {"name": name, "running": [{"id": job_id, "attempt": 1}]})
     assert job_row(database_url, job_id)["lease_expires_at"] == expires
     mine = holder.post(HEARTBEAT, {"name": "holder-h", "running": [{"id": job_id, "attempt": 1}]})
-    assert mine.json() == {"cancel": [], "lost": []}
+    assert mine.json() == {"cancel": [], "lost": [], "drain": False}
     assert job_row(database_url, job_id)["lease_expires_at"] > expires
 
 

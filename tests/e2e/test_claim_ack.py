@@ -119,7 +119,7 @@ def test_a_late_acknowledgement_is_refused_and_changes_nothing(
         assert api.get(f"/api/w/default/jobs/{job_id}").json()["attempt"] == 0
         late = silent.post("/api/agent_workers/heartbeat", json={
             "name": "silent", "running": [{"id": job_id, "attempt": 1}]}).json()
-        assert late == {"cancel": [], "lost": [job_id]}
+        assert late == {"cancel": [], "lost": [job_id], "drain": False}
         logs = silent.post(f"/api/w/default/agent_workers/jobs/{job_id}/logs", json={
             "name": "silent", "attempt": 1, "offset": 0, "data": "late\n"})
         assert logs.status_code == 409 and logs.json()["error"]["code"] == "lease_lost"

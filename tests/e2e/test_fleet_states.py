@@ -264,3 +264,28 @@ def test_a_drained_agent_finishes_its_job_says_goodbye_and_exits_0(
         with api_client(server.url, agent_token(api, ["x"])) as agent_api:
             # An agent token opens no steering route.
             assert agent_api.post("/api/workers/drain-1/resume").status_code in (401, 403)
+
+
+def test_inline_workers_of_dead_standalone_servers_are_folded_away(
+        start_process: Any, database_url: str) -> None:
+    # Inline workers not seen for 3 leases (9 s) are folded; their heartbeat is 0.5 s.
+    env = {"TAGRUN_STALE_AFTER_S": "6", "TAGRUN_LEASE_S": "3", "TAGRUN_HEARTBEAT_S": "0.5"}
+    first: TagrunProcess = start_process("standalone", database_url, env=env).wait_healthy()
+    with api_client(first.url) as api:
+        [stopped] = [a["name"] for a in api.get("/api/workers").json()["agents"]
+                     if a["kind"] == "worker"]
+    assert first.stop() == 0
+    second: TagrunProcess = start_process("standalone", database_url, env=env).wait_healthy()
+    with api_client(second.url) as api:
+        def inline() -> list[str]:
+            return [a["name"] for a in api.get("/api/workers").json()["agents"]
+                    if a["kind"] == "worker"]
+        wait_until(lambda: stopped not in inline(), message="the stopped one to be folded")
+        [crashed] = inline()
+    second.kill()  # kill -9: its inline worker just stops being seen
+    third: TagrunProcess = start_process("standalone", database_url, env=env).wait_healthy()
+    with api_client(third.url) as api:
+        wait_until(lambda: crashed not in inline() and len(inline()) == 1, 30,
+                   message="the dead process's inline worker to be folded once stale")
+        assert inline() != [] and crashed not in inline()
+        third.wait_logged("maintenance.inline_workers_folded")

@@ -12,6 +12,7 @@ import httpx
 import jwt
 import pytest
 
+from tagrun.shared.version import __version__
 from tests.support.database import query
 from tests.support.processes import SUPERADMIN, TagrunProcess, api_client, wait_until
 
@@ -106,7 +107,8 @@ def test_an_agent_never_receives_jobs_of_other_tags(
 ) -> None:
     other = submit(api, unique_tag())
     claimed = agent.post(CLAIM, json={"name": "a3", "wait_s": 0.5}).json()
-    assert claimed == {"jobs": [], "paused": False, "drain": False}
+    assert claimed == {"jobs": [], "paused": False, "drain": False, "group": "edge",
+                       "tags": [tag], "server_version": __version__}
     assert api.get(f"/api/w/default/jobs/{other}").json()["status"] == "queued"
     api.post(f"/api/w/default/jobs/{other}/cancel")
 
