@@ -68,6 +68,10 @@ MIX = {"identity": 20, "bash": 32, "python": 15, "chatty": 10, "fails_first": 10
        "capped": 10, "slow": 3}
 FAULTS = ("kill_agent", "kill_worker", "kill_replica", "restart_postgres", "partition_short",
           "partition_long")
+# Faults on a holder (an agent, a direct worker, an agent's link): when none runs a job, the
+# chaos waits up to HOLDER_WAIT_S for one that does.
+HOLDER_FAULTS = ("kill_agent", "kill_worker", "partition_short", "partition_long")
+HOLDER_WAIT_S = 3.0
 PROBLEMS = ("lost", "not_submitted", "stuck", "failed_wrongly", "recorded_twice",
             "attempts_inconsistent", "result_wrong", "log_lost", "log_wrong", "log_duplicated",
             "log_truncated", "log_api_mismatch", "cap_exceeded", "unexpected_exit", "http_500",
@@ -391,9 +395,14 @@ class Chaos:
             if time.monotonic() >= until:
                 return
             turn = turn or self.rng.sample(self.kinds, len(self.kinds))
-            self.start(turn.pop())
+            kind = turn.pop()
+            if kind in HOLDER_FAULTS:  # a fault on an idle holder tests little: wait a moment
+                wait_until = time.monotonic() + HOLDER_WAIT_S
+                while not self._holding(self._free(kind)) and time.monotonic() < wait_until:
+                    await asyncio.sleep(0.05)
+            self.start(kind)
 
-    def start(self, kind: str) -> None:
+    def _free(self, kind: str) -> list[str]:
         targets = {
             "kill_agent": [m.label for m in self.fleet.agents],
             "kill_worker": [m.label for m in self.fleet.workers],
@@ -401,13 +410,20 @@ class Chaos:
             else [m.label for m in self.fleet.replicas],
             "restart_postgres": ["postgres"],
         }.get(kind, list(self.fleet.proxies))
-        free = [t for t in targets if t not in self.busy]
+        return [t for t in targets if t not in self.busy]
+
+    def _holding(self, targets: list[str]) -> list[str]:
+        """Those of `targets` running jobs as last sampled (a proxy by its agent's name)."""
+        return [t for t in targets if self.run.holding.get(t.rpartition("-")[2])]
+
+    def start(self, kind: str) -> None:
+        free = self._free(kind)
         if not free:
             return
         # A holder running jobs, when there is one: a fault on an idle one tests little.
-        holding = [t for t in free if self.run.holding.get(t.rpartition("-")[2])]
-        target = self.rng.choice(holding or free)
-        entry: dict[str, Any] = {"t": self.run.at(), "kind": kind, "target": target}
+        target = self.rng.choice(self._holding(free) or free)
+        entry: dict[str, Any] = {"t": self.run.at(), "kind": kind, "target": target,
+                                 "held": self.run.holding.get(target.rpartition("-")[2], 0)}
         self.run.faults.append(entry)
         self.busy.add(target)
         fault: Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]] = getattr(self, kind)

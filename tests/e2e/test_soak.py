@@ -48,5 +48,8 @@ def test_a_minute_of_chaos_loses_no_job_no_result_and_no_log() -> None:
     kinds = set(summary["faults"]["by_kind"])
     assert {"kill_agent", "kill_replica", "restart_postgres"} <= kinds, shown
     assert len(kinds) >= 5, shown
-    # The faults hit running jobs (their holders' leases ran out), not only idle processes.
-    assert summary["failed_attempts"].get("lease_expired", 0) >= 1, shown
+    # The faults hit running jobs, not only idle processes: holders were killed or cut off
+    # while they held jobs (what became of those jobs is checked above: none was lost).
+    hits = [f for f in summary["faults"]["log"]
+            if f["kind"] in ("kill_agent", "kill_worker", "partition_long") and f.get("held")]
+    assert hits, shown
