@@ -12,8 +12,10 @@ from typing import Annotated, Any
 
 import msgspec
 
-AgentName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}\Z")]
-Group = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")]
+AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}\Z"
+GROUP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z"
+AgentName = Annotated[str, msgspec.Meta(pattern=AGENT_NAME_PATTERN)]
+Group = Annotated[str, msgspec.Meta(pattern=GROUP_PATTERN)]
 JobId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
 Attempt = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 

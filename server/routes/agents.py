@@ -97,13 +97,15 @@ async def claim(request: Request) -> Response:
     controls: FleetControls = state.controls
     if controls.draining(body.name):
         return JSON(Claimed(jobs=[], drain=True, **_who(agent)))
-    wait_s = await until_disconnect(request, _unpaused(controls, body.name, agent.group,
-                                                        body.wait_s))
-    if wait_s is None:
-        return Response(status_code=499)
-    if wait_s <= 0 or controls.draining(body.name):  # paused all the claim's wait, or drained
-        return JSON(Claimed(jobs=[], paused=wait_s <= 0, drain=controls.draining(body.name),
-                            **_who(agent)))
+    wait_s: float | None = body.wait_s
+    if controls.paused_for(body.name, agent.group) is not None:  # the common claim skips this
+        wait_s = await until_disconnect(request, _unpaused(controls, body.name, agent.group,
+                                                            body.wait_s))
+        if wait_s is None:
+            return Response(status_code=499)
+        if wait_s <= 0 or controls.draining(body.name):  # paused all its wait, or drained
+            return JSON(Claimed(jobs=[], paused=wait_s <= 0,
+                                drain=controls.draining(body.name), **_who(agent)))
     try:
         jobs = await until_disconnect(request, state.dispatcher.claim(
             body.name, agent.tags, body.slots, wait_s, agent.jti, agent.key, ack_s,

@@ -17,11 +17,12 @@ from tagrun.server.services.fleet import STATES, agents_page, fleet_view, totals
 from tagrun.server.services.settings import current
 from tagrun.server.store import Store
 from tagrun.server.tags import TagError, validate_tag
-from tagrun.shared.agent_wire import AgentTokenIn
+from tagrun.shared.agent_wire import AGENT_NAME_PATTERN, GROUP_PATTERN, AgentTokenIn
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.fleet")
-AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}")
+# The names the agent API accepts (shared/agent_wire.py): nothing else can have a record.
+NAMES = {"name": re.compile(AGENT_NAME_PATTERN), "group": re.compile(GROUP_PATTERN)}
 
 
 def _tokens(request: Request) -> AgentTokens:
@@ -82,8 +83,9 @@ async def list_workers(request: Request) -> JSON:
 
 def _name(request: Request, key: str) -> str:
     value: str = request.path_params[key]
-    if not AGENT_NAME.fullmatch(value):
-        raise InvalidInput(f"{value!r} is not an agent or group name")
+    if not NAMES[key].match(value):
+        kind = "an agent" if key == "name" else "a group"
+        raise InvalidInput(f"{value!r} is not {kind} name")
     return value
 
 
