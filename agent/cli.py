@@ -88,6 +88,11 @@ def agent(
         show_envvar=True,
         help="Ephemeral: after this long with no job to run, say goodbye and exit 0.")
     ] = None,
+    redact_vars: Annotated[str | None, typer.Option(
+        "--redact-vars", envvar="AGENT_REDACT_VARS", metavar="PATTERNS", show_envvar=True,
+        help="The agent's own variables whose values are redacted from jobs' logs and "
+             "results, comma-separated wildcards (default: *_TOKEN,*_SECRET,*_PASSWORD,"
+             "*_KEY,*_PRIVATE_KEY; none: none).")] = None,
     ca_file: Annotated[str | None, typer.Option(
         "--ca-file", envvar="AGENT_CA_FILE", metavar="PATH", show_envvar=True,
         help="CA bundle to verify the server with (else SSL_CERT_FILE or the system's).")
@@ -124,7 +129,7 @@ def agent(
         "AGENT_DRAIN_TIMEOUT_S": drain_timeout_s, "AGENT_POLL_WAIT_S": poll_wait_s,
         "AGENT_LOG_SPOOL_MB": log_spool_mb, "AGENT_CA_FILE": ca_file,
         "AGENT_ALLOW_INSECURE": allow_insecure, "AGENT_EXIT_AFTER_JOBS": exit_after_jobs,
-        "AGENT_EXIT_AFTER_IDLE_S": exit_after_idle_s,
+        "AGENT_EXIT_AFTER_IDLE_S": exit_after_idle_s, "AGENT_REDACT_VARS": redact_vars,
     }
     try:
         config = load_config(values)

@@ -137,7 +137,7 @@ class AgentClient:
                      "Tagrun-Agent-Session": secrets.token_urlsafe(24),
                      # It acknowledges each job it is handed (runner: the first heartbeat
                      # comes within the job's ack_s), so a lost claim answer costs seconds.
-                     "Tagrun-Agent-Features": "ack",
+                     "Tagrun-Agent-Features": "ack, secrets",
                      "User-Agent": f"tagrun-agent/{__version__}"},
             timeout=DEFAULT_TIMEOUT,
             # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY and SSL_CERT_FILE/SSL_CERT_DIR.

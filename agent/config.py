@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 from tagrun.agent.errors import ConfigError
 from tagrun.shared.executors import JobUser
+from tagrun.shared.redact import DEFAULT_REDACT_VARS
 
 __all__ = ["AgentConfig", "ConfigError", "load_config"]
 
@@ -47,6 +49,24 @@ class AgentConfig:
     # Ephemeral agents: exit 0 (saying goodbye) after this many jobs, or this long idle.
     exit_after_jobs: int | None = None
     exit_after_idle_s: float | None = None
+    # The agent's own variables whose values are redacted from jobs' logs and results
+    # (fnmatch patterns, any case): AGENT_REDACT_VARS, "none" for none.
+    redact_vars: tuple[str, ...] = DEFAULT_REDACT_VARS
+
+
+def _redact_vars(raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return DEFAULT_REDACT_VARS
+    if raw.strip().lower() == "none":
+        return ()
+    patterns = tuple(p.strip() for p in raw.split(",") if p.strip())
+    for pattern in patterns:
+        if not re.fullmatch(r"[A-Za-z0-9_*?\[\]!]{1,200}", pattern):
+            raise ConfigError(f"AGENT_REDACT_VARS: {pattern!r} is not a variable name pattern "
+                              f"(letters, digits, _ and the wildcards * ? [ ]), e.g. *_TOKEN")
+    if not patterns:
+        raise ConfigError(f"AGENT_REDACT_VARS={raw!r} names no pattern (\"none\" for none)")
+    return patterns
 
 
 def _log_warning(message: str) -> None:
@@ -83,6 +103,7 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
         if "AGENT_EXIT_AFTER_JOBS" in v else None,
         exit_after_idle_s=_number(v, "AGENT_EXIT_AFTER_IDLE_S", 0, low=1.0, high=None)
         if "AGENT_EXIT_AFTER_IDLE_S" in v else None,
+        redact_vars=_redact_vars(v.get("AGENT_REDACT_VARS")),
     )
 
 

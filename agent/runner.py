@@ -35,6 +35,7 @@ from tagrun.agent.signals import install_stop_handlers
 from tagrun.shared.agent_wire import DEFAULT_HEARTBEAT_S, AgentJob, claimed_job
 from tagrun.shared.executors import ExecSpec, Execution
 from tagrun.shared.holder import KILL_GRACE_S, Fatal, HeldJob, Holder
+from tagrun.shared.redact import env_secrets
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.agent")
@@ -68,6 +69,10 @@ class Agent:
         self._was_paused = False
         self._heartbeats: asyncio.Task[None] | None = None
         self._work_root = config.work_dir or Path(tempfile.gettempdir())  # set by run()
+        # Redacted from every job's output besides its own secrets: the agent's variables
+        # named like credentials (AGENT_REDACT_VARS), and its token.
+        self._redact = {**env_secrets(os.environ, config.redact_vars),
+                        "AGENT_TOKEN": config.token}
 
     def request_stop(self, reason: str = "stopped") -> None:
         """First call: drain and stop (`reason`: what the goodbye says). Any later call: stop
@@ -285,7 +290,8 @@ class Agent:
     def _held_job(self, job: AgentJob) -> HeldJob:
         return HeldJob(job, self._holder.port, self._work_root, log,
                        python_cmd=self._python_cmd, user=self.config.job_user,
-                       spool_bytes=self.config.log_spool_bytes, on_fatal=self._on_fatal)
+                       spool_bytes=self.config.log_spool_bytes, on_fatal=self._on_fatal,
+                       redact=self._redact)
 
     def _on_fatal(self, error: Fatal) -> None:
         self._fatal = error

@@ -22,7 +22,18 @@ from tagrun.server.fleet_controls import FleetControls
 from tagrun.server.heartbeats import Heartbeats
 from tagrun.server.http import JSON
 from tagrun.server.listener import Listener
-from tagrun.server.routes import admin, agents, fleet, health, jobs, schedules, scripts, settings
+from tagrun.server.routes import (
+    admin,
+    agents,
+    fleet,
+    health,
+    jobs,
+    schedules,
+    scripts,
+    secrets,
+    settings,
+)
+from tagrun.server.services.secrets import SecretBox
 from tagrun.server.store import DATABASE_UNAVAILABLE, Store
 
 log = logging.getLogger("tagrun.http")
@@ -86,13 +97,14 @@ class Parts:
     dispatcher: Dispatcher
     heartbeats: Heartbeats
     controls: FleetControls
+    secrets: SecretBox
 
 
 # Every route served; those under /api/ are exactly the operations of openapi.OPERATIONS
 # (tests/api/test_openapi.py checks both ways).
 ROUTES = [*health.routes, *admin.routes, *fleet.routes, *settings.routes, *scripts.routes,
-          *jobs.routes, *schedules.routes, *agents.routes, *metrics.routes, *openapi.routes,
-          *ui.routes]
+          *secrets.routes, *jobs.routes, *schedules.routes, *agents.routes, *metrics.routes,
+          *openapi.routes, *ui.routes]
 
 
 def create_app(parts: Parts) -> Starlette:

@@ -20,6 +20,9 @@ MaxAttempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
 # Bounded again by the server (three heartbeats to TAGRUN_MAX_LEASE_S).
 LeaseS = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 Label = Annotated[str, msgspec.Meta(max_length=200)]
+# The secrets a script's or a job's holder gets as environment variables, by name.
+SecretNames = Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^[A-Z_][A-Z0-9_]{0,63}\Z")]],
+                        msgspec.Meta(max_length=100)]
 # Timestamps must stay inside what Python (and so the driver decoding them) can represent:
 # a stored year-10000 timestamp would make every later read of its row fail.
 MAX_EXPIRES_IN_S = 100 * 366 * 24 * 3600
@@ -38,6 +41,7 @@ class ScriptIn(_Body):
     max_attempts: MaxAttempts = 3
     concurrency_limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     lease_s: LeaseS | None = None
+    secrets: SecretNames = []
 
 
 class JobIn(_Body):
@@ -51,6 +55,8 @@ class JobIn(_Body):
     timeout_s: TimeoutS | None = None
     max_attempts: MaxAttempts | None = None
     lease_s: LeaseS | None = None
+    # Secrets by name, added to its script's (for a script job).
+    secrets: SecretNames = []
 
     def __post_init__(self) -> None:
         if self.run_at is not None:

@@ -21,6 +21,7 @@ from tagrun.server.auth import WORKSPACE_ID
 from tagrun.server.http import JSON
 from tagrun.server.services import jobs as job_rules
 from tagrun.server.services import schedules as sched
+from tagrun.server.services import secrets as secret_rules
 from tagrun.server.services import settings as setting_rules
 from tagrun.server.services.fleet import STATES as FLEET_STATES
 from tagrun.server.store import STATES
@@ -122,6 +123,13 @@ OPERATIONS = [
     Op("GET", "/api/w/{ws}/scripts", "List scripts (latest versions)", out.ScriptPage,
        query={"cursor": _STRING, "limit": _LIMIT}),
     Op("GET", "/api/w/{ws}/scripts/{path}", "Read a script's latest version", out.Script),
+    Op("GET", "/api/w/{ws}/secrets", "List secrets: names, scope and times, never a value",
+       out.Secrets),
+    Op("PUT", "/api/w/{ws}/secrets/{name}", "Set a secret (its value is never shown back)",
+       out.SecretInfo, 201, secret_rules.SecretIn, also={200: "An existing secret replaced"}),
+    Op("DELETE", "/api/w/{ws}/secrets/{name}", "Delete a secret", out.SecretDeleted),
+    Op("POST", "/api/secrets/rotate-key", "Re-encrypt every secret under the primary key",
+       out.SecretsRotated, auth="superadmin"),
     Op("POST", "/api/w/{ws}/jobs", "Submit a job", out.Job, 201, req.JobIn,
        headers=("Idempotency-Key",),
        also={200: "The job first created with this Idempotency-Key (within 24 h)"}),

@@ -72,6 +72,8 @@ class Job(_Out):
     # Log chunks the server refused while the job ran; a marker in the log shows each.
     log_chunks_lost: int = 0
     content: str | None = None
+    # The names of the secrets it uses (never a value): its holder gets them as variables.
+    secrets: list[str] = []
 
 
 class JobPage(_Out):
@@ -99,12 +101,39 @@ class Script(_Out):
     concurrency_limit: int | None
     lease_s: float | None  # its jobs' lease; null: the server's TAGRUN_LEASE_S
     created_at: str
+    secrets: list[str] = []  # the secrets its jobs use, by name
     content: str | None = None
 
 
 class ScriptPage(_Out):
     scripts: list[Script]
     next_cursor: str | None
+
+
+class SecretInfo(_Out):
+    """A secret as listed: never its value, not even to the superadmin."""
+
+    name: str
+    allowed_tags: list[str] | None  # null: jobs of any tag may use it
+    created_at: str
+    created_by: str  # "superadmin" or "token <id>"
+    updated_at: str
+    updated_by: str
+
+
+class Secrets(_Out):
+    secrets: list[SecretInfo]
+
+
+class SecretDeleted(_Out):
+    name: str
+    deleted: bool
+
+
+class SecretsRotated(_Out):
+    key_id: str  # the key that now encrypts every secret (an id, never the key)
+    resealed: int
+    keys_in_use: list[str]
 
 
 class Workspace(_Out):

@@ -27,7 +27,9 @@ from tagrun.server.heartbeats import Heartbeats
 from tagrun.server.listener import Listener
 from tagrun.server.maintenance import MaintenanceWorker, job_retention_days, run_maintenance
 from tagrun.server.scheduler import Scheduler
+from tagrun.server.services.secrets import SecretBox
 from tagrun.server.store import DATABASE_STARTING, Store, create_pool, migrate
+from tagrun.server.vault import SecretUnreadable, load_keyring
 from tagrun.server.worker import Worker, WorkerSettings
 from tagrun.shared.version import __version__
 
@@ -107,6 +109,9 @@ async def serve(
         async with pool.acquire() as conn:
             await migrate(conn)
         store = Store(pool)
+        box = SecretBox(store, load_keyring(os.environ, config.data_dir,
+                                            embedded=config.database_url is None))
+        await box.check_keys()  # SecretUnreadable: this process could not open them
         listener = Listener(dsn)
         listener.on_capped(store.forget_caps)
 
@@ -116,7 +121,7 @@ async def serve(
         listener.on_finished(room_freed)
         await listener.start()
         try:
-            await _run_parts(config, store, listener, on_forced_exit)
+            await _run_parts(config, store, listener, box, on_forced_exit)
         finally:
             await listener.close()
     finally:
@@ -143,7 +148,8 @@ async def _connect(dsn: str, config: ServerConfig) -> asyncpg.Pool[Any]:
 
 
 async def _run_parts(
-    config: ServerConfig, store: Store, listener: Listener, on_forced_exit: Callable[[], None]
+    config: ServerConfig, store: Store, listener: Listener, box: SecretBox,
+    on_forced_exit: Callable[[], None],
 ) -> None:
     stop = asyncio.Event()
     server: _Server | None = None
@@ -152,7 +158,7 @@ async def _run_parts(
     closers = []
     if config.runs_http:
         await ensure_superadmin(store, config)
-        parts = await _start_http_parts(config, store, listener)
+        parts = await _start_http_parts(config, store, listener, box)
         closers = [parts.heartbeats.close, parts.agent_tokens.close, parts.controls.close]
 
         async def end_long_polls() -> None:  # so uvicorn's graceful shutdown need not wait
@@ -177,7 +183,7 @@ async def _run_parts(
     kill_jobs: Callable[[], None] = _nothing
     if config.runs_worker:
         kind = "inline" if config.mode == "standalone" else "worker"
-        worker = Worker(store, listener, worker_settings(config, kind))
+        worker = Worker(store, listener, worker_settings(config, kind), box)
         draining.append(asyncio.create_task(worker.run(stop), name="worker"))
         kill_jobs = worker.kill_all
 
@@ -226,7 +232,8 @@ async def _close_pool(pool: asyncpg.Pool[Any]) -> None:
         pool.terminate()
 
 
-async def _start_http_parts(config: ServerConfig, store: Store, listener: Listener) -> Parts:
+async def _start_http_parts(config: ServerConfig, store: Store, listener: Listener,
+                            box: SecretBox) -> Parts:
     agent_tokens = AgentTokens(store)
     await agent_tokens.start()
     dispatcher = Dispatcher(store, listener, lease_s=config.lease_s,
@@ -246,7 +253,7 @@ async def _start_http_parts(config: ServerConfig, store: Store, listener: Listen
         or controls.draining(name)))
     await controls.load()
     listener.on_fleet(controls.changed)
-    return Parts(config, store, listener, agent_tokens, dispatcher, heartbeats, controls)
+    return Parts(config, store, listener, agent_tokens, dispatcher, heartbeats, controls, box)
 
 
 def run(config: ServerConfig) -> None:
@@ -264,6 +271,9 @@ def run(config: ServerConfig) -> None:
             runner.run(serve(config, dsn, embedded.stop if embedded is not None else _nothing))
     except KeyboardInterrupt:
         pass
+    except (ConfigError, SecretUnreadable) as exc:  # the secrets key: wrong, missing, bad
+        log.error("server.start_refused", extra={"error": str(exc)})
+        raise SystemExit(f"error: {exc}") from None
     finally:
         if embedded is not None:
             embedded.stop()

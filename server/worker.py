@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from tagrun.server import events
 from tagrun.server.errors import InvalidInput, LeaseLost, TagrunError
 from tagrun.server.listener import Listener
 from tagrun.server.services.jobs import claimed
+from tagrun.server.services.secrets import Opened, SecretBox
 from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, Store
 from tagrun.shared.agent_wire import AgentJob, CompletedJob
 from tagrun.shared.holder import (
@@ -27,6 +29,7 @@ from tagrun.shared.holder import (
     OutOfReach,
     Refused,
 )
+from tagrun.shared.redact import DEFAULT_REDACT_VARS, env_secrets
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.worker")
@@ -118,10 +121,23 @@ async def _until(call: Callable[[], Awaitable[None]], until: Deadline, event: st
             delay = min(delay * 2, 5.0)
 
 
+# What a direct worker's jobs never see of the server's environment, which they otherwise
+# inherit: the server's own credentials and the secrets key.
+WITHHELD_VARS = frozenset({"TAGRUN_SECRETS_KEY", "TAGRUN_SUPERADMIN_TOKEN",
+                           "TAGRUN_METRICS_TOKEN", "TAGRUN_TOKEN", "DATABASE_URL"})
+
+
 class Worker:
-    def __init__(self, store: Store, listener: Listener, settings: WorkerSettings) -> None:
+    def __init__(self, store: Store, listener: Listener, settings: WorkerSettings,
+                 secrets: SecretBox | None = None) -> None:
         self.store = store
         self.listener = listener
+        self._secrets = secrets
+        # Values of the server's variables named like credentials, and the withheld ones,
+        # are redacted from its jobs' output like the jobs' own secrets.
+        env = dict(os.environ)
+        self._redact = {**env_secrets(env, DEFAULT_REDACT_VARS),
+                        **{k: v for k, v in env.items() if k in WITHHELD_VARS}}
         self.settings = settings
         self.holder = Holder(StorePort(store, settings), "worker", log,
                              settings.drain_timeout_s, self._held_job)
@@ -217,16 +233,26 @@ class Worker:
             log.warning("worker.claim_failed", extra={"error": str(exc)})
             await asyncio.sleep(min(s.poll_interval_s, 1.0))
             return 0
+        try:
+            opened = await self._secrets.open_for(jobs) if self._secrets else {}
+        except DATABASE_ERRORS as exc:  # they go back to the queue; the next claim retries
+            log.warning("worker.claim_failed", extra={"error": str(exc)})
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await self.store.release_jobs(s.name, [(j.id, j.attempt) for j in jobs])
+            await asyncio.sleep(min(s.poll_interval_s, 1.0))
+            return 0
         for job in jobs:
-            self._start(job)
+            self._start(job, opened.get(job.id))
         return len(jobs)
 
-    def _start(self, row: ClaimedRow) -> None:
-        self.holder.start(claimed(row, self.settings.lease_s, self.settings.heartbeat_s))
+    def _start(self, row: ClaimedRow, secrets: Opened | None = None) -> None:
+        self.holder.start(claimed(row, self.settings.lease_s, self.settings.heartbeat_s,
+                                  secrets=secrets))
         events.job_claimed(row)
 
     def _held_job(self, job: AgentJob) -> HeldJob:
-        return HeldJob(job, self.holder.port, self._work_root, log)
+        return HeldJob(job, self.holder.port, self._work_root, log, redact=self._redact,
+                       withhold=WITHHELD_VARS)
 
     def _cancel_now(self, job_id: int) -> None:
         """A cancel reaches a direct worker at once; the next heartbeat would confirm it."""

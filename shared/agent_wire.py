@@ -153,6 +153,11 @@ class AgentJob(_Answer, frozen=True):
     # or it goes back to the queue unused; null: no acknowledgement asked (an agent that did
     # not send `Tagrun-Agent-Features: ack`, or TAGRUN_CLAIM_ACK_S=0).
     ack_s: Seconds | None = None
+    # The secrets it uses, opened for this lease alone: its process gets them as environment
+    # variables, and its holder redacts them from its log, result and error.
+    secrets: dict[str, str] = {}
+    # Secrets it names that were withheld (deleted, no longer allowed, not readable): why.
+    withheld: dict[str, str] = {}
 
 
 # Steering: an operator paused the agent (or its group), so a claim waits without jobs; or

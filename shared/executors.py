@@ -123,6 +123,7 @@ class ExecSpec:
     python_cmd: Sequence[str] | None = None
     env: Mapping[str, str] | None = None
     user: JobUser | None = None  # None: the job runs as this process's user
+    withhold: frozenset[str] = frozenset()  # this process's variables the job never sees
 
 
 def job_identity_env(job_id: int, workspace: str, attempt: int, tag: str, worker: str
@@ -261,7 +262,7 @@ async def _drain(reader: asyncio.Task[None]) -> None:
 
 
 def _job_env(spec: ExecSpec) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in spec.withhold}
     if spec.language == "python":
         # Unbuffered so logs stream live; UTF-8 because that is how we decode the output.
         env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")

@@ -19,7 +19,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +35,7 @@ from tagrun.shared.executors import (
     sendable,
 )
 from tagrun.shared.logstream import Backlog, LogStream, StreamEnded
+from tagrun.shared.redact import Redactor
 
 Deadline = Callable[[], float]  # the time.monotonic() after which a call stops retrying
 Held = list[tuple[int, int]]  # (job id, attempt) of jobs held
@@ -90,7 +91,11 @@ class HeldJob:
         self, job: AgentJob, port: Port, work_root: Path, log: logging.Logger, *,
         python_cmd: list[str] | None = None, user: JobUser | None = None,
         spool_bytes: int | None = None, on_fatal: Callable[[Fatal], None] | None = None,
+        redact: Mapping[str, str] | None = None, withhold: frozenset[str] = frozenset(),
     ) -> None:
+        """`redact`: values ({name: value}) redacted from the job's log, result and error
+        besides its own secrets (the holder's credentials); `withhold`: this process's
+        environment variables the job's process never gets."""
         self.job = job
         self.lost = False  # lease lost or job released: its outcome must not be reported
         self.executing = True
@@ -110,10 +115,22 @@ class HeldJob:
         self._discarding: asyncio.Task[None] | None = None
         if job.attempt > 1:
             self._stream.write(f"\n--- attempt {job.attempt} ---\n")
-        env = job_identity_env(job.id, job.workspace, job.attempt, job.tag, port.name)
+        for name, reason in job.withheld.items():
+            self._stream.write(f"[tagrun: secret {name} was not given to this job: {reason}]\n")
+        # The job's own secrets win over a holder's value of the same name.
+        self._redactor = Redactor({**(redact or {}), **job.secrets})
+        self._output = self._redactor.stream()
+        env = {**job.secrets,
+               **job_identity_env(job.id, job.workspace, job.attempt, job.tag, port.name)}
         spec = ExecSpec(job.language, job.content, job.args, job.timeout_s, self._work_dir,
-                        python_cmd=python_cmd, env=env, user=user)
-        self._execution = Execution(spec, self._stream.write)
+                        python_cmd=python_cmd, env=env, user=user, withhold=withhold)
+        self._execution = Execution(spec, self._write)
+
+    def _write(self, text: str) -> None:
+        """The job's output, redacted on its way to the log (a possible start of a secret
+        waits for the next write)."""
+        if data := self._output.write(text):
+            self._stream.write(data)
 
     def cancel(self) -> None:
         """Cancelled by a user: kill the process; the outcome is reported as cancelled."""
@@ -147,6 +164,8 @@ class HeldJob:
         try:
             outcome = await self._execute()
             self.executing = False
+            if rest := self._output.flush():
+                self._stream.write(rest)
             await self._stream.close()
             if not self.lost:
                 await self._report(outcome)
@@ -230,10 +249,10 @@ class HeldJob:
                                                              "error": str(exc)})
 
     async def _complete(self, outcome: Outcome, *, retryable: bool = True) -> None:
-        error = outcome.error
+        error, redacted = outcome.error, self._redactor
         done = CompletedJob(
-            self.job.id, self.job.attempt, outcome.status, outcome.result,
-            ErrorIn(error["kind"], error.get("message", "")) if error else None,
+            self.job.id, self.job.attempt, outcome.status, redacted.value(outcome.result),
+            ErrorIn(error["kind"], redacted.text(error.get("message", ""))) if error else None,
             retryable, self._stream.lost_chunks)
         await self._port.complete(self.job, done, self.lease_deadline)
 

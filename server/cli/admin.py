@@ -32,12 +32,17 @@ def deploy(
     concurrency_limit: int | None = None,
     lease_s: Annotated[float | None, typer.Option(
         help="Lease of its jobs: how long a run outlives a lost agent connection.")] = None,
+    secret: Annotated[list[str] | None, typer.Option(
+        "--secret", help="A secret its jobs get as a variable of that name (repeatable).")
+    ] = None,
 ) -> None:
     """Deploy a new version of a script."""
     body: dict[str, Any] = {
         "path": path, "language": language, "max_attempts": max_attempts,
         "content": read_content(content, file) if language != "identity" else content or "",
     }
+    if secret:
+        body["secrets"] = secret
     for key, value in (("tag", tag), ("timeout_s", timeout_s),
                        ("concurrency_limit", concurrency_limit), ("lease_s", lease_s)):
         if value is not None:

@@ -76,11 +76,15 @@ def run(
     = None,
     lease_s: Annotated[float | None, typer.Option(
         help="Its lease: how long it outlives a lost agent connection.")] = None,
+    secret: Annotated[list[str] | None, typer.Option(
+        "--secret", help="A secret it gets as a variable of that name (repeatable).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait, stream logs, print the result.")]
     = False,
 ) -> None:
     """Submit a job; with --wait, follow its logs and print its result."""
     body: dict[str, Any] = {"args": parse_args(args), "priority": priority}
+    if secret:
+        body["secrets"] = secret
     if script is not None:
         body["script"] = script
     else:

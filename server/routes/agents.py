@@ -25,7 +25,8 @@ from tagrun.server.fleet_controls import FleetControls
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
 from tagrun.server.services.jobs import claimed
-from tagrun.server.store import Store
+from tagrun.server.services.secrets import OLD_AGENT, Opened, SecretBox
+from tagrun.server.store import ClaimedRow, Store
 from tagrun.shared.agent_wire import (
     Claimed,
     ClaimIn,
@@ -92,7 +93,8 @@ async def claim(request: Request) -> Response:
     state = _state(request)
     # An agent that says it acknowledges jobs gets them on that condition: a claim answer lost
     # on the way puts its jobs back in the queue after claim_ack_s, not after the lease.
-    acks = "ack" in request.headers.get(FEATURES_HEADER, "").replace(" ", "").split(",")
+    features = request.headers.get(FEATURES_HEADER, "").replace(" ", "").split(",")
+    acks = "ack" in features
     ack_s = state.config.claim_ack_s if acks and state.config.claim_ack_s else None
     controls: FleetControls = state.controls
     if controls.draining(body.name):
@@ -120,8 +122,19 @@ async def claim(request: Request) -> Response:
         return JSON(Claimed(jobs=[], paused=not controls.draining(body.name),
                             drain=controls.draining(body.name), **_who(agent)))
     config: ServerConfig = state.config
-    return JSON(Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s)
-                              for j in jobs], **_who(agent)))
+    opened = await _secrets_for(state.secrets, jobs, "secrets" in features)
+    return JSON(Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s,
+                                      opened.get(j.id)) for j in jobs], **_who(agent)))
+
+
+async def _secrets_for(box: SecretBox, jobs: list[ClaimedRow], redacts: bool
+                       ) -> dict[int, Opened]:
+    """The claimed jobs' secrets, opened for this agent: none for an agent that does not
+    say it redacts them (`Tagrun-Agent-Features: secrets`), which an older agent does not."""
+    if not redacts:
+        return {j.id: Opened({}, dict.fromkeys(j.secrets, OLD_AGENT)) for j in jobs
+                if j.secrets}
+    return await box.open_for(jobs)
 
 
 def _who(agent: AgentIdentity) -> dict[str, Any]:
@@ -188,10 +201,13 @@ async def append_logs(request: Request) -> JSON:
     store: Store = _state(request).store
     holder = await _holder(request, agent, body.name, job_id)
     max_chars = _state(request).config.max_log_bytes
+    box: SecretBox = _state(request).secrets
+    redactor = await box.redactor(job_id)
     end = await store.append_logs(
         holder, job_id, body.attempt, body.offset, body.data, tags=agent.tags,
         workspace=request.path_params["ws"], max_chars=max_chars, key=agent.key,
-        on_truncated=lambda: events.job_log_truncated(job_id, max_chars))
+        on_truncated=lambda: events.job_log_truncated(job_id, max_chars),
+        stored=redactor.text(body.data) if redactor else None)
     return JSON(LogsAck(offset=end))
 
 
@@ -231,9 +247,13 @@ def _checked(outcome: CompletedJob) -> CompletedJob:
 async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: CompletedJob,
                   workspace: str | None) -> str:
     state = _state(request)
-    error = _error_dict(outcome.error)
+    box: SecretBox = state.secrets
+    result, error = outcome.result, _error_dict(outcome.error)
+    if redactor := await box.redactor(outcome.id):  # what the agent should have redacted
+        result = redactor.value(result)
+        error = {k: redactor.text(v) for k, v in error.items()} if error else None
     recorded = await state.store.complete_job(
-        holder, outcome.id, outcome.attempt, outcome.status, outcome.result, error,
+        holder, outcome.id, outcome.attempt, outcome.status, result, error,
         state.config.retry_backoff_s, tags=agent.tags, workspace=workspace, key=agent.key,
         retryable=outcome.retryable, log_chunks_lost=outcome.log_chunks_lost)
     if not recorded["repeat"]:

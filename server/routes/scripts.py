@@ -9,7 +9,7 @@ from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput
 from tagrun.server.http import JSON, query_int, read_body
 from tagrun.server.models import ScriptIn
-from tagrun.server.services.jobs import checked_lease_s
+from tagrun.server.services.jobs import ScriptCache, checked_lease_s
 from tagrun.server.store import Store
 from tagrun.server.tags import TagError, check_template
 from tagrun.shared.executors import LANGUAGES
@@ -33,11 +33,14 @@ async def deploy_script(request: Request) -> JSON:
             check_template(body.tag)
         except TagError as exc:
             raise InvalidInput(str(exc), code="invalid_tag") from None
+    if body.secrets:
+        await ScriptCache(_store(request), workspace).check_secrets(body.secrets, None)
     script = await _store(request).deploy_script(
         workspace, path=body.path, language=body.language, content=body.content, tag=body.tag,
         timeout_s=body.timeout_s, max_attempts=body.max_attempts,
         concurrency_limit=body.concurrency_limit,
         lease_s=checked_lease_s(body.lease_s, request.app.state.config.lease_bounds),
+        secrets=body.secrets,
     )
     return JSON(script, status_code=201)
 

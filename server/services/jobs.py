@@ -3,11 +3,13 @@ script into the row to insert."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from tagrun.server.config import LeaseBounds
 from tagrun.server.errors import InvalidInput
 from tagrun.server.models import JobIn
+from tagrun.server.services.secrets import Opened, check_use
 from tagrun.server.store import ClaimedRow, NewJob, Store
 from tagrun.server.tags import TagError, resolve_tag
 from tagrun.shared.agent_wire import AgentJob
@@ -17,7 +19,7 @@ MAX_WAIT_S = 60.0  # the longest a GET of a job waits for it to finish (wait_s)
 
 
 def claimed(row: ClaimedRow, lease_s: float, heartbeat_s: float,
-            ack_s: float | None = None) -> AgentJob:
+            ack_s: float | None = None, secrets: Opened | None = None) -> AgentJob:
     """A claimed row as its holder (agent or direct worker) runs it: its own lease, else the
     server's `lease_s`, and a heartbeat interval that renews that lease three times over."""
     lease_s = row.lease_s or lease_s
@@ -25,7 +27,8 @@ def claimed(row: ClaimedRow, lease_s: float, heartbeat_s: float,
         id=row.id, workspace=row.workspace, language=row.language, content=row.content or "",
         args=row.args or {}, tag=row.tag, attempt=row.attempt, timeout_s=row.timeout_s,
         lease_s=lease_s, heartbeat_s=min(heartbeat_s, lease_s / 3), log_offset=row.log_offset,
-        ack_s=ack_s)
+        ack_s=ack_s, secrets=secrets.values if secrets else {},
+        withheld=secrets.withheld if secrets else {})
 
 
 def checked_lease_s(lease_s: float | None, leases: LeaseBounds) -> float | None:
@@ -44,11 +47,20 @@ class ScriptCache:
     def __init__(self, store: Store, workspace: str) -> None:
         self.store, self.workspace = store, workspace
         self._scripts: dict[str, dict[str, Any]] = {}
+        self._scopes: dict[str, list[str] | None] = {}
 
     async def get(self, path: str) -> dict[str, Any]:
         if path not in self._scripts:
             self._scripts[path] = await self.store.latest_script(self.workspace, path)
         return self._scripts[path]
+
+    async def check_secrets(self, names: Sequence[str], tag: str | None) -> None:
+        """The secrets `names` exist and a job of `tag` may use them (None: any tag may,
+        checked at deploy); their scopes are looked up once per request."""
+        unknown = [n for n in names if n not in self._scopes]
+        if unknown:
+            self._scopes.update(await self.store.secret_scopes(self.workspace, unknown))
+        check_use(names, self._scopes, self.workspace, tag)
 
 
 async def new_job(
@@ -63,10 +75,11 @@ async def new_job(
         language, content, version = script["language"], script["content"], script["version"]
         default_tag, timeout_s = script["tag"], script["timeout_s"]
         max_attempts, limit = script["max_attempts"], script["concurrency_limit"]
-        lease_s = script["lease_s"]
+        lease_s, secrets = script["lease_s"], script["secrets"]
     elif body.language is not None and (body.content is not None or body.language == "identity"):
         language, content, version = body.language, body.content or "", None
         default_tag, timeout_s, max_attempts, limit, lease_s = None, None, 3, None, None
+        secrets = []
         if language not in LANGUAGES:
             raise InvalidInput(
                 f"unknown language {language!r}; one of {', '.join(LANGUAGES)}",
@@ -79,6 +92,9 @@ async def new_job(
         tag = resolve_tag(body.tag or default_tag or language, workspace, body.args)
     except TagError as exc:
         raise InvalidInput(str(exc), code="invalid_tag") from None
+    names = tuple(dict.fromkeys([*secrets, *body.secrets]))
+    if names:
+        await scripts.check_secrets(names, tag)
     return NewJob(
         script_path=body.script, script_version=version, language=language, content=content,
         args=body.args, tag=tag, priority=body.priority, run_at=body.run_at,
@@ -87,4 +103,5 @@ async def new_job(
         concurrency_key=f"{workspace}/{body.script}" if limit else None,
         concurrency_limit=limit,
         lease_s=checked_lease_s(body.lease_s if body.lease_s is not None else lease_s, leases),
+        secrets=names,
     )

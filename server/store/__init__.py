@@ -21,11 +21,12 @@ from tagrun.server.store.leases import ClaimedRow, Leases
 from tagrun.server.store.migrate import migrate
 from tagrun.server.store.schedules import Schedules
 from tagrun.server.store.scripts import Scripts
+from tagrun.server.store.secrets import Secrets
 from tagrun.server.store.settings import INLINE_CAP, TOTAL_CAP, Settings
 from tagrun.server.store.ui import UiQueries
 
 
-class Store(Accounts, Agents, Scripts, Settings, Jobs, Leases, Schedules, UiQueries):
+class Store(Accounts, Agents, Scripts, Secrets, Settings, Jobs, Leases, Schedules, UiQueries):
     """One object over the pool; the mixins group statements by concept."""
 
 

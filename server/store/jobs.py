@@ -21,17 +21,17 @@ INSERT_JOBS = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                          $7::int[], $8::timestamptz[], $9::float8[], $10::int[], $12::text[],
-                         $13::int[], $14::float8[])
+                         $13::int[], $14::float8[], $15::text[])
         WITH ORDINALITY AS t(script_path, script_version, language, content, args, tag,
                              priority, run_at, timeout_s, max_attempts, concurrency_key,
-                             concurrency_limit, lease_s, ord)
+                             concurrency_limit, lease_s, secrets, ord)
 ), ins AS (
     INSERT INTO jobs (workspace, script_path, script_version, language, content, args, tag,
                       priority, run_at, timeout_s, max_attempts, concurrency_key,
-                      concurrency_limit, lease_s)
+                      concurrency_limit, lease_s, secrets)
     SELECT $11, script_path, script_version, language, content, args, tag, priority,
            coalesce(run_at, now()), timeout_s, max_attempts, concurrency_key, concurrency_limit,
-           lease_s
+           lease_s, string_to_array(secrets, ',')
     FROM input ORDER BY ord
     RETURNING id, tag, priority, run_at, concurrency_key, concurrency_limit
 ), q AS (
@@ -113,6 +113,7 @@ class NewJob:
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
     lease_s: float | None = None  # None: the server's TAGRUN_LEASE_S
+    secrets: tuple[str, ...] = ()  # the names of the secrets it uses (never a value)
 
 
 def job_view(row: Any) -> dict[str, Any]:
@@ -129,6 +130,7 @@ def job_view(row: Any) -> dict[str, Any]:
         "timeout_s": row["timeout_s"],
         "max_attempts": row["max_attempts"],
         "lease_s": row["lease_s"],
+        "secrets": row["secrets"] or [],
         "status": row["status"],
         "attempt": row["attempt"],
         "worker": row["worker"],
@@ -166,7 +168,7 @@ def _columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
 def _late_columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
     """The columns added after the first ten ($12 on)."""
     return ([j.concurrency_key for j in jobs], [j.concurrency_limit for j in jobs],
-            [j.lease_s for j in jobs])
+            [j.lease_s for j in jobs], [",".join(j.secrets) or None for j in jobs])
 
 
 class Jobs(StoreBase):

@@ -54,7 +54,7 @@ FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
           j.log_received AS log_offset, j.priority, j.worker, j.holder_key, j.lease_s,
-          extract(epoch FROM now() - j.run_at)::float8 AS waited_s"""
+          extract(epoch FROM now() - j.run_at)::float8 AS waited_s, j.secrets"""
 # The same under caps, run while holding CLAIM_LOCK so that claims from every process are
 # counted one after another: room = the smallest of the free slots, the global cap minus
 # running jobs, the inline cap minus jobs running in server processes (for inline claimers),
@@ -114,7 +114,7 @@ FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
           j.log_received AS log_offset, j.priority, j.worker, j.holder_key, j.lease_s,
-          extract(epoch FROM now() - j.run_at)::float8 AS waited_s"""
+          extract(epoch FROM now() - j.run_at)::float8 AS waited_s, j.secrets"""
 @dataclass(frozen=True, slots=True)
 class ClaimedRow:
     """A job as a claim leased it (the columns CLAIM_JOBS and CLAIM_JOBS_CAPPED return)."""
@@ -133,6 +133,7 @@ class ClaimedRow:
     holder_key: str | None  # its holder's token and session (None: a direct worker)
     lease_s: float | None  # its own lease, if it has one
     waited_s: float | None  # from due to claimed
+    secrets: list[str] | None = None  # the names of the secrets it uses
 
 
 CLAIM_LOCK_ID = 0x7A6772756F  # serialises capped claims of every process
@@ -177,7 +178,7 @@ WITH cur AS (
                 ELSE left($4, greatest($8 - log_size, 0)::int) || $9 END AS data
     FROM cur
 ), j AS (
-    UPDATE jobs SET log_received = log_received + length($4),
+    UPDATE jobs SET log_received = log_received + $11,
                     log_size = log_size + length(piece.data),
                     log_truncated = piece.was OR piece.over, ack_by = NULL
     FROM piece WHERE jobs.id = piece.id RETURNING jobs.id
@@ -403,9 +404,11 @@ class Leases(StoreBase):
         self, holder: str, job_id: int, attempt: int, offset: int, data: str,
         *, tags: Sequence[str] | None = None, workspace: str | None = None,
         max_chars: int = 10 << 20, key: str | None = None,
-        on_truncated: Callable[[], None] | None = None,
+        on_truncated: Callable[[], None] | None = None, stored: str | None = None,
     ) -> int:
         """Append at `offset` (characters sent so far); a resent chunk is a no-op.
+        `stored`: what to store instead of `data` (it redacted), which still counts as
+        `data`'s length received.
 
         `tags` and `workspace`, when given, must match the job's (agents act only on jobs
         of their token's tags). Past `max_chars` stored, the rest is dropped with a marker,
@@ -414,8 +417,9 @@ class Leases(StoreBase):
         if data:
             marker = f"\n[tagrun: log truncated here: it reached {max_chars} characters]\n"
             truncated = await self.fetchval(APPEND_LOGS, job_id, attempt, holder,
-                                            storable_text(data), offset,
-                                            tag_list, workspace, max_chars, marker, key)
+                                            storable_text(data if stored is None else stored),
+                                            offset, tag_list, workspace, max_chars, marker,
+                                            key, len(data))
             if truncated is not None:
                 if truncated and on_truncated is not None:
                     on_truncated()

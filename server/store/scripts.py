@@ -9,8 +9,8 @@ from tagrun.server.store._base import StoreBase, iso
 
 INSERT_SCRIPT = """
 INSERT INTO scripts (workspace, path, version, language, content, tag, timeout_s,
-                     max_attempts, concurrency_limit, lease_s)
-SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9
+                     max_attempts, concurrency_limit, lease_s, secrets)
+SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10
 FROM scripts WHERE workspace = $1 AND path = $2
 RETURNING *"""
 LATEST_SCRIPT = """
@@ -31,6 +31,7 @@ def script_view(row: Any, *, with_content: bool = True) -> dict[str, Any]:
         "max_attempts": row["max_attempts"],
         "concurrency_limit": row["concurrency_limit"],
         "lease_s": row["lease_s"],
+        "secrets": row["secrets"] or [],
         "created_at": iso(row["created_at"]),
     }
     if with_content:
@@ -46,7 +47,7 @@ class Scripts(StoreBase):
                     INSERT_SCRIPT, workspace, fields["path"], fields["language"],
                     fields["content"], fields["tag"], fields["timeout_s"],
                     fields["max_attempts"], fields["concurrency_limit"],
-                    fields.get("lease_s"),
+                    fields.get("lease_s"), list(fields.get("secrets") or ()) or None,
                 )
             except Conflict:
                 continue
