@@ -95,13 +95,14 @@ async def choose_workspace(request: Request, session: Session) -> Response:
     if not WORKSPACE_ID.fullmatch(workspace):
         raise InvalidInput(f"{workspace!r} is not a workspace id")
     view = request.query_params.get("view")
-    section = view if view in ("jobs", "dead-letter", "schedules") else "jobs"
+    section = view if view in ("jobs", "dead-letter", "schedules", "secrets") else "jobs"
     return RedirectResponse(f"/w/{workspace}/{section}", status_code=303)
 
 
 @ui_page
 async def section_shortcut(request: Request, session: Session) -> Response:
-    """`/dead-letter` and `/schedules`, like `/jobs`: that page of the home workspace."""
+    """`/dead-letter`, `/schedules` and `/secrets`, like `/jobs`: that page of the home
+    workspace."""
     section = request.url.path.strip("/")
     return RedirectResponse(f"/w/{home_workspace(session)}/{section}", status_code=303)
 
@@ -110,6 +111,7 @@ routes = [
     Route("/jobs", choose_workspace, methods=["GET"]),
     Route("/dead-letter", section_shortcut, methods=["GET"]),
     Route("/schedules", section_shortcut, methods=["GET"]),
+    Route("/secrets", section_shortcut, methods=["GET"]),
     Route("/w/{ws}/jobs", jobs_page, methods=["GET"]),
     Route("/w/{ws}/jobs/{id}", job_page, methods=["GET"]),
     Route("/w/{ws}/dead-letter", dead_letter_page, methods=["GET"]),

@@ -1,5 +1,7 @@
-"""The Schedules page. Its rows come from `GET /api/w/{ws}/schedules`, read by the page's
-script with the session, and enabling or disabling one is `PATCH …/schedules/{name}`."""
+"""The Schedules and Secrets pages. Their rows come from `GET /api/w/{ws}/schedules` and
+`GET /api/w/{ws}/secrets`, read by the page's script with the session; enabling a schedule is
+`PATCH …/schedules/{name}`, setting and deleting a secret `PUT` and `DELETE …/secrets/{name}`.
+No page ever holds a secret's value: the API never returns one."""
 
 from __future__ import annotations
 
@@ -20,4 +22,12 @@ async def schedules_page(request: Request, session: Session) -> Response:
                       {"nav": "schedules", "workspace": workspace})
 
 
-routes = [Route("/w/{ws}/schedules", schedules_page, methods=["GET"])]
+@ui_page
+async def secrets_page(request: Request, session: Session) -> Response:
+    workspace = await authenticator(request).workspace(request)
+    return await page(request, session, "secrets.html",
+                      {"nav": "secrets", "workspace": workspace})
+
+
+routes = [Route("/w/{ws}/schedules", schedules_page, methods=["GET"]),
+          Route("/w/{ws}/secrets", secrets_page, methods=["GET"])]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import httpx
 import pytest
 
+from tagrun.server.vault import new_key
 from tests.support.database import DatabaseFactory
 from tests.support.processes import SUPERADMIN, TagrunProcess, api_client
 
@@ -37,7 +38,8 @@ def ui_server(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFacto
               ) -> Iterator[TagrunProcess]:
     proc = TagrunProcess("standalone", database_url=databases.new(),
                          data_dir=tmp_path_factory.mktemp("ui-server"),
-                         env={**FAST, "TAGRUN_MAX_LOG_BYTES": str(MAX_LOG_CHARS)})
+                         env={**FAST, "TAGRUN_MAX_LOG_BYTES": str(MAX_LOG_CHARS),
+                              "TAGRUN_SECRETS_KEY": new_key()})
     proc.wait_healthy()
     yield proc
     proc.stop()

@@ -450,5 +450,79 @@
 
   if (body.dataset.schedulesUrl) loadSchedules(body.dataset.schedulesUrl, null);
 
+  // ---- secrets: names, scope and times; set and delete; a value is never shown back --------
+
+  function secretRow(s, url) {
+    const remove = el("button", { type: "button", class: "small danger", text: "Delete" });
+    remove.addEventListener("click", async () => {
+      if (!window.confirm(`Delete secret ${s.name}? Jobs that name it will be refused.`)) return;
+      remove.disabled = true;
+      try {
+        await api("DELETE", `${url}/${encodeURIComponent(s.name)}`);
+        toast(`${s.name} deleted`, "ok");
+        loadSecrets(url);
+      } catch (error) {
+        remove.disabled = false;
+        toast(error.message, "error");
+      }
+    });
+    const scope = s.allowed_tags === null || s.allowed_tags === undefined
+      ? el("span", { class: "muted", text: "any tag" })
+      : el("span", {}, ...s.allowed_tags.map((t) => el("span", { class: "tag", text: t })));
+    return el("tr", { "data-secret": s.name },
+      el("td", {}, el("span", { class: "mono strong", text: s.name })),
+      el("td", {}, scope),
+      el("td", { class: "times" }, el("div", { text: fireTime(s.created_at) }),
+         el("div", { class: "muted", text: s.created_by })),
+      el("td", { class: "times" }, el("div", { text: fireTime(s.updated_at) }),
+         el("div", { class: "muted", text: s.updated_by })),
+      el("td", {}, remove));
+  }
+
+  async function loadSecrets(url) {
+    const state = document.querySelector("[data-secrets-state]");
+    const table = document.querySelector("[data-secrets-table]");
+    const rows = document.querySelector("[data-secrets]");
+    let data;
+    try {
+      data = await api("GET", url);
+    } catch (error) {
+      state.textContent = "Could not load secrets: " + error.message;
+      state.hidden = false;
+      return;
+    }
+    rows.replaceChildren(...(data.secrets || []).map((s) => secretRow(s, url)));
+    const any = rows.children.length > 0;
+    table.hidden = !any;
+    state.hidden = any;
+    state.textContent = any ? "" : "No secret in this workspace yet.";
+  }
+
+  const secretForm = document.querySelector("[data-secret-form]");
+  if (secretForm && body.dataset.secretsUrl) {
+    const url = body.dataset.secretsUrl;
+    secretForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const name = secretForm.elements.name.value.trim();
+      const tags = secretForm.elements.allowed_tags.value.split(",").map((t) => t.trim())
+        .filter((t) => t);
+      const payload = { value: secretForm.elements.value.value };
+      if (tags.length) payload.allowed_tags = tags;
+      const button = secretForm.querySelector("button[type=submit]");
+      button.disabled = true;
+      try {
+        await api("PUT", `${url}/${encodeURIComponent(name)}`, payload);
+        secretForm.reset();  // the value leaves the page at once
+        toast(`${name} set`, "ok");
+        loadSecrets(url);
+      } catch (error) {
+        toast(error.message, "error");
+      } finally {
+        button.disabled = false;
+      }
+    });
+    loadSecrets(url);
+  }
+
   schedule();
 })();
