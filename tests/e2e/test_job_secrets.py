@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from tagrun.server.vault import new_key
-from tests.support.processes import AgentProcess, agent_token, api_client
+from tests.e2e.test_cli import TAGRUN, cli_env
+from tests.support.processes import AgentProcess, agent_token, api_client, wait_until
 
 # A multi-line value with characters that every encoding changes.
 SECRET = "hunter2-P@ss w/rd+?&=\"quoted\"\nsecond-line-Zq9"
@@ -115,7 +116,8 @@ def test_a_secret_reaches_its_job_and_nothing_else(
     with api_client(server.url) as admin:
         token = admin.post("/api/tokens", json={"workspace": "default"}).json()["token"]
         agent = AgentProcess(server.url, agent_token(admin, ["on-agent"]), tmp_path,
-                             name="secrets-agent", env={"TAGRUN_LOG_FORMAT": "json"})
+                             name="secrets-agent", env={"TAGRUN_LOG_FORMAT": "json",
+                                                                "TAGRUN_LOG_LEVEL": "DEBUG"})
     try:
         with api_client(server.url, token) as api:
             put = api.put("/api/w/default/secrets/DB_PASSWORD", json={"value": "first-value"})
@@ -282,3 +284,56 @@ def test_a_server_without_the_right_key_refuses_to_start(
     both.stop()
     start_process("server", database_url, env={"TAGRUN_SECRETS_KEY": other},
                   data_dir=tmp_path / "new").wait_healthy()
+
+
+def test_the_cli_sets_secrets_from_stdin_or_a_file_and_jobs_use_them(
+    start_process, database_url: str, tmp_path: Path, key: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """As a user would: `tagrun secret set` from a pipe and from a file, a script deployed with
+    `--secret`, a job run with `--wait`, and a schedule of that script naming it too."""
+    server = start_process("standalone", database_url, env={
+        "TAGRUN_SECRETS_KEY": key, "WORKER_TAGS": "bash"}).wait_healthy()
+    env = cli_env(server.url)
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(TAGRUN), *args], env=env, input=stdin, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    piped = cli("secret", "set", "PIPED_TOKEN", stdin="piped-value-42\n")
+    assert piped.returncode == 0, piped.stderr
+    assert "PIPED_TOKEN set" in piped.stdout and "piped-value" not in piped.stdout
+    pem = tmp_path / "key.pem"
+    pem.write_text("-----BEGIN KEY-----\nQUJDREVGR0hJSktMTU5PUA==\n-----END KEY-----\n")
+    from_file = cli("secret", "set", "PEM_KEY", "--from-file", str(pem),
+                    "--allowed-tags", "bash")
+    assert from_file.returncode == 0, from_file.stderr
+    listed = cli("secret", "list")
+    assert "PIPED_TOKEN" in listed.stdout and "(any)" in listed.stdout
+    assert "piped-value" not in listed.stdout and "QUJD" not in listed.stdout
+    short = cli("secret", "set", "TINY", stdin="abc")
+    assert short.returncode == 1 and "shorter than 4 characters" in short.stderr
+    script = tmp_path / "use.sh"
+    script.write_text('echo "token=$PIPED_TOKEN"\nprintf "%s" "$PEM_KEY" | sha256sum\n'
+                      'echo "$PEM_KEY"\n')
+    assert cli("script", "deploy", "f/use", "--language", "bash", "--file", str(script),
+               "--secret", "PIPED_TOKEN", "--secret", "PEM_KEY").returncode == 0
+    ran = cli("job", "run", "--script", "f/use", "--wait")
+    assert ran.returncode == 0, ran.stderr
+    expected = hashlib.sha256(pem.read_text().encode()).hexdigest()
+    assert "token=[REDACTED:PIPED_TOKEN]" in ran.stderr and expected in ran.stderr
+    assert "piped-value" not in ran.stderr + ran.stdout and "QUJD" not in ran.stderr
+    with api_client(server.url) as api:
+        created = api.post("/api/w/default/schedules", json={
+            "name": "uses-secrets", "cron": "* * * * * *", "script": "f/use"})
+        assert created.status_code == 201, created.text
+
+        def fired() -> list[int]:
+            runs = api.get("/api/w/default/schedules/uses-secrets").json()["last_runs"]
+            return [r["job_id"] for r in runs if r["job_id"]]
+        wait_until(fired, timeout=15, message="the schedule to fire")
+        job = finished(api, fired()[0])
+        assert job["secrets"] == ["PIPED_TOKEN", "PEM_KEY"] and job["status"] == "succeeded"
+    deleted = cli("secret", "delete", "PEM_KEY")
+    assert deleted.returncode == 0 and "deleted" in deleted.stdout
+    refused = cli("job", "run", "--script", "f/use")
+    assert refused.returncode == 1 and "no secret PEM_KEY" in refused.stderr
