@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import shutil
@@ -117,8 +118,10 @@ class HeldJob:
             self._stream.write(f"\n--- attempt {job.attempt} ---\n")
         for name, reason in job.withheld.items():
             self._stream.write(f"[tagrun: secret {name} was not given to this job: {reason}]\n")
-        # The job's own secrets win over a holder's value of the same name.
-        self._redactor = Redactor({**(redact or {}), **job.secrets})
+        # The job's own secrets win over a holder's value of the same name; without any, the
+        # holder's redactor is built once, not per job.
+        self._redactor = Redactor({**(redact or {}), **job.secrets}) if job.secrets \
+            else _holder_redactor(tuple(sorted((redact or {}).items())))
         self._output = self._redactor.stream()
         env = {**job.secrets,
                **job_identity_env(job.id, job.workspace, job.attempt, job.tag, port.name)}
@@ -255,6 +258,11 @@ class HeldJob:
             ErrorIn(error["kind"], redacted.text(error.get("message", ""))) if error else None,
             retryable, self._stream.lost_chunks)
         await self._port.complete(self.job, done, self.lease_deadline)
+
+
+@functools.lru_cache(maxsize=8)
+def _holder_redactor(values: tuple[tuple[str, str], ...]) -> Redactor:
+    return Redactor(dict(values))
 
 
 class Holder:

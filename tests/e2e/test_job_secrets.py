@@ -26,12 +26,15 @@ from tests.support.processes import AgentProcess, agent_token, api_client, wait_
 # A multi-line value with characters that every encoding changes.
 SECRET = "hunter2-P@ss w/rd+?&=\"quoted\"\nsecond-line-Zq9"
 LABEL = "[REDACTED:DB_PASSWORD]"
+# A credential in the holder's own environment (AGENT_REDACT_VARS' *_TOKEN), which jobs inherit.
+HOLDER_VALUE = "holder-credential-5c1d"
 DIGEST = hashlib.sha256(SECRET.encode()).hexdigest()  # the job proves it got the value
 
 # Prints the secret raw, in base64 (standard, URL-safe, inside "user:<it>"), URL-encoded,
 # JSON-escaped, line by line, split across writes a second apart, on stderr; then fails with
 # the secret as its last line (the error message holds the last line).
 LEAKY_BASH = r"""
+echo "holder's own: $DEPLOY_API_TOKEN, key: ${TAGRUN_SECRETS_KEY:-none}"
 printf 'sha256 %s\n' "$(printf '%s' "$DB_PASSWORD" | sha256sum | cut -d' ' -f1)"
 echo "raw: $DB_PASSWORD"
 printf '%s' "$DB_PASSWORD" | base64 -w0; echo
@@ -112,12 +115,13 @@ def test_a_secret_reaches_its_job_and_nothing_else(
 ) -> None:
     server = start_process("standalone", database_url, env={
         "TAGRUN_SECRETS_KEY": key, "TAGRUN_LOG_LEVEL": "DEBUG", "TAGRUN_LOG_FORMAT": "json",
-        "WORKER_TAGS": "direct"}).wait_healthy()
+        "WORKER_TAGS": "direct", "DEPLOY_API_TOKEN": HOLDER_VALUE}).wait_healthy()
     with api_client(server.url) as admin:
         token = admin.post("/api/tokens", json={"workspace": "default"}).json()["token"]
         agent = AgentProcess(server.url, agent_token(admin, ["on-agent"]), tmp_path,
-                             name="secrets-agent", env={"TAGRUN_LOG_FORMAT": "json",
-                                                                "TAGRUN_LOG_LEVEL": "DEBUG"})
+                             name="secrets-agent", env={
+                                 "TAGRUN_LOG_FORMAT": "json", "TAGRUN_LOG_LEVEL": "DEBUG",
+                                 "DEPLOY_API_TOKEN": HOLDER_VALUE})
     try:
         with api_client(server.url, token) as api:
             put = api.put("/api/w/default/secrets/DB_PASSWORD", json={"value": "first-value"})
@@ -148,6 +152,9 @@ def test_a_secret_reaches_its_job_and_nothing_else(
                 assert LABEL in logs, logs
                 assert view["secrets"] == ["DB_PASSWORD"]
                 seen += [json.dumps(view), logs]
+            for job_id in (jobs[0], jobs[3]):  # the leaky script, on the agent and the worker
+                logs = api.get(f"/api/w/default/jobs/{job_id}/logs").json()["data"]
+                assert "holder's own: [REDACTED:DEPLOY_API_TOKEN], key: none" in logs, logs
             for job_id in (jobs[0], jobs[2], jobs[3], jobs[5]):  # bash, and python raising
                 view = views[job_id]
                 assert view["status"] == "failed"
@@ -171,7 +178,7 @@ def test_a_secret_reaches_its_job_and_nothing_else(
     seen += [server.log_text(), agent.log_text(), pg_dump(database_url)]
     assert '"event": "secret.used"' in server.log_text()
     assert "secret.set" in server.log_text()
-    for form in leaked_forms(SECRET):
+    for form in [*leaked_forms(SECRET), HOLDER_VALUE]:
         for text in seen:
             assert form not in text, f"the secret shows as {form!r}"
     assert key not in "".join(seen)
