@@ -205,6 +205,10 @@ def test_scope_old_agents_and_modified_agents(
         error = refused.json()["error"]
         assert error["code"] == "secret_not_allowed"
         assert "PROD_DB" in error["message"] and "'edge'" in error["message"]
+        batch = api.post("/api/w/default/jobs/batch", json={"jobs": [
+            {"language": "bash", "content": "true", "tag": "prod", "secrets": ["PROD_DB"]},
+            {"language": "bash", "content": "true", "tag": "edge", "secrets": ["PROD_DB"]}]})
+        assert batch.json()["error"]["code"] == "secret_not_allowed"  # all or none
         unknown = api.post("/api/w/default/jobs", json={
             "language": "bash", "content": "true", "tag": "prod", "secrets": ["NOPE"]})
         assert unknown.json()["error"]["code"] == "unknown_secret"
@@ -215,6 +219,8 @@ def test_scope_old_agents_and_modified_agents(
         assert short.json()["error"]["code"] == "secret_too_short"
         reserved = api.put("/api/w/default/secrets/TAGRUN_JOB_ID", json={"value": "abcd"})
         assert reserved.json()["error"]["code"] == "invalid_secret_name"
+
+        assert api.get("/api/w/default/jobs").json()["jobs"] == []  # nothing was queued
 
         def submit() -> int:
             answer = api.post("/api/w/default/jobs", json={
