@@ -69,7 +69,7 @@ class Redactor:
         names: dict[str, str] = {}
         # The longer value first: a form shared by two secrets is named after the longer.
         for name, value in sorted(secrets.items(), key=lambda kv: -len(kv[1])):
-            if len(value.strip()) < MIN_SECRET_CHARS:
+            if len(value) < MIN_SECRET_CHARS:
                 continue
             for form in forms(value):
                 names.setdefault(form, name)
@@ -164,5 +164,5 @@ def env_secrets(env: Mapping[str, str], patterns: Iterable[str]) -> dict[str, st
     values long enough to redact: {name: value}."""
     wanted = [p.strip().upper() for p in patterns if p.strip()]
     return {name: value for name, value in env.items()
-            if len(value.strip()) >= MIN_SECRET_CHARS
+            if len(value) >= MIN_SECRET_CHARS
             and any(fnmatch.fnmatchcase(name.upper(), p) for p in wanted)}
