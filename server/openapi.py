@@ -127,6 +127,8 @@ OPERATIONS = [
        out.Secrets),
     Op("PUT", "/api/w/{ws}/secrets/{name}", "Set a secret (its value is never shown back)",
        out.SecretInfo, 201, secret_rules.SecretIn, also={200: "An existing secret replaced"}),
+    Op("PATCH", "/api/w/{ws}/secrets/{name}", "Change which tags may use a secret",
+       out.SecretInfo, body=secret_rules.ScopeIn),
     Op("DELETE", "/api/w/{ws}/secrets/{name}", "Delete a secret", out.SecretDeleted),
     Op("POST", "/api/secrets/rotate-key", "Re-encrypt every secret under the primary key",
        out.SecretsRotated, auth="superadmin"),

@@ -53,6 +53,25 @@ def set_secret(
     typer.echo(f"secret {info['name']} set in workspace {workspace} (for {scope})")
 
 
+@app.command("scope")
+def scope_secret(
+    name: str,
+    allowed_tags: Annotated[str | None, typer.Option(
+        "--allowed-tags", help="Comma-separated tags whose jobs may use it.")] = None,
+    any_tag: Annotated[bool, typer.Option("--any-tag", help="Jobs of any tag may use it.")
+                       ] = False,
+    workspace: Workspace = "default",
+) -> None:
+    """Change which tags' jobs may use a secret, keeping its value."""
+    if (allowed_tags is None) == (not any_tag):
+        fail("give --allowed-tags a,b or --any-tag")
+    tags = None if any_tag else [t.strip() for t in (allowed_tags or "").split(",") if t.strip()]
+    info = Client().request("PATCH", f"/api/w/{workspace}/secrets/{name}",
+                            json={"allowed_tags": tags})
+    scope = ", ".join(info["allowed_tags"]) if info["allowed_tags"] is not None else "any tag"
+    typer.echo(f"secret {info['name']} in workspace {workspace} is now for {scope}")
+
+
 @app.command("list")
 def list_secrets(workspace: Workspace = "default") -> None:
     """List secrets: names, scope and times (never a value)."""

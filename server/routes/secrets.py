@@ -8,7 +8,14 @@ from starlette.routing import Route
 from tagrun.server.auth import authenticator
 from tagrun.server.errors import NotFound
 from tagrun.server.http import JSON, read_body
-from tagrun.server.services.secrets import SecretBox, SecretIn, author, check_name, info_view
+from tagrun.server.services.secrets import (
+    ScopeIn,
+    SecretBox,
+    SecretIn,
+    author,
+    check_name,
+    info_view,
+)
 
 
 def _box(request: Request) -> SecretBox:
@@ -37,6 +44,13 @@ async def list_secrets(request: Request) -> JSON:
     return JSON({"secrets": [info_view(i) for i in infos]})
 
 
+async def scope_secret(request: Request) -> JSON:
+    workspace, by = await _who(request)
+    body = await read_body(request, ScopeIn)
+    return JSON(info_view(await _box(request).scope(workspace, request.path_params["name"],
+                                                    body, by)))
+
+
 async def delete_secret(request: Request) -> JSON:
     workspace, by = await _who(request)
     name = request.path_params["name"]
@@ -53,6 +67,7 @@ async def rotate_key(request: Request) -> JSON:
 routes = [
     Route("/api/w/{ws}/secrets", list_secrets, methods=["GET"]),
     Route("/api/w/{ws}/secrets/{name}", put_secret, methods=["PUT"]),
+    Route("/api/w/{ws}/secrets/{name}", scope_secret, methods=["PATCH"]),
     Route("/api/w/{ws}/secrets/{name}", delete_secret, methods=["DELETE"]),
     Route("/api/secrets/rotate-key", rotate_key, methods=["POST"]),
 ]

@@ -15,7 +15,7 @@ from typing import Annotated, NamedTuple
 
 import msgspec
 
-from tagrun.server.errors import Conflict, InvalidInput
+from tagrun.server.errors import Conflict, InvalidInput, NotFound
 from tagrun.server.store import ClaimedRow, Store
 from tagrun.server.store._base import iso
 from tagrun.server.store.secrets import Sealed, SecretInfo
@@ -38,6 +38,13 @@ MAX_VALUE_BYTES = 64 * 1024
 RESERVED_PREFIX = "TAGRUN_"
 EXISTS_TTL_S = 5.0  # how long "the database holds no secret" is believed
 OLD_AGENT = "the agent that claimed the job does not redact secrets (an older tagrun-agent)"
+
+
+class ScopeIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Which tags' jobs may use a secret (null: any), its value unchanged."""
+
+    allowed_tags: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=255)]],
+                            msgspec.Meta(max_length=100)] | None
 
 
 class Opened(NamedTuple):
@@ -168,6 +175,15 @@ class SecretBox:
         log.info("secret.set", extra={"workspace": workspace, "secret": name, "by": by,
                                       "new": created})
         return info, created
+
+    async def scope(self, workspace: str, name: str, body: ScopeIn, by: str) -> SecretInfo:
+        info = await self.store.scope_secret(workspace, check_name(name), body.allowed_tags, by)
+        if info is None:
+            raise NotFound(f"no secret {name} in workspace {workspace!r}",
+                           code="secret_not_found")
+        log.info("secret.scoped", extra={"workspace": workspace, "secret": name, "by": by,
+                                         "allowed_tags": body.allowed_tags})
+        return info
 
     async def delete(self, workspace: str, name: str, by: str) -> bool:
         deleted = await self.store.delete_secret(workspace, check_name(name))

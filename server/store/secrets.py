@@ -20,6 +20,10 @@ RETURNING name, allowed_tags, created_at, created_by, updated_at, updated_by,
 LIST_SECRETS = """
 SELECT name, allowed_tags, created_at, created_by, updated_at, updated_by
 FROM secrets WHERE workspace = $1 ORDER BY name"""
+SCOPE_SECRET = """
+UPDATE secrets SET allowed_tags = $3, updated_at = now(), updated_by = $4
+WHERE workspace = $1 AND name = $2
+RETURNING name, allowed_tags, created_at, created_by, updated_at, updated_by"""
 DELETE_SECRET = "DELETE FROM secrets WHERE workspace = $1 AND name = $2 RETURNING name"
 SECRET_SCOPES = """
 SELECT name, allowed_tags FROM secrets WHERE workspace = $1 AND name = ANY($2::text[])"""
@@ -73,6 +77,14 @@ class Secrets(StoreBase):
         assert row is not None
         created = bool(row["created"])
         return SecretInfo(*(row[k] for k in SecretInfo.__dataclass_fields__)), created
+
+    async def scope_secret(self, workspace: str, name: str,
+                           allowed_tags: Sequence[str] | None, by: str) -> SecretInfo | None:
+        """Change which tags may use a secret, keeping its value; None: no such secret."""
+        row = await self.fetchrow(SCOPE_SECRET, workspace, name,
+                                  list(allowed_tags) if allowed_tags is not None else None, by)
+        return None if row is None else SecretInfo(
+            *(row[k] for k in SecretInfo.__dataclass_fields__))
 
     async def list_secrets(self, workspace: str) -> list[SecretInfo]:
         rows = await self.fetch(LIST_SECRETS, workspace)

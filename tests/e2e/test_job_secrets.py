@@ -217,6 +217,8 @@ def test_scope_old_agents_and_modified_agents(
         ).json()["error"]["code"] == "unknown_secret"
         short = api.put("/api/w/default/secrets/SHORT", json={"value": "abc"})
         assert short.json()["error"]["code"] == "secret_too_short"
+        assert api.patch("/api/w/default/secrets/NOPE", json={"allowed_tags": None}
+                         ).json()["error"]["code"] == "secret_not_found"
         reserved = api.put("/api/w/default/secrets/TAGRUN_JOB_ID", json={"value": "abcd"})
         assert reserved.json()["error"]["code"] == "invalid_secret_name"
 
@@ -255,8 +257,8 @@ def test_scope_old_agents_and_modified_agents(
             assert done.status_code == 200, done.text
             # The scope narrowed after the submit: the secret is withheld at claim.
             narrowed = submit()
-            assert api.put("/api/w/default/secrets/PROD_DB", json={
-                "value": "prod-password-9f8e", "allowed_tags": ["other"]}).status_code == 200
+            scoped = api.patch("/api/w/default/secrets/PROD_DB", json={"allowed_tags": ["other"]})
+            assert scoped.status_code == 200 and scoped.json()["allowed_tags"] == ["other"]
             [job] = agent.post(CLAIM, json={"name": "mod-agent", "wait_s": 5},
                                headers={"Tagrun-Agent-Features": "secrets"}).json()["jobs"]
             assert job["id"] == narrowed and job["secrets"] == {}
@@ -320,6 +322,8 @@ def test_the_cli_sets_secrets_from_stdin_or_a_file_and_jobs_use_them(
     from_file = cli("secret", "set", "PEM_KEY", "--from-file", str(pem),
                     "--allowed-tags", "bash")
     assert from_file.returncode == 0, from_file.stderr
+    rescoped = cli("secret", "scope", "PEM_KEY", "--allowed-tags", "bash,deploy")
+    assert rescoped.returncode == 0 and "now for bash, deploy" in rescoped.stdout
     listed = cli("secret", "list")
     assert "PIPED_TOKEN" in listed.stdout and "(any)" in listed.stdout
     assert "piped-value" not in listed.stdout and "QUJD" not in listed.stdout

@@ -7,7 +7,7 @@ import uuid
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.ui.conftest import sign_in
+from tests.ui.conftest import answer_prompts, sign_in
 
 
 def test_a_secret_is_set_listed_and_deleted_without_its_value_ever_shown(
@@ -31,6 +31,13 @@ def test_a_secret_is_set_listed_and_deleted_without_its_value_ever_shown(
     page.reload()
     expect(row).to_be_visible()
     assert value not in page.content()
+
+    answer_prompts(page, "staging")
+    row.locator("button", has_text="Change tags").click()
+    expect(row).not_to_contain_text("deploy")
+    expect(row).to_contain_text("staging")
+    listed = {s["name"]: s for s in api.get("/api/w/default/secrets").json()["secrets"]}
+    assert listed[name]["allowed_tags"] == ["staging"]
 
     row.locator("button", has_text="Delete").click()  # the confirm is accepted
     expect(row).to_have_count(0)

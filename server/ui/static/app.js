@@ -466,6 +466,24 @@
         toast(error.message, "error");
       }
     });
+    const rescope = el("button", { type: "button", class: "small ghost", text: "Change tags" });
+    rescope.addEventListener("click", async () => {
+      const answer = window.prompt(`Tags whose jobs may use ${s.name}, comma-separated ` +
+                                   "(empty: any tag). Its value stays.",
+                                   (s.allowed_tags || []).join(", "));
+      if (answer === null) return;
+      const tags = answer.split(",").map((t) => t.trim()).filter((t) => t);
+      rescope.disabled = true;
+      try {
+        await api("PATCH", `${url}/${encodeURIComponent(s.name)}`,
+                  { allowed_tags: tags.length ? tags : null });
+        toast(`${s.name}: ${tags.length ? tags.join(", ") : "any tag"}`, "ok");
+        loadSecrets(url);
+      } catch (error) {
+        rescope.disabled = false;
+        toast(error.message, "error");
+      }
+    });
     const scope = s.allowed_tags === null || s.allowed_tags === undefined
       ? el("span", { class: "muted", text: "any tag" })
       : el("span", {}, ...s.allowed_tags.map((t) => el("span", { class: "tag", text: t })));
@@ -476,7 +494,7 @@
          el("div", { class: "muted", text: s.created_by })),
       el("td", { class: "times" }, el("div", { text: fireTime(s.updated_at) }),
          el("div", { class: "muted", text: s.updated_by })),
-      el("td", {}, remove));
+      el("td", { class: "actions" }, rescope, " ", remove));
   }
 
   async function loadSecrets(url) {
