@@ -93,6 +93,14 @@ def agent(
         help="The agent's own variables whose values are redacted from jobs' logs and "
              "results, comma-separated wildcards (default: *_TOKEN,*_SECRET,*_PASSWORD,"
              "*_KEY,*_PRIVATE_KEY; none: none).")] = None,
+    verify_keys: Annotated[str | None, typer.Option(
+        "--verify-keys", envvar="AGENT_VERIFY_KEYS", metavar="PATH", show_envvar=True,
+        help="A file of trusted public keys ('key_id key' per line): every job's signature "
+             "is checked against them before it runs (docs/signing.md).")] = None,
+    verify: Annotated[str | None, typer.Option(
+        "--verify", envvar="AGENT_VERIFY", metavar="MODE", show_envvar=True,
+        help="block (the default with keys): a job that does not verify fails unrun; "
+             "warn: it runs, with a warning in its log.")] = None,
     ca_file: Annotated[str | None, typer.Option(
         "--ca-file", envvar="AGENT_CA_FILE", metavar="PATH", show_envvar=True,
         help="CA bundle to verify the server with (else SSL_CERT_FILE or the system's).")
@@ -130,6 +138,7 @@ def agent(
         "AGENT_LOG_SPOOL_MB": log_spool_mb, "AGENT_CA_FILE": ca_file,
         "AGENT_ALLOW_INSECURE": allow_insecure, "AGENT_EXIT_AFTER_JOBS": exit_after_jobs,
         "AGENT_EXIT_AFTER_IDLE_S": exit_after_idle_s, "AGENT_REDACT_VARS": redact_vars,
+        "AGENT_VERIFY_KEYS": verify_keys, "AGENT_VERIFY": verify,
     }
     try:
         config = load_config(values)

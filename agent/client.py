@@ -107,6 +107,9 @@ class RetryPolicy:
     sleep: Sleep = asyncio.sleep
 
 
+VERIFY_HEADER = "Tagrun-Agent-Verify"
+
+
 class AgentClient:
     def __init__(
         self,
@@ -117,7 +120,10 @@ class AgentClient:
         ca_file: Path | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
+        verify: str | None = None,
     ) -> None:
+        """`verify`: how it checks jobs' signatures ("block; keys=a,b"), shown on the
+        Workers page."""
         self.name = name
         self._retry = retry or RetryPolicy()
         # When the last heartbeat try was sent (time.monotonic()): a heartbeat that succeeds
@@ -138,7 +144,8 @@ class AgentClient:
                      # It acknowledges each job it is handed (runner: the first heartbeat
                      # comes within the job's ack_s), so a lost claim answer costs seconds.
                      "Tagrun-Agent-Features": "ack, secrets",
-                     "User-Agent": f"tagrun-agent/{__version__}"},
+                     "User-Agent": f"tagrun-agent/{__version__}",
+                     **({VERIFY_HEADER: verify} if verify else {})},
             timeout=DEFAULT_TIMEOUT,
             # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY and SSL_CERT_FILE/SSL_CERT_DIR.
             verify=ssl.create_default_context(cafile=str(ca_file)) if ca_file else True,
@@ -229,7 +236,7 @@ class AgentClient:
         """One job's outcome by itself; its new status."""
         path = _job_path(workspace, done.id, "complete")
         body = wire.CompleteIn(done.attempt, done.status, done.result, done.error, self.name,
-                               done.retryable, done.log_chunks_lost)
+                               done.retryable, done.log_chunks_lost, done.signature_check)
         answer = await self._post(path, body, self._until(until))
         completed = _read(answer, wire.Completed, path)
         return completed.status if completed else done.status

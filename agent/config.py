@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from tagrun.agent.errors import ConfigError
 from tagrun.shared.executors import JobUser
 from tagrun.shared.redact import DEFAULT_REDACT_VARS
+from tagrun.shared.signing import SigningError, Verifier, load_verifier
 
 __all__ = ["AgentConfig", "ConfigError", "load_config"]
 
@@ -52,6 +53,8 @@ class AgentConfig:
     # The agent's own variables whose values are redacted from jobs' logs and results
     # (fnmatch patterns, any case): AGENT_REDACT_VARS, "none" for none.
     redact_vars: tuple[str, ...] = DEFAULT_REDACT_VARS
+    # AGENT_VERIFY_KEYS and AGENT_VERIFY: jobs' signatures checked before they run.
+    verifier: Verifier | None = None
 
 
 def _redact_vars(raw: str | None) -> tuple[str, ...]:
@@ -104,7 +107,15 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
         exit_after_idle_s=_number(v, "AGENT_EXIT_AFTER_IDLE_S", 0, low=1.0, high=None)
         if "AGENT_EXIT_AFTER_IDLE_S" in v else None,
         redact_vars=_redact_vars(v.get("AGENT_REDACT_VARS")),
+        verifier=_verifier(v),
     )
+
+
+def _verifier(v: Mapping[str, str]) -> Verifier | None:
+    try:
+        return load_verifier(v, "AGENT")
+    except SigningError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _token(raw: str | None, file: str | None) -> str:

@@ -36,6 +36,7 @@ from tagrun.shared.agent_wire import DEFAULT_HEARTBEAT_S, AgentJob, claimed_job
 from tagrun.shared.executors import ExecSpec, Execution
 from tagrun.shared.holder import KILL_GRACE_S, Fatal, HeldJob, Holder
 from tagrun.shared.redact import env_secrets
+from tagrun.shared.signing import Verifier
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.agent")
@@ -140,7 +141,8 @@ class Agent:
             return
         log.info("agent.started", extra={
             "agent": self.config.name, "version": __version__, "server": self.config.base_url,
-            "slots": self.config.slots, "work_dir": str(self._work_root)})
+            "slots": self.config.slots, "work_dir": str(self._work_root),
+            **_verify_fields(self.config.verifier)})
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         self._claimed = True
         await self._claim_loop()
@@ -291,7 +293,7 @@ class Agent:
         return HeldJob(job, self._holder.port, self._work_root, log,
                        python_cmd=self._python_cmd, user=self.config.job_user,
                        spool_bytes=self.config.log_spool_bytes, on_fatal=self._on_fatal,
-                       redact=self._redact)
+                       redact=self._redact, verifier=self.config.verifier)
 
     def _on_fatal(self, error: Fatal) -> None:
         self._fatal = error
@@ -374,9 +376,17 @@ def _shell() -> str:
 async def run_agent(config: AgentConfig, *, retry: RetryPolicy | None = None) -> int:
     """Run an agent with this config until it stops; returns the process exit code."""
     client = AgentClient(config.base_url, config.token, config.name, ca_file=config.ca_file,
-                         retry=retry)
+                         retry=retry, verify=config.verifier.header() if config.verifier
+                         else None)
     try:
         return await Agent(config, client).run()
     finally:
         with contextlib.suppress(Exception):
             await client.aclose()
+
+
+def _verify_fields(verifier: Verifier | None) -> dict[str, object]:
+    """How the agent checks signatures, for its start line (never a key, only their ids)."""
+    if verifier is None:
+        return {"verify": "off"}
+    return {"verify": verifier.mode, "verify_keys": verifier.key_ids()}

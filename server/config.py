@@ -11,6 +11,7 @@ from pathlib import Path
 import platformdirs
 
 from tagrun.shared.executors import available_languages
+from tagrun.shared.signing import SigningError, Verifier, load_verifier
 
 MODES = ("standalone", "server", "worker")
 
@@ -57,6 +58,8 @@ class ServerConfig:
     metrics_token: str | None
     tls_cert: Path | None = None  # with tls_key: serve HTTPS directly
     tls_key: Path | None = None
+    # WORKER_VERIFY_KEYS, WORKER_VERIFY: direct workers check jobs' signatures (signing.md).
+    worker_verifier: Verifier | None = None
 
     @property
     def url(self) -> str:
@@ -188,7 +191,15 @@ def load_config(
         max_queued=_integer(env, "TAGRUN_MAX_QUEUED", 0, minimum=0),
         metrics_token=env.get("TAGRUN_METRICS_TOKEN") or None,
         **_tls(env, tls_cert, tls_key),
+        worker_verifier=_verifier(env),
     )
+
+
+def _verifier(env: Mapping[str, str]) -> Verifier | None:
+    try:
+        return load_verifier(env, "WORKER")
+    except SigningError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _tls(env: Mapping[str, str], cert: Path | None, key: Path | None) -> dict[str, Path]:

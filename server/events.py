@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tagrun.server import metrics
+from tagrun.shared.signing import SIGNATURE_INVALID
 
 if TYPE_CHECKING:  # no import at run time: the store logs through this module's callers
     from tagrun.server.store.leases import ClaimedRow
@@ -65,6 +66,9 @@ def job_finished(outcome: dict[str, Any], error: dict[str, Any] | None) -> None:
     else:
         kind = (error or {}).get("kind", "internal")
         log.warning("job.failed", extra={**fields, "error_kind": kind})
+        if kind == SIGNATURE_INVALID:  # refused unrun by a holder that verifies signatures
+            log.warning("job.signature_refused", extra={
+                **fields, "reason": (error or {}).get("message", "")})
         if status == "queued":
             metrics.RETRIES.inc()
             log.info("job.retry_scheduled", extra={**fields, "run_at": outcome["run_at"]})

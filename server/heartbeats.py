@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tagrun.server.agent_tokens import jti_of
 from tagrun.server.store import DATABASE_ERRORS, Store
@@ -43,6 +44,7 @@ class AgentRecord:
     jti: str
     key: str = ""  # the token and the agent process's session: a new process is a new key
     active: int = 0
+    verify: dict[str, Any] | None = None  # how it checks jobs' signatures ({mode, keys})
 
 
 class Heartbeats:
@@ -84,7 +86,8 @@ class Heartbeats:
         if known is None or (known.key, known.ip) != (record.key, record.ip):
             undrained = await self.store.upsert_agent(
                 name, record.group, record.tags, record.ip, record.version, record.jti,
-                self.process, stale_after_s=self.stale_after_s, session_key=record.key)
+                self.process, stale_after_s=self.stale_after_s, session_key=record.key,
+                verify=record.verify)
             self.agents[name] = record
             log.info("agent.connected", extra={"agent": name, "group": record.group,
                                                "tags": list(record.tags), "ip": record.ip,

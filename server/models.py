@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from tagrun.shared.signing import KEY_ID_PATTERN
+
 # Patterns end in \Z, not $: msgspec searches with `re`, where $ also matches before a final
 # newline ("f/x\n" would pass).
 Path = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_][a-z0-9_.-]*(/[a-z0-9_][a-z0-9_.-]*)*\Z",
@@ -19,6 +21,7 @@ TimeoutS = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 MaxAttempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
 # Bounded again by the server (three heartbeats to TAGRUN_MAX_LEASE_S).
 LeaseS = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
+Version = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 Label = Annotated[str, msgspec.Meta(max_length=200)]
 # The secrets a script's or a job's holder gets as environment variables, by name.
 SecretNames = Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^[A-Z_][A-Z0-9_]{0,63}\Z")]],
@@ -32,6 +35,19 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     pass
 
 
+class SignatureIn(_Body):
+    """A signature made by the submitter (docs/signing.md), stored for holders to verify."""
+
+    key_id: Annotated[str, msgspec.Meta(pattern=KEY_ID_PATTERN)]
+    # Standard base64 of the 64-byte Ed25519 signature.
+    sig: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{86}==\Z")]
+    unsigned_args: bool = False
+
+    def stored(self, source: str) -> dict[str, Any]:
+        return {"key_id": self.key_id, "sig": self.sig, "unsigned_args": self.unsigned_args,
+                "source": source}
+
+
 class ScriptIn(_Body):
     path: Path
     language: str
@@ -42,10 +58,16 @@ class ScriptIn(_Body):
     concurrency_limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     lease_s: LeaseS | None = None
     secrets: SecretNames = []
+    # The version this deploy must become (409 version_taken otherwise): what a signed
+    # deploy signs.
+    version: Version | None = None
+    signature: SignatureIn | None = None
 
 
 class JobIn(_Body):
     script: Path | None = None
+    # That version of the script rather than its latest.
+    script_version: Version | None = None
     language: str | None = None
     content: Content | None = None
     args: dict[str, Any] = {}
@@ -57,6 +79,7 @@ class JobIn(_Body):
     lease_s: LeaseS | None = None
     # Secrets by name, added to its script's (for a script job).
     secrets: SecretNames = []
+    signature: SignatureIn | None = None
 
     def __post_init__(self) -> None:
         if self.run_at is not None:

@@ -43,6 +43,39 @@ class Attempt(_Out):
     error: JobError | None
 
 
+class Signer(_Out):
+    """Who signed a job (docs/signing.md): the key's id, whether the args were left out, and
+    where the signature came from: "job" (its submitter), "script" (its version's deploy),
+    "schedule"."""
+
+    key_id: str
+    unsigned_args: bool = False
+    source: str = "job"
+
+
+class SignatureCheck(_Out):
+    """What the last holder that verifies signatures found: verified, unverified (it ran, in
+    warn mode) or refused (it failed unrun)."""
+
+    verdict: str
+    key_id: str | None = None
+    message: str = ""
+
+
+class ScriptSignature(_Out):
+    key_id: str
+    sig: str  # base64 Ed25519 signature of the version's payload
+    unsigned_args: bool = True
+    source: str = "deploy"
+
+
+class Verify(_Out):
+    """How a holder checks jobs' signatures: block or warn, with these key ids."""
+
+    mode: str
+    keys: list[str]
+
+
 class Job(_Out):
     id: int
     workspace: str
@@ -74,6 +107,8 @@ class Job(_Out):
     content: str | None = None
     # The names of the secrets it uses (never a value): its holder gets them as variables.
     secrets: list[str] = []
+    signature: Signer | None = None
+    signature_check: SignatureCheck | None = None
 
 
 class JobPage(_Out):
@@ -103,6 +138,7 @@ class Script(_Out):
     created_at: str
     secrets: list[str] = []  # the secrets its jobs use, by name
     content: str | None = None
+    signature: ScriptSignature | None = None  # signed at deploy (args left out)
 
 
 class ScriptPage(_Out):
@@ -204,6 +240,7 @@ class Agent(_Out):
     paused_until: str | None
     paused_as: str | None
     drain_note: str | None
+    verify: Verify | None = None  # null: it runs jobs without checking their signatures
 
 
 class Steered(_Out):

@@ -74,6 +74,7 @@ def worker_settings(config: ServerConfig, kind: str) -> WorkerSettings:
         name=name, tags=config.worker_tags, slots=config.worker_slots, lease_s=config.lease_s,
         heartbeat_s=config.heartbeat_s, poll_interval_s=config.poll_interval_s, kind=kind,
         retry_backoff_s=config.retry_backoff_s, max_log_chars=config.max_log_bytes,
+        verifier=config.worker_verifier,
     )
 
 

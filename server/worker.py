@@ -16,7 +16,7 @@ from typing import Any
 from tagrun.server import events
 from tagrun.server.errors import InvalidInput, LeaseLost, TagrunError
 from tagrun.server.listener import Listener
-from tagrun.server.services.jobs import claimed
+from tagrun.server.services.jobs import check_dict, claimed
 from tagrun.server.services.secrets import Opened, SecretBox
 from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, Store
 from tagrun.shared.agent_wire import AgentJob, CompletedJob
@@ -30,6 +30,7 @@ from tagrun.shared.holder import (
     Refused,
 )
 from tagrun.shared.redact import DEFAULT_REDACT_VARS, env_secrets
+from tagrun.shared.signing import Verifier
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.worker")
@@ -48,6 +49,7 @@ class WorkerSettings:
     drain_timeout_s: float = 10.0
     kind: str = "worker"
     work_root: Path | None = None
+    verifier: Verifier | None = None  # WORKER_VERIFY_KEYS: signatures checked before a run
 
 
 class StorePort:
@@ -83,7 +85,8 @@ class StorePort:
                 recorded = await self._store.complete_job(
                     self.name, job.id, job.attempt, outcome.status, outcome.result, error,
                     self._settings.retry_backoff_s, retryable=outcome.retryable,
-                    log_chunks_lost=outcome.log_chunks_lost)
+                    log_chunks_lost=outcome.log_chunks_lost,
+                    signature_check=check_dict(outcome.signature_check))
             except LeaseLost as exc:
                 raise LeaseGone(exc.message) from exc
             except TagrunError as exc:
@@ -149,7 +152,9 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         await self._until_ok(lambda: self.store.register_worker(
-            s.name, s.kind, "", s.tags, None, __version__), stop)
+            s.name, s.kind, "", s.tags, None, __version__,
+            {"mode": s.verifier.mode, "keys": s.verifier.key_ids()} if s.verifier else None),
+            stop)
         log.info("worker.started", extra={"worker": s.name, "tags": list(s.tags), "slots": s.slots})
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         self.listener.on_cancel(self._cancel_now)
@@ -252,7 +257,7 @@ class Worker:
 
     def _held_job(self, job: AgentJob) -> HeldJob:
         return HeldJob(job, self.holder.port, self._work_root, log, redact=self._redact,
-                       withhold=WITHHELD_VARS)
+                       withhold=WITHHELD_VARS, verifier=self.settings.verifier)
 
     def _cancel_now(self, job_id: int) -> None:
         """A cancel reaches a direct worker at once; the next heartbeat would confirm it."""

@@ -89,6 +89,17 @@ LogChunksLost = Annotated[int, msgspec.Meta(ge=0, le=1_000_000, description=(
     "log chunks the server refused while the job ran (each left a marker in the log)"))]
 
 
+# What a holder that verifies signatures (AGENT_VERIFY_KEYS) found for the job it ran or
+# refused: shown on the job's page.
+VERDICTS = ("verified", "unverified", "refused")
+
+
+class SignatureCheck(_Body, omit_defaults=True):
+    verdict: Annotated[str, msgspec.Meta(pattern=rf"^({'|'.join(VERDICTS)})\Z")]
+    key_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    message: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+
+
 class CompleteIn(_Outcome):
     attempt: Attempt
     status: Outcome
@@ -97,6 +108,7 @@ class CompleteIn(_Outcome):
     name: AgentName | None = None
     retryable: Retryable = True
     log_chunks_lost: LogChunksLost = 0
+    signature_check: SignatureCheck | None = None
 
 
 class CompletedJob(_Outcome):
@@ -107,6 +119,7 @@ class CompletedJob(_Outcome):
     error: ErrorIn | None = None
     retryable: Retryable = True
     log_chunks_lost: LogChunksLost = 0
+    signature_check: SignatureCheck | None = None
 
 
 class CompleteManyIn(_Body):
@@ -134,6 +147,15 @@ class AgentTokenIn(_Body):
 # -- answers ---------------------------------------------------------------------------------
 
 
+class JobSignature(_Answer, frozen=True):
+    """Who signed a job (docs/signing.md): the key's id, the Ed25519 signature (base64) and
+    whether the signer left the args out."""
+
+    key_id: str
+    sig: str
+    unsigned_args: bool = False
+
+
 class AgentJob(_Answer, frozen=True):
     """A claimed job as the agent receives it."""
 
@@ -158,6 +180,11 @@ class AgentJob(_Answer, frozen=True):
     secrets: dict[str, str] = {}
     # Secrets it names that were withheld (deleted, no longer allowed, not readable): why.
     withheld: dict[str, str] = {}
+    # The script and version it runs (None: inline), and its signature, if it was signed:
+    # a holder that verifies signatures recomputes the signed payload from these fields.
+    script: str | None = None
+    script_version: int | None = None
+    signature: JobSignature | None = None
 
 
 # Steering: an operator paused the agent (or its group), so a claim waits without jobs; or

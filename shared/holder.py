@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from tagrun.shared.agent_wire import AgentJob, CompletedJob, ErrorIn
+from tagrun.shared.agent_wire import AgentJob, CompletedJob, ErrorIn, SignatureCheck
 from tagrun.shared.executors import (
     NO_PROCESS,
     ErrorKind,
@@ -37,6 +37,7 @@ from tagrun.shared.executors import (
 )
 from tagrun.shared.logstream import Backlog, LogStream, StreamEnded
 from tagrun.shared.redact import Redactor
+from tagrun.shared.signing import SIGNATURE_INVALID, Verifier
 
 Deadline = Callable[[], float]  # the time.monotonic() after which a call stops retrying
 Held = list[tuple[int, int]]  # (job id, attempt) of jobs held
@@ -93,11 +94,16 @@ class HeldJob:
         python_cmd: list[str] | None = None, user: JobUser | None = None,
         spool_bytes: int | None = None, on_fatal: Callable[[Fatal], None] | None = None,
         redact: Mapping[str, str] | None = None, withhold: frozenset[str] = frozenset(),
+        verifier: Verifier | None = None,
     ) -> None:
         """`redact`: values ({name: value}) redacted from the job's log, result and error
         besides its own secrets (the holder's credentials); `withhold`: this process's
-        environment variables the job's process never gets."""
+        environment variables the job's process never gets; `verifier`: the holder's
+        trusted keys, when it checks jobs' signatures before running them."""
         self.job = job
+        self._verifier = verifier
+        self._signature_check: SignatureCheck | None = None
+        self._retryable = True
         self.lost = False  # lease lost or job released: its outcome must not be reported
         self.executing = True
         # The lease as the server granted it: from the claim, then from the sending of each
@@ -195,7 +201,37 @@ class HeldJob:
             "job_id": self.job.id, "attempt": self.job.attempt, "lease_s": self.job.lease_s})
         self.abandon(LEASE_RAN_OUT, lease_gone=True)
 
+    def _verify(self) -> Outcome | None:
+        """With a verifier: the job's signature checked before anything of it runs. A job
+        that does not verify is refused unrun (AGENT_VERIFY=block: failed, never retried,
+        since no holder with these keys would run it) or run with a warning (warn)."""
+        if self._verifier is None:
+            return None
+        verdict = self._verifier.check(self.job)
+        fields = {"job_id": self.job.id, "attempt": self.job.attempt, "key_id": verdict.key_id}
+        if verdict.ok:
+            self._signature_check = SignatureCheck("verified", verdict.key_id, verdict.message)
+            self._stream.write(f"[tagrun: {verdict.message}]\n")
+            return None
+        variable = self._verifier.source.removesuffix("_KEYS")
+        if not self._verifier.blocks:
+            self._signature_check = SignatureCheck("unverified", verdict.key_id,
+                                                   verdict.message)
+            self._log.warning("job.signature_unverified", extra={**fields,
+                                                                "reason": verdict.message})
+            self._stream.write(f"[tagrun: signature not verified: {verdict.message}; running "
+                               f"it anyway ({variable}=warn)]\n")
+            return None
+        self._signature_check = SignatureCheck("refused", verdict.key_id, verdict.message)
+        self._log.warning("job.signature_refused", extra={**fields, "reason": verdict.message})
+        message = f"{verdict.message}: refused unrun by {self._port.name} ({variable}=block)"
+        self._stream.write(f"[tagrun: {message}]\n")
+        self._retryable = False
+        return Outcome("failed", error={"kind": SIGNATURE_INVALID, "message": message})
+
     async def _execute(self) -> Outcome:
+        if (refused := self._verify()) is not None:
+            return refused
         try:
             if self.job.language not in NO_PROCESS:
                 self._work_dir.mkdir(mode=0o700)  # the job's alone (a job user's: chowned)
@@ -226,6 +262,7 @@ class HeldJob:
     async def _report(self, outcome: Outcome) -> None:
         job = self.job
         outcome, retryable = sendable(outcome)
+        retryable = retryable and self._retryable
         try:
             await self._complete(outcome, retryable=retryable)
         except LeaseGone:
@@ -256,7 +293,7 @@ class HeldJob:
         done = CompletedJob(
             self.job.id, self.job.attempt, outcome.status, redacted.value(outcome.result),
             ErrorIn(error["kind"], redacted.text(error.get("message", ""))) if error else None,
-            retryable, self._stream.lost_chunks)
+            retryable, self._stream.lost_chunks, self._signature_check)
         await self._port.complete(self.job, done, self.lease_deadline)
 
 

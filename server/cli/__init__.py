@@ -14,6 +14,7 @@ from tagrun.server.cli.fleet import settings_app, token_app, workers_app
 from tagrun.server.cli.jobs import app as job_app
 from tagrun.server.cli.schedules import app as schedule_app
 from tagrun.server.cli.secrets import app as secret_app
+from tagrun.server.cli.signing import app as keys_app
 from tagrun.shared.version import __version__
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app.add_typer(script_app, name="script")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(secret_app, name="secret")
 app.add_typer(secret_app, name="secrets", hidden=True)  # `tagrun secrets rotate-key` reads well
+app.add_typer(keys_app, name="keys")
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(token_app, name="token")
 app.add_typer(settings_app, name="settings")

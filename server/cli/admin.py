@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from tagrun.server.cli.client import Client, print_json, print_table, read_content
+from tagrun.server.cli.signing import SignKey, sign_deploy
+from tagrun.server.cli.signing import load as load_key
 
 script_app = typer.Typer(help="Deploy and read scripts.", no_args_is_help=True)
 workspace_app = typer.Typer(help="Workspaces and their tokens (superadmin).",
@@ -35,8 +37,10 @@ def deploy(
     secret: Annotated[list[str] | None, typer.Option(
         "--secret", help="A secret its jobs get as a variable of that name (repeatable).")
     ] = None,
+    sign_key: SignKey = None,
 ) -> None:
-    """Deploy a new version of a script."""
+    """Deploy a new version of a script (signed with --sign-key: its jobs and schedules run
+    on agents that verify signatures)."""
     body: dict[str, Any] = {
         "path": path, "language": language, "max_attempts": max_attempts,
         "content": read_content(content, file) if language != "identity" else content or "",
@@ -47,8 +51,12 @@ def deploy(
                        ("concurrency_limit", concurrency_limit), ("lease_s", lease_s)):
         if value is not None:
             body[key] = value
-    script = Client().post(f"/api/w/{workspace}/scripts", body)
-    typer.echo(f"deployed {script['path']} version {script['version']}")
+    client = Client()
+    if sign_key is not None:
+        sign_deploy(client, body, workspace, load_key(sign_key))
+    script = client.post(f"/api/w/{workspace}/scripts", body)
+    signed = f", signed with key {script['signature']['key_id']}" if script["signature"] else ""
+    typer.echo(f"deployed {script['path']} version {script['version']}{signed}")
 
 
 @script_app.command("list")

@@ -50,6 +50,10 @@ class Client:
         except httpx.TransportError as exc:
             fail(f"cannot reach the tagrun server at {self.base_url} ({exc.__class__.__name__}); "
                  "is it running? (TAGRUN_URL)")
+        return self._answer(response, method, path)
+
+    @staticmethod
+    def _answer(response: httpx.Response, method: str, path: str) -> Any:
         if response.is_success:
             return response.json()
         try:
@@ -57,6 +61,14 @@ class Client:
             fail(f"{error['message']} ({response.status_code} {error['code']})")
         except (ValueError, KeyError, TypeError):
             fail(f"{response.status_code} from {method} {path}: {response.text[:200]}")
+
+    def get_optional(self, path: str) -> Any:
+        """GET `path`; None when it is not there (404)."""
+        try:
+            response = self._http.get(path)
+        except httpx.TransportError:
+            return self.get(path)  # says why, and exits
+        return None if response.status_code == 404 else self._answer(response, "GET", path)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

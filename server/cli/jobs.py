@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from tagrun.server.cli import signing
 from tagrun.server.cli.client import (
     Client,
     fail,
@@ -18,6 +19,7 @@ from tagrun.server.cli.client import (
     print_table,
     read_content,
 )
+from tagrun.server.cli.signing import SignKey, UnsignedArgs
 from tagrun.server.job_states import FINAL_STATES
 
 app = typer.Typer(help="Submit, follow, list and control jobs.", no_args_is_help=True)
@@ -80,6 +82,8 @@ def run(
         "--secret", help="A secret it gets as a variable of that name (repeatable).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait, stream logs, print the result.")]
     = False,
+    sign_key: SignKey = None,
+    unsigned_args: UnsignedArgs = False,
 ) -> None:
     """Submit a job; with --wait, follow its logs and print its result."""
     body: dict[str, Any] = {"args": parse_args(args), "priority": priority}
@@ -97,6 +101,14 @@ def run(
         if value is not None:
             body[key] = value
     client = Client()
+    if sign_key is not None:
+        signer = signing.load(sign_key)
+        if script is not None:
+            signing.sign_script_job(client, body, workspace, signer, unsigned_args)
+        else:
+            signing.sign_inline(body, workspace, signer, unsigned_args)
+    elif unsigned_args:
+        fail("--unsigned-args applies to a signed job (--sign-key)")
     job = client.post(f"/api/w/{workspace}/jobs", body)
     if not wait:
         typer.echo(job["id"])

@@ -24,7 +24,7 @@ from tagrun.server.errors import InvalidInput, NotFound, TagrunError, Unauthoriz
 from tagrun.server.fleet_controls import FleetControls
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
-from tagrun.server.services.jobs import claimed
+from tagrun.server.services.jobs import check_dict, claimed
 from tagrun.server.services.secrets import OLD_AGENT, Opened, SecretBox
 from tagrun.server.store import ClaimedRow, Store
 from tagrun.shared.agent_wire import (
@@ -47,7 +47,10 @@ from tagrun.shared.agent_wire import (
     Released,
     ReleaseIn,
 )
+from tagrun.shared.signing import parse_verify_header
 from tagrun.shared.version import __version__
+
+VERIFY_HEADER = "tagrun-agent-verify"  # how the agent checks signatures (agent/client.py)
 
 log = logging.getLogger("tagrun.agents")
 
@@ -80,8 +83,9 @@ async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
     heartbeats: Heartbeats = _state(request).heartbeats
     ip = request.client.host if request.client else None
     version = request.headers.get("user-agent", "").partition("/")[2][:40] or "unknown"
+    verify = parse_verify_header(request.headers.get(VERIFY_HEADER, ""))
     if await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti,
-                                               agent.key)):
+                                               agent.key, verify=verify)):
         controls: FleetControls = _state(request).controls
         controls.undrain(name)  # at once here; every replica re-reads on the NOTIFY
 
@@ -216,7 +220,8 @@ async def complete(request: Request) -> JSON:
     job_id = path_int(request, "id")
     body = await read_body(request, CompleteIn)
     outcome = _checked(CompletedJob(job_id, body.attempt, body.status, body.result, body.error,
-                                    body.retryable, body.log_chunks_lost))
+                                    body.retryable, body.log_chunks_lost,
+                                    body.signature_check))
     holder = await _holder(request, agent, body.name, job_id)
     status = await _record(request, agent, holder, outcome, request.path_params["ws"])
     return JSON(Completed(status=status))
@@ -255,7 +260,8 @@ async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: 
     recorded = await state.store.complete_job(
         holder, outcome.id, outcome.attempt, outcome.status, result, error,
         state.config.retry_backoff_s, tags=agent.tags, workspace=workspace, key=agent.key,
-        retryable=outcome.retryable, log_chunks_lost=outcome.log_chunks_lost)
+        retryable=outcome.retryable, log_chunks_lost=outcome.log_chunks_lost,
+        signature_check=check_dict(outcome.signature_check))
     if not recorded["repeat"]:
         events.job_finished(recorded, error)
     return str(recorded["status"])

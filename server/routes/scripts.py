@@ -40,7 +40,8 @@ async def deploy_script(request: Request) -> JSON:
         timeout_s=body.timeout_s, max_attempts=body.max_attempts,
         concurrency_limit=body.concurrency_limit,
         lease_s=checked_lease_s(body.lease_s, request.app.state.config.lease_bounds),
-        secrets=body.secrets,
+        secrets=body.secrets, version=body.version,
+        signature=body.signature.stored("deploy") if body.signature else None,
     )
     return JSON(script, status_code=201)
 

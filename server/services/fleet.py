@@ -40,6 +40,7 @@ def fleet_view(overview: dict[str, Any]) -> dict[str, Any]:
         "pause_note": w["pause_note"], "paused_by": w["paused_by"],
         "paused_until": iso(w["paused_until"]), "paused_as": w["paused_as"],
         "drain_note": w["drain_note"],
+        "verify": w["verify"],
     } for w in workers]
     pools: dict[str, dict[str, Any]] = {}
     for a in agents:

@@ -12,7 +12,7 @@ from tagrun.server.models import JobIn
 from tagrun.server.services.secrets import Opened, check_use
 from tagrun.server.store import ClaimedRow, NewJob, Store
 from tagrun.server.tags import TagError, resolve_tag
-from tagrun.shared.agent_wire import AgentJob
+from tagrun.shared.agent_wire import AgentJob, JobSignature, SignatureCheck
 from tagrun.shared.executors import LANGUAGES
 
 MAX_WAIT_S = 60.0  # the longest a GET of a job waits for it to finish (wait_s)
@@ -28,7 +28,22 @@ def claimed(row: ClaimedRow, lease_s: float, heartbeat_s: float,
         args=row.args or {}, tag=row.tag, attempt=row.attempt, timeout_s=row.timeout_s,
         lease_s=lease_s, heartbeat_s=min(heartbeat_s, lease_s / 3), log_offset=row.log_offset,
         ack_s=ack_s, secrets=secrets.values if secrets else {},
-        withheld=secrets.withheld if secrets else {})
+        withheld=secrets.withheld if secrets else {}, script=row.script_path,
+        script_version=row.script_version, signature=_signature(row.signature))
+
+
+def check_dict(check: SignatureCheck | None) -> dict[str, Any] | None:
+    """What a verifying holder found, as stored in jobs.signature_check."""
+    if check is None:
+        return None
+    return {"verdict": check.verdict, "key_id": check.key_id, "message": check.message}
+
+
+def _signature(stored: dict[str, Any] | None) -> JobSignature | None:
+    if not stored:
+        return None
+    return JobSignature(key_id=str(stored.get("key_id", "")), sig=str(stored.get("sig", "")),
+                        unsigned_args=stored.get("unsigned_args") is True)
 
 
 def checked_lease_s(lease_s: float | None, leases: LeaseBounds) -> float | None:
@@ -46,13 +61,16 @@ class ScriptCache:
 
     def __init__(self, store: Store, workspace: str) -> None:
         self.store, self.workspace = store, workspace
-        self._scripts: dict[str, dict[str, Any]] = {}
+        self._scripts: dict[tuple[str, int | None], dict[str, Any]] = {}
         self._scopes: dict[str, list[str] | None] = {}
 
-    async def get(self, path: str) -> dict[str, Any]:
-        if path not in self._scripts:
-            self._scripts[path] = await self.store.latest_script(self.workspace, path)
-        return self._scripts[path]
+    async def get(self, path: str, version: int | None = None) -> dict[str, Any]:
+        """The script at `path`: its latest version, or `version`."""
+        if (path, version) not in self._scripts:
+            self._scripts[path, version] = (
+                await self.store.latest_script(self.workspace, path) if version is None
+                else await self.store.script_at(self.workspace, path, version))
+        return self._scripts[path, version]
 
     async def check_secrets(self, names: Sequence[str], tag: str | None) -> None:
         """The secrets `names` exist and a job of `tag` may use them (None: any tag may,
@@ -65,17 +83,23 @@ class ScriptCache:
 
 async def new_job(
     body: JobIn, workspace: str, scripts: ScriptCache, leases: LeaseBounds,
+    *, source: str = "job",
 ) -> NewJob:
     """The job `body` asks for, resolved against its script: InvalidInput (400) or
-    NotFound (404) when it cannot be made."""
+    NotFound (404) when it cannot be made. Its signature is the body's (made by `source`:
+    the submitter, or a schedule), else its script version's, if signed at deploy."""
+    signature = script_signature = None
     if body.script is not None:
         if body.language is not None or body.content is not None:
             raise InvalidInput("give either 'script' or 'language' and 'content', not both")
-        script = await scripts.get(body.script)
+        script = await scripts.get(body.script, body.script_version)
         language, content, version = script["language"], script["content"], script["version"]
         default_tag, timeout_s = script["tag"], script["timeout_s"]
         max_attempts, limit = script["max_attempts"], script["concurrency_limit"]
         lease_s, secrets = script["lease_s"], script["secrets"]
+        script_signature = script["signature"]
+    elif body.script_version is not None:
+        raise InvalidInput("'script_version' applies to a job of a script ('script')")
     elif body.language is not None and (body.content is not None or body.language == "identity"):
         language, content, version = body.language, body.content or "", None
         default_tag, timeout_s, max_attempts, limit, lease_s = None, None, 3, None, None
@@ -95,6 +119,10 @@ async def new_job(
     names = tuple(dict.fromkeys([*secrets, *body.secrets]))
     if names:
         await scripts.check_secrets(names, tag)
+    if body.signature is not None:
+        signature = body.signature.stored(source)
+    elif script_signature is not None:  # signed at deploy, args left out
+        signature = {**script_signature, "source": "script"}
     return NewJob(
         script_path=body.script, script_version=version, language=language, content=content,
         args=body.args, tag=tag, priority=body.priority, run_at=body.run_at,
@@ -103,5 +131,5 @@ async def new_job(
         concurrency_key=f"{workspace}/{body.script}" if limit else None,
         concurrency_limit=limit,
         lease_s=checked_lease_s(body.lease_s if body.lease_s is not None else lease_s, leases),
-        secrets=names,
+        secrets=names, signature=signature,
     )

@@ -32,10 +32,11 @@ UPSERT_AGENT = f"""
 WITH old AS (SELECT drain_at IS NOT NULL AND session_key IS DISTINCT FROM $9 AS undrained
              FROM workers WHERE name = $1),
 up AS (
-    INSERT INTO workers (name, kind, grp, tags, ip, version, jti, via, session_key)
-    VALUES ($1, 'agent', $2, $3, $4, $5, $6, $7, $9)
+    INSERT INTO workers (name, kind, grp, tags, ip, version, jti, via, session_key, verify)
+    VALUES ($1, 'agent', $2, $3, $4, $5, $6, $7, $9, $10)
     ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp,
         tags = EXCLUDED.tags, ip = EXCLUDED.ip, version = EXCLUDED.version,
+        verify = EXCLUDED.verify,
         jti = EXCLUDED.jti, via = EXCLUDED.via, connected_at = now(), last_seen = now(),
         stale_reported = false, stopped_at = NULL, stop_reason = NULL,
         session_key = EXCLUDED.session_key,
@@ -88,7 +89,7 @@ FROM held h LEFT JOIN extended e ON e.n = h.n ORDER BY h.n"""
 # jobs, or live.
 LIST_WORKERS = """
 SELECT w.name, w.kind, w.grp, w.tags, w.ip, w.version, w.connected_at, s.seen_at AS last_seen,
-       w.active_count, w.jobs_executed, w.stopped_at, w.stop_reason, w.drain_note,
+       w.active_count, w.jobs_executed, w.stopped_at, w.stop_reason, w.drain_note, w.verify,
        CASE WHEN t.revoked_at IS NOT NULL THEN 'revoked'
             WHEN t.expires_at <= now() THEN 'expired' END AS token_problem,
        CASE WHEN t.revoked_at IS NOT NULL OR t.expires_at <= now() THEN 'token_revoked'
@@ -207,6 +208,7 @@ class Agents(StoreBase):
     async def upsert_agent(
         self, name: str, group: str, tags: Sequence[str], ip: str | None, version: str,
         jti: str, via: str, *, stale_after_s: float, session_key: str | None = None,
+        verify: dict[str, Any] | None = None,
     ) -> bool:
         """Record an agent when server process `via` first sees it (not on every poll); True
         if that ended a drain asked of an earlier process of that name.
@@ -214,7 +216,7 @@ class Agents(StoreBase):
         A name whose record belongs to another token and is not stale is refused with
         AgentNameTaken, and that record is left as it was."""
         written = await self.fetchrow(UPSERT_AGENT, name, group, list(tags), ip, version, jti,
-                                      via, stale_after_s, session_key)
+                                      via, stale_after_s, session_key, verify)
         if written is not None:
             return bool(written["undrained"])
         if written is None:

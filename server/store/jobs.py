@@ -21,17 +21,17 @@ INSERT_JOBS = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                          $7::int[], $8::timestamptz[], $9::float8[], $10::int[], $12::text[],
-                         $13::int[], $14::float8[], $15::text[])
+                         $13::int[], $14::float8[], $15::text[], $16::jsonb[])
         WITH ORDINALITY AS t(script_path, script_version, language, content, args, tag,
                              priority, run_at, timeout_s, max_attempts, concurrency_key,
-                             concurrency_limit, lease_s, secrets, ord)
+                             concurrency_limit, lease_s, secrets, signature, ord)
 ), ins AS (
     INSERT INTO jobs (workspace, script_path, script_version, language, content, args, tag,
                       priority, run_at, timeout_s, max_attempts, concurrency_key,
-                      concurrency_limit, lease_s, secrets)
+                      concurrency_limit, lease_s, secrets, signature)
     SELECT $11, script_path, script_version, language, content, args, tag, priority,
            coalesce(run_at, now()), timeout_s, max_attempts, concurrency_key, concurrency_limit,
-           lease_s, string_to_array(secrets, ',')
+           lease_s, string_to_array(secrets, ','), signature
     FROM input ORDER BY ord
     RETURNING id, tag, priority, run_at, concurrency_key, concurrency_limit
 ), q AS (
@@ -114,6 +114,8 @@ class NewJob:
     concurrency_limit: int | None = None
     lease_s: float | None = None  # None: the server's TAGRUN_LEASE_S
     secrets: tuple[str, ...] = ()  # the names of the secrets it uses (never a value)
+    # Who signed it ({key_id, sig, unsigned_args, source}), for holders that verify.
+    signature: dict[str, Any] | None = None
 
 
 def job_view(row: Any) -> dict[str, Any]:
@@ -131,6 +133,8 @@ def job_view(row: Any) -> dict[str, Any]:
         "max_attempts": row["max_attempts"],
         "lease_s": row["lease_s"],
         "secrets": row["secrets"] or [],
+        "signature": signature_view(row["signature"]),
+        "signature_check": row["signature_check"],
         "status": row["status"],
         "attempt": row["attempt"],
         "worker": row["worker"],
@@ -145,6 +149,14 @@ def job_view(row: Any) -> dict[str, Any]:
         "log_chunks_lost": row["log_chunks_lost"],
         "content": row["content"],
     }
+
+
+def signature_view(signature: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Who signed a job: its key id, whether the args were left out, and where the signature
+    came from (job, script, schedule); the signature itself is for holders."""
+    if signature is None:
+        return None
+    return {k: signature[k] for k in ("key_id", "unsigned_args", "source") if k in signature}
 
 
 def _attempt_view(attempt: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +180,8 @@ def _columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
 def _late_columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
     """The columns added after the first ten ($12 on)."""
     return ([j.concurrency_key for j in jobs], [j.concurrency_limit for j in jobs],
-            [j.lease_s for j in jobs], [",".join(j.secrets) or None for j in jobs])
+            [j.lease_s for j in jobs], [",".join(j.secrets) or None for j in jobs],
+            [j.signature for j in jobs])
 
 
 class Jobs(StoreBase):

@@ -54,7 +54,8 @@ FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
           j.log_received AS log_offset, j.priority, j.worker, j.holder_key, j.lease_s,
-          extract(epoch FROM now() - j.run_at)::float8 AS waited_s, j.secrets"""
+          extract(epoch FROM now() - j.run_at)::float8 AS waited_s, j.secrets,
+          j.script_path, j.script_version, j.signature"""
 # The same under caps, run while holding CLAIM_LOCK so that claims from every process are
 # counted one after another: room = the smallest of the free slots, the global cap minus
 # running jobs, the inline cap minus jobs running in server processes (for inline claimers),
@@ -114,7 +115,8 @@ FROM dequeued d JOIN picked p ON p.job_id = d.job_id JOIN slots s ON s.n = p.n
 WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
           j.log_received AS log_offset, j.priority, j.worker, j.holder_key, j.lease_s,
-          extract(epoch FROM now() - j.run_at)::float8 AS waited_s, j.secrets"""
+          extract(epoch FROM now() - j.run_at)::float8 AS waited_s, j.secrets,
+          j.script_path, j.script_version, j.signature"""
 @dataclass(frozen=True, slots=True)
 class ClaimedRow:
     """A job as a claim leased it (the columns CLAIM_JOBS and CLAIM_JOBS_CAPPED return)."""
@@ -134,6 +136,9 @@ class ClaimedRow:
     lease_s: float | None  # its own lease, if it has one
     waited_s: float | None  # from due to claimed
     secrets: list[str] | None = None  # the names of the secrets it uses
+    script_path: str | None = None
+    script_version: int | None = None
+    signature: dict[str, Any] | None = None  # who signed it (jobs.signature)
 
 
 CLAIM_LOCK_ID = 0x7A6772756F  # serialises capped claims of every process
@@ -209,6 +214,7 @@ WITH cur AS (
         finished_at = CASE WHEN cur.again THEN NULL ELSE now() END,
         lease_expires_at = NULL, ack_by = NULL, cancel_requested = false,
         log_chunks_lost = log_chunks_lost + $12,
+        signature_check = coalesce($14::jsonb, signature_check),
         attempts = attempts || (jsonb_build_object(
             'attempt', attempt, 'worker', worker, 'started_at', started_at,
             'finished_at', now(), 'status', $4::text, 'error', $6::jsonb)
@@ -302,10 +308,11 @@ WITH unacked AS (
     FROM unacked u WHERE jobs.id = u.id
 """ + _REQUEUED
 REGISTER_WORKER = """
-INSERT INTO workers (name, kind, grp, tags, ip, version) VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO workers (name, kind, grp, tags, ip, version, verify)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp, tags = EXCLUDED.tags,
     ip = EXCLUDED.ip, version = EXCLUDED.version, connected_at = now(), last_seen = now(),
-    active_count = 0, stopped_at = NULL, stop_reason = NULL"""
+    active_count = 0, stopped_at = NULL, stop_reason = NULL, verify = EXCLUDED.verify"""
 NEXT_RUN_AT = """
 SELECT extract(epoch FROM min(run_at) - now())
 FROM queue WHERE tag = ANY($1::text[]) AND run_at > now()"""
@@ -441,6 +448,7 @@ class Leases(StoreBase):
         result: Any, error: dict[str, Any] | None, retry_backoff_s: float,
         *, tags: Sequence[str] | None = None, workspace: str | None = None,
         key: str | None = None, retryable: bool = True, log_chunks_lost: int = 0,
+        signature_check: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Record an attempt's outcome, and how many of its log chunks were lost. Returns the
         job's new `status` ('queued': a retry is scheduled) with id, tag, attempt, worker,
@@ -455,7 +463,7 @@ class Leases(StoreBase):
         row = await self.fetchrow(
             COMPLETE_JOB, job_id, attempt, holder, status, result, error, retry_backoff_s,
             list(tags) if tags is not None else None, workspace, key, retryable,
-            log_chunks_lost, DONE_CHANNEL,
+            log_chunks_lost, DONE_CHANNEL, signature_check,
         )
         if row is not None:
             return {**dict(row), "run_at": iso(row["run_at"]), "repeat": False}
@@ -499,9 +507,10 @@ class Leases(StoreBase):
 
     async def register_worker(
         self, name: str, kind: str, group: str, tags: Sequence[str], ip: str | None,
-        version: str,
+        version: str, verify: dict[str, Any] | None = None,
     ) -> None:
-        await self.execute(REGISTER_WORKER, name, kind, group, list(tags), ip, version)
+        """`verify`: how it checks signatures ({mode, keys}), None: it checks none."""
+        await self.execute(REGISTER_WORKER, name, kind, group, list(tags), ip, version, verify)
 
     async def seconds_to_next_due(self, tags: Sequence[str]) -> float | None:
         value = await self.fetchval(NEXT_RUN_AT, list(tags))
