@@ -21,6 +21,7 @@ import httpx
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
+from tagrun.shared import signing
 from tagrun.shared.version import __version__
 from tests.support.processes import (
     TagrunProcess,
@@ -172,6 +173,36 @@ def test_version_help_and_size(binary: Path) -> None:
     for variable in ("AGENT_TOKEN", "BASE_INTERNAL_URL", "AGENT_DRAIN_TIMEOUT_S"):
         assert variable in shown.stdout
     assert binary.stat().st_size <= MAX_SIZE_BYTES
+
+
+def test_the_binary_verifies_signatures(api: httpx.Client, start_agent: StartAgent,
+                                        tmp_path: Path) -> None:
+    """The bundled cryptography checks Ed25519 signatures: a signed job runs, an unsigned
+    one and one whose args changed after signing fail unrun (identity jobs: every OS)."""
+    key, _ = signing.generate("release-ci")
+    keys_file = tmp_path / "trusted.keys"
+    keys_file.write_text(key.public_line() + "\n", encoding="utf-8")
+    agent, _ = start_agent(AGENT_VERIFY_KEYS=str(keys_file))
+
+    def signed(args: dict[str, Any]) -> dict[str, Any]:
+        data = signing.payload(workspace="default", script=None, version=None,
+                               language="identity", content="", tag=TAG, timeout_s=None,
+                               secrets=[], args=args)
+        return {"key_id": key.key_id, "sig": key.sign(data)}
+
+    good = submit(api, {"language": "identity", "args": {"n": 1},
+                        "signature": signed({"n": 1})})
+    forged = submit(api, {"language": "identity", "args": {"n": 2},
+                          "signature": signed({"n": 1})})
+    unsigned = submit(api, {"language": "identity", "args": {"n": 3}})
+    done = final(api, good)
+    assert (done["status"], done["result"]) == ("succeeded", {"n": 1}), done
+    assert done["signature_check"]["verdict"] == "verified"
+    for job_id, reason in ((forged, "changed after signing"), (unsigned, "not signed")):
+        done = final(api, job_id)
+        assert done["status"] == "failed" and done["error"]["kind"] == "signature_invalid"
+        assert reason in done["error"]["message"], done
+    assert "release-ci" in agent.log_text()  # its start line names the keys it trusts
 
 
 @pytest.mark.skipif(WINDOWS or shutil.which("bash") is None,
