@@ -320,6 +320,9 @@ class Schedule(_Out):
     last_runs: list[ScheduleRun]
     created_at: str
     updated_at: str
+    # The version it fires (null: the script's latest at each fire), and who signed its runs.
+    script_version: int | None = None
+    signature: Signer | None = None
 
 
 class SchedulePage(_Out):

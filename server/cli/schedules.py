@@ -6,7 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
-from tagrun.server.cli.client import Client, parse_args, print_json, print_table
+from tagrun.server.cli.client import Client, fail, parse_args, print_json, print_table
+from tagrun.server.cli.signing import SignKey, UnsignedArgs, sign_script_job
+from tagrun.server.cli.signing import load as load_key
 
 app = typer.Typer(help="Cron schedules: create, list, show, enable, disable, delete.",
                   no_args_is_help=True)
@@ -36,15 +38,23 @@ def create(
     = None,
     tag: Annotated[str | None, typer.Option(help="Tag (default: the script's, else the "
                                             "language).")] = None,
+    sign_key: SignKey = None,
+    unsigned_args: UnsignedArgs = False,
 ) -> None:
-    """Create a schedule and show its next fire times."""
+    """Create a schedule and show its next fire times. With --sign-key its runs are signed
+    (args included) and it fires the script version signed, even after a redeploy."""
     body: dict[str, Any] = {"name": name, "cron": cron, "script": script, "timezone": timezone,
                             "args": parse_args(args), "overlap": overlap,
                             "enabled": not disabled}
     for key, value in (("timeout_s", timeout_s), ("tag", tag)):
         if value is not None:
             body[key] = value
-    schedule = Client().post(_path(workspace), body)
+    client = Client()
+    if sign_key is not None:
+        sign_script_job(client, body, workspace, load_key(sign_key), unsigned_args)
+    elif unsigned_args:
+        fail("--unsigned-args applies to a signed schedule (--sign-key)")
+    schedule = client.post(_path(workspace), body)
     _describe(schedule)
 
 
@@ -90,5 +100,8 @@ def _describe(schedule: dict[str, Any]) -> None:
     state = "enabled" if schedule["enabled"] else "disabled"
     typer.echo(f"schedule {schedule['name']}: {state}, cron {schedule['cron']!r} "
                f"({schedule['timezone']}), overlap {schedule['overlap']}")
+    if schedule.get("signature"):
+        typer.echo(f"  signed with key {schedule['signature']['key_id']}: fires "
+                   f"{schedule['script']} version {schedule['script_version']}")
     for fire in schedule["next_fires"]:
         typer.echo(f"  next: {fire}")

@@ -19,6 +19,7 @@ from tagrun.server.services.schedules import (
     BUILTIN_CHANGES,
     JOB_FIELDS,
     NAME,
+    SIGNED_FIELDS,
     TIMES,
     ScheduleIn,
     SchedulePatch,
@@ -60,7 +61,8 @@ async def create_schedule(request: Request) -> JSON:
     schedule = {"name": body.name, "cron": body.cron, "timezone": body.timezone,
                 "script_path": body.script, "args": body.args, "overlap": body.overlap,
                 "enabled": body.enabled, "timeout_s": body.timeout_s, "tag": body.tag,
-                "builtin": None}
+                "builtin": None, "script_version": body.script_version,
+                "signature": body.signature.stored("schedule") if body.signature else None}
     schedule["next_fire_at"] = next_fire(schedule, utc_now())
     check_overlap(body.overlap)
     store = _store(request)
@@ -106,6 +108,11 @@ async def patch_schedule(request: Request) -> JSON:
         check_overlap(changes["overlap"])
     # Disabling always works, even a schedule whose script no longer takes its args.
     recheck = bool(JOB_FIELDS & set(changes)) and changes.get("enabled") is not False
+    if "signature" in changes:
+        signature = changes["signature"]
+        changes["signature"] = signature.stored("schedule") if signature else None
+    elif SIGNED_FIELDS & set(changes):
+        changes["signature"] = None  # signed for what ran before: it would never verify
     if "script" in changes:
         changes["script_path"] = changes.pop("script")
     schedule = {**current, **changes}

@@ -14,10 +14,11 @@ from tagrun.server.config import LeaseBounds
 from tagrun.server.cron import Cron, CronError, zone
 from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.maintenance import DESCRIPTIONS, maintenance_job
-from tagrun.server.models import JobIn, Path, TagTemplate, TimeoutS
+from tagrun.server.models import JobIn, Path, SignatureIn, TagTemplate, TimeoutS, Version
 from tagrun.server.services.jobs import ScriptCache, new_job
 from tagrun.server.store import NewJob, Store
 from tagrun.server.store._base import iso
+from tagrun.server.store.jobs import signature_view
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
 BUILTIN_PREFIX = "tagrun."
@@ -36,6 +37,10 @@ class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool = True
     timeout_s: TimeoutS | None = None
     tag: TagTemplate | None = None
+    # Fire this version of the script rather than its latest (a signed schedule does).
+    script_version: Version | None = None
+    # Its runs' signature (docs/signing.md): made when the schedule was, args included.
+    signature: SignatureIn | None = None
 
 
 class SchedulePatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,11 +52,16 @@ class SchedulePatch(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
     timeout_s: TimeoutS | None | msgspec.UnsetType = msgspec.UNSET
     tag: TagTemplate | None | msgspec.UnsetType = msgspec.UNSET
+    script_version: Version | None | msgspec.UnsetType = msgspec.UNSET
+    signature: SignatureIn | None | msgspec.UnsetType = msgspec.UNSET
 
 
 BUILTIN_CHANGES = {"cron", "timezone", "enabled"}
 TIMES = {"cron", "timezone", "enabled"}  # a change of these takes a new next fire time
-JOB_FIELDS = {"script", "args", "tag", "timeout_s", "enabled"}  # checked again when changed
+# Checked again when changed; a change of what runs (SIGNED_FIELDS) without a new signature
+# drops the old one, which no longer matches.
+JOB_FIELDS = {"script", "args", "tag", "timeout_s", "enabled", "script_version"}
+SIGNED_FIELDS = {"script", "args", "tag", "timeout_s", "script_version"}
 
 
 def utc_now() -> datetime:
@@ -122,11 +132,13 @@ def schedule_view(schedule: dict[str, Any], runs: list[dict[str, Any]]) -> dict[
         "cron": schedule["cron"],
         "timezone": schedule["timezone"],
         "script": schedule["script_path"],
+        "script_version": schedule.get("script_version"),
         "args": schedule["args"],
         "overlap": schedule["overlap"],
         "enabled": schedule["enabled"],
         "timeout_s": schedule["timeout_s"],
         "tag": schedule["tag"],
+        "signature": signature_view(schedule.get("signature")),
         "builtin": builtin is not None,
         "description": DESCRIPTIONS.get(builtin) if builtin is not None else None,
         "next_fires": [iso(f) for f in next_fires],
@@ -150,7 +162,12 @@ async def schedule_job(
     key = concurrency_key(workspace, schedule["name"])
     if schedule["builtin"] is not None:
         return maintenance_job(schedule["builtin"], key)
+    signature = schedule.get("signature")
     body = JobIn(script=schedule["script_path"], args=schedule["args"], tag=schedule["tag"],
-                 timeout_s=schedule["timeout_s"])
-    job = await new_job(body, workspace, ScriptCache(store, workspace), leases)
+                 timeout_s=schedule["timeout_s"], script_version=schedule.get("script_version"),
+                 signature=SignatureIn(str(signature.get("key_id")), str(signature.get("sig")),
+                                       signature.get("unsigned_args") is True)
+                 if signature else None)
+    job = await new_job(body, workspace, ScriptCache(store, workspace), leases,
+                        source="schedule")
     return dataclasses.replace(job, concurrency_key=key, concurrency_limit=1)

@@ -26,8 +26,8 @@ from tagrun.server.store.jobs import CANCEL_JOB, INSERT_JOBS, NewJob, _columns, 
 
 INSERT_SCHEDULE = """
 INSERT INTO schedules (workspace, name, cron, timezone, script_path, args, overlap, enabled,
-                       timeout_s, tag, next_fire_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                       timeout_s, tag, next_fire_at, script_version, signature)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 RETURNING *"""
 SEED_BUILTIN = """
 INSERT INTO schedules (workspace, name, cron, timezone, args, overlap, builtin, next_fire_at)
@@ -39,7 +39,7 @@ SELECT * FROM schedules WHERE workspace = $1 AND name > $2 ORDER BY name LIMIT $
 # $12: the schedule's times changed (cron, time zone, enabled): take the new next fire time.
 UPDATE_SCHEDULE = """
 UPDATE schedules SET cron = $3, timezone = $4, script_path = $5, args = $6, overlap = $7,
-    enabled = $8, timeout_s = $9, tag = $10,
+    enabled = $8, timeout_s = $9, tag = $10, script_version = $13, signature = $14,
     next_fire_at = CASE WHEN $12 THEN $11 ELSE next_fire_at END, updated_at = now()
 WHERE workspace = $1 AND name = $2 RETURNING *"""
 DELETE_SCHEDULE = """
@@ -55,7 +55,7 @@ LEFT JOIN jobs j ON j.id = f.job_id
 ORDER BY s.id, f.fire_at DESC"""
 DUE_SCHEDULES = """
 SELECT id, workspace, name, cron, timezone, script_path, args, overlap, timeout_s, tag, builtin,
-       next_fire_at
+       next_fire_at, script_version, signature
 FROM schedules WHERE enabled AND next_fire_at IS NOT NULL
 ORDER BY next_fire_at LIMIT $1"""
 LOCK_DUE = """
@@ -139,7 +139,8 @@ class Schedules(StoreBase):
             row = await self.fetchrow(
                 INSERT_SCHEDULE, workspace, fields["name"], fields["cron"], fields["timezone"],
                 fields["script_path"], fields["args"], fields["overlap"], fields["enabled"],
-                fields["timeout_s"], fields["tag"], fields["next_fire_at"])
+                fields["timeout_s"], fields["tag"], fields["next_fire_at"],
+                fields.get("script_version"), fields.get("signature"))
         except Conflict:
             raise Conflict(f"schedule {fields['name']!r} already exists in workspace "
                            f"{workspace!r}", code="schedule_exists") from None
@@ -168,7 +169,8 @@ class Schedules(StoreBase):
         row = await self.fetchrow(
             UPDATE_SCHEDULE, workspace, name, fields["cron"], fields["timezone"],
             fields["script_path"], fields["args"], fields["overlap"], fields["enabled"],
-            fields["timeout_s"], fields["tag"], fields["next_fire_at"], reschedule)
+            fields["timeout_s"], fields["tag"], fields["next_fire_at"], reschedule,
+            fields.get("script_version"), fields.get("signature"))
         if row is None:
             raise NotFound(f"no schedule {name!r} in workspace {workspace!r}",
                            code="schedule_not_found")

@@ -312,3 +312,59 @@ def test_the_plain_python_example_in_the_docs_signs_jobs_agents_run(
             assert finished(api, job_id)["error"]["kind"] == "signature_invalid"
         finally:
             agent.kill()
+
+
+def test_a_signed_schedule_fires_its_signed_version_and_a_re_pointed_one_is_refused(
+    start_process, database_url: str, tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    server = start_process("server", database_url).wait_healthy()
+    url = server.url
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    key, public = make_key(tmp_path, url, "sched")
+    keys_file = tmp_path / "trusted.keys"
+    keys_file.write_text(public + "\n")
+    assert cli(url, "script", "deploy", "f/nightly", "--language", "bash", "--content",
+               marker_script(markers), "--tag", "cron", "--sign-key", str(key)).returncode == 0
+    evil = f'touch "{markers}/ran-$TAGRUN_JOB_ID"; echo evil'
+    assert cli(url, "script", "deploy", "f/evil", "--language", "bash", "--content", evil,
+               "--tag", "cron").returncode == 0
+    created = cli(url, "schedule", "create", "nightly", "--script", "f/nightly", "--cron",
+                  "* * * * * *", "--args", '{"db": "main"}', "--sign-key", str(key))
+    assert created.returncode == 0, created.stderr
+    assert "signed with key sched: fires f/nightly version 1" in created.stdout
+    # A redeploy does not change what the signed schedule fires.
+    assert cli(url, "script", "deploy", "f/nightly", "--language", "bash", "--content",
+               "echo v2", "--tag", "cron").returncode == 0
+    with api_client(url) as api:
+        agent = AgentProcess(url, agent_token(api, ["cron"]), tmp_path, name="cron-agent",
+                             env={"AGENT_VERIFY_KEYS": str(keys_file)})
+        try:
+            def runs(status: str) -> list[dict[str, Any]]:
+                jobs: list[dict[str, Any]] = api.get("/api/w/default/jobs", params={
+                    "status": status, "limit": 1000}).json()["jobs"]
+                return jobs
+
+            wait_until(lambda: runs("succeeded"), 30, message="a signed run")
+            run = api.get(f"/api/w/default/jobs/{runs('succeeded')[0]['id']}").json()
+            assert (run["script_version"], run["args"]) == (1, {"db": "main"})
+            assert run["signature"] == {"key_id": "sched", "unsigned_args": False,
+                                        "source": "schedule"}
+            assert run["signature_check"]["verdict"] == "verified"
+            assert (markers / f"ran-{run['id']}").exists()
+            # The attacker re-points the schedule at another script in SQL.
+            query(database_url, "UPDATE schedules SET script_path = 'f/evil', "
+                  "script_version = NULL WHERE name = 'nightly'")
+            wait_until(lambda: runs("failed"), 30, message="a refused run")
+            refused = runs("failed")[0]
+            assert refused["script"] == "f/evil" and \
+                refused["error"]["kind"] == "signature_invalid", refused
+            assert not (markers / f"ran-{refused['id']}").exists()
+            # Changing what it runs through the API drops the signature, which would never
+            # verify again; the schedule says so.
+            patched = api.patch("/api/w/default/schedules/nightly", json={
+                "script": "f/nightly", "script_version": 1, "enabled": False})
+            assert patched.status_code == 200 and patched.json()["signature"] is None
+            assert api.delete("/api/w/default/schedules/nightly").status_code == 200
+        finally:
+            agent.kill()
