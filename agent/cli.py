@@ -101,6 +101,28 @@ def agent(
         "--verify", envvar="AGENT_VERIFY", metavar="MODE", show_envvar=True,
         help="block (the default with keys): a job that does not verify fails unrun; "
              "warn: it runs, with a warning in its log.")] = None,
+    allow_languages: Annotated[str | None, typer.Option(
+        "--allow-languages", envvar="AGENT_ALLOW_LANGUAGES", metavar="LIST", show_envvar=True,
+        help="Run only jobs of these languages, comma-separated (default: any).")] = None,
+    allow_workspaces: Annotated[str | None, typer.Option(
+        "--allow-workspaces", envvar="AGENT_ALLOW_WORKSPACES", metavar="LIST",
+        show_envvar=True, help="Run only jobs of these workspaces (default: any).")] = None,
+    allow_scripts: Annotated[str | None, typer.Option(
+        "--allow-scripts", envvar="AGENT_ALLOW_SCRIPTS", metavar="GLOBS", show_envvar=True,
+        help="Run only scripts whose path matches one of these globs, e.g. 'f/deploy/*' "
+             "(default: any; inline jobs then need --allow-inline).")] = None,
+    allow_inline: Annotated[str | None, typer.Option(
+        "--allow-inline", envvar="AGENT_ALLOW_INLINE", metavar="BOOL", show_envvar=True,
+        help="Run inline jobs (no deployed script): default true, false with "
+             "--allow-scripts.")] = None,
+    pre_job_hook: Annotated[str | None, typer.Option(
+        "--pre-job-hook", envvar="AGENT_PRE_JOB_HOOK", metavar="PATH", show_envvar=True,
+        help="An executable run before each job with its metadata as JSON on stdin; a "
+             "non-zero exit refuses the job (its first output line says why).")] = None,
+    pre_job_hook_timeout_s: Annotated[str | None, typer.Option(
+        "--pre-job-hook-timeout-s", envvar="AGENT_PRE_JOB_HOOK_TIMEOUT_S", metavar="SECONDS",
+        show_envvar=True, help="A hook still running after this refuses (default: 60).")
+    ] = None,
     ca_file: Annotated[str | None, typer.Option(
         "--ca-file", envvar="AGENT_CA_FILE", metavar="PATH", show_envvar=True,
         help="CA bundle to verify the server with (else SSL_CERT_FILE or the system's).")
@@ -139,6 +161,10 @@ def agent(
         "AGENT_ALLOW_INSECURE": allow_insecure, "AGENT_EXIT_AFTER_JOBS": exit_after_jobs,
         "AGENT_EXIT_AFTER_IDLE_S": exit_after_idle_s, "AGENT_REDACT_VARS": redact_vars,
         "AGENT_VERIFY_KEYS": verify_keys, "AGENT_VERIFY": verify,
+        "AGENT_ALLOW_LANGUAGES": allow_languages, "AGENT_ALLOW_WORKSPACES": allow_workspaces,
+        "AGENT_ALLOW_SCRIPTS": allow_scripts, "AGENT_ALLOW_INLINE": allow_inline,
+        "AGENT_PRE_JOB_HOOK": pre_job_hook,
+        "AGENT_PRE_JOB_HOOK_TIMEOUT_S": pre_job_hook_timeout_s,
     }
     try:
         config = load_config(values)

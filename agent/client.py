@@ -14,7 +14,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -121,10 +121,12 @@ class AgentClient:
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
         verify: str | None = None,
+        policy: wire.ClaimPolicy | None = None,
     ) -> None:
         """`verify`: how it checks jobs' signatures ("block; keys=a,b"), shown on the
-        Workers page."""
+        Workers page; `policy`: what its local policy lets it run, sent with every claim."""
         self.name = name
+        self.policy = policy
         self._retry = retry or RetryPolicy()
         # When the last heartbeat try was sent (time.monotonic()): a heartbeat that succeeds
         # renewed its leases from at least then.
@@ -156,11 +158,13 @@ class AgentClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def claim(self, slots: int, wait_s: float) -> list[dict[str, Any]]:
+    async def claim(self, slots: int, wait_s: float, exclude: Collection[int] = ()
+                    ) -> list[dict[str, Any]]:
         """Long-poll for up to `slots` jobs; the server answers within about wait_s."""
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S,
                                 read=wait_s + CLAIM_GRACE_S)
-        body = wire.ClaimIn(self.name, slots, wait_s)
+        body = wire.ClaimIn(self.name, slots, wait_s, self.policy or msgspec.UNSET,
+                            sorted(exclude) if exclude else msgspec.UNSET)
         answer = await self._post("/api/agent_workers/claim", body, stop_never, timeout)
         self.paused = answer.get("paused") is True
         self.drain_requested |= answer.get("drain") is True
@@ -188,9 +192,13 @@ class AgentClient:
         self.drain_requested |= beat.drain
         return beat.cancel, beat.lost
 
-    async def release(self, jobs: list[tuple[int, int]]) -> list[int]:
+    async def release(self, jobs: list[tuple[int, int]],
+                      refusals: list[wire.RefusalIn] | None = None) -> list[int]:
+        """Give jobs back without using an attempt; `refusals`: jobs it would not run, and
+        why (the server records it and leases them to it no more)."""
         path = "/api/agent_workers/release"
-        answer = await self._post(path, wire.ReleaseIn(self.name, _held(jobs)),
+        answer = await self._post(path, wire.ReleaseIn(self.name, _held(jobs),
+                                                       refusals or msgspec.UNSET),
                                   self._retry.bounded_stop)
         released = _read(answer, wire.Released, path)
         return released.released if released else []

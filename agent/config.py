@@ -19,7 +19,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tagrun.agent.errors import ConfigError
-from tagrun.shared.executors import JobUser
+from tagrun.agent.policy import LocalPolicy
+from tagrun.shared.executors import LANGUAGES, JobUser
 from tagrun.shared.redact import DEFAULT_REDACT_VARS
 from tagrun.shared.signing import SigningError, Verifier, load_verifier
 
@@ -55,6 +56,11 @@ class AgentConfig:
     redact_vars: tuple[str, ...] = DEFAULT_REDACT_VARS
     # AGENT_VERIFY_KEYS and AGENT_VERIFY: jobs' signatures checked before they run.
     verifier: Verifier | None = None
+    # AGENT_ALLOW_*: what this machine lets run, whatever the server sends.
+    policy: LocalPolicy = LocalPolicy()
+    # AGENT_PRE_JOB_HOOK (and its timeout): a local executable that may refuse each job.
+    pre_job_hook: Path | None = None
+    pre_job_hook_timeout_s: float = 60.0
 
 
 def _redact_vars(raw: str | None) -> tuple[str, ...]:
@@ -108,7 +114,49 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
         if "AGENT_EXIT_AFTER_IDLE_S" in v else None,
         redact_vars=_redact_vars(v.get("AGENT_REDACT_VARS")),
         verifier=_verifier(v),
+        policy=_policy(v),
+        pre_job_hook=_hook(v.get("AGENT_PRE_JOB_HOOK")),
+        pre_job_hook_timeout_s=_number(v, "AGENT_PRE_JOB_HOOK_TIMEOUT_S", 60.0, low=0.1,
+                                       high=3600.0),
     )
+
+
+def _listed(v: Mapping[str, str], name: str, pattern: str, what: str) -> tuple[str, ...] | None:
+    if name not in v:
+        return None
+    items = tuple(dict.fromkeys(i.strip() for i in v[name].split(",") if i.strip()))
+    if not items:
+        raise ConfigError(f"{name}={v[name]!r} names no {what}")
+    for item in items:
+        if not re.match(pattern, item):
+            raise ConfigError(f"{name}: {item!r} is not a valid {what}")
+    return items
+
+
+def _policy(v: Mapping[str, str]) -> LocalPolicy:
+    languages = _listed(v, "AGENT_ALLOW_LANGUAGES", r"^[a-z]{1,20}\Z", "language")
+    unknown = [lang for lang in languages or () if lang not in LANGUAGES]
+    if unknown:
+        raise ConfigError(f"AGENT_ALLOW_LANGUAGES: {', '.join(unknown)} is not one of "
+                          f"{', '.join(LANGUAGES)}")
+    scripts = _listed(v, "AGENT_ALLOW_SCRIPTS", r"^[a-z0-9_.*?/\[\]!-]{1,255}\Z",
+                      "script glob (lowercase path characters, * and ?)")
+    # With script globs, inline jobs (no script to match) are allowed only when said so.
+    inline = _flag(v, "AGENT_ALLOW_INLINE") if "AGENT_ALLOW_INLINE" in v else scripts is None
+    return LocalPolicy(
+        languages=languages,
+        workspaces=_listed(v, "AGENT_ALLOW_WORKSPACES", r"^[a-z0-9][a-z0-9-]{0,62}\Z",
+                           "workspace id"),
+        scripts=scripts, inline=inline)
+
+
+def _hook(raw: str | None) -> Path | None:
+    if raw is None:
+        return None
+    path = Path(os.path.expanduser(raw))
+    if not path.is_file() or (os.name != "nt" and not os.access(path, os.X_OK)):
+        raise ConfigError(f"AGENT_PRE_JOB_HOOK={raw!r} is not an executable file")
+    return path.absolute()
 
 
 def _verifier(v: Mapping[str, str]) -> Verifier | None:

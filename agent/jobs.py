@@ -8,7 +8,7 @@ import logging
 from tagrun.agent.client import AgentClient
 from tagrun.agent.completions import Completions
 from tagrun.agent.errors import ServerAnswer
-from tagrun.shared.agent_wire import AgentJob, CompletedJob
+from tagrun.shared.agent_wire import AgentJob, CompletedJob, RefusalIn
 from tagrun.shared.holder import Deadline, Held, LeaseGone, Refused
 
 log = logging.getLogger("tagrun.agent")
@@ -61,3 +61,11 @@ class HttpPort:
             return await self._client.release(held)
         except ServerAnswer as exc:
             raise _refused(exc) from exc
+
+    async def refuse(self, job: AgentJob, kind: str, reason: str) -> bool:
+        try:
+            released = await self._client.release([], [RefusalIn(
+                job.id, job.attempt, kind, reason[:500])])
+        except ServerAnswer as exc:
+            raise _refused(exc) from exc
+        return job.id in released

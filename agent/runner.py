@@ -31,10 +31,11 @@ from tagrun.agent.errors import (
 )
 from tagrun.agent.frozen import python_command, share_bundle
 from tagrun.agent.jobs import HttpPort
+from tagrun.agent.policy import PreJobHook, Refusals
 from tagrun.agent.signals import install_stop_handlers
 from tagrun.shared.agent_wire import DEFAULT_HEARTBEAT_S, AgentJob, claimed_job
 from tagrun.shared.executors import ExecSpec, Execution
-from tagrun.shared.holder import KILL_GRACE_S, Fatal, HeldJob, Holder
+from tagrun.shared.holder import KILL_GRACE_S, Fatal, HeldJob, Holder, Refusal
 from tagrun.shared.redact import env_secrets
 from tagrun.shared.signing import Verifier
 from tagrun.shared.version import __version__
@@ -74,6 +75,9 @@ class Agent:
         # named like credentials (AGENT_REDACT_VARS), and its token.
         self._redact = {**env_secrets(os.environ, config.redact_vars),
                         "AGENT_TOKEN": config.token}
+        self._hook = PreJobHook(config.pre_job_hook, config.pre_job_hook_timeout_s) \
+            if config.pre_job_hook else None
+        self._refusals = Refusals()  # jobs it refused: its claims ask for them no more
 
     def request_stop(self, reason: str = "stopped") -> None:
         """First call: drain and stop (`reason`: what the goodbye says). Any later call: stop
@@ -142,7 +146,7 @@ class Agent:
         log.info("agent.started", extra={
             "agent": self.config.name, "version": __version__, "server": self.config.base_url,
             "slots": self.config.slots, "work_dir": str(self._work_root),
-            **_verify_fields(self.config.verifier)})
+            **_verify_fields(self.config.verifier), **_policy_fields(self.config)})
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         self._claimed = True
         await self._claim_loop()
@@ -257,7 +261,7 @@ class Agent:
             self.request_stop("drained")
 
     async def _claim(self, free: int, wait_s: float) -> list[dict[str, Any]]:
-        claim = asyncio.create_task(self._client.claim(free, wait_s))
+        claim = asyncio.create_task(self._client.claim(free, wait_s, self._refusals.ids()))
         # A claim answered as the stop came is kept: its jobs run, then drain like the rest.
         return claim.result() if await self._unless_stopping(claim) else []
 
@@ -293,7 +297,17 @@ class Agent:
         return HeldJob(job, self._holder.port, self._work_root, log,
                        python_cmd=self._python_cmd, user=self.config.job_user,
                        spool_bytes=self.config.log_spool_bytes, on_fatal=self._on_fatal,
-                       redact=self._redact, verifier=self.config.verifier)
+                       redact=self._redact, verifier=self.config.verifier,
+                       gate=self._gate if self.config.policy.restricts or self._hook else None)
+
+    async def _gate(self, job: AgentJob) -> Refusal | None:
+        """The local policy, then the pre-job hook: a job either refuses is given back."""
+        refusal = self.config.policy.refusal(job)
+        if refusal is None and self._hook is not None:
+            refusal = await self._hook.refusal(job, self.config.name)
+        if refusal is not None:
+            self._refusals.add(job.id)
+        return refusal
 
     def _on_fatal(self, error: Fatal) -> None:
         self._fatal = error
@@ -377,12 +391,25 @@ async def run_agent(config: AgentConfig, *, retry: RetryPolicy | None = None) ->
     """Run an agent with this config until it stops; returns the process exit code."""
     client = AgentClient(config.base_url, config.token, config.name, ca_file=config.ca_file,
                          retry=retry, verify=config.verifier.header() if config.verifier
-                         else None)
+                         else None, policy=config.policy.wire())
     try:
         return await Agent(config, client).run()
     finally:
         with contextlib.suppress(Exception):
             await client.aclose()
+
+
+def _policy_fields(config: AgentConfig) -> dict[str, object]:
+    """Its local policy and hook, for its start line."""
+    policy = config.policy
+    fields: dict[str, object] = {k: list(v) for k, v in (
+        ("allow_languages", policy.languages), ("allow_workspaces", policy.workspaces),
+        ("allow_scripts", policy.scripts)) if v is not None}
+    if policy.restricts:
+        fields["allow_inline"] = policy.inline
+    if config.pre_job_hook is not None:
+        fields["pre_job_hook"] = str(config.pre_job_hook)
+    return fields
 
 
 def _verify_fields(verifier: Verifier | None) -> dict[str, object]:

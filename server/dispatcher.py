@@ -19,7 +19,7 @@ from typing import Any
 from tagrun.server import events
 from tagrun.server.errors import Unauthorized
 from tagrun.server.listener import Listener
-from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, Store
+from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, ClaimFilter, Store
 
 log = logging.getLogger("tagrun.dispatcher")
 
@@ -41,6 +41,15 @@ class Waiter:
     revoked: bool = False  # its token was revoked while a claim for it was in flight
     expired: bool = False  # its wait ran out while a claim for it was in flight
     group: str = ""  # its token's group (a paused group's agents stop waiting)
+    only: ClaimFilter | None = None  # its local policy and the jobs it refused
+
+    @property
+    def key_of_group(self) -> GroupKey:
+        return self.tags, self.only
+
+
+# Waiters are served together when they have the same tags and the same filter.
+GroupKey = tuple[tuple[str, ...], ClaimFilter | None]
 
 
 class Dispatcher:
@@ -48,8 +57,10 @@ class Dispatcher:
         self.store = store
         self.lease_s = lease_s
         self.poll_s = poll_s
-        self._groups: dict[tuple[str, ...], list[Waiter]] = defaultdict(list)
-        self._empty: set[str] = set()  # tags whose last claim came back short
+        self._groups: dict[GroupKey, list[Waiter]] = defaultdict(list)
+        # Tags whose last claim came back short, for each filter: what an agent's policy
+        # left in the queue may be another's.
+        self._empty: dict[ClaimFilter | None, set[str]] = defaultdict(set)
         self._generation: dict[str, int] = defaultdict(int)
         self._due: dict[str, float] = {}  # tag -> loop time its next delayed job is due
         self._wake = asyncio.Event()
@@ -82,6 +93,7 @@ class Dispatcher:
     async def claim(
         self, name: str, tags: tuple[str, ...], slots: int, wait_s: float, jti: str,
         key: str | None = None, ack_s: float | None = None, group: str = "",
+        only: ClaimFilter | None = None,
     ) -> list[Job]:
         if self._closed:
             # The server is stopping: a claim that came in on a kept-alive connection after
@@ -91,8 +103,8 @@ class Dispatcher:
             await asyncio.sleep(min(wait_s, CLOSED_CLAIM_PAUSE_S))
             return []
         waiter = Waiter(name, tuple(sorted(set(tags))), slots, jti, key or jti, ack_s,
-                        group=group)
-        self._groups[waiter.tags].append(waiter)
+                        group=group, only=only)
+        self._groups[waiter.key_of_group].append(waiter)
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.future), max(wait_s, 0.05))
@@ -162,11 +174,11 @@ class Dispatcher:
                     waiter.future.set_result([])
 
     def _drop(self, waiter: Waiter) -> None:
-        group = self._groups.get(waiter.tags)
+        group = self._groups.get(waiter.key_of_group)
         if group is not None and waiter in group:
             group.remove(waiter)
             if not group:
-                del self._groups[waiter.tags]
+                del self._groups[waiter.key_of_group]
 
     def room_freed(self) -> None:
         """A job finished while a cap may apply: jobs it held back may be claimable now."""
@@ -179,8 +191,12 @@ class Dispatcher:
             self._empty.clear()
         else:
             self._generation[tag] += 1
-            self._empty.discard(tag)
+            self._forget_empty(tag)
         self._wake.set()
+
+    def _forget_empty(self, tag: str) -> None:
+        for empty in self._empty.values():
+            empty.discard(tag)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -200,13 +216,16 @@ class Dispatcher:
             for tag, due in list(self._due.items()):
                 if now >= due:  # a delayed job (run_at, retry backoff) is due
                     del self._due[tag]
-                    self._empty.discard(tag)
-            for tags in list(self._groups):
-                if not all(t in self._empty for t in tags):
-                    await self._serve(tags)
+                    self._forget_empty(tag)
+            for group in list(self._groups):
+                tags, only = group
+                empty = self._empty.get(only, set())
+                if not all(t in empty for t in tags):
+                    await self._serve(group)
 
-    async def _serve(self, tags: tuple[str, ...]) -> None:
-        waiters = [w for w in self._groups.get(tags, []) if not w.future.done()]
+    async def _serve(self, group: GroupKey) -> None:
+        tags, only = group
+        waiters = [w for w in self._groups.get(group, []) if not w.future.done()]
         slots: list[str] = []
         keys: list[str | None] = []
         acks: list[float | None] = []
@@ -224,7 +243,7 @@ class Dispatcher:
         generations = {t: self._generation[t] for t in tags}
         try:
             jobs = await self.store.claim_for_slots(tags, slots, self.lease_s, keys=keys,
-                                                    acks=acks)
+                                                    acks=acks, only=only)
         except Exception as exc:  # noqa: BLE001 - the dispatcher must outlive any claim
             if isinstance(exc, DATABASE_ERRORS):
                 log.warning("dispatcher.claim_failed", extra={"error": str(exc)})
@@ -239,7 +258,7 @@ class Dispatcher:
         self._hand_out(chosen, jobs)
         if len(jobs) < len(slots):
             empty = {t for t in tags if self._generation[t] == generations[t]}
-            self._empty |= empty
+            self._empty[only] |= empty
             await self._note_delayed(empty)
         else:
             self._wake.set()  # every slot filled: there may be more

@@ -77,6 +77,13 @@ def job_finished(outcome: dict[str, Any], error: dict[str, Any] | None) -> None:
             log.warning("job.dead_lettered", extra=fields)
 
 
+def job_refused(job_id: int, worker: str, kind: str, reason: str) -> None:
+    """An agent would not run a job (its local policy, its pre-job hook): back in the queue
+    without using an attempt, and not leased to that agent again."""
+    log.info("job.refused", extra={"job_id": job_id, "worker": worker, "kind": kind,
+                                   "reason": reason})
+
+
 def job_cancelled(job_id: int, workspace: str, running: bool) -> None:
     if not running:
         metrics.JOBS_FINISHED.labels("cancelled").inc()

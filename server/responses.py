@@ -76,6 +76,22 @@ class Verify(_Out):
     keys: list[str]
 
 
+class PendingReason(_Out):
+    code: str
+    message: str
+    workers: list[str] = []
+
+
+class JobRefusal(_Out):
+    """An agent that would not run the job: its local policy or its pre-job hook said no
+    (the job went back to the queue without using an attempt)."""
+
+    worker: str
+    kind: str  # policy, hook
+    reason: str
+    at: str
+
+
 class Job(_Out):
     id: int
     workspace: str
@@ -109,6 +125,10 @@ class Job(_Out):
     secrets: list[str] = []
     signature: Signer | None = None
     signature_check: SignatureCheck | None = None
+    refusals: list[JobRefusal] = []
+    # Why a queued job waits, when the server can tell (GET of one job): every live worker
+    # of its tag refused it (code refused_by_agents), naming them and why.
+    pending_reason: PendingReason | None = None
 
 
 class JobPage(_Out):

@@ -108,6 +108,16 @@ class StorePort:
         except DATABASE_ERRORS as exc:
             raise OutOfReach(str(exc)) from exc
 
+    async def refuse(self, job: AgentJob, kind: str, reason: str) -> bool:
+        released = await self.release([(job.id, job.attempt)])
+        if job.id in released:
+            try:
+                await self._store.record_refusals(self.name, [(job.id, kind, reason)])
+            except DATABASE_ERRORS as exc:
+                raise OutOfReach(str(exc)) from exc
+            events.job_refused(job.id, self.name, kind, reason)
+        return job.id in released
+
 
 async def _until(call: Callable[[], Awaitable[None]], until: Deadline, event: str,
                  job_id: int) -> None:

@@ -50,10 +50,32 @@ class Held(_Body):
     attempt: Attempt
 
 
+Glob = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_.*?/\[\]!-]{1,255}\Z")]
+LANGUAGE_PATTERN = r"^[a-z]{1,20}\Z"
+
+
+class ClaimPolicy(_Body, omit_defaults=True):
+    """What an agent's local policy lets it run (AGENT_ALLOW_*), sent with every claim so
+    that the server leases it nothing else. null: any."""
+
+    languages: Annotated[list[Annotated[str, msgspec.Meta(pattern=LANGUAGE_PATTERN)]],
+                         msgspec.Meta(max_length=20)] | None = None
+    workspaces: Annotated[list[Annotated[str, msgspec.Meta(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}\Z")]], msgspec.Meta(max_length=100)] | None = None
+    # Globs on script paths (* and ? match any characters, / included).
+    scripts: Annotated[list[Glob], msgspec.Meta(max_length=100)] | None = None
+    inline: bool = True  # inline jobs (no script) too
+
+
 class ClaimIn(_Body):
     name: AgentName
     slots: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
     wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 25.0
+    # Sent only when set (UNSET is left out), since a server older than them refuses them.
+    policy: ClaimPolicy | msgspec.UnsetType = msgspec.UNSET
+    # Jobs this agent refused (its pre-job hook said no): never leased to it again.
+    exclude: Annotated[list[JobId], msgspec.Meta(max_length=1000)] | msgspec.UnsetType = \
+        msgspec.UNSET
 
 
 class HeartbeatIn(_Body):
@@ -61,9 +83,24 @@ class HeartbeatIn(_Body):
     running: Annotated[list[Held], msgspec.Meta(max_length=1000)] = []
 
 
+REFUSAL_KINDS = ("policy", "hook")
+
+
+class RefusalIn(_Body):
+    """A job the agent will not run: outside its local policy, or refused by its pre-job
+    hook. It goes back to the queue without using an attempt, and the job shows why."""
+
+    id: JobId
+    attempt: Attempt
+    kind: Annotated[str, msgspec.Meta(pattern=rf"^({'|'.join(REFUSAL_KINDS)})\Z")]
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
 class ReleaseIn(_Body):
     name: AgentName
     jobs: Annotated[list[Held], msgspec.Meta(max_length=1000)] = []
+    refusals: Annotated[list[RefusalIn], msgspec.Meta(max_length=1000)] | msgspec.UnsetType \
+        = msgspec.UNSET
 
 
 class LogsIn(_Body):

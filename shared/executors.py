@@ -372,11 +372,21 @@ async def _spawn(
 
 
 def _kill_tree(transport: asyncio.SubprocessTransport) -> None:
-    pid = transport.get_pid()
+    # Windows reuses pids quickly, so only touch a process we know is still ours.
+    if sys.platform != "win32" or transport.get_returncode() is None:
+        kill_tree(transport.get_pid())
+
+
+# How to start a process whose whole tree kill_tree can end: its own session (POSIX) or
+# process group (Windows).
+OWN_GROUP: dict[str, Any] = {"start_new_session": sys.platform != "win32",
+                             "creationflags": _CREATION_FLAGS}
+
+
+def kill_tree(pid: int) -> None:
+    """Kill a process started with OWN_GROUP, and every process it started."""
     if sys.platform == "win32":
-        # Windows reuses pids quickly, so only touch a process we know is still ours.
-        if transport.get_returncode() is None:
-            _kill_tree_windows(pid)
+        _kill_tree_windows(pid)
         return
     try:
         os.killpg(pid, signal.SIGKILL)

@@ -20,7 +20,8 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -85,6 +86,25 @@ class Port(Protocol):
 
     async def release(self, held: Held) -> list[int]: ...
 
+    async def refuse(self, job: AgentJob, kind: str, reason: str) -> bool:
+        """Give back a job the holder will not run (`kind` policy or hook), saying why:
+        no attempt used, and the server leases it to this holder no more. True if it was
+        still the holder's to give back."""
+        ...
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a holder will not run a job: its local policy or its pre-job hook said no."""
+
+    kind: str  # policy, hook
+    reason: str
+
+
+# A holder's check before it runs a job (after its signature checked out): a Refusal gives
+# the job back unrun.
+Gate = Callable[[AgentJob], Awaitable[Refusal | None]]
+
 
 class HeldJob:
     """One claimed job, run under its lease and reported through the port."""
@@ -94,14 +114,17 @@ class HeldJob:
         python_cmd: list[str] | None = None, user: JobUser | None = None,
         spool_bytes: int | None = None, on_fatal: Callable[[Fatal], None] | None = None,
         redact: Mapping[str, str] | None = None, withhold: frozenset[str] = frozenset(),
-        verifier: Verifier | None = None,
+        verifier: Verifier | None = None, gate: Gate | None = None,
     ) -> None:
         """`redact`: values ({name: value}) redacted from the job's log, result and error
         besides its own secrets (the holder's credentials); `withhold`: this process's
         environment variables the job's process never gets; `verifier`: the holder's
-        trusted keys, when it checks jobs' signatures before running them."""
+        trusted keys, when it checks jobs' signatures before running them; `gate`: what
+        may still refuse the job then (an agent's local policy and pre-job hook)."""
         self.job = job
+        self.refusal: Refusal | None = None  # why it was given back unrun
         self._verifier = verifier
+        self._gate = gate
         self._signature_check: SignatureCheck | None = None
         self._retryable = True
         self.lost = False  # lease lost or job released: its outcome must not be reported
@@ -176,7 +199,11 @@ class HeldJob:
             if rest := self._output.flush():
                 self._stream.write(rest)
             await self._stream.close()
-            if not self.lost:
+            if self.lost:
+                pass
+            elif self.refusal is not None:
+                await self._give_back(self.refusal)
+            else:
                 await self._report(outcome)
         except Fatal as exc:
             self._fatal(exc)
@@ -232,6 +259,14 @@ class HeldJob:
     async def _execute(self) -> Outcome:
         if (refused := self._verify()) is not None:
             return refused
+        if self._gate is not None and (refusal := await self._gate(self.job)) is not None:
+            self.refusal = refusal
+            self._stream.write(f"[tagrun: {self._port.name} will not run this job "
+                               f"({refusal.kind}): {refusal.reason}; it goes back to the "
+                               "queue without using an attempt]\n")
+            return Outcome("failed")  # never reported: the job is given back
+        if self.lost:  # lost while the gate decided
+            return Outcome("failed")
         try:
             if self.job.language not in NO_PROCESS:
                 self._work_dir.mkdir(mode=0o700)  # the job's alone (a job user's: chowned)
@@ -258,6 +293,15 @@ class HeldJob:
         except OutOfReach as exc:  # until the lease ran out: the job is not ours any more
             self.abandon(LEASE_RAN_OUT, lease_gone=True)
             raise StreamEnded(str(exc)) from exc
+
+    async def _give_back(self, refusal: Refusal) -> None:
+        event = "job.policy_refused" if refusal.kind == "policy" else "job.hook_refused"
+        fields = {"job_id": self.job.id, "attempt": self.job.attempt, "reason": refusal.reason}
+        self._log.warning(event, extra=fields)
+        try:
+            await self._port.refuse(self.job, refusal.kind, refusal.reason)
+        except (LeaseGone, Refused, OutOfReach) as exc:  # its lease runs out: requeued then
+            self._log.error("job.refusal_failed", extra={**fields, "error": str(exc)})
 
     async def _report(self, outcome: Outcome) -> None:
         job = self.job

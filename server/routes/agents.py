@@ -26,7 +26,7 @@ from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
 from tagrun.server.services.jobs import check_dict, claimed
 from tagrun.server.services.secrets import OLD_AGENT, Opened, SecretBox
-from tagrun.server.store import ClaimedRow, Store
+from tagrun.server.store import ClaimedRow, ClaimFilter, Store
 from tagrun.shared.agent_wire import (
     Claimed,
     ClaimIn,
@@ -115,7 +115,7 @@ async def claim(request: Request) -> Response:
     try:
         jobs = await until_disconnect(request, state.dispatcher.claim(
             body.name, agent.tags, body.slots, wait_s, agent.jti, agent.key, ack_s,
-            agent.group))
+            agent.group, _claim_filter(body)))
     except Unauthorized as exc:  # its token was revoked while it waited
         _refused(request, exc)
         raise
@@ -129,6 +129,23 @@ async def claim(request: Request) -> Response:
     opened = await _secrets_for(state.secrets, jobs, "secrets" in features)
     return JSON(Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s,
                                       opened.get(j.id)) for j in jobs], **_who(agent)))
+
+
+def _claim_filter(body: ClaimIn) -> ClaimFilter | None:
+    """The agent's local policy and refused jobs, as its claim states them."""
+    policy = body.policy or None
+    exclude = body.exclude or []
+    if policy is None and not exclude:
+        return None
+
+    def listed(values: list[str] | None) -> tuple[str, ...] | None:
+        return tuple(sorted(set(values))) if values is not None else None
+
+    return ClaimFilter(
+        languages=listed(policy.languages) if policy else None,
+        workspaces=listed(policy.workspaces) if policy else None,
+        scripts=listed(policy.scripts) if policy else None,
+        inline=policy.inline if policy else True, exclude=tuple(sorted(set(exclude))))
 
 
 async def _secrets_for(box: SecretBox, jobs: list[ClaimedRow], redacts: bool
@@ -173,8 +190,13 @@ async def release(request: Request) -> JSON:
     agent = identify(request)
     body = await read_body(request, ReleaseIn)
     store: Store = _state(request).store
-    released = await store.release_jobs(
-        body.name, [(h.id, h.attempt) for h in body.jobs], agent.tags, key=agent.key)
+    refusals = body.refusals or []
+    held = [(h.id, h.attempt) for h in body.jobs] + [(r.id, r.attempt) for r in refusals]
+    released = await store.release_jobs(body.name, held, agent.tags, key=agent.key)
+    refused = [(r.id, r.kind, r.reason) for r in refusals if r.id in released]
+    await store.record_refusals(body.name, refused)
+    for job_id, kind, reason in refused:
+        events.job_refused(job_id, body.name, kind, reason)
     return JSON(Released(released=released))
 
 

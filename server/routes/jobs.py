@@ -14,7 +14,7 @@ from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.http import JSON, path_int, query_float, query_int, read_body
 from tagrun.server.models import BatchIn, JobIn
-from tagrun.server.services.jobs import MAX_WAIT_S, ScriptCache, new_job
+from tagrun.server.services.jobs import MAX_WAIT_S, ScriptCache, new_job, with_pending_reason
 from tagrun.server.store import FINAL_STATES, STATES, Store
 
 
@@ -74,8 +74,10 @@ async def get_job(request: Request) -> JSON:
     job_id = path_int(request, "id")
     wait_s = query_float(request, "wait_s", 0.0, maximum=MAX_WAIT_S)
     store = _store(request)
+    stale_after_s = request.app.state.config.stale_after_s
     if wait_s <= 0:
-        return JSON(await store.get_job(workspace, job_id))
+        return JSON(await with_pending_reason(store, await store.get_job(workspace, job_id),
+                                              stale_after_s))
     deadline = time.monotonic() + wait_s
     with request.app.state.listener.watching_done(job_id) as done:
         job = await store.get_job(workspace, job_id)  # watched first: no finish missed
@@ -84,7 +86,7 @@ async def get_job(request: Request) -> JSON:
                 await asyncio.wait_for(done.wait(), left)
             done.clear()
             job = await store.get_job(workspace, job_id)
-    return JSON(job)
+    return JSON(await with_pending_reason(store, job, stale_after_s))
 
 
 async def list_jobs(request: Request) -> JSON:

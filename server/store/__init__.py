@@ -17,7 +17,7 @@ from tagrun.server.store._base import (
 from tagrun.server.store.accounts import Accounts, Principal, hash_token
 from tagrun.server.store.agents import Agents
 from tagrun.server.store.jobs import Jobs, NewJob
-from tagrun.server.store.leases import ClaimedRow, Leases
+from tagrun.server.store.leases import ClaimedRow, ClaimFilter, Leases
 from tagrun.server.store.migrate import migrate
 from tagrun.server.store.schedules import Schedules
 from tagrun.server.store.scripts import Scripts
@@ -32,5 +32,5 @@ class Store(Accounts, Agents, Scripts, Secrets, Settings, Jobs, Leases, Schedule
 
 __all__ = ["CANCEL_CHANNEL", "CAPPED_CHANNEL", "DATABASE_ERRORS", "DATABASE_STARTING",
            "DATABASE_UNAVAILABLE", "DONE_CHANNEL", "FINAL_STATES", "FLEET_CHANNEL", "INLINE_CAP",
-           "JOBS_CHANNEL", "STATES", "TOTAL_CAP", "ClaimedRow", "NewJob", "Principal", "Store",
-           "create_pool", "hash_token", "migrate"]
+           "JOBS_CHANNEL", "STATES", "TOTAL_CAP", "ClaimFilter", "ClaimedRow", "NewJob",
+           "Principal", "Store", "create_pool", "hash_token", "migrate"]

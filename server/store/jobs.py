@@ -59,6 +59,12 @@ SELECT * FROM jobs
 WHERE workspace = $1 AND id < $2 AND ($3::text IS NULL OR status = $3)
   AND ($4::text IS NULL OR tag = $4) AND ($5::text IS NULL OR script_path = $5)
 ORDER BY id DESC LIMIT $6"""
+# Holders serving a tag that are alive (seen within $2 seconds, not stopped).
+LIVE_HOLDERS = """
+SELECT w.name FROM workers w JOIN workers_seen s ON s.name = w.name
+WHERE $1 = ANY(w.tags) AND w.stopped_at IS NULL
+  AND s.seen_at >= now() - make_interval(secs => $2::float8)
+ORDER BY w.name"""
 JOB_LOG_STATE = "SELECT status, log_size FROM jobs WHERE workspace = $1 AND id = $2"
 READ_LOGS = """
 SELECT off, data FROM job_logs WHERE job_id = $1 AND off + length(data) > $2
@@ -135,6 +141,7 @@ def job_view(row: Any) -> dict[str, Any]:
         "secrets": row["secrets"] or [],
         "signature": signature_view(row["signature"]),
         "signature_check": row["signature_check"],
+        "refusals": row["refusals"] or [],
         "status": row["status"],
         "attempt": row["attempt"],
         "worker": row["worker"],
@@ -214,6 +221,10 @@ class Jobs(StoreBase):
         if row is None:
             raise NotFound(f"no job {job_id} in workspace {workspace!r}", code="job_not_found")
         return job_view(row)
+
+    async def live_holders(self, tag: str, stale_after_s: float) -> list[str]:
+        """The names of the live agents and workers that serve `tag`."""
+        return [r["name"] for r in await self.fetch(LIVE_HOLDERS, tag, stale_after_s)]
 
     async def list_jobs(
         self, workspace: str, *, before: int, status: str | None, tag: str | None,

@@ -16,13 +16,15 @@ from tagrun.server.store._base import DONE_CHANNEL, StoreBase, iso, translated_e
 from tagrun.server.store.settings import CAPS_STATE, INLINE_CAP, TOTAL_CAP, setting_int
 from tagrun.shared.storable import storable_json, storable_text
 
+
 # Leases the best jobs of tags $1 to the slots $2: one holder name per slot, in the order
 # the slots should be served (a holder with three free slots appears three times).
 # One index-ordered scan per tag (a plain `tag = ANY(...)` would read and sort every queued
 # job of those tags), then the best over all tags. Rows locked but not picked are released
 # at commit. This fast path takes no job of a capped script, and nothing while a global cap
 # applies to the claimer ($4: it runs inside a server process): CLAIM_JOBS_CAPPED does.
-CLAIM_JOBS = f"""
+def _claim_jobs(scan: str = "FROM queue q", where: str = "") -> str:
+    return f"""
 WITH slots AS (
     SELECT holder, key, ack_s, n
     FROM unnest($2::text[], $5::text[], $6::float8[]) WITH ORDINALITY AS s(holder, key, ack_s, n)
@@ -30,10 +32,10 @@ WITH slots AS (
     SELECT c.job_id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.job_id) AS n
     FROM unnest($1::text[]) AS t(tag)
     CROSS JOIN LATERAL (
-        SELECT q.job_id, q.priority, q.run_at FROM queue q
-        WHERE q.tag = t.tag AND q.run_at <= now() AND q.concurrency_key IS NULL
+        SELECT q.job_id, q.priority, q.run_at {scan}
+        WHERE q.tag = t.tag AND q.run_at <= now() AND q.concurrency_key IS NULL{where}
         ORDER BY q.priority DESC, q.run_at, q.job_id
-        LIMIT cardinality($2::text[]) FOR UPDATE SKIP LOCKED
+        LIMIT cardinality($2::text[]) FOR UPDATE OF q SKIP LOCKED
     ) c
     WHERE NOT EXISTS (
         SELECT 1 FROM settings
@@ -61,7 +63,8 @@ RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.
 # running jobs, the inline cap minus jobs running in server processes (for inline claimers),
 # and each script's limit minus its running jobs. Looks up to $5 queued jobs ahead per tag
 # past capped ones; within a script, older jobs go first.
-CLAIM_JOBS_CAPPED = f"""
+def _claim_jobs_capped(scan: str = "FROM queue q", where: str = "") -> str:
+    return f"""
 WITH caps AS (
     SELECT {setting_int(TOTAL_CAP)} AS total_cap,
            {setting_int(INLINE_CAP)} AS inline_cap
@@ -81,10 +84,10 @@ WITH caps AS (
     SELECT c.* FROM unnest($1::text[]) AS t(tag)
     CROSS JOIN LATERAL (
         SELECT q.job_id, q.priority, q.run_at, q.concurrency_key, q.concurrency_limit
-        FROM queue q
-        WHERE q.tag = t.tag AND q.run_at <= now()
+        {scan}
+        WHERE q.tag = t.tag AND q.run_at <= now(){where}
         ORDER BY q.priority DESC, q.run_at, q.job_id
-        LIMIT $5 FOR UPDATE SKIP LOCKED
+        LIMIT $5 FOR UPDATE OF q SKIP LOCKED
     ) c
 ), busy AS (
     SELECT concurrency_key, count(*) AS n FROM jobs
@@ -117,6 +120,26 @@ RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.
           j.log_received AS log_offset, j.priority, j.worker, j.holder_key, j.lease_s,
           extract(epoch FROM now() - j.run_at)::float8 AS waited_s, j.secrets,
           j.script_path, j.script_version, j.signature"""
+
+
+def _filtered(first: int) -> tuple[str, str]:
+    """The scan and condition of a claim that leases only what an agent's local policy
+    allows ($first on: languages, workspaces, script LIKE patterns, inline jobs too, and the
+    jobs it refused): the queue row's job is read alongside, for these claims alone."""
+    n = first
+    return ("FROM queue q JOIN jobs jj ON jj.id = q.job_id", f"""
+          AND (${n}::text[] IS NULL OR jj.language = ANY(${n}::text[]))
+          AND (${n + 1}::text[] IS NULL OR jj.workspace = ANY(${n + 1}::text[]))
+          AND CASE WHEN jj.script_path IS NULL THEN ${n + 3}::bool
+                   ELSE ${n + 2}::text[] IS NULL OR jj.script_path LIKE ANY(${n + 2}::text[])
+              END
+          AND q.job_id <> ALL(${n + 4}::bigint[])""")
+
+
+CLAIM_JOBS = _claim_jobs()
+CLAIM_JOBS_FILTERED = _claim_jobs(*_filtered(7))
+CLAIM_JOBS_CAPPED = _claim_jobs_capped()
+CLAIM_JOBS_CAPPED_FILTERED = _claim_jobs_capped(*_filtered(8))
 @dataclass(frozen=True, slots=True)
 class ClaimedRow:
     """A job as a claim leased it (the columns CLAIM_JOBS and CLAIM_JOBS_CAPPED return)."""
@@ -139,6 +162,33 @@ class ClaimedRow:
     script_path: str | None = None
     script_version: int | None = None
     signature: dict[str, Any] | None = None  # who signed it (jobs.signature)
+
+
+@dataclass(frozen=True)
+class ClaimFilter:
+    """What a claim may lease besides its tags (None: any): an agent's local policy
+    (AGENT_ALLOW_*) and the jobs it refused. Script globs are fnmatch-style (* and ? match
+    any characters, / included)."""
+
+    languages: tuple[str, ...] | None = None
+    workspaces: tuple[str, ...] | None = None
+    scripts: tuple[str, ...] | None = None
+    inline: bool = True
+    exclude: tuple[int, ...] = ()
+
+    def args(self) -> list[Any]:
+        def listed(values: tuple[str, ...] | None) -> list[str] | None:
+            return list(values) if values is not None else None
+
+        patterns = [_like(g) for g in self.scripts] if self.scripts is not None else None
+        return [listed(self.languages), listed(self.workspaces), patterns, self.inline,
+                list(self.exclude)]
+
+
+def _like(glob: str) -> str:
+    """An fnmatch glob as a LIKE pattern (its [] classes are taken literally)."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
 CLAIM_LOCK_ID = 0x7A6772756F  # serialises capped claims of every process
@@ -336,6 +386,12 @@ INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_l
 SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit FROM j
 RETURNING job_id"""
 
+# The agents that would not run a job, and why (at most 50 kept): shown with the job.
+RECORD_REFUSALS = """
+UPDATE jobs SET refusals = coalesce(refusals, '[]'::jsonb) || jsonb_build_array(
+    jsonb_build_object('worker', $1::text, 'kind', r.kind, 'reason', r.reason, 'at', now()))
+FROM unnest($2::bigint[], $3::text[], $4::text[]) AS r(id, kind, reason)
+WHERE jobs.id = r.id AND coalesce(jsonb_array_length(refusals), 0) < 50"""
 
 CAPS_REFRESH_S = 0.5
 
@@ -353,6 +409,7 @@ class Leases(StoreBase):
     async def claim_for_slots(
         self, tags: Sequence[str], slots: Sequence[str], lease_s: float, *, inline: bool = False,
         keys: Sequence[str | None] | None = None, acks: Sequence[float | None] | None = None,
+        only: ClaimFilter | None = None,
     ) -> list[ClaimedRow]:
         """Lease up to len(slots) jobs, job i to holder slots[i] with key keys[i] (None: a
         direct worker); each job names its holder and key.
@@ -360,17 +417,21 @@ class Leases(StoreBase):
         `inline`: the claimer runs jobs inside a server process (task_inline_max_concurrent).
         `acks[i]`: slot i's holder must acknowledge its job within that many seconds (an
         agent, whose claim answer can be lost on the way), or the job goes back to the queue
-        (release_unacked); None: no acknowledgement (a direct worker)."""
+        (release_unacked); None: no acknowledgement (a direct worker). `only`: an agent's local
+        policy and the jobs it refused: nothing else is leased."""
         args = (list(tags), list(slots), lease_s, inline)
         key_list = list(keys) if keys is not None else [None] * len(slots)
         ack_list = list(acks) if acks is not None else [None] * len(slots)
+        filtered = only.args() if only is not None else []
         if await self._caps_apply(inline):
             async with translated_errors(), self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", CLAIM_LOCK_ID)
-                rows = await conn.fetch(CLAIM_JOBS_CAPPED, *args, CAPPED_LOOKAHEAD, key_list,
-                                        ack_list)
+                rows = await conn.fetch(
+                    CLAIM_JOBS_CAPPED_FILTERED if only else CLAIM_JOBS_CAPPED, *args,
+                    CAPPED_LOOKAHEAD, key_list, ack_list, *filtered)
         else:
-            rows = await self.fetch(CLAIM_JOBS, *args, key_list, ack_list)
+            rows = await self.fetch(CLAIM_JOBS_FILTERED if only else CLAIM_JOBS, *args,
+                                    key_list, ack_list, *filtered)
         jobs = [ClaimedRow(**r) for r in rows]
         jobs.sort(key=lambda j: (-j.priority, j.id))
         return jobs
@@ -511,6 +572,13 @@ class Leases(StoreBase):
     ) -> None:
         """`verify`: how it checks signatures ({mode, keys}), None: it checks none."""
         await self.execute(REGISTER_WORKER, name, kind, group, list(tags), ip, version, verify)
+
+    async def record_refusals(self, holder: str,
+                              refusals: Sequence[tuple[int, str, str]]) -> None:
+        """`holder` would not run these jobs ((id, kind, reason)): the jobs show it."""
+        if refusals:
+            await self.execute(RECORD_REFUSALS, holder, [r[0] for r in refusals],
+                               [r[1] for r in refusals], [r[2] for r in refusals])
 
     async def seconds_to_next_due(self, tags: Sequence[str]) -> float | None:
         value = await self.fetchval(NEXT_RUN_AT, list(tags))

@@ -33,8 +33,10 @@ def _answer(model: msgspec.Struct) -> httpx.Response:
 
 
 def _fields(body: msgspec.Struct) -> dict[str, Any]:
-    """A decoded request as a dict with every field, those the agent left out included."""
-    return {name: msgspec.to_builtins(getattr(body, name)) for name in body.__struct_fields__}
+    """A decoded request as a dict with every field, those the agent left out included
+    (but not those it may leave unset)."""
+    return {name: msgspec.to_builtins(getattr(body, name)) for name in body.__struct_fields__
+            if getattr(body, name) is not msgspec.UNSET}
 
 
 _MODELS: dict[str, type[msgspec.Struct]] = {
@@ -62,6 +64,7 @@ class FakeServer:
     logs: dict[int, str] = field(default_factory=dict)
     completions: dict[int, dict[str, Any]] = field(default_factory=dict)
     released: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)  # jobs given back unrun
     cancel: set[int] = field(default_factory=set)
     lost: set[int] = field(default_factory=set)
     claims: int = 0
@@ -97,7 +100,9 @@ class FakeServer:
                                              lost=sorted(ids & self.lost)))
         if path == "/api/agent_workers/release":
             self.released.extend(body["jobs"])
-            return _answer(wire.Released(released=[j["id"] for j in body["jobs"]]))
+            self.refused.extend(body.get("refusals", []))
+            given = [*body["jobs"], *body.get("refusals", [])]
+            return _answer(wire.Released(released=[j["id"] for j in given]))
         if path == "/api/agent_workers/goodbye":
             return _answer(wire.Goodbye(stopped=True))
         if path == "/api/agent_workers/complete":

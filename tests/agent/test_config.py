@@ -217,3 +217,52 @@ def test_the_job_user_needs_a_root_agent_and_a_token_file_it_cannot_read(
                 f"AGENT_TOKEN_FILE={str(path)!r} can be read by AGENT_JOB_USER={name!r}, so "
                 "any job could read the token: make it readable by the agent's user alone "
                 "(chown root and chmod 600)")
+
+
+def test_verify_keys_and_mode(tmp_path: Path) -> None:
+    from tagrun.shared import signing
+
+    key, _ = signing.generate("ci")
+    keys = tmp_path / "keys"
+    keys.write_text(f"# trusted\n\n{key.public_line()}  # ci's key\n")
+    config = load(AGENT_VERIFY_KEYS=str(keys))
+    assert config.verifier is not None and config.verifier.mode == "block"
+    assert config.verifier.key_ids() == ["ci"]
+    assert load(AGENT_VERIFY_KEYS=str(keys), AGENT_VERIFY="WARN").verifier.mode == "warn"  # type: ignore[union-attr]
+    assert load().verifier is None
+    assert refused(AGENT_VERIFY_KEYS=str(keys), AGENT_VERIFY="maybe") == \
+        "AGENT_VERIFY='maybe' must be block or warn"
+    assert "AGENT_VERIFY is set but AGENT_VERIFY_KEYS is not" in refused(AGENT_VERIFY="warn")
+    assert "cannot be read" in refused(AGENT_VERIFY_KEYS=str(tmp_path / "missing"))
+    keys.write_text(f"{key.public_line()}\n{key.public_line()}\n")
+    assert "line 2: key id 'ci' appears twice" in refused(AGENT_VERIFY_KEYS=str(keys))
+    keys.write_text("ci not-base64!\n")
+    assert "line 1: key 'ci' is not a base64 Ed25519 public key" in \
+        refused(AGENT_VERIFY_KEYS=str(keys))
+    keys.write_text("# nothing\n")
+    assert "holds no key" in refused(AGENT_VERIFY_KEYS=str(keys))
+
+
+def test_local_policy_and_hook(tmp_path: Path) -> None:
+    policy = load(AGENT_ALLOW_LANGUAGES="bash, python", AGENT_ALLOW_WORKSPACES="prod",
+                  AGENT_ALLOW_SCRIPTS="f/deploy/*,f/backup/?").policy
+    assert (policy.languages, policy.workspaces, policy.scripts, policy.inline) == \
+        (("bash", "python"), ("prod",), ("f/deploy/*", "f/backup/?"), False)
+    assert load(AGENT_ALLOW_SCRIPTS="f/*", AGENT_ALLOW_INLINE="true").policy.inline is True
+    assert not load().policy.restricts and load().policy.wire() is None
+    assert refused(AGENT_ALLOW_LANGUAGES="bash,cobol").startswith(
+        "AGENT_ALLOW_LANGUAGES: cobol is not one of")
+    assert refused(AGENT_ALLOW_WORKSPACES=" , ") == \
+        "AGENT_ALLOW_WORKSPACES=' , ' names no workspace id"
+    assert "AGENT_ALLOW_SCRIPTS: 'F/Deploy' is not a valid script glob" in \
+        refused(AGENT_ALLOW_SCRIPTS="F/Deploy")
+    hook = tmp_path / "hook.sh"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    if os.name != "nt":  # Windows has no execute bit: any file will do there
+        assert refused(AGENT_PRE_JOB_HOOK=str(hook)).startswith("AGENT_PRE_JOB_HOOK=")
+        hook.chmod(0o755)
+    assert refused(AGENT_PRE_JOB_HOOK=str(tmp_path / "missing")).endswith(
+        "is not an executable file")
+    assert load(AGENT_PRE_JOB_HOOK=str(hook)).pre_job_hook == hook
+    assert "AGENT_PRE_JOB_HOOK_TIMEOUT_S" in refused(AGENT_PRE_JOB_HOOK=str(hook),
+                                                     AGENT_PRE_JOB_HOOK_TIMEOUT_S="0")

@@ -98,6 +98,33 @@ def test_runs_a_bash_job_and_reports_its_result_and_logs(
     assert TOKEN not in agent_log.getvalue()
 
 
+def test_a_job_outside_the_local_policy_is_given_back_unrun(
+    tmp_path: Path, agent_log: CapturedLog
+) -> None:
+    """A server that ignores the policy the claim states (an older one, or a tampered row)
+    still gets nothing run: the job goes back, refused, and later claims exclude it."""
+    marker = tmp_path / "ran"
+    fake = FakeServer(jobs=[job(8, f"touch {marker}", language="bash", script="f/x/run"),
+                            job(9, "echo allowed", language="bash", script="f/deploy/db_up")])
+    policy = load_config({"AGENT_TOKEN": TOKEN, "BASE_INTERNAL_URL": "http://127.0.0.1:1",
+                          "AGENT_ALLOW_SCRIPTS": "f/deploy/*"}).policy
+    agent = make_agent(fake, tmp_path, policy=policy)
+    agent._client.policy = policy.wire()
+    fake.on_claim = stop_on_claim(agent, 3)
+
+    assert run(agent) == 0
+
+    assert [(r["id"], r["kind"]) for r in fake.refused] == [(8, "policy")]
+    assert "matches no AGENT_ALLOW_SCRIPTS glob (f/deploy/*)" in fake.refused[0]["reason"]
+    assert not marker.exists() and 8 not in fake.completions
+    assert fake.completions[9]["status"] == "succeeded"
+    claims = [b for p, b in fake.requests if p == "/api/agent_workers/claim"]
+    assert claims[0]["policy"] == {"scripts": ["f/deploy/*"], "inline": False}
+    assert "exclude" not in claims[0] and claims[-1]["exclude"] == [8]
+    assert "job.policy_refused" in agent_log.names()
+    assert "will not run this job (policy)" in fake.logs[8]
+
+
 def test_runs_a_python_job_with_its_args(tmp_path: Path) -> None:
     content = "def main(x, y=2):\n    print('adding')\n    return {'sum': x + y}\n"
     fake = FakeServer(jobs=[job(1, content, language="python", args={"x": 40})])

@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests.e2e.test_cli import TAGRUN, cli_env
 from tests.e2e.test_job_secrets import signed_in
 from tests.support.database import query
@@ -26,10 +24,9 @@ from tests.support.processes import (
     AgentProcess,
     agent_token,
     api_client,
+    finished,
     wait_until,
 )
-
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 def cli(url: str, *argv: str, env: dict[str, str] | None = None
@@ -41,15 +38,6 @@ def cli(url: str, *argv: str, env: dict[str, str] | None = None
 def marker_script(markers: Path) -> str:
     """Writes a marker named after its job: proof that it ran."""
     return f'touch "{markers}/ran-$TAGRUN_JOB_ID"\necho "ran with $(cat _tagrun_args.json)"\n'
-
-
-def finished(api: httpx.Client, job_id: int, workspace: str = "default") -> dict[str, Any]:
-    for _ in range(8):
-        job: dict[str, Any] = api.get(f"/api/w/{workspace}/jobs/{job_id}",
-                                      params={"wait_s": 15}).json()
-        if job["status"] in FINAL:
-            return job
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def make_key(tmp_path: Path, url: str, name: str) -> tuple[Path, str]:

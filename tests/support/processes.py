@@ -175,3 +175,16 @@ class AgentProcess:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+def finished(api: httpx.Client, job_id: int, workspace: str = "default",
+             timeout: float = 120.0) -> dict[str, Any]:
+    """The job once it is final (succeeded, failed, cancelled), waiting up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view: dict[str, Any] = api.get(f"/api/w/{workspace}/jobs/{job_id}",
+                                       params={"wait_s": 15}).json()
+        if view["status"] in ("succeeded", "failed", "cancelled"):
+            return view
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} did not finish within {timeout:g} s: {view}")
