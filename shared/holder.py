@@ -236,9 +236,8 @@ class HeldJob:
             return None
         verdict = self._verifier.check(self.job)
         fields = {"job_id": self.job.id, "attempt": self.job.attempt, "key_id": verdict.key_id}
-        if verdict.ok:
+        if verdict.ok:  # said by the job's signature_check, not its log (no extra write)
             self._signature_check = SignatureCheck("verified", verdict.key_id, verdict.message)
-            self._stream.write(f"[tagrun: {verdict.message}]\n")
             return None
         variable = self._verifier.source.removesuffix("_KEYS")
         if not self._verifier.blocks:

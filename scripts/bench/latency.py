@@ -26,7 +26,9 @@ Prints one JSON object:
 - `submit_ms`: the submit request's own round trip;
 - `real_agent`: the same with a real `tagrun-agent` process (AGENT_POLL_WAIT_S=25):
   server-side started_at - created_at, and submit-to-succeeded as the client sees it
-  (GET /api/w/default/jobs/{id}?wait_s=10).
+  (GET /api/w/default/jobs/{id}?wait_s=10). `--signed`: each of its jobs is signed
+  (before t0) and the agent verifies it (AGENT_VERIFY_KEYS); `--policy`: the agent claims
+  with a local policy (AGENT_ALLOW_*), through the filtered claim statement.
 Spec target (SPEC 8): submit to an idle agent's start p50 <= 10 ms, p99 <= 50 ms.
 """
 
@@ -38,7 +40,9 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,8 @@ from _proc import (  # noqa: E402
     sigterm_as_exit,
 )
 from _sim import SimAgents  # noqa: E402
+
+from tagrun.shared import signing  # noqa: E402
 
 POLL_WAIT_S = 25.0
 JOBS = "/api/w/default/jobs"
@@ -125,20 +131,43 @@ async def simulated(client: httpx.AsyncClient, url: str, iterations: int, warmup
             "submit_ms": percentiles(submits), "empty_answers": sim.empty_answers}
 
 
+def signer(keys_file: Path) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A fresh signing key, its public line written to `keys_file`, and what signs a job's
+    body with it (as `tagrun job run --sign-key` does)."""
+    key, _ = signing.generate("bench")
+    keys_file.write_text(key.public_line() + "\n")
+
+    def sign(body: dict[str, Any]) -> dict[str, Any]:
+        data = signing.payload(workspace="default", script=None, version=None,
+                               language=body["language"], content=body["content"],
+                               tag=body["tag"], timeout_s=None, secrets=[], args=body["args"])
+        return {**body, "signature": {"key_id": key.key_id, "sig": key.sign(data)}}
+    return sign
+
+
 async def real_agent(client: httpx.AsyncClient, procs: Processes, url: str,
-                     iterations: int, warmup: int) -> dict[str, Any]:
+                     iterations: int, warmup: int, *, signed: bool = False,
+                     policy: bool = False) -> dict[str, Any]:
     tag = f"bench-lat-real-{int(time.time() * 1000) % 10**8}"
     token = await mint_agent_token(client, "bench-latency-real", [tag])
-    agent = procs.agent(url, token, "lat-real",
-                        env={"AGENT_POLL_WAIT_S": str(int(POLL_WAIT_S)), "AGENT_SLOTS": "1"})
+    env = {"AGENT_POLL_WAIT_S": str(int(POLL_WAIT_S)), "AGENT_SLOTS": "1"}
+    sign: Callable[[dict[str, Any]], dict[str, Any]] = dict
+    if signed:  # every job signed, and the agent verifies each before it runs
+        keys_file = Path(tempfile.mkdtemp(prefix="bench-keys-")) / "trusted.keys"
+        sign = signer(keys_file)
+        env["AGENT_VERIFY_KEYS"] = str(keys_file)
+    if policy:  # the agent's claims carry a policy: the filtered claim statement
+        env.update({"AGENT_ALLOW_LANGUAGES": "identity", "AGENT_ALLOW_WORKSPACES": "default"})
+    agent = procs.agent(url, token, "lat-real", env=env)
     body = {"language": "identity", "content": "", "tag": tag, "args": {"i": 0}}
     end_to_end: list[float] = []
     ids: set[int] = set()
     for i in range(warmup + iterations):
         await asyncio.sleep(0.02)  # the agent claims again right after completing
         body["args"] = {"i": i}
+        signed_body = sign(body)  # before t0: the signer's cost is the submitter's
         t0 = time.perf_counter()
-        r = await client.post(JOBS, json=body)
+        r = await client.post(JOBS, json=signed_body)
         r.raise_for_status()
         job_id = r.json()["id"]
         done = await client.get(f"{JOBS}/{job_id}", params={"wait_s": 10})
@@ -152,7 +181,8 @@ async def real_agent(client: httpx.AsyncClient, procs: Processes, url: str,
     procs.stop(agent)
     server = await server_view(client, ids, tag)
     slow = sum(1 for x in end_to_end if x > 500)
-    return {"server_ms": percentiles(server), "submit_to_succeeded_ms": percentiles(end_to_end),
+    return {"signed": signed, "policy": policy,
+            "server_ms": percentiles(server), "submit_to_succeeded_ms": percentiles(end_to_end),
             "submit_to_succeeded_over_500ms": slow,
             "note": "submit_to_succeeded is seen through GET /jobs/{id}?wait_s=10: a job "
                     "that finishes before that request starts listening is seen only at "
@@ -174,7 +204,8 @@ async def main(ns: argparse.Namespace) -> dict[str, Any]:
                 real = None
                 if ns.real_agent_iterations > 0:
                     real = await real_agent(client, procs, server.url,
-                                            ns.real_agent_iterations, ns.warmup)
+                                            ns.real_agent_iterations, ns.warmup,
+                                            signed=ns.signed, policy=ns.policy)
                     log(f"real agent: {real['server_ms']}")
     p50, p99 = sim["client_ms"]["p50"], sim["client_ms"]["p99"]
     return {
@@ -203,5 +234,10 @@ if __name__ == "__main__":
                         help="pause between the agents' last claim and the next submit")
     parser.add_argument("--real-agent-iterations", type=int, default=100,
                         help="iterations with a real tagrun-agent process (0: skip)")
+    parser.add_argument("--signed", action="store_true",
+                        help="the real agent's jobs are signed and it verifies them "
+                             "(AGENT_VERIFY_KEYS)")
+    parser.add_argument("--policy", action="store_true",
+                        help="the real agent claims with a local policy (AGENT_ALLOW_*)")
     sigterm_as_exit()
     print(json.dumps(asyncio.run(main(parser.parse_args()))))
