@@ -97,8 +97,11 @@ def workers(
         f"{counts[s]} {s}" for s in ("live", "busy", "paused", "draining", "stopped", "stale",
                                      "token_revoked")))
     typer.echo("\nAGENTS AND WORKERS")
+    for agent in fleet["agents"]:  # how it checks signatures: "block:ci,ops", or "no"
+        verify = agent.get("verify")
+        agent["verifies"] = f"{verify['mode']}:{','.join(verify['keys'])}" if verify else "no"
     print_table(fleet["agents"], ["name", "kind", "state", "group", "tags", "active_count",
-                                  "jobs_executed", "last_seen", "ip", "version"])
+                                  "jobs_executed", "last_seen", "ip", "version", "verifies"])
     typer.echo("\nPOOLS")
     print_table(fleet["pools"], ["group", "tags", "live_agents", "running_now", "pending_now"])
     typer.echo("\nTAGS")

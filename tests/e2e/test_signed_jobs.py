@@ -191,6 +191,8 @@ def test_warn_mode_runs_an_unsigned_job_and_says_so(
             [listed] = [w for w in api.get("/api/workers").json()["agents"]
                         if w["name"] == "warner"]
             assert listed["verify"] == {"mode": "warn", "keys": ["ci"]}
+            table = cli(server.url, "workers").stdout
+            assert "VERIFIES" in table and "warn:ci" in table, table
             with contextlib.closing(signed_in(server.url, SUPERADMIN)) as ui:
                 page = ui.get(f"/w/default/jobs/{job_id}").text
                 assert "Signature not verified: the job is not signed" in page
