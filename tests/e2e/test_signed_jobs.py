@@ -90,7 +90,7 @@ def test_a_verifying_agent_runs_signed_jobs_and_refuses_every_tampered_one(
             field: submit(url, key, "--script", "f/mark", "--args", '{"n": 4}',
                           "--max-attempts", "3")
             for field in ("content", "args", "tag", "workspace", "timeout", "language",
-                          "version")}
+                          "version", "malformed")}
         tampered["unsigned"] = submit(url, None, "--language", "bash", "--content",
                                       marker_script(markers), "--tag", "signed")
         tampered["rogue key"] = submit(url, rogue, "--language", "bash", "--content",
@@ -109,6 +109,8 @@ def test_a_verifying_agent_runs_signed_jobs_and_refuses_every_tampered_one(
             "language": ("UPDATE jobs SET language = $2 WHERE id = $1", "sh"),
             "version": ("UPDATE jobs SET script_version = $2, content = 'echo v2' "
                         "WHERE id = $1", 2),
+            "malformed": ("UPDATE jobs SET signature = jsonb_set(signature, '{sig}', "
+                          "to_jsonb($2::text)) WHERE id = $1", "AAAA"),
         }
         for field, (statement, value) in sql.items():
             query(database_url, statement, tampered[field], value)
@@ -146,6 +148,7 @@ def test_a_verifying_agent_runs_signed_jobs_and_refuses_every_tampered_one(
             message = finished(api, tampered["args"])["error"]["message"]
             assert "changed after signing" in message and "refused unrun by verifier" in message
             assert "not signed" in finished(api, tampered["unsigned"])["error"]["message"]
+            assert "malformed" in finished(api, tampered["malformed"])["error"]["message"]
             assert "'rogue', which is not in AGENT_VERIFY_KEYS" in \
                 finished(api, tampered["rogue key"])["error"]["message"]
             dead = api.get("/api/w/default/jobs", params={"status": "failed"}).json()["jobs"]
