@@ -158,13 +158,14 @@ class AgentClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def claim(self, slots: int, wait_s: float, exclude: Collection[int] = ()
-                    ) -> list[dict[str, Any]]:
+    async def claim(self, slots: int, wait_s: float, exclude: Collection[int] = (),
+                    running: int | None = None) -> list[dict[str, Any]]:
         """Long-poll for up to `slots` jobs; the server answers within about wait_s."""
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S,
                                 read=wait_s + CLAIM_GRACE_S)
         body = wire.ClaimIn(self.name, slots, wait_s, self.policy or msgspec.UNSET,
-                            sorted(exclude) if exclude else msgspec.UNSET)
+                            sorted(exclude) if exclude else msgspec.UNSET,
+                            running if running is not None else msgspec.UNSET)
         answer = await self._post("/api/agent_workers/claim", body, stop_never, timeout)
         self.paused = answer.get("paused") is True
         self.drain_requested |= answer.get("drain") is True

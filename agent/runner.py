@@ -261,7 +261,8 @@ class Agent:
             self.request_stop("drained")
 
     async def _claim(self, free: int, wait_s: float) -> list[dict[str, Any]]:
-        claim = asyncio.create_task(self._client.claim(free, wait_s, self._refusals.ids()))
+        claim = asyncio.create_task(self._client.claim(free, wait_s, self._refusals.ids(),
+                                                       running=len(self._holder)))
         # A claim answered as the stop came is kept: its jobs run, then drain like the rest.
         return claim.result() if await self._unless_stopping(claim) else []
 

@@ -77,9 +77,15 @@ class Verify(_Out):
 
 
 class PendingReason(_Out):
+    """Why a queued job waits (server/services/pending.py lists the codes): no_live_worker,
+    paused, refused_by_agents, cap, all_busy, delayed, retry_backoff, claimable."""
+
     code: str
     message: str
-    workers: list[str] = []
+    workers: list[str] = []  # the workers it names
+    until: str | None = None  # delayed, retry_backoff: when it is due
+    cap: str | None = None  # cap: which (task_max_concurrent, concurrency_limit, schedule)
+    value: int | None = None  # cap: its value
 
 
 class JobRefusal(_Out):
@@ -126,9 +132,11 @@ class Job(_Out):
     signature: Signer | None = None
     signature_check: SignatureCheck | None = None
     refusals: list[JobRefusal] = []
-    # Why a queued job waits, when the server can tell (GET of one job): every live worker
-    # of its tag refused it (code refused_by_agents), naming them and why.
+    # Why a queued job waits (on every queued job the API returns, lists included).
     pending_reason: PendingReason | None = None
+    # Its concurrency cap: its script's concurrency_limit, or its schedule's one at a time.
+    concurrency_limit: int | None = None
+    concurrency_key: str | None = None
 
 
 class JobPage(_Out):

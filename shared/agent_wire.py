@@ -76,6 +76,9 @@ class ClaimIn(_Body):
     # Jobs this agent refused (its pre-job hook said no): never leased to it again.
     exclude: Annotated[list[JobId], msgspec.Meta(max_length=1000)] | msgspec.UnsetType = \
         msgspec.UNSET
+    # The jobs it runs as it claims (its state: busy or live, from this claim on).
+    running: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | msgspec.UnsetType = \
+        msgspec.UNSET
 
 
 class HeartbeatIn(_Body):

@@ -24,6 +24,8 @@ from tagrun.server.job_states import FINAL_STATES
 
 app = typer.Typer(help="Submit, follow, list and control jobs.", no_args_is_help=True)
 
+PROGRESS_EVERY_S = 30.0  # while a job waits, say so this often
+
 Workspace = Annotated[str, typer.Option("--workspace", "-w", envvar="TAGRUN_WORKSPACE",
                                         help="Workspace id.")]
 
@@ -39,10 +41,13 @@ def interruptible(job_id: int) -> Iterator[None]:
              code=130)
 
 
-def wait_for(client: Client, workspace: str, job_id: int, *, follow_logs: bool) -> dict[str, Any]:
-    """Wait for a final state, printing logs as they arrive (progress on a long wait)."""
+def wait_for(client: Client, workspace: str, job_id: int, *, follow_logs: bool,
+             said: str | None = None) -> dict[str, Any]:
+    """Wait for a final state, printing logs as they arrive, why the job waits whenever that
+    changes, and a progress line now and then while it does."""
     offset = 0
     started = time.monotonic()
+    progress_at = started + PROGRESS_EVERY_S
     while True:
         if follow_logs:
             logs = client.get(f"/api/w/{workspace}/jobs/{job_id}/logs", offset=offset)
@@ -56,9 +61,14 @@ def wait_for(client: Client, workspace: str, job_id: int, *, follow_logs: bool) 
                 logs = client.get(f"/api/w/{workspace}/jobs/{job_id}/logs", offset=offset)
                 typer.echo(logs["data"], nl=False, err=True)
             return job
-        if not follow_logs:
-            typer.echo(f"… job {job_id} {job['status']} ({time.monotonic() - started:.0f}s)",
-                       err=True)
+        reason = job.get("pending_reason") or {}
+        now = time.monotonic()
+        if reason.get("message") and reason["message"] != said:
+            typer.echo(f"… job {job_id} waits: {reason['message']}", err=True)
+            said, progress_at = reason["message"], now + PROGRESS_EVERY_S
+        elif now >= progress_at or not follow_logs:
+            typer.echo(f"… job {job_id} {job['status']} ({now - started:.0f}s)", err=True)
+            progress_at = now + PROGRESS_EVERY_S
 
 
 @app.command("run")
@@ -115,7 +125,14 @@ def run(
         return
     with interruptible(job["id"]):
         typer.echo(f"job {job['id']} queued (tag {job['tag']})", err=True)
-        job = wait_for(client, workspace, job["id"], follow_logs=True)
+        # The submit's answer says nothing of why it would wait (that costs queries): ask.
+        view = client.get(f"/api/w/{workspace}/jobs/{job['id']}")
+        reason = view.get("pending_reason") or {}
+        if reason.get("code") == "no_live_worker":
+            typer.secho(f"warning: {reason['message']}", fg=typer.colors.YELLOW, err=True)
+        job = wait_for(client, workspace, job["id"], follow_logs=True,
+                       said=reason.get("message") if reason.get("code") == "no_live_worker"
+                       else None)
     if job["status"] == "succeeded":
         print_json(job["result"])
         return

@@ -126,6 +126,9 @@ async def claim(request: Request) -> Response:
         return JSON(Claimed(jobs=[], paused=not controls.draining(body.name),
                             drain=controls.draining(body.name), **_who(agent)))
     config: ServerConfig = state.config
+    heartbeats: Heartbeats = state.heartbeats
+    heartbeats.ran(body.name, agent.key, len(jobs),
+                   running=body.running if isinstance(body.running, int) else None)
     opened = await _secrets_for(state.secrets, jobs, "secrets" in features)
     return JSON(Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s,
                                       opened.get(j.id)) for j in jobs], **_who(agent)))
@@ -193,6 +196,8 @@ async def release(request: Request) -> JSON:
     refusals = body.refusals or []
     held = [(h.id, h.attempt) for h in body.jobs] + [(r.id, r.attempt) for r in refusals]
     released = await store.release_jobs(body.name, held, agent.tags, key=agent.key)
+    heartbeats: Heartbeats = _state(request).heartbeats
+    heartbeats.ran(body.name, agent.key, -len(released))
     refused = [(r.id, r.kind, r.reason) for r in refusals if r.id in released]
     await store.record_refusals(body.name, refused)
     for job_id, kind, reason in refused:
@@ -286,6 +291,8 @@ async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: 
         signature_check=check_dict(outcome.signature_check))
     if not recorded["repeat"]:
         events.job_finished(recorded, error)
+        heartbeats: Heartbeats = state.heartbeats
+        heartbeats.ran(holder, agent.key, -1)
     return str(recorded["status"])
 
 

@@ -14,7 +14,8 @@ from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.http import JSON, path_int, query_float, query_int, read_body
 from tagrun.server.models import BatchIn, JobIn
-from tagrun.server.services.jobs import MAX_WAIT_S, ScriptCache, new_job, with_pending_reason
+from tagrun.server.services.jobs import MAX_WAIT_S, ScriptCache, new_job
+from tagrun.server.services.pending import with_pending_reason, with_pending_reasons
 from tagrun.server.store import FINAL_STATES, STATES, Store
 
 
@@ -102,6 +103,7 @@ async def list_jobs(request: Request) -> JSON:
     )
     for job in jobs:
         del job["content"]
+    await with_pending_reasons(_store(request), jobs, request.app.state.config.stale_after_s)
     next_cursor = str(jobs[-1]["id"]) if len(jobs) == limit else None
     return JSON({"jobs": jobs, "next_cursor": next_cursor})
 

@@ -32,25 +32,6 @@ def claimed(row: ClaimedRow, lease_s: float, heartbeat_s: float,
         script_version=row.script_version, signature=_signature(row.signature))
 
 
-async def with_pending_reason(store: Store, job: dict[str, Any], stale_after_s: float
-                              ) -> dict[str, Any]:
-    """A queued job that agents refused (local policy, pre-job hook) says whether every live
-    holder of its tag did, naming them and why: it waits for another. No query otherwise."""
-    refusals = job.get("refusals") or []
-    if job["status"] != "queued" or not refusals:
-        return job
-    live = await store.live_holders(job["tag"], stale_after_s)
-    why = {r["worker"]: f"{r['kind']}: {r['reason']}" for r in refusals}
-    if live and all(name in why for name in live):
-        names = "; ".join(f"{name} ({why[name]})" for name in live)
-        job["pending_reason"] = {
-            "code": "refused_by_agents",
-            "message": f"every live worker for tag {job['tag']} refused it: {names}. It "
-                       "waits for another worker of that tag.",
-            "workers": live}
-    return job
-
-
 def check_dict(check: SignatureCheck | None) -> dict[str, Any] | None:
     """What a verifying holder found, as stored in jobs.signature_check."""
     if check is None:

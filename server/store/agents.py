@@ -87,7 +87,8 @@ FROM held h LEFT JOIN extended e ON e.n = h.n ORDER BY h.n"""
 # Each record's state (services/fleet.py STATES), true the moment it changes: a revoked or
 # expired token, a clean stop (the holder said goodbye), no contact past $1 seconds, running
 # jobs, or live.
-LIST_WORKERS = """
+def _list_workers(where: str = "") -> str:
+    return f"""
 SELECT w.name, w.kind, w.grp, w.tags, w.ip, w.version, w.connected_at, s.seen_at AS last_seen,
        w.active_count, w.jobs_executed, w.stopped_at, w.stop_reason, w.drain_note, w.verify,
        CASE WHEN t.revoked_at IS NOT NULL THEN 'revoked'
@@ -109,7 +110,13 @@ CROSS JOIN LATERAL (SELECT w.paused_at IS NOT NULL
 LEFT JOIN agent_tokens t ON w.kind = 'agent' AND t.jti = w.jti
 LEFT JOIN paused_groups g ON w.kind = 'agent' AND g.grp = w.grp
                          AND (g.paused_until IS NULL OR g.paused_until > now())
-ORDER BY w.kind, w.grp, w.name LIMIT $2"""  # $2 NULL: every one
+{where}
+ORDER BY w.kind, w.grp, w.name LIMIT $2"""
+
+
+LIST_WORKERS = _list_workers()  # $2 NULL: every one
+# The same for the workers that serve any of the tags $3 (why jobs of those tags wait).
+WORKERS_FOR_TAGS = _list_workers("WHERE w.tags && $3::text[]")
 # Steering (routes/fleet.py): each announces itself on FLEET_CHANNEL, so that every replica
 # re-reads FLEET_CONTROLS at once. $2: seconds the pause lasts (NULL: until resumed).
 PAUSE_AGENT = f"""
@@ -275,6 +282,12 @@ class Agents(StoreBase):
             [h[3] for h in held], [s[0] for s in seen.values()],
         )
         return [(r["lost"], r["cancel"]) for r in rows]
+
+    async def workers_for_tags(self, tags: Sequence[str], stale_after_s: float
+                               ) -> list[dict[str, Any]]:
+        """The workers (agents, direct workers) serving any of `tags`, each with its state."""
+        return [dict(r) for r in await self.fetch(WORKERS_FOR_TAGS, stale_after_s, None,
+                                                  list(tags))]
 
     async def workers_overview(self, stale_after_s: float) -> dict[str, Any]:
         workers = [dict(r) for r in await self.fetch(LIST_WORKERS, stale_after_s, None)]

@@ -16,6 +16,7 @@ from tagrun.server.store._base import (
     iso,
     translated_errors,
 )
+from tagrun.server.store.settings import INLINE_CAP, TOTAL_CAP, setting_int
 
 INSERT_JOBS = """
 WITH input AS (
@@ -59,12 +60,15 @@ SELECT * FROM jobs
 WHERE workspace = $1 AND id < $2 AND ($3::text IS NULL OR status = $3)
   AND ($4::text IS NULL OR tag = $4) AND ($5::text IS NULL OR script_path = $5)
 ORDER BY id DESC LIMIT $6"""
-# Holders serving a tag that are alive (seen within $2 seconds, not stopped).
-LIVE_HOLDERS = """
-SELECT w.name FROM workers w JOIN workers_seen s ON s.name = w.name
-WHERE $1 = ANY(w.tags) AND w.stopped_at IS NULL
-  AND s.seen_at >= now() - make_interval(secs => $2::float8)
-ORDER BY w.name"""
+# What holds queued jobs back besides workers: the caps and the jobs running under them
+# (RUNNING_BY_KEY: under each of the concurrency keys $1).
+CAPS_AND_LOAD = f"""
+SELECT {setting_int(TOTAL_CAP)} AS total_cap, {setting_int(INLINE_CAP)} AS inline_cap,
+       count(*) AS running, count(*) FILTER (WHERE inline) AS running_inline
+FROM jobs WHERE status = 'running'"""
+RUNNING_BY_KEY = """
+SELECT concurrency_key, count(*) AS n FROM jobs
+WHERE status = 'running' AND concurrency_key = ANY($1::text[]) GROUP BY concurrency_key"""
 JOB_LOG_STATE = "SELECT status, log_size FROM jobs WHERE workspace = $1 AND id = $2"
 READ_LOGS = """
 SELECT off, data FROM job_logs WHERE job_id = $1 AND off + length(data) > $2
@@ -142,6 +146,8 @@ def job_view(row: Any) -> dict[str, Any]:
         "signature": signature_view(row["signature"]),
         "signature_check": row["signature_check"],
         "refusals": row["refusals"] or [],
+        "concurrency_limit": row["concurrency_limit"],
+        "concurrency_key": row["concurrency_key"],
         "status": row["status"],
         "attempt": row["attempt"],
         "worker": row["worker"],
@@ -222,9 +228,16 @@ class Jobs(StoreBase):
             raise NotFound(f"no job {job_id} in workspace {workspace!r}", code="job_not_found")
         return job_view(row)
 
-    async def live_holders(self, tag: str, stale_after_s: float) -> list[str]:
-        """The names of the live agents and workers that serve `tag`."""
-        return [r["name"] for r in await self.fetch(LIVE_HOLDERS, tag, stale_after_s)]
+    async def caps_and_load(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The caps (0: none), the running jobs under them, and the running jobs of each
+        concurrency key of `keys`."""
+        row = await self.fetchrow(CAPS_AND_LOAD)
+        assert row is not None
+        by_key = {r["concurrency_key"]: int(r["n"])
+                  for r in await self.fetch(RUNNING_BY_KEY, list(keys))} if keys else {}
+        return {"total_cap": int(row["total_cap"]), "inline_cap": int(row["inline_cap"]),
+                "running": int(row["running"]), "running_inline": int(row["running_inline"]),
+                "by_key": by_key}
 
     async def list_jobs(
         self, workspace: str, *, before: int, status: str | None, tag: str | None,

@@ -11,7 +11,7 @@ from starlette.routing import Route
 from tagrun.server.auth import WORKSPACE_ID, authenticator
 from tagrun.server.errors import InvalidInput
 from tagrun.server.http import path_int, query_int
-from tagrun.server.services.jobs import with_pending_reason
+from tagrun.server.services.pending import with_pending_reason, with_pending_reasons
 from tagrun.server.store import FINAL_STATES, STATES, Store
 from tagrun.server.ui.render import home_workspace, page
 from tagrun.server.ui.session import Session
@@ -38,7 +38,8 @@ async def _job_list(request: Request, session: Session, *, dead_letter: bool) ->
     store: Store = request.app.state.store
     jobs = await store.list_jobs(workspace, before=cursor, limit=JOBS_PER_PAGE + 1, **filters)
     more = len(jobs) > JOBS_PER_PAGE
-    jobs = jobs[:JOBS_PER_PAGE]
+    jobs = await with_pending_reasons(store, jobs[:JOBS_PER_PAGE],
+                                      request.app.state.config.stale_after_s)
     for job in jobs:
         job["error"] = _error(job["error"])
     return await page(request, session, "jobs.html", {

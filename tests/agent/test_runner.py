@@ -89,7 +89,7 @@ def test_runs_a_bash_job_and_reports_its_result_and_logs(
         assert later["offset"] == earlier["offset"] + len(earlier["data"])
     assert all(b["name"] == "agent-1" and b["attempt"] == 1 for b in log_posts)
     assert fake.requests[0] == ("/api/agent_workers/claim",
-                                {"name": "agent-1", "slots": 1, "wait_s": 25.0})
+                                {"name": "agent-1", "slots": 1, "wait_s": 25.0, "running": 0})
     assert fake.paths().index("/api/w/default/agent_workers/jobs/7/complete") > \
         max(i for i, p in enumerate(fake.paths()) if p.endswith("/logs"))
     names = agent_log.names()

@@ -214,7 +214,9 @@ def test_a_paused_agent_claims_nothing_until_resumed_and_a_pause_can_end_by_itse
                 "language": "bash", "tag": "paws", "content": "echo again"}).json()
             after = api.get(f"/api/w/default/jobs/{second['id']}", params={"wait_s": 30}).json()
             assert after["status"] == "succeeded"
-            assert listed(api, "paws-1")["state"] == "live"  # type: ignore[index]
+            # Busy while it ran the job, live again within a heartbeat flush (0.5 s) after.
+            wait_until(lambda: listed(api, "paws-1")["state"] == "live",  # type: ignore[index]
+                       10, message="the agent live again")
             started = datetime.fromisoformat(after["started_at"])
             assert started >= datetime.fromisoformat(by_group["paused_until"]), (
                 "the job started while its agent's group was paused")

@@ -1,0 +1,121 @@
+"""Why a queued job waits (`pending_reason`: a code and a sentence), for a page of jobs at a
+time: the workers of their tags and the caps are read once per page, never per job.
+
+In the order checked, the first that applies:
+
+| code | when |
+|---|---|
+| `delayed` | its run_at is ahead (submitted with run_at) |
+| `retry_backoff` | its run_at is ahead after a failed attempt |
+| `no_live_worker` | no live agent or worker serves its tag |
+| `paused` | every live worker of its tag is paused or draining |
+| `refused_by_agents` | every live worker of its tag refused it (local policy, pre-job hook) |
+| `cap` | a cap holds it: task_max_concurrent, its script's concurrency_limit, its |
+| | schedule's one run at a time, task_inline_max_concurrent |
+| `all_busy` | every live worker of its tag is running jobs |
+| `claimable` | a live worker of its tag is free: it starts in a moment |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tagrun.server.store import Store
+
+GONE = ("stale", "stopped", "token_revoked")  # workers that claim nothing, and why
+STEERED = ("paused", "draining")
+SHOWN = 5  # workers named in a sentence before "and N more"
+CLOCK_SLACK = timedelta(seconds=0.5)  # run_at is the database's clock, `now` this process's
+
+
+def _names(workers: Sequence[dict[str, Any]]) -> str:
+    names = [w["name"] for w in workers[:SHOWN]]
+    more = f" and {len(workers) - SHOWN} more" if len(workers) > SHOWN else ""
+    return ", ".join(names) + more
+
+
+def _when(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _reason(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"code": code, "message": message, **extra}
+
+
+def reason_for(job: dict[str, Any], workers: Sequence[dict[str, Any]],
+               load: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Why `job` (queued) waits, from the workers of its tag and the caps' load."""
+    tag = job["tag"]
+    if job["run_at"] and _when(job["run_at"]) > now + CLOCK_SLACK:
+        if job["attempts"]:
+            last = job["attempts"][-1]
+            kind = (last.get("error") or {}).get("kind", "failed")
+            return _reason("retry_backoff", f"attempt {last.get('attempt')} failed ({kind}); "
+                           f"the next one is due at {job['run_at']}", until=job["run_at"])
+        return _reason("delayed", f"it was submitted to run at {job['run_at']}",
+                       until=job["run_at"])
+    mine = [w for w in workers if tag in (w.get("tags") or [])]
+    live = [w for w in mine if w["state"] not in GONE]
+    if not live:
+        gone = f" ({_names(mine)}: {', '.join(sorted({w['state'] for w in mine}))})" \
+            if mine else ""
+        return _reason("no_live_worker", f"no live worker serves tag {tag}{gone}: it waits "
+                       "until an agent or worker of that tag connects")
+    free = [w for w in live if w["state"] not in STEERED]
+    if not free:
+        notes = "; ".join(f"{w['name']} {w['state']}" + (
+            f" by {w['paused_by']}: {w['pause_note']}" if w.get("pause_note") else "")
+            for w in live[:SHOWN])
+        return _reason("paused", f"every live worker of tag {tag} is paused or draining "
+                       f"({notes})", workers=[w["name"] for w in live])
+    refused = {r["worker"]: f"{r['kind']}: {r['reason']}" for r in job.get("refusals") or []}
+    if refused and all(w["name"] in refused for w in free):
+        names = "; ".join(f"{w['name']} ({refused[w['name']]})" for w in free[:SHOWN])
+        return _reason("refused_by_agents", f"every live worker for tag {tag} refused it: "
+                       f"{names}. It waits for another worker of that tag.",
+                       workers=[w["name"] for w in free])
+    total = load["total_cap"]
+    if total and load["running"] >= total:
+        return _reason("cap", f"task_max_concurrent={total} is reached ({load['running']} "
+                       "running)", cap="task_max_concurrent", value=total)
+    key, limit = job.get("concurrency_key"), job.get("concurrency_limit")
+    if key and limit and load["by_key"].get(key, 0) >= limit:
+        running = load["by_key"][key]
+        if key.startswith("schedule:"):
+            return _reason("cap", "its schedule runs one at a time and a run is still going",
+                           cap="schedule", value=limit)
+        return _reason("cap", f"script {job['script']} runs at most {limit} at a time "
+                       f"({running} running)", cap="concurrency_limit", value=limit)
+    inline = load["inline_cap"]
+    if inline and load["running_inline"] >= inline and all(w["kind"] == "inline"
+                                                           for w in free):
+        return _reason("cap", f"task_inline_max_concurrent={inline} is reached and only "
+                       "server processes' own workers serve its tag",
+                       cap="task_inline_max_concurrent", value=inline)
+    if all(w["state"] == "busy" for w in free):
+        return _reason("all_busy", f"all {len(free)} live workers of tag {tag} are running "
+                       f"jobs ({_names(free)})", workers=[w["name"] for w in free])
+    return _reason("claimable", f"a live worker of tag {tag} is free: it starts in a moment")
+
+
+async def with_pending_reasons(store: Store, jobs: list[dict[str, Any]],
+                               stale_after_s: float) -> list[dict[str, Any]]:
+    """`jobs` with a `pending_reason` on each queued one (three queries for the lot)."""
+    queued = [j for j in jobs if j["status"] == "queued"]
+    if not queued:
+        return jobs
+    tags = sorted({j["tag"] for j in queued})
+    workers = await store.workers_for_tags(tags, stale_after_s)
+    keys = sorted({j["concurrency_key"] for j in queued if j.get("concurrency_key")})
+    load = await store.caps_and_load(keys)
+    now = datetime.now(UTC)
+    for job in queued:
+        job["pending_reason"] = reason_for(job, workers, load, now)
+    return jobs
+
+
+async def with_pending_reason(store: Store, job: dict[str, Any], stale_after_s: float
+                              ) -> dict[str, Any]:
+    return (await with_pending_reasons(store, [job], stale_after_s))[0]
