@@ -61,7 +61,6 @@ class Heartbeats:
         self._seen: set[str] = set()
         self._held: set[str] = set()  # agents marked alive through this process last time
         self._last_seen_flush = 0.0
-        self._flipped = False  # an agent turned busy or live since the last write
         self._live: Callable[[], set[str]] = set
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -102,13 +101,9 @@ class Heartbeats:
         busy or live, is written within a flush rather than at its next heartbeat."""
         known = self.agents.get(name)
         if known is not None and known.key == key:
-            was_busy = known.active > 0
             base = running if running is not None else known.active
             known.active = max(base + delta, 0)
             self._seen.add(name)
-            if (known.active > 0) != was_busy:  # busy <-> live: written within an interval
-                self._flipped = True
-                self._wake.set()
 
     def forget(self, name: str) -> None:
         """The agent said goodbye: mark it alive no more (it is recorded again, as a new
@@ -141,8 +136,7 @@ class Heartbeats:
         now = time.monotonic()
         seen: dict[str, tuple[str, int]] = {}
         gone: set[str] = set()
-        looked = now - self._last_seen_flush >= self.seen_interval_s or beats or self._flipped
-        self._flipped = False
+        looked = now - self._last_seen_flush >= self.seen_interval_s or beats
         if looked:
             names = self._seen | self._live()
             seen = {n: (self.agents[n].jti, self.agents[n].active)
