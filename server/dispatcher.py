@@ -73,6 +73,11 @@ class Dispatcher:
     def waiting(self) -> int:
         return sum(len(w) for w in self._groups.values())
 
+    @property
+    def waiting_slots(self) -> int:
+        """Free slots of the claims held open here."""
+        return sum(w.slots for group in self._groups.values() for w in group)
+
     def waiting_names(self) -> set[str]:
         return {w.name for group in self._groups.values() for w in group}
 

@@ -46,6 +46,7 @@ def job_log_truncated(job_id: int, max_chars: int) -> None:
 def job_claimed(job: ClaimedRow) -> None:
     if job.waited_s is not None:
         metrics.DISPATCH_LATENCY.observe(max(job.waited_s, 0.0))
+        metrics.observe_queue_wait(job.tag, job.waited_s)
     log.info("job.claimed", extra={"job_id": job.id, "tag": job.tag, "attempt": job.attempt,
                                    "worker": job.worker})
 

@@ -47,6 +47,9 @@ CLAIMS_UNACKNOWLEDGED = Counter(
     "(the claim answer was lost), put back in the queue", registry=REGISTRY)
 LOGS_TRUNCATED = Counter("tagrun_job_logs_truncated", "Jobs whose stored log reached "
                          "TAGRUN_MAX_LOG_BYTES (the rest was dropped)", registry=REGISTRY)
+QUEUE_WAIT = Histogram("tagrun_queue_wait_seconds", "From due (run_at) to start, by tag "
+                       "(the first MAX_TAG_LABELS tags seen; the rest as other)", ["tag"],
+                       buckets=LATENCY_BUCKETS, registry=REGISTRY)
 DISPATCH_LATENCY = Histogram("tagrun_dispatch_latency_seconds",
                              "From submit (or run_at) to the job's start",
                              buckets=LATENCY_BUCKETS, registry=REGISTRY)
@@ -65,6 +68,16 @@ def fold_tags(counts: dict[str, int]) -> dict[str, int]:
     if rest:
         kept["other"] = kept.get("other", 0) + rest
     return kept
+
+
+_WAIT_TAGS: set[str] = set()
+
+
+def observe_queue_wait(tag: str, seconds: float) -> None:
+    """A job started `seconds` after it was due; labelled by its tag while labels last."""
+    if tag not in _WAIT_TAGS and len(_WAIT_TAGS) < MAX_TAG_LABELS:
+        _WAIT_TAGS.add(tag)
+    QUEUE_WAIT.labels(tag if tag in _WAIT_TAGS else "other").observe(max(seconds, 0.0))
 
 
 class SharedState(Collector):
@@ -98,7 +111,18 @@ class SharedState(Collector):
                                    "stopped, stale, token_revoked)", labels=["state"])
         for state in STATES:
             states.add_metric([state], v["states"].get(state, 0))
-        yield from (queued, running, agents, states)
+        oldest = GaugeMetricFamily("tagrun_queue_oldest_age_seconds", "How long the oldest "
+                                   "due job of each tag has waited", labels=["tag"])
+        ages = v.get("oldest", {})
+        for tag in fold_tags({t: v["queued"].get(t, 0) for t in ages}):
+            if tag in ages:
+                oldest.add_metric([tag], ages[tag])
+        slots = GaugeMetricFamily("tagrun_agent_slots", "Agent slots: busy (jobs agents run, "
+                                  "from the database), idle (free slots of the claims this "
+                                  "process holds open)", labels=["state"])
+        slots.add_metric(["busy"], v.get("slots_busy", 0))
+        slots.add_metric(["idle"], v.get("slots_idle", 0))
+        yield from (queued, running, agents, states, oldest, slots)
         yield GaugeMetricFamily("tagrun_long_poll_waiters", "Agent claims held open by this "
                                 "process", value=v["waiters"])
         yield GaugeMetricFamily("tagrun_db_pool_in_use", "Database connections in use by "
@@ -125,8 +149,12 @@ async def _read_shared(request: Request) -> dict[str, Any]:
         states[worker["state"]] = states.get(worker["state"], 0) + 1
         if worker["kind"] == "agent" and worker["state"] in LIVE_STATES:
             agents[worker["grp"]] = agents.get(worker["grp"], 0) + 1
+    agent_names = {w["name"] for w in overview["workers"] if w["kind"] == "agent"}
+    busy = sum(row["n"] for row in overview["running"] if row["worker"] in agent_names)
     pool = state.store.pool
     return {"queued": overview["queued"], "running": running, "agents": agents, "states": states,
+            "oldest": overview["oldest"], "slots_busy": busy,
+            "slots_idle": state.dispatcher.waiting_slots,
             "waiters": state.dispatcher.waiting,
             "pool_in_use": pool.get_size() - pool.get_idle_size(), "pool_size": pool.get_size(),
             "pool_max": pool.get_max_size()}

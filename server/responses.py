@@ -291,6 +291,10 @@ class TagLoad(_Out):
     queued: int
     running: int
     live_workers: int
+    oldest_queued_s: float | None = None  # how long its oldest due job has waited
+    # Queue wait (due to start) of its jobs that finished in the last 15 minutes.
+    wait_p50_s: float | None = None
+    wait_p95_s: float | None = None
 
 
 class FleetTotals(_Out):

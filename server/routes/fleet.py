@@ -71,6 +71,7 @@ async def list_workers(request: Request) -> JSON:
     limit = query_int(request, "limit", 1000, minimum=1, maximum=MAX_WORKERS_PAGE)
     store: Store = request.app.state.store
     overview = await store.workers_overview(request.app.state.config.stale_after_s)
+    overview["waits"] = await store.recent_waits()
     fleet = fleet_view(overview)
     page, next_cursor, matched = agents_page(
         fleet["agents"], state=state, group=query.get("group") or None,

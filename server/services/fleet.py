@@ -59,11 +59,20 @@ def fleet_view(overview: dict[str, Any]) -> dict[str, Any]:
         if is_live(a):
             for tag in a["tags"]:
                 live_tags[tag] += 1
+    oldest: dict[str, float] = overview.get("oldest", {})
+    waits: dict[str, dict[str, float]] = overview.get("waits", {})
     tags = [{"tag": t, "queued": queued.get(t, 0), "running": running_by_tag.get(t, 0),
-             "live_workers": live_tags.get(t, 0)}
-            for t in sorted(set(queued) | set(running_by_tag))]
+             "live_workers": live_tags.get(t, 0),
+             "oldest_queued_s": _rounded(oldest.get(t)),
+             "wait_p50_s": _rounded(waits.get(t, {}).get("p50")),
+             "wait_p95_s": _rounded(waits.get(t, {}).get("p95"))}
+            for t in sorted(set(queued) | set(running_by_tag) | set(waits))]
     return {"agents": agents, "pools": sorted(pools.values(), key=lambda p: p["group"]),
             "tags": tags}
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def agents_page(agents: list[dict[str, Any]], *, state: str | None = None,

@@ -77,6 +77,11 @@ def duration(start: str | None, end: str | None) -> str:
     return _span((finish - begin).total_seconds())
 
 
+def seconds(value: float) -> str:
+    """A wait in seconds, as people read it: 12 ms, 3.4 s, 5 min 3 s."""
+    return _span(value)
+
+
 def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
@@ -98,7 +103,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(ago=ago, when=when, duration=duration, pretty=pretty)
+    env.filters.update(ago=ago, when=when, duration=duration, pretty=pretty, seconds=seconds)
     env.globals.update(static=static, version=__version__)
     return env
 

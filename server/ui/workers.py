@@ -55,6 +55,7 @@ def _summary(fleet: dict[str, Any]) -> dict[str, int]:
 
 async def _fleet(store: Store, session: Session, stale_after_s: float) -> dict[str, Any]:
     overview = await store.workers_overview(stale_after_s)
+    overview["waits"] = await store.recent_waits()
     if session.principal.kind != "superadmin":
         overview.update(await store.workspace_queue(session.principal.workspace or ""))
     fleet = fleet_view(overview)

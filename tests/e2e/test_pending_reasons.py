@@ -102,6 +102,10 @@ def test_every_queued_job_says_why_it_waits(
                 page = ui.get("/w/default/jobs", params={"status": "queued"}).text
                 assert 'data-pending-code="paused"' in page and "disk swap" in page
                 assert 'data-pending-code="no_live_worker"' in page
+                workers = ui.get("/workers").text
+                row = workers.split('data-tag="nobody"', 1)[1].split("</tr>", 1)[0]
+                oldest = row.split("data-oldest>", 1)[1].split("<", 1)[0]
+                assert oldest.endswith((" s", " min")), row  # it has waited a while
             assert api.post("/api/workers/worker-1/resume").status_code == 200
             assert api.post(f"/api/w/default/jobs/{long}/cancel").status_code == 200
             assert finished(api, waiting)["status"] == "succeeded"

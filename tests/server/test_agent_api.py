@@ -232,7 +232,10 @@ def test_workers_page_shows_agents_pools_and_tags_without_workers(
     [pool] = [p for p in fleet["pools"] if p["group"] == "edge"]
     assert pool["live_agents"] >= 1 and tag in pool["tags"]
     [orphan_row] = [t for t in fleet["tags"] if t["tag"] == orphan]
-    assert orphan_row == {"tag": orphan, "queued": 1, "running": 0, "live_workers": 0}
+    oldest = orphan_row.pop("oldest_queued_s")
+    assert orphan_row == {"tag": orphan, "queued": 1, "running": 0, "live_workers": 0,
+                          "wait_p50_s": None, "wait_p95_s": None}
+    assert oldest is not None and oldest >= 0
     api.post(f"/api/w/default/jobs/{orphan_job}/cancel")
 
 

@@ -45,6 +45,17 @@ def test_counters_move_and_queue_depth_matches_the_api(server: TagrunProcess,
     assert after["tagrun_job_duration_seconds_count"] >= 20
     assert any(k.startswith('tagrun_http_request_duration_seconds_count{method="POST",'
                             'route="/api/w/{ws}/jobs/batch"') for k in after)
+    # Queue wait: by tag for those that ran, and the age of the oldest waiting one.
+    assert after['tagrun_queue_wait_seconds_count{tag="identity"}'] >= 20
+    assert after[f'tagrun_queue_oldest_age_seconds{{tag="{orphan}"}}'] >= 0
+    older = wait_until(lambda: (a := scrape(server.url)).get(
+        f'tagrun_queue_oldest_age_seconds{{tag="{orphan}"}}', 0) >= 1.0 and a, 10,
+        interval=0.3, message="the oldest queued job to age")
+    assert 'tagrun_agent_slots{state="busy"}' in older
+    assert 'tagrun_agent_slots{state="idle"}' in older
+    tags = {t["tag"]: t for t in api.get("/api/workers").json()["tags"]}
+    assert tags[orphan]["oldest_queued_s"] >= 1.0 and tags[orphan]["wait_p50_s"] is None
+    assert tags["identity"]["wait_p95_s"] is not None  # the 20 that ran just now
     for job in api.get("/api/w/default/jobs", params={"tag": orphan}).json()["jobs"]:
         api.post(f"/api/w/default/jobs/{job['id']}/cancel")
 
