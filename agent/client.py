@@ -107,9 +107,6 @@ class RetryPolicy:
     sleep: Sleep = asyncio.sleep
 
 
-VERIFY_HEADER = "Tagrun-Agent-Verify"
-
-
 class AgentClient:
     def __init__(
         self,
@@ -147,7 +144,7 @@ class AgentClient:
                      # comes within the job's ack_s), so a lost claim answer costs seconds.
                      "Tagrun-Agent-Features": "ack, secrets",
                      "User-Agent": f"tagrun-agent/{__version__}",
-                     **({VERIFY_HEADER: verify} if verify else {})},
+                     **({wire.VERIFY_HEADER: verify} if verify else {})},
             timeout=DEFAULT_TIMEOUT,
             # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY and SSL_CERT_FILE/SSL_CERT_DIR.
             verify=ssl.create_default_context(cafile=str(ca_file)) if ca_file else True,

@@ -139,7 +139,7 @@ def _policy(v: Mapping[str, str]) -> LocalPolicy:
     if unknown:
         raise ConfigError(f"AGENT_ALLOW_LANGUAGES: {', '.join(unknown)} is not one of "
                           f"{', '.join(LANGUAGES)}")
-    scripts = _listed(v, "AGENT_ALLOW_SCRIPTS", r"^[a-z0-9_.*?/\[\]!-]{1,255}\Z",
+    scripts = _listed(v, "AGENT_ALLOW_SCRIPTS", r"^[a-z0-9_.*?/-]{1,255}\Z",
                       "script glob (lowercase path characters, * and ?)")
     # With script globs, inline jobs (no script to match) are allowed only when said so.
     inline = _flag(v, "AGENT_ALLOW_INLINE") if "AGENT_ALLOW_INLINE" in v else scripts is None

@@ -18,10 +18,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from tagrun.server.agent_tokens import jti_of
 from tagrun.server.store import DATABASE_ERRORS, Store
+from tagrun.shared.signing import parse_verify_header
 
 log = logging.getLogger("tagrun.heartbeats")
 
@@ -44,7 +44,7 @@ class AgentRecord:
     jti: str
     key: str = ""  # the token and the agent process's session: a new process is a new key
     active: int = 0
-    verify: dict[str, Any] | None = None  # how it checks jobs' signatures ({mode, keys})
+    verify: str | None = None  # its Tagrun-Agent-Verify header: how it checks signatures
 
 
 class Heartbeats:
@@ -87,7 +87,7 @@ class Heartbeats:
             undrained = await self.store.upsert_agent(
                 name, record.group, record.tags, record.ip, record.version, record.jti,
                 self.process, stale_after_s=self.stale_after_s, session_key=record.key,
-                verify=record.verify)
+                verify=parse_verify_header(record.verify) if record.verify else None)
             self.agents[name] = record
             log.info("agent.connected", extra={"agent": name, "group": record.group,
                                                "tags": list(record.tags), "ip": record.ip,

@@ -50,7 +50,11 @@ class Held(_Body):
     attempt: Attempt
 
 
-Glob = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_.*?/\[\]!-]{1,255}\Z")]
+# How an agent that checks signatures says so ("block; keys=a,b"), on every request: shown
+# on the Workers page (shared/signing.py parse_verify_header).
+VERIFY_HEADER = "Tagrun-Agent-Verify"
+# A glob on script paths: * and ? only, so the agent (fnmatch) and the claim (LIKE) agree.
+Glob = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_.*?/-]{1,255}\Z")]
 LANGUAGE_PATTERN = r"^[a-z]{1,20}\Z"
 
 

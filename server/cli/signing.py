@@ -120,8 +120,12 @@ def _check_deployed(script: dict[str, Any], key: signing.SigningKey, workspace: 
     say what is being vouched for."""
     deployed = script.get("signature")
     if deployed and deployed.get("key_id") == key.key_id:
-        if not signing.verifies(key.key.public_key(), str(deployed.get("sig")),
-                                _deployed_payload(script, workspace)):
+        try:
+            data = _deployed_payload(script, workspace)
+        except TagError:  # a tag that needs args was never signed at deploy
+            data = b""
+        if not data or not signing.verifies(key.key.public_key(), str(deployed.get("sig")),
+                                            data):
             fail(f"{what} as the server returned it does not match the signature it was "
                  "deployed with: refusing to sign it")
         return
@@ -132,6 +136,8 @@ def _check_deployed(script: dict[str, Any], key: signing.SigningKey, workspace: 
 
 
 def _deployed_payload(script: dict[str, Any], workspace: str) -> bytes:
+    """What a deploy signs: that version, its tag as resolved without args (TagError if it
+    needs some), its args left out."""
     return signing.payload(
         workspace=workspace, script=script["path"], version=script["version"],
         language=script["language"], content=script["content"],
@@ -146,14 +152,13 @@ def sign_deploy(client: Client, body: dict[str, Any], workspace: str,
     job's args may differ), so that its jobs and schedules run signed."""
     latest = client.get_optional(f"/api/w/{workspace}/scripts/{body['path']}")
     body["version"] = (latest["version"] if latest else 0) + 1
-    what = f"script {body['path']}"
-    template = body.get("tag") or body["language"]
+    version = {"path": body["path"], "version": body["version"], "language": body["language"],
+               "content": body["content"], "tag": body.get("tag"),
+               "timeout_s": body.get("timeout_s"), "secrets": body.get("secrets", [])}
     try:
-        tag = resolve_tag(template, workspace, {})
+        data = _deployed_payload(version, workspace)
     except TagError:
-        fail(f"cannot sign {what} at deploy: its tag {template!r} depends on its args; deploy "
-             "it unsigned and sign each job (tagrun job run --script ... --sign-key ...)")
-    body["signature"] = _sign(
-        key, True, workspace=workspace, script=body["path"], version=body["version"],
-        language=body["language"], content=body["content"], tag=tag,
-        timeout_s=body.get("timeout_s"), secrets=body.get("secrets", []), args=None)
+        fail(f"cannot sign script {body['path']} at deploy: its tag "
+             f"{body.get('tag')!r} depends on its args; deploy it unsigned and sign each job "
+             "(tagrun job run --script ... --sign-key ...)")
+    body["signature"] = {"key_id": key.key_id, "sig": key.sign(data), "unsigned_args": True}

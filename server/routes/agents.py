@@ -28,6 +28,7 @@ from tagrun.server.services.jobs import check_dict, claimed
 from tagrun.server.services.secrets import OLD_AGENT, Opened, SecretBox
 from tagrun.server.store import ClaimedRow, ClaimFilter, Store
 from tagrun.shared.agent_wire import (
+    VERIFY_HEADER,
     Claimed,
     ClaimIn,
     Completed,
@@ -47,10 +48,7 @@ from tagrun.shared.agent_wire import (
     Released,
     ReleaseIn,
 )
-from tagrun.shared.signing import parse_verify_header
 from tagrun.shared.version import __version__
-
-VERIFY_HEADER = "tagrun-agent-verify"  # how the agent checks signatures (agent/client.py)
 
 log = logging.getLogger("tagrun.agents")
 
@@ -83,7 +81,7 @@ async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
     heartbeats: Heartbeats = _state(request).heartbeats
     ip = request.client.host if request.client else None
     version = request.headers.get("user-agent", "").partition("/")[2][:40] or "unknown"
-    verify = parse_verify_header(request.headers.get(VERIFY_HEADER, ""))
+    verify = request.headers.get(VERIFY_HEADER)  # parsed only when the agent is recorded
     if await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti,
                                                agent.key, verify=verify)):
         controls: FleetControls = _state(request).controls

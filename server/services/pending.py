@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tagrun.server.services.fleet import LIVE_STATES
 from tagrun.server.store import Store
 
-GONE = ("stale", "stopped", "token_revoked")  # workers that claim nothing, and why
-STEERED = ("paused", "draining")
+STEERED = ("paused", "draining")  # alive, but claiming nothing new
+ALIVE = (*LIVE_STATES, *STEERED)  # the rest (stale, stopped, token_revoked) are gone
 SHOWN = 5  # workers named in a sentence before "and N more"
 CLOCK_SLACK = timedelta(seconds=0.5)  # run_at is the database's clock, `now` this process's
 
@@ -57,13 +58,13 @@ def reason_for(job: dict[str, Any], workers: Sequence[dict[str, Any]],
         return _reason("delayed", f"it was submitted to run at {job['run_at']}",
                        until=job["run_at"])
     mine = [w for w in workers if tag in (w.get("tags") or [])]
-    live = [w for w in mine if w["state"] not in GONE]
+    live = [w for w in mine if w["state"] in ALIVE]
     if not live:
         gone = f" ({_names(mine)}: {', '.join(sorted({w['state'] for w in mine}))})" \
             if mine else ""
         return _reason("no_live_worker", f"no live worker serves tag {tag}{gone}: it waits "
                        "until an agent or worker of that tag connects")
-    free = [w for w in live if w["state"] not in STEERED]
+    free = [w for w in live if w["state"] in LIVE_STATES]
     if not free:
         notes = "; ".join(f"{w['name']} {w['state']}" + (
             f" by {w['paused_by']}: {w['pause_note']}" if w.get("pause_note") else "")

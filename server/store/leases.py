@@ -186,7 +186,7 @@ class ClaimFilter:
 
 
 def _like(glob: str) -> str:
-    """An fnmatch glob as a LIKE pattern (its [] classes are taken literally)."""
+    """A glob of * and ? (what ClaimPolicy allows) as a LIKE pattern."""
     escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
 

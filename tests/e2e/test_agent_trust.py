@@ -95,7 +95,7 @@ def submit(api: httpx.Client, tag: str, content: str) -> int:
 
 def job_row(database_url: str, job_id: int) -> dict[str, Any]:
     [row] = query(database_url, "SELECT status, worker, attempt, lease_expires_at, log_received,"
-                                " result FROM jobs WHERE id = $1", job_id)
+                                " result, refusals FROM jobs WHERE id = $1", job_id)
     return row
 
 
@@ -124,6 +124,10 @@ def attack_every_route(attacker: Caller, victim: str, job_id: int, attempt: int,
     released = attacker.post(RELEASE, {"name": victim,
                                        "jobs": [{"id": job_id, "attempt": attempt}]})
     assert released.status_code == 200 and released.json()["released"] == []
+    # A refusal (policy, hook) is a release too: another token's records nothing.
+    refused = attacker.post(RELEASE, {"name": victim, "refusals": [
+        {"id": job_id, "attempt": attempt, "kind": "hook", "reason": "forged refusal"}]})
+    assert refused.status_code == 200 and refused.json()["released"] == []
     assert_refused(attacker.post(HEARTBEAT, {"name": victim, "running": [
         {"id": job_id, "attempt": attempt}]}), "agent_name_taken")
     assert_refused(attacker.post(CLAIM, {"name": victim, "wait_s": 0}), "agent_name_taken")
@@ -155,6 +159,7 @@ def test_other_tokens_cannot_act_on_a_real_agents_job(
             after = job_row(database_url, job_id)
             assert (after["status"], after["worker"], after["attempt"], after["log_received"]) \
                 == ("running", "agent-a", 1, before["log_received"])
+            assert after["refusals"] is None  # no refusal recorded against the job
         listed = agents_by_name(api)
         assert {k: listed["agent-a"][k] for k in ("group", "tags", "connected_at")} \
             == {k: record[k] for k in ("group", "tags", "connected_at")}
