@@ -187,7 +187,15 @@ def _run(config: AgentConfig) -> int:
             "the environment it started with, where jobs running as this user can read it; "
             "give this executable its token with AGENT_TOKEN_FILE, or set AGENT_JOB_USER"})
     forbid_inspection()
-    return asyncio.run(run_agent(config))
+    if not config.tracing:
+        return asyncio.run(run_agent(config))
+    from tagrun.shared import tracing  # the SDK and exporter load only now
+
+    tracing.setup("tagrun-agent")
+    try:
+        return asyncio.run(run_agent(config))
+    finally:
+        tracing.shutdown()  # the spans still waiting are sent
 
 
 def main(argv: list[str] | None = None) -> None:

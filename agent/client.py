@@ -14,7 +14,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -218,12 +218,14 @@ class AgentClient:
 
     async def append_logs(
         self, workspace: str, job_id: int, attempt: int, offset: int, data: str, *,
-        until: Deadline | None = None,
+        until: Deadline | None = None, marks: Sequence[wire.LogMark] | None = None,
     ) -> int:
-        """Retried until `until` (the job's lease) when given, else within the bound."""
+        """Retried until `until` (the job's lease) when given, else within the bound.
+        `marks`: the chunk's lines (None: not sent, for a server that does not keep them)."""
         path = _job_path(workspace, job_id, "logs")
-        answer = await self._post(path, wire.LogsIn(attempt, offset, data, self.name),
-                                  self._until(until))
+        body = wire.LogsIn(attempt, offset, data, self.name,
+                           msgspec.UNSET if marks is None else list(marks))
+        answer = await self._post(path, body, self._until(until))
         ack = _read(answer, wire.LogsAck, path)
         return ack.offset if ack else offset + len(data)
 
@@ -242,7 +244,8 @@ class AgentClient:
         """One job's outcome by itself; its new status."""
         path = _job_path(workspace, done.id, "complete")
         body = wire.CompleteIn(done.attempt, done.status, done.result, done.error, self.name,
-                               done.retryable, done.log_chunks_lost, done.signature_check)
+                               done.retryable, done.log_chunks_lost, done.signature_check,
+                               done.traceparent)
         answer = await self._post(path, body, self._until(until))
         completed = _read(answer, wire.Completed, path)
         return completed.status if completed else done.status

@@ -61,6 +61,8 @@ class AgentConfig:
     # AGENT_PRE_JOB_HOOK (and its timeout): a local executable that may refuse each job.
     pre_job_hook: Path | None = None
     pre_job_hook_timeout_s: float = 60.0
+    # TAGRUN_OTEL or OTEL_EXPORTER_OTLP_ENDPOINT: OpenTelemetry traces (docs/tracing.md).
+    tracing: bool = False
 
 
 def _redact_vars(raw: str | None) -> tuple[str, ...]:
@@ -82,6 +84,17 @@ def _log_warning(message: str) -> None:
     log.warning("agent.config_warning", extra={"detail": message})
 
 
+def _tracing() -> bool:
+    """Whether to export OpenTelemetry traces: TAGRUN_OTEL, OTEL_EXPORTER_OTLP_ENDPOINT
+    (read from the environment, as every OpenTelemetry SDK reads its own)."""
+    from tagrun.shared.tracing import TracingConfigError, wanted
+
+    try:
+        return wanted(os.environ)
+    except TracingConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> AgentConfig:
     """Build the config from values keyed by environment variable name (None/"" = unset)."""
     v = {k: val for k, val in values.items() if val is not None and val != ""}
@@ -92,6 +105,7 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
     if job_user is not None and "AGENT_TOKEN_FILE" in v:
         _closed_to(job_user, v["AGENT_TOKEN_FILE"])
     return AgentConfig(
+        tracing=_tracing(),
         token=_token(values.get("AGENT_TOKEN"), v.get("AGENT_TOKEN_FILE")),
         base_url=_base_url(v.get("BASE_INTERNAL_URL"), warn,
                            insecure=_flag(v, "AGENT_ALLOW_INSECURE")),

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from tagrun.agent.client import AgentClient
 from tagrun.agent.completions import Completions
 from tagrun.agent.errors import ServerAnswer
 from tagrun.shared.agent_wire import AgentJob, CompletedJob, RefusalIn
 from tagrun.shared.holder import Deadline, Held, LeaseGone, Refused
+from tagrun.shared.loglines import Mark
 
 log = logging.getLogger("tagrun.agent")
 
@@ -32,11 +34,11 @@ class HttpPort:
         self._client = client
         self._completions = completions
 
-    async def append_logs(self, job: AgentJob, offset: int, data: str, until: Deadline
-                          ) -> None:
-        try:
+    async def append_logs(self, job: AgentJob, offset: int, data: str, until: Deadline,
+                          marks: Sequence[Mark] = ()) -> None:
+        try:  # marks only to a server that keeps them (an older one refuses the field)
             await self._client.append_logs(job.workspace, job.id, job.attempt, offset, data,
-                                           until=until)
+                                           until=until, marks=marks if job.log_marks else None)
         except ServerAnswer as exc:
             if exc.lease_lost:
                 raise LeaseGone(str(exc)) from exc

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import platformdirs
 
+from tagrun.shared import tracing
 from tagrun.shared.executors import available_languages
 from tagrun.shared.signing import SigningError, Verifier, load_verifier
 
@@ -60,6 +61,7 @@ class ServerConfig:
     tls_key: Path | None = None
     # WORKER_VERIFY_KEYS, WORKER_VERIFY: direct workers check jobs' signatures (signing.md).
     worker_verifier: Verifier | None = None
+    tracing: bool = False  # OpenTelemetry traces (shared/tracing.py, docs/tracing.md)
 
     @property
     def url(self) -> str:
@@ -192,7 +194,15 @@ def load_config(
         metrics_token=env.get("TAGRUN_METRICS_TOKEN") or None,
         **_tls(env, tls_cert, tls_key),
         worker_verifier=_verifier(env),
+        tracing=_tracing(env),
     )
+
+
+def _tracing(env: Mapping[str, str]) -> bool:
+    try:
+        return tracing.wanted(env)
+    except tracing.TracingConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _verifier(env: Mapping[str, str]) -> Verifier | None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tagrun.server import metrics
+from tagrun.shared import tracing
 from tagrun.shared.signing import SIGNATURE_INVALID
 
 if TYPE_CHECKING:  # no import at run time: the store logs through this module's callers
@@ -47,12 +48,19 @@ def job_claimed(job: ClaimedRow) -> None:
     if job.waited_s is not None:
         metrics.DISPATCH_LATENCY.observe(max(job.waited_s, 0.0))
         metrics.observe_queue_wait(job.tag, job.waited_s)
+        if job.traceparent is not None and (tracer := tracing.tracer()) is not None:
+            tracer.record("tagrun.queue_wait", job.traceparent, {
+                **tracing.job_attributes(job.id, job.workspace, job.tag, job.attempt),
+                "tagrun.worker": job.worker}, began_s_ago=job.waited_s)
     log.info("job.claimed", extra={"job_id": job.id, "tag": job.tag, "attempt": job.attempt,
                                    "worker": job.worker})
 
 
-def job_finished(outcome: dict[str, Any], error: dict[str, Any] | None) -> None:
-    """After a completion: `outcome` is what the store recorded (see Leases.complete_job)."""
+def job_finished(outcome: dict[str, Any], error: dict[str, Any] | None,
+                 traceparent: str | None = None) -> None:
+    """After a completion: `outcome` is what the store recorded (see Leases.complete_job);
+    `traceparent`: the holder's run span, when it sent one."""
+    _trace_completion(outcome, error, traceparent)
     fields = {"job_id": outcome["id"], "tag": outcome["tag"], "attempt": outcome["attempt"],
               "worker": outcome["worker"], "duration_ms": outcome["duration_ms"]}
     status = outcome["status"]
@@ -76,6 +84,23 @@ def job_finished(outcome: dict[str, Any], error: dict[str, Any] | None) -> None:
         else:
             metrics.DEAD_LETTERED.inc()
             log.warning("job.dead_lettered", extra=fields)
+
+
+def _trace_completion(outcome: dict[str, Any], error: dict[str, Any] | None,
+                      traceparent: str | None) -> None:
+    """The completion span: a child of the run span (else of the job's submit span)."""
+    tracer = tracing.tracer()
+    parent = traceparent or outcome.get("traceparent")
+    if tracer is None or parent is None:
+        return
+    span = tracer.start("tagrun.complete", parent, {
+        **tracing.job_attributes(outcome["id"], outcome.get("workspace") or "",
+                                 outcome["tag"], outcome["attempt"]),
+        "tagrun.job.status": outcome["status"], "tagrun.worker": outcome["worker"] or ""},
+        kind="server")
+    if error is not None:
+        span.fail(f"{error.get('kind', 'internal')}: {error.get('message', '')}"[:500])
+    span.end()
 
 
 def job_refused(job_id: int, worker: str, kind: str, reason: str) -> None:

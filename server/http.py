@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tagrun.server.errors import InvalidInput, PayloadTooLarge
+from tagrun.server.validation_errors import plain_message
 
 T = TypeVar("T")
 
@@ -41,7 +42,7 @@ async def read_body(request: Request, model: type[T]) -> T:
     try:
         return msgspec.json.decode(bytes(body), type=model)
     except msgspec.ValidationError as exc:
-        raise InvalidInput(f"invalid request body: {exc}") from None
+        raise InvalidInput(plain_message(exc, model)) from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     except RecursionError:

@@ -29,6 +29,8 @@ from tagrun.server.errors import TagrunError
 from tagrun.server.listener import Listener
 from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, NewJob, Store
 from tagrun.shared.executors import ErrorKind
+from tagrun.shared.loglines import CODES, STDOUT
+from tagrun.shared.logstream import now_ms
 
 log = logging.getLogger("tagrun.maintenance")
 
@@ -170,7 +172,8 @@ class MaintenanceRun:
 
     async def write(self, line: str) -> None:
         self._log_offset = await self.store.append_logs(
-            self.worker.name, self.job.id, self.job.attempt, self._log_offset, line + "\n")
+            self.worker.name, self.job.id, self.job.attempt, self._log_offset, line + "\n",
+            marks=[(0, now_ms(), CODES[STDOUT])])
 
 
 async def _job_retention(run: MaintenanceRun) -> dict[str, Any]:

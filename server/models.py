@@ -11,9 +11,15 @@ from tagrun.shared.signing import KEY_ID_PATTERN
 
 # Patterns end in \Z, not $: msgspec searches with `re`, where $ also matches before a final
 # newline ("f/x\n" would pass).
-Path = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_][a-z0-9_.-]*(/[a-z0-9_][a-z0-9_.-]*)*\Z",
-                                   max_length=255)]
-WorkspaceId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}\Z")]
+# A description completes "<field> must be ..." in the 400 a bad value gets
+# (server/validation_errors.py), and shows in the OpenAPI document.
+Path = Annotated[str, msgspec.Meta(
+    pattern=r"^[a-z0-9_][a-z0-9_.-]*(/[a-z0-9_][a-z0-9_.-]*)*\Z", max_length=255,
+    description="a path like f/etl/daily: parts of lowercase letters, digits, '_', '.' and "
+                "'-', joined by '/'")]
+WorkspaceId = Annotated[str, msgspec.Meta(
+    pattern=r"^[a-z0-9][a-z0-9-]{0,62}\Z",
+    description="1 to 63 lowercase letters, digits and '-', starting with a letter or a digit")]
 Content = Annotated[str, msgspec.Meta(max_length=512 * 1024)]
 TagTemplate = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000)]
@@ -24,8 +30,10 @@ LeaseS = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 Version = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 Label = Annotated[str, msgspec.Meta(max_length=200)]
 # The secrets a script's or a job's holder gets as environment variables, by name.
-SecretNames = Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^[A-Z_][A-Z0-9_]{0,63}\Z")]],
-                        msgspec.Meta(max_length=100)]
+SecretNames = Annotated[list[Annotated[str, msgspec.Meta(
+    pattern=r"^[A-Z_][A-Z0-9_]{0,63}\Z",
+    description="a name like DB_PASSWORD: up to 64 capital letters, digits and '_', not "
+                "starting with a digit")]], msgspec.Meta(max_length=100)]
 # Timestamps must stay inside what Python (and so the driver decoding them) can represent:
 # a stored year-10000 timestamp would make every later read of its row fail.
 MAX_EXPIRES_IN_S = 100 * 366 * 24 * 3600

@@ -75,7 +75,12 @@ _HEADERS: dict[str, dict[str, Any]] = {"Idempotency-Key": {
     # (a heartbeat or log naming it) within the job's ack_s, or the job is put back in the
     # queue without using an attempt (its claim answer was lost on the way).
     "Tagrun-Agent-Features": {"type": "string", "maxLength": 200,
-                              "description": "comma-separated; 'ack': see the claim's ack_s"}}
+                              "description": "comma-separated; 'ack': see the claim's ack_s"},
+    # W3C trace context (docs/tracing.md): the job's trace joins the submitter's. A value
+    # that is not a version-00 traceparent is ignored, as the W3C recommendation says.
+    "traceparent": {"type": "string", "description": "W3C trace context: the job's spans "
+                    "join this trace", "example": "00-0af7651916cd43dd8448eb211c80319c-"
+                    "b7ad6b7169203331-01"}}
 _AGENT = ("Tagrun-Agent-Session",)
 _CLAIMING_AGENT = ("Tagrun-Agent-Session", "Tagrun-Agent-Features")
 _PATH_ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}  # path_int
@@ -133,19 +138,23 @@ OPERATIONS = [
     Op("POST", "/api/secrets/rotate-key", "Re-encrypt every secret under the primary key",
        out.SecretsRotated, auth="superadmin"),
     Op("POST", "/api/w/{ws}/jobs", "Submit a job", out.Job, 201, req.JobIn,
-       headers=("Idempotency-Key",),
+       headers=("Idempotency-Key", "traceparent"),
        also={200: "The job first created with this Idempotency-Key (within 24 h)"}),
     Op("GET", "/api/w/{ws}/jobs", "List jobs, newest first", out.JobPage,
        query={"status": _STATUS, "tag": _STRING, "script": _STRING, "limit": _LIMIT,
               "cursor": _ID_CURSOR}),
     Op("POST", "/api/w/{ws}/jobs/batch", "Submit jobs (all or none)", out.JobIds, 201,
-       req.BatchIn),
+       req.BatchIn, headers=("traceparent",)),
     Op("GET", "/api/w/{ws}/jobs/{id}", "Read a job; wait_s waits for a final state", out.Job,
        query={"wait_s": _WAIT_S}),
-    Op("GET", "/api/w/{ws}/jobs/{id}/logs", "Read a job's logs from an offset", out.Logs,
+    Op("GET", "/api/w/{ws}/jobs/{id}/logs", "Read a job's logs from an offset, and its "
+       "lines (time and stream) from lines_end on", out.Logs,
        query={"offset": _OFFSET}),
     Op("POST", "/api/w/{ws}/jobs/{id}/cancel", "Cancel a job", out.Job),
     Op("POST", "/api/w/{ws}/jobs/{id}/retry", "Replay a failed or cancelled job", out.Job),
+    Op("POST", "/api/w/{ws}/jobs/{id}/rerun", "Submit a new job like this one (Run again): "
+       "the same script version or content, args, tag, secrets and signature", out.Job, 201,
+       headers=("traceparent",)),
     Op("POST", "/api/w/{ws}/schedules", "Create a cron schedule", out.Schedule, 201,
        sched.ScheduleIn),
     Op("GET", "/api/w/{ws}/schedules", "List schedules, with next fires and last runs",

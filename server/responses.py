@@ -6,9 +6,11 @@ document and the server cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+from tagrun.shared.loglines import STREAMS
 
 
 class _Out(msgspec.Struct, forbid_unknown_fields=True):
@@ -148,10 +150,25 @@ class JobIds(_Out):
     ids: list[int]
 
 
+class LogLine(_Out):
+    """One line of a log (the newline that ends it is not in `text`)."""
+
+    offset: int
+    # When it began (UTC, to the millisecond) and who wrote it: stdout, stderr, or tagrun
+    # (the holder's own lines); null for a line from a holder that does not say.
+    at: str | None
+    stream: Annotated[str, msgspec.Meta(pattern=rf"^({'|'.join(STREAMS)})\Z")] | None
+    text: str
+
+
 class Logs(_Out):
     data: str
     offset: int
     done: bool
+    # The lines that begin and end in `data`; a line still being written is left for the
+    # next read, which asks from `lines_end` (`offset` when data ends at a line's end).
+    lines: list[LogLine]
+    lines_end: int
 
 
 class Script(_Out):

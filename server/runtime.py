@@ -31,6 +31,7 @@ from tagrun.server.services.secrets import SecretBox
 from tagrun.server.store import DATABASE_STARTING, Store, create_pool, migrate
 from tagrun.server.vault import SecretUnreadable, load_keyring
 from tagrun.server.worker import Worker, WorkerSettings
+from tagrun.shared import tracing
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.runtime")
@@ -262,6 +263,8 @@ def run(config: ServerConfig) -> None:
         job_retention_days()  # read again where used; a bad value stops the start here
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if config.tracing:
+        tracing.setup("tagrun-server")
     embedded: EmbeddedPostgres | None = None
     dsn = config.database_url
     if dsn is None:
@@ -276,6 +279,7 @@ def run(config: ServerConfig) -> None:
         log.error("server.start_refused", extra={"error": str(exc)})
         raise SystemExit(f"error: {exc}") from None
     finally:
+        tracing.shutdown()  # the spans still waiting are sent
         if embedded is not None:
             embedded.stop()
 

@@ -31,6 +31,7 @@ from tagrun.server.services.schedules import concurrency_key, schedule_job, utc_
 from tagrun.server.store import NewJob, Store
 from tagrun.server.store._base import iso
 from tagrun.server.store.schedules import Fire, Fired
+from tagrun.shared import tracing
 
 log = logging.getLogger("tagrun.scheduler")
 
@@ -115,6 +116,9 @@ class Scheduler:
                 job = await schedule_job(self.store, workspace, schedule, self.leases)
             except TagrunError as exc:
                 error = f"no job made: {exc.message}"
+        span = _fire_span(schedule, fire_at) if job is not None else None
+        if span is not None and job is not None:
+            job = dataclasses.replace(job, traceparent=span.traceparent)
         fire = Fire(schedule["id"], workspace, due, fire_at, next_fire_at, schedule["overlap"],
                     concurrency_key(workspace, schedule["name"]), job, error)
         try:
@@ -123,6 +127,11 @@ class Scheduler:
             job = None
             fired = await self.store.fire_schedule(dataclasses.replace(
                 fire, job=None, error=f"no job made: {exc.message}"))
+        if span is not None:
+            span.set("tagrun.schedule.outcome", fired.outcome if fired else "not_fired")
+            if fired is not None and fired.job_id is not None:
+                span.set("tagrun.job.id", fired.job_id)
+            span.end()
         if fired is not None:
             self._log(schedule, fire_at, fired, late=now - fire_at > LATE)
             if job is not None and fired.job_id is not None:
@@ -142,3 +151,13 @@ class Scheduler:
             log.info("schedule.skipped", extra={**fields, "reason": fired.message})
         else:
             log.info("schedule.fired", extra={**fields, "cancelled": fired.cancelled})
+
+
+def _fire_span(schedule: dict[str, Any], fire_at: datetime) -> tracing.Span | None:
+    """The root span of a scheduled job's trace (docs/tracing.md), when this server traces."""
+    tracer = tracing.tracer()
+    if tracer is None:
+        return None
+    return tracer.start("tagrun.schedule_fire", None, {
+        "tagrun.workspace": schedule["workspace"], "tagrun.schedule": schedule["name"],
+        "tagrun.schedule.fire_at": iso(fire_at)}, kind="producer")

@@ -8,7 +8,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from tagrun.shared.holder import (
     OutOfReach,
     Refused,
 )
+from tagrun.shared.loglines import Mark
 from tagrun.shared.redact import DEFAULT_REDACT_VARS, env_secrets
 from tagrun.shared.signing import Verifier
 from tagrun.shared.version import __version__
@@ -61,8 +62,8 @@ class StorePort:
         self._store = store
         self._settings = settings
 
-    async def append_logs(self, job: AgentJob, offset: int, data: str, until: Deadline
-                          ) -> None:
+    async def append_logs(self, job: AgentJob, offset: int, data: str, until: Deadline,
+                          marks: Sequence[Mark] = ()) -> None:
         max_chars = self._settings.max_log_chars
 
         def truncated() -> None:
@@ -71,7 +72,8 @@ class StorePort:
         async def append() -> None:
             try:
                 await self._store.append_logs(self.name, job.id, job.attempt, offset, data,
-                                              max_chars=max_chars, on_truncated=truncated)
+                                              max_chars=max_chars, on_truncated=truncated,
+                                              marks=marks)
             except LeaseLost as exc:
                 raise LeaseGone(exc.message) from exc
         await _until(append, until, "worker.db_unavailable", job.id)
@@ -93,7 +95,7 @@ class StorePort:
                 # InvalidInput: the database will refuse this outcome every time.
                 raise Refused(exc.message, again=isinstance(exc, InvalidInput)) from exc
             if not recorded["repeat"]:
-                events.job_finished(recorded, error)
+                events.job_finished(recorded, error, outcome.traceparent)
         await _until(complete, until, "job.completion_retry", job.id)
 
     async def heartbeat(self, held: Held, acknowledges: bool

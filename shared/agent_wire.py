@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from tagrun.shared.loglines import MAX_MS, STREAMS
+
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}\Z"
 GROUP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z"
 AgentName = Annotated[str, msgspec.Meta(pattern=AGENT_NAME_PATTERN)]
@@ -25,6 +27,9 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 OUTCOMES = ("succeeded", "failed", "cancelled")
 Outcome = Annotated[str, msgspec.Meta(pattern=rf"^({'|'.join(OUTCOMES)})\Z")]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# A W3C trace context, version 00 (shared/tracing.py).
+Traceparent = Annotated[str, msgspec.Meta(
+    pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")]
 
 # What the agent assumes of a claim answer from a server too old to say.
 DEFAULT_HEARTBEAT_S = 10.0
@@ -110,11 +115,29 @@ class ReleaseIn(_Body):
         = msgspec.UNSET
 
 
+# A line of a log chunk: where it begins in the chunk, when (epoch ms) and on which stream
+# (its index in STREAMS: 0 stdout, 1 stderr, 2 tagrun, the holder's own lines).
+LogMark = tuple[NonNegative, Annotated[int, msgspec.Meta(ge=0, le=MAX_MS)],
+                Annotated[int, msgspec.Meta(ge=0, lt=len(STREAMS))]]
+
+
 class LogsIn(_Body):
     attempt: Attempt
     offset: NonNegative
     data: str
     name: AgentName | None = None
+    # Sent only to a server whose claim said `log_marks` (an older one refuses the field).
+    marks: Annotated[list[LogMark], msgspec.Meta(max_length=1 << 20, description=(
+        "where the chunk's lines begin: [position in data, epoch ms, stream (0 stdout, "
+        "1 stderr, 2 tagrun)], positions ascending"))] | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        if isinstance(self.marks, list):
+            last = -1
+            for pos, _, _ in self.marks:
+                if not last < pos < len(self.data):
+                    raise ValueError("marks: positions must ascend and fall inside data")
+                last = pos
 
 
 class ErrorIn(_Body):
@@ -153,6 +176,7 @@ class CompleteIn(_Outcome):
     retryable: Retryable = True
     log_chunks_lost: LogChunksLost = 0
     signature_check: SignatureCheck | None = None
+    traceparent: Traceparent | None = None
 
 
 class CompletedJob(_Outcome):
@@ -164,6 +188,9 @@ class CompletedJob(_Outcome):
     retryable: Retryable = True
     log_chunks_lost: LogChunksLost = 0
     signature_check: SignatureCheck | None = None
+    # The holder's run span (docs/tracing.md): the server's completion span is its child.
+    # Sent only for a job whose claim carried a traceparent (a server that knows the field).
+    traceparent: Traceparent | None = None
 
 
 class CompleteManyIn(_Body):
@@ -215,6 +242,8 @@ class AgentJob(_Answer, frozen=True):
     lease_s: Seconds = DEFAULT_LEASE_S
     heartbeat_s: Seconds = DEFAULT_HEARTBEAT_S
     log_offset: NonNegative = 0
+    # The server keeps each log line's time and stream: send them (LogsIn.marks).
+    log_marks: bool = False
     # Seconds within which the agent must acknowledge the job (a heartbeat or log naming it)
     # or it goes back to the queue unused; null: no acknowledgement asked (an agent that did
     # not send `Tagrun-Agent-Features: ack`, or TAGRUN_CLAIM_ACK_S=0).
@@ -229,6 +258,8 @@ class AgentJob(_Answer, frozen=True):
     script: str | None = None
     script_version: int | None = None
     signature: JobSignature | None = None
+    # The W3C trace context its run span is a child of (docs/tracing.md); None: untraced.
+    traceparent: str | None = None
 
 
 # Steering: an operator paused the agent (or its group), so a claim waits without jobs; or

@@ -1,4 +1,7 @@
-"""Run one job script (bash, sh, python, powershell or identity) and turn it into an Outcome."""
+"""Run one job script (bash, sh, python, powershell or identity) and turn it into an Outcome.
+
+Its stdout and stderr are read from two pipes, each handed on as it arrives with the name of
+its stream (shared/loglines.py), in the order the two arrived."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tagrun.shared.loglines import STDERR, STDOUT
 from tagrun.shared.storable import storable_json
 
 LANGUAGES: tuple[str, ...] = ("bash", "sh", "python", "powershell", "identity")
@@ -26,7 +30,6 @@ NO_PROCESS: frozenset[str] = frozenset({"identity"})
 
 _log = logging.getLogger(__name__)
 
-_READ_SIZE = 65536
 _TAIL_CHARS = 8192
 _MESSAGE_LINE_CHARS = 500
 # After the tree is killed, EOF normally arrives at once; only a process that escaped the
@@ -152,27 +155,62 @@ def _cancelled() -> Outcome:
     return Outcome("cancelled", error={"kind": ErrorKind.CANCELLED, "message": "cancelled"})
 
 
-class _JobProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """Stream protocol that also reports the moment the process itself exits.
+_STREAM_OF = {1: STDOUT, 2: STDERR}  # by file descriptor
+
+
+class _JobProtocol(asyncio.SubprocessProtocol):
+    """The job's process as the event loop sees it: its output, decoded as it arrives on each
+    pipe (called back at once, so the two streams keep their order of arrival); when both
+    pipes are closed; and when the process itself exits.
 
     Process.wait() on Python 3.11 resolves only once every pipe is closed, so a background
-    grandchild still holding stdout would make a finished job look like it is still running.
+    grandchild still holding stdout would make a finished job look like it is still running:
+    the exit is watched apart from the pipes.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=_READ_SIZE, loop=loop)
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 emit: Callable[[str, str], None]) -> None:
+        self._emit = emit
+        # One decoder per pipe: a character split across reads of one pipe stays whole.
+        self._decoders = {fd: codecs.getincrementaldecoder("utf-8")(errors="replace")
+                          for fd in _STREAM_OF}
         self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()  # both pipes at EOF
+
+    def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
+        decoder = self._decoders.get(fd)
+        if decoder is not None:
+            self._emit(decoder.decode(data), _STREAM_OF[fd])
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._end(fd)
+        if not self._decoders and not self.closed.done():
+            self.closed.set_result(None)
 
     def process_exited(self) -> None:
-        super().process_exited()
         if not self.exited.done():
             self.exited.set_result(None)
 
+    def finish(self) -> None:
+        """Hand on what is left of each pipe's last character; nothing is read after."""
+        for fd in list(self._decoders):
+            self._end(fd)
+
+    def _end(self, fd: int) -> None:
+        decoder = self._decoders.pop(fd, None)
+        if decoder is not None:
+            self._emit(decoder.decode(b"", final=True), _STREAM_OF[fd])
+
 
 class Execution:
-    def __init__(self, spec: ExecSpec, on_output: Callable[[str], None]) -> None:
+    """`on_output(text)` gets the job's output as it arrives, both streams together;
+    `on_stream(text, stream)`, when given instead, gets it with the name of its stream."""
+
+    def __init__(self, spec: ExecSpec, on_output: Callable[[str], None] | None = None, *,
+                 on_stream: Callable[[str, str], None] | None = None) -> None:
         self._spec = spec
         self._on_output = on_output
+        self._on_stream = on_stream
         self._transport: asyncio.SubprocessTransport | None = None
         self._cancelled = False
         self._started = False
@@ -190,7 +228,8 @@ class Execution:
         try:
             env = _job_env(self._spec)
             argv = _prepare(self._spec, env)
-            transport, protocol = await _spawn(argv, self._spec.work_dir, env, self._spec.user)
+            transport, protocol = await _spawn(argv, self._spec.work_dir, env, self._emit,
+                                               self._spec.user)
         except _LaunchError as exc:
             return _failed(ErrorKind.INTERNAL, str(exc))
         self._transport = transport
@@ -212,31 +251,27 @@ class Execution:
         self, transport: asyncio.SubprocessTransport, protocol: _JobProtocol
     ) -> bool:
         """Wait for exit, timeout or cancel; always leave no process behind. True on timeout."""
-        assert protocol.stdout is not None
-        reader = asyncio.create_task(self._pump(protocol.stdout))
         try:
             done, _ = await asyncio.wait([protocol.exited], timeout=self._spec.timeout_s)
         finally:
             # Also runs when run() itself is cancelled, and after a normal exit it reaps
-            # leftover background children that would otherwise hold the output pipe open.
+            # leftover background children that would otherwise hold the output pipes open.
             _kill_tree(transport)
             await protocol.exited
-            await _drain(reader)
+            await _drain(protocol.closed)
+            protocol.finish()
             transport.close()
         return not done
 
-    async def _pump(self, stream: asyncio.StreamReader) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        while chunk := await stream.read(_READ_SIZE):
-            self._emit(decoder.decode(chunk))
-        self._emit(decoder.decode(b"", final=True))
-
-    def _emit(self, text: str) -> None:
+    def _emit(self, text: str, stream: str) -> None:
         if not text:
             return
         self._tail = (self._tail + text)[-_TAIL_CHARS:]
         try:
-            self._on_output(text)
+            if self._on_stream is not None:
+                self._on_stream(text, stream)
+            elif self._on_output is not None:
+                self._on_output(text)
         except Exception:
             # A broken log sink must not stop us reading, or the job would block on a full pipe.
             if not self._output_broken:
@@ -253,12 +288,10 @@ class Execution:
         return _collect_result(self._spec.work_dir / _RESULT_NAME, self._tail, self._spec.user)
 
 
-async def _drain(reader: asyncio.Task[None]) -> None:
-    done, _ = await asyncio.wait([reader], timeout=_DRAIN_GRACE_S)
+async def _drain(closed: asyncio.Future[None]) -> None:
+    done, _ = await asyncio.wait([closed], timeout=_DRAIN_GRACE_S)
     if not done:
         _log.warning("job output still open %.0f s after exit; stopped reading", _DRAIN_GRACE_S)
-        reader.cancel()
-        await asyncio.wait([reader])
 
 
 def _job_env(spec: ExecSpec) -> dict[str, str]:
@@ -339,7 +372,8 @@ def _powershell(path: str | None = None) -> str | None:
 
 
 async def _spawn(
-    argv: list[str], cwd: Path, env: dict[str, str], user: JobUser | None = None
+    argv: list[str], cwd: Path, env: dict[str, str], emit: Callable[[str, str], None],
+    user: JobUser | None = None,
 ) -> tuple[asyncio.SubprocessTransport, _JobProtocol]:
     loop = asyncio.get_running_loop()
     # The child drops to the job's user (groups, then group, then user) before it execs.
@@ -347,13 +381,13 @@ async def _spawn(
         "user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
     try:
         return await loop.subprocess_exec(
-            lambda: _JobProtocol(loop),
+            lambda: _JobProtocol(loop, emit),
             *argv,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             # Own session / process group, so the whole tree can be killed together.
             start_new_session=sys.platform != "win32",
             creationflags=_CREATION_FLAGS,

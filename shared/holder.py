@@ -20,11 +20,12 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from tagrun.shared import tracing
 from tagrun.shared.agent_wire import AgentJob, CompletedJob, ErrorIn, SignatureCheck
 from tagrun.shared.executors import (
     NO_PROCESS,
@@ -36,6 +37,7 @@ from tagrun.shared.executors import (
     job_identity_env,
     sendable,
 )
+from tagrun.shared.loglines import STDERR, STDOUT, Mark
 from tagrun.shared.logstream import Backlog, LogStream, StreamEnded
 from tagrun.shared.redact import Redactor
 from tagrun.shared.signing import SIGNATURE_INVALID, Verifier
@@ -73,8 +75,10 @@ class Port(Protocol):
 
     name: str
 
-    async def append_logs(self, job: AgentJob, offset: int, data: str, until: Deadline
-                          ) -> None: ...
+    async def append_logs(self, job: AgentJob, offset: int, data: str, until: Deadline,
+                          marks: Sequence[Mark] = ()) -> None:
+        """`marks`: where the chunk's lines begin, when, on which stream (loglines.py)."""
+        ...
 
     async def complete(self, job: AgentJob, outcome: CompletedJob, until: Deadline) -> None: ...
 
@@ -141,7 +145,7 @@ class HeldJob:
         spool = self._work_dir.with_name(self._work_dir.name + ".log")
         backlog = Backlog(spool, spool_bytes, job_id=job.id) if spool_bytes else None
         self._stream = LogStream(self._send_logs, job.log_offset, job_id=job.id,
-                                 backlog=backlog)
+                                 backlog=backlog, marks=job.log_marks)
         self._discarding: asyncio.Task[None] | None = None
         if job.attempt > 1:
             self._stream.write(f"\n--- attempt {job.attempt} ---\n")
@@ -151,18 +155,22 @@ class HeldJob:
         # holder's redactor is built once, not per job.
         self._redactor = Redactor({**(redact or {}), **job.secrets}) if job.secrets \
             else _holder_redactor(tuple(sorted((redact or {}).items())))
-        self._output = self._redactor.stream()
+        # One redacting stream per pipe: a secret split across writes of one is still whole.
+        self._outputs = {STDOUT: self._redactor.stream(), STDERR: self._redactor.stream()}
         env = {**job.secrets,
                **job_identity_env(job.id, job.workspace, job.attempt, job.tag, port.name)}
+        self._span = _run_span(job, port.name)
+        if traceparent := self._span.traceparent if self._span else job.traceparent:
+            env["TRACEPARENT"] = traceparent  # the job's own spans join its trace
         spec = ExecSpec(job.language, job.content, job.args, job.timeout_s, self._work_dir,
                         python_cmd=python_cmd, env=env, user=user, withhold=withhold)
-        self._execution = Execution(spec, self._write)
+        self._execution = Execution(spec, on_stream=self._write)
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: str, stream: str) -> None:
         """The job's output, redacted on its way to the log (a possible start of a secret
-        waits for the next write)."""
-        if data := self._output.write(text):
-            self._stream.write(data)
+        waits for the next write of its stream)."""
+        if data := self._outputs[stream].write(text):
+            self._stream.write(data, stream)
 
     def cancel(self) -> None:
         """Cancelled by a user: kill the process; the outcome is reported as cancelled."""
@@ -196,8 +204,10 @@ class HeldJob:
         try:
             outcome = await self._execute()
             self.executing = False
-            if rest := self._output.flush():
-                self._stream.write(rest)
+            self._trace_outcome(outcome)
+            for stream, output in self._outputs.items():
+                if rest := output.flush():
+                    self._stream.write(rest, stream)
             await self._stream.close()
             if self.lost:
                 pass
@@ -209,11 +219,22 @@ class HeldJob:
             self._fatal(exc)
         finally:
             watchdog.cancel()
+            if self._span is not None:
+                self._span.end()
             if self._discarding is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._discarding
             if self.job.language not in NO_PROCESS:
                 shutil.rmtree(self._work_dir, ignore_errors=True)
+
+    def _trace_outcome(self, outcome: Outcome) -> None:
+        if self._span is None:
+            return
+        self._span.set("tagrun.job.status", "lost" if self.lost else "refused"
+                       if self.refusal is not None else outcome.status)
+        if outcome.status != "succeeded" and outcome.error:
+            self._span.fail(f"{outcome.error.get('kind')}: {outcome.error.get('message', '')}"
+                            [:500])
 
     def _fatal(self, exc: Fatal) -> None:
         if self._on_fatal is not None:
@@ -278,11 +299,11 @@ class HeldJob:
             self._log.exception("job.executor_crashed", extra={"job_id": self.job.id})
             return Outcome("failed", error={"kind": ErrorKind.INTERNAL, "message": str(exc)})
 
-    async def _send_logs(self, offset: int, data: str) -> None:
+    async def _send_logs(self, offset: int, data: str, marks: list[Mark]) -> None:
         """LogStream's sink: StreamEnded stops the stream; a chunk the server refuses for
         another reason is marked lost in the log, and the rest still flows."""
         try:
-            await self._port.append_logs(self.job, offset, data, self.lease_deadline)
+            await self._port.append_logs(self.job, offset, data, self.lease_deadline, marks)
         except LeaseGone as exc:
             self.abandon("lease_lost", lease_gone=True)
             raise StreamEnded(str(exc)) from exc
@@ -336,8 +357,21 @@ class HeldJob:
         done = CompletedJob(
             self.job.id, self.job.attempt, outcome.status, redacted.value(outcome.result),
             ErrorIn(error["kind"], redacted.text(error.get("message", ""))) if error else None,
-            retryable, self._stream.lost_chunks, self._signature_check)
+            retryable, self._stream.lost_chunks, self._signature_check,
+            # Only to a server that sent a traceparent: an older one refuses the field.
+            self._span.traceparent if self._span and self.job.traceparent else None)
         await self._port.complete(self.job, done, self.lease_deadline)
+
+
+def _run_span(job: AgentJob, holder: str) -> tracing.Span | None:
+    """The job's run span, when this process traces: a child of the job's trace (across
+    the HTTP hop for an agent), else the root of a trace of its own."""
+    tracer = tracing.tracer()
+    if tracer is None:
+        return None
+    return tracer.start("tagrun.run", job.traceparent, {
+        **tracing.job_attributes(job.id, job.workspace, job.tag, job.attempt),
+        "tagrun.worker": holder, "tagrun.job.language": job.language}, kind="consumer")
 
 
 @functools.lru_cache(maxsize=8)

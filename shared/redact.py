@@ -16,7 +16,7 @@ import base64
 import fnmatch
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -88,6 +88,30 @@ class Redactor:
         if self._pattern is None or not text:
             return text
         return self._pattern.sub(lambda m: label(self._names[m.group()]), text)
+
+    def text_at(self, text: str, positions: Sequence[int]) -> tuple[str, list[int]]:
+        """`text` redacted, and where each of `positions` (ascending) of `text` falls in it:
+        a position inside a secret falls where its label begins."""
+        if self._pattern is None or not text:
+            return text, list(positions)
+        out: list[str] = []
+        moved: list[int] = []
+        done = shift = 0  # shift: how much longer the redacted text is so far
+        marks = iter(positions)
+        pos = next(marks, None)
+        for match in self._pattern.finditer(text):
+            while pos is not None and pos < match.end():
+                moved.append(pos + shift if pos < match.start() else match.start() + shift)
+                pos = next(marks, None)
+            name = label(self._names[match.group()])
+            out += (text[done:match.start()], name)
+            shift += len(name) - (match.end() - match.start())
+            done = match.end()
+        while pos is not None:
+            moved.append(pos + shift)
+            pos = next(marks, None)
+        out.append(text[done:])
+        return "".join(out), moved
 
     def value(self, value: Any) -> Any:
         """A JSON value with every string (keys too) redacted; a number or other scalar

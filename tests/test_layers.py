@@ -9,11 +9,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"server": "tagrun.server", "shared": "tagrun.shared", "agent": "tagrun.agent"}
+PACKAGES = {"server": "tagrun.server", "shared": "tagrun.shared", "agent": "tagrun.agent",
+            "client": "tagrun.client"}
 
 # module prefix -> the prefixes it must never import
 FORBIDDEN = {
     "tagrun.shared": ("tagrun.server", "tagrun.agent"),
+    # The Python client stands on httpx and the standard library alone: it is what other
+    # teams' programs import, and none of them should load a server, an agent or a driver.
+    "tagrun.client": ("tagrun.server", "tagrun.agent", "tagrun.shared", "asyncpg", "starlette",
+                      "msgspec"),
     "tagrun.server.store": (
         "tagrun.server.services", "tagrun.server.routes", "tagrun.server.ui",
         "tagrun.server.openapi", "tagrun.server.app", "tagrun.server.runtime",
@@ -53,7 +58,8 @@ def under(name: str, prefix: str) -> bool:
 
 def test_the_layers_are_where_the_rules_expect_them() -> None:
     found = modules()
-    for prefix in ("tagrun.server.store", "tagrun.server.services", "tagrun.server.routes"):
+    for prefix in ("tagrun.server.store", "tagrun.server.services", "tagrun.server.routes",
+                   "tagrun.client"):
         assert any(under(m, prefix) for m in found), f"no module under {prefix}"
 
 

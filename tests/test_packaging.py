@@ -69,6 +69,8 @@ def test_wheel_holds_only_the_tagrun_namespace(wheel: Path) -> None:
     assert "tagrun/agent/__init__.py" in names
     assert "tagrun/shared/agent_wire.py" in names
     assert "tagrun/server/cli/__init__.py" in names
+    assert "tagrun/server/services/jobs.py" in names
+    assert "tagrun/client/__init__.py" in names and "tagrun/client/_sync.py" in names
     for generic in ("server", "agent", "shared"):
         assert not any(n.startswith((f"{generic}/", f"{generic}.py")) for n in names), (
             f"the wheel would put a top-level {generic!r} into site-packages")

@@ -1,19 +1,23 @@
-"""The HTTP client behind the CLI's client commands (`TAGRUN_URL`, `TAGRUN_TOKEN`)."""
+"""The CLI's client commands' plumbing: their connection to the server (`tagrun.client`, with
+`TAGRUN_URL` and `TAGRUN_TOKEN`), failing readably, and reading their inputs."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
 import typer
 
+import tagrun.client as api
 from tagrun.server.config import SUPERADMIN_TOKEN_FILE, default_data_dir
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+# Long enough for the answers the server holds open (job waits: wait_s up to 60).
+TIMEOUT = httpx.Timeout(30.0, read=90.0)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -34,41 +38,34 @@ def _token() -> str:
 
 
 class Client:
+    """The CLI's side of `tagrun.client`: API paths in, JSON out, and every error a `fail`
+    saying what went wrong. The token falls back to the local superadmin token file."""
+
     def __init__(self) -> None:
-        self.base_url = (os.environ.get("TAGRUN_URL", "").strip() or DEFAULT_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            fail(f"TAGRUN_URL={self.base_url!r} must start with http:// or https://, "
-                 f"e.g. {DEFAULT_URL}")
-        self._http = httpx.Client(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {_token()}"},
-            timeout=httpx.Timeout(30.0, read=90.0),
-        )
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        # TAGRUN_TOKEN is the library's to read (its errors name it); the token file the CLI's.
+        token = None if os.environ.get("TAGRUN_TOKEN", "").strip() else _token()
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            fail(f"cannot reach the tagrun server at {self.base_url} ({exc.__class__.__name__}); "
-                 "is it running? (TAGRUN_URL)")
-        return self._answer(response, method, path)
+            # The commands name the workspace in their paths (--workspace): none is read here.
+            self._api = api.Client(token=token, workspace="default", timeout=TIMEOUT)
+        except api.ConfigError as exc:
+            fail(str(exc))
+        self.base_url = self._api.url
 
-    @staticmethod
-    def _answer(response: httpx.Response, method: str, path: str) -> Any:
-        if response.is_success:
-            return response.json()
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                json: Any = None, headers: Mapping[str, str] | None = None) -> Any:
         try:
-            error = response.json()["error"]
-            fail(f"{error['message']} ({response.status_code} {error['code']})")
-        except (ValueError, KeyError, TypeError):
-            fail(f"{response.status_code} from {method} {path}: {response.text[:200]}")
+            return self._api.request(method, path, params=params, json=json, headers=headers)
+        except api.TagrunError as exc:
+            self._fail(exc)
 
     def get_optional(self, path: str) -> Any:
         """GET `path`; None when it is not there (404)."""
         try:
-            response = self._http.get(path)
-        except httpx.TransportError:
-            return self.get(path)  # says why, and exits
-        return None if response.status_code == 404 else self._answer(response, "GET", path)
+            return self._api.request("GET", path)
+        except api.NotFound:
+            return None
+        except api.TagrunError as exc:
+            self._fail(exc)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
@@ -79,30 +76,13 @@ class Client:
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
 
-
-def print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    if not rows:
-        typer.echo("(none)")
-        return
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for r in cells:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)[:60]
-    return str(value)
+    @staticmethod
+    def _fail(exc: api.TagrunError) -> NoReturn:
+        if isinstance(exc, api.TransportError):
+            fail(f"{exc}; is it running? (TAGRUN_URL)")
+        if isinstance(exc, api.APIError) and exc.code is not None:
+            fail(f"{exc.message} ({exc.status} {exc.code})")
+        fail(str(exc))
 
 
 def read_content(value: str | None, file: Path | None) -> str:

@@ -1,27 +1,34 @@
-"""`tagrun token ...` (agent tokens) and `tagrun workers`."""
+"""`tagrun token ...` (agent tokens), `tagrun workers` and `tagrun settings`."""
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any
 
 import typer
 
-from tagrun.server.cli.client import Client, fail, print_json, print_table
+from tagrun.server.cli.client import Client, fail
+from tagrun.server.cli.durations import bounds, parse_duration
+from tagrun.server.cli.output import (
+    Column,
+    Format,
+    Output,
+    ago,
+    duration,
+    emit,
+    print_table,
+)
+from tagrun.server.models import PauseIn
+from tagrun.shared.agent_wire import AgentTokenIn
 
 token_app = typer.Typer(help="Agent tokens: mint, list, revoke (superadmin).",
                         no_args_is_help=True)
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(raw: str, *, option: str = "--expires-in") -> int:
-    """'30d', '12h', '45m', '90s', '2w', or plain seconds."""
-    match = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", raw)
-    if not match:
-        fail(f"{option} {raw!r} is not a duration like 30d, 12h, 45m or 3600")
-    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+TOKEN_COLUMNS = [
+    Column("jti", "Token id", width=None), Column("group", "Group"), Column("tags", "Tags"),
+    Column("label", "Label"), Column("created_at", "Created", ago),
+    Column("expires_at", "Expires", ago), Column("revoked", "Revoked"),
+]
 
 
 @token_app.command("create")
@@ -37,8 +44,9 @@ def create(
     if not tag_list:
         fail("--tags names no tag")
     minted = Client().post("/api/agent_tokens", {
-        "group": group, "tags": tag_list, "expires_in_s": parse_duration(expires_in),
-        "label": label})
+        "group": group, "tags": tag_list, "label": label,
+        "expires_in_s": parse_duration(expires_in, "--expires-in",
+                                       bounds(AgentTokenIn, "expires_in_s"))})
     typer.echo(minted["token"])
 
 
@@ -46,10 +54,11 @@ def create(
 def list_tokens(
     all_: Annotated[bool, typer.Option("--all", help="Include revoked and expired tokens.")]
     = False,
+    output: Output = Format.TABLE,
 ) -> None:
     """List agent tokens (never the tokens themselves)."""
-    tokens = Client().get("/api/agent_tokens", all="true" if all_ else None)["agent_tokens"]
-    print_table(tokens, ["jti", "group", "tags", "label", "expires_at", "revoked"])
+    answer = Client().get("/api/agent_tokens", all="true" if all_ else None)
+    emit(answer, output, lambda a: print_table(a["agent_tokens"], TOKEN_COLUMNS))
 
 
 @token_app.command("revoke")
@@ -62,18 +71,37 @@ def revoke(jti: Annotated[str, typer.Argument(help="The token's id (jti), from t
 
 workers_app = typer.Typer(help="Agents and workers: list them, pause, resume and drain.")
 
+AGENT_COLUMNS = [
+    Column("name", "Name", width=None), Column("kind", "Kind"), Column("state", "State"),
+    Column("group", "Group"), Column("tags", "Tags"), Column("active_count", "Active jobs"),
+    Column("jobs_executed", "Jobs run"), Column("last_seen", "Last seen", ago),
+    Column("ip", "IP"), Column("version", "Version"), Column("verifies", "Verifies"),
+]
+POOL_COLUMNS = [
+    Column("group", "Group"), Column("tags", "Tags"), Column("live_agents", "Live agents"),
+    Column("running_now", "Running"), Column("pending_now", "Queued"),
+]
+TAG_COLUMNS = [
+    Column("tag", "Tag"), Column("queued", "Queued"), Column("running", "Running"),
+    Column("live_workers", "Live workers"),
+    Column("oldest_queued_s", "Oldest queued", duration),
+    Column("wait_p50_s", "Wait p50", duration), Column("wait_p95_s", "Wait p95", duration),
+]
+STATES = ("live", "busy", "paused", "draining", "stopped", "stale", "token_revoked")
+
 
 @workers_app.callback(invoke_without_command=True)
 def workers(
     ctx: typer.Context,
     state: Annotated[str | None, typer.Option(
-        help="Only agents in this state: live, busy, paused, draining, stopped, stale, "
-             "token_revoked.")] = None,
+        help=f"Only agents in this state: {', '.join(STATES)}.")] = None,
     group: Annotated[str | None, typer.Option(help="Only agents of this group.")] = None,
     tag: Annotated[str | None, typer.Option(help="Only agents serving this tag.")] = None,
     name: Annotated[str | None, typer.Option(help="Only agents whose name has this in it.")
                     ] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+    output: Output = Format.TABLE,
+    json_: Annotated[bool, typer.Option("--json", hidden=True, help="Same as -o json.")]
+    = False,
 ) -> None:
     """Show agents and workers (every page), their states, pools, and tags with queued jobs."""
     if ctx.invoked_subcommand is not None:
@@ -85,31 +113,34 @@ def workers(
         more = client.get("/api/workers", **filters, cursor=fleet["next_cursor"])
         fleet["agents"] += more["agents"]
         fleet["next_cursor"] = more["next_cursor"]
-    if json_:
-        print_json(fleet)
-        return
+    emit(fleet, Format.JSON if json_ else output, show_fleet)
+
+
+def show_fleet(fleet: dict[str, Any]) -> None:
     from tagrun.server.services.settings import SETTINGS  # the caps, named in one place
 
     caps = "".join(f"  {key}={fleet[key]}" for key in SETTINGS if key in fleet)
     typer.echo(f"tagrun {fleet['version']}{caps}")
     counts = fleet["totals"]
-    typer.echo(f"{counts['all']} agents and workers: " + ", ".join(
-        f"{counts[s]} {s}" for s in ("live", "busy", "paused", "draining", "stopped", "stale",
-                                     "token_revoked")))
+    typer.echo(f"{counts['all']} agents and workers: "
+               + ", ".join(f"{counts[s]} {s}" for s in STATES))
     typer.echo("\nAGENTS AND WORKERS")
-    for agent in fleet["agents"]:  # how it checks signatures: "block:ci,ops", or "no"
-        verify = agent.get("verify")
-        agent["verifies"] = f"{verify['mode']}:{','.join(verify['keys'])}" if verify else "no"
-    print_table(fleet["agents"], ["name", "kind", "state", "group", "tags", "active_count",
-                                  "jobs_executed", "last_seen", "ip", "version", "verifies"])
+    agents = [{**agent, "verifies": _verifies(agent)} for agent in fleet["agents"]]
+    print_table(agents, AGENT_COLUMNS)
     typer.echo("\nPOOLS")
-    print_table(fleet["pools"], ["group", "tags", "live_agents", "running_now", "pending_now"])
+    print_table(fleet["pools"], POOL_COLUMNS)
     typer.echo("\nTAGS")
-    print_table(fleet["tags"], ["tag", "queued", "running", "live_workers"])
+    print_table(fleet["tags"], TAG_COLUMNS)
     orphaned = [t["tag"] for t in fleet["tags"] if t["queued"] and not t["live_workers"]]
     if orphaned:
         typer.secho(f"\nwarning: queued jobs and no live worker for: {', '.join(orphaned)}",
                     fg=typer.colors.YELLOW, err=True)
+
+
+def _verifies(agent: dict[str, Any]) -> str:
+    """How it checks signatures: "block:ci,ops", or "no"."""
+    verify = agent.get("verify")
+    return f"{verify['mode']}:{','.join(verify['keys'])}" if verify else "no"
 
 
 def _target(name: str, group: bool) -> str:
@@ -131,7 +162,7 @@ def workers_pause(
     """Pause an agent or a group: it keeps its running jobs and claims nothing new."""
     body: dict[str, Any] = {"note": note}
     if for_ is not None:
-        body["for_s"] = parse_duration(for_, option="--for")
+        body["for_s"] = parse_duration(for_, "--for", bounds(PauseIn, "for_s"))
     Client().post(f"{_target(name, group)}/pause", body)
     typer.echo(f"paused {'group ' if group else ''}{name}"
                + (f" for {for_}" if for_ else " until resumed"))
@@ -162,17 +193,28 @@ settings_app = typer.Typer(help="Server settings (superadmin): concurrency caps.
 
 
 @settings_app.command("get")
-def settings_get(key: Annotated[str | None, typer.Argument(help="One setting's name.")] = None
-                 ) -> None:
-    """Show settings."""
-    values: dict[str, Any] = Client().get("/api/settings")["settings"]
-    if key is not None:
-        if key not in values:
-            fail(f"unknown setting {key!r}; known: {', '.join(sorted(values))}")
-        typer.echo(json.dumps(values[key]))
+def settings_get(key: Annotated[str | None, typer.Argument(help="One setting's name.")] = None,
+                 output: Output = Format.TABLE) -> None:
+    """Show settings (with KEY: its value alone, as JSON)."""
+    answer: dict[str, Any] = Client().get("/api/settings")
+    values: dict[str, Any] = answer["settings"]
+    if key is None:
+        emit(answer, output, lambda a: print_table(_setting_rows(values), SETTING_COLUMNS))
         return
-    for name, value in values.items():
-        typer.echo(f"{name} = {json.dumps(value)}")
+    if key not in values:
+        fail(f"unknown setting {key!r}; known: {', '.join(sorted(values))}")
+    typer.echo(json.dumps(values[key]))
+
+
+SETTING_COLUMNS = [Column("name", "Setting"), Column("value", "Value"),
+                   Column("help", "Meaning", width=80)]
+
+
+def _setting_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
+    from tagrun.server.services.settings import SETTINGS
+
+    return [{"name": name, "value": value, "help": SETTINGS[name].help if name in SETTINGS
+             else None} for name, value in values.items()]
 
 
 @settings_app.command("set")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,13 +12,21 @@ from typing import Annotated, Any
 import typer
 
 from tagrun.server.cli import signing
-from tagrun.server.cli.client import (
-    Client,
-    fail,
-    parse_args,
+from tagrun.server.cli.client import Client, fail, parse_args, read_content
+from tagrun.server.cli.output import (
+    Column,
+    Detail,
+    Format,
+    Output,
+    ago,
+    duration,
+    emit,
+    moment,
+    parse_time,
+    plain,
+    print_detail,
     print_json,
     print_table,
-    read_content,
 )
 from tagrun.server.cli.signing import SignKey, UnsignedArgs
 from tagrun.server.job_states import FINAL_STATES
@@ -143,15 +152,23 @@ def run(
 @app.command("get")
 def get(job_id: int, workspace: Workspace = "default",
         wait: Annotated[bool, typer.Option("--wait", help="Wait for a final state.")] = False,
-        ) -> None:
-    """Show one job as JSON."""
+        output: Output = Format.TABLE) -> None:
+    """Show one job: what it runs, its state, times, and result or error."""
     client = Client()
     if wait:
         with interruptible(job_id):
             job = wait_for(client, workspace, job_id, follow_logs=False)
     else:
         job = client.get(f"/api/w/{workspace}/jobs/{job_id}")
-    print_json(job)
+    emit(job, output, show_job)
+
+
+JOB_COLUMNS = [
+    Column("id", "ID"), Column("status", "Status"), Column("tag", "Tag"),
+    Column("runs", "Runs"), Column("attempts_used", "Attempt"), Column("worker", "Worker"),
+    Column("created_at", "Created", ago), Column("took_s", "Took", duration),
+    Column("note", "Note", width=60),
+]
 
 
 @app.command("list")
@@ -163,32 +180,127 @@ def list_(
     script: str | None = None,
     limit: int = 20,
     cursor: Annotated[str | None, typer.Option(help="Show jobs older than this id.")] = None,
+    output: Output = Format.TABLE,
 ) -> None:
     """List jobs, newest first."""
     page = Client().get(f"/api/w/{workspace}/jobs", status=status, tag=tag, script=script,
                         limit=limit, cursor=cursor)
-    print_table(page["jobs"], ["id", "status", "tag", "script", "attempt", "worker",
-                               "created_at", "finished_at"])
+    emit(page, output, show_jobs)
+
+
+def show_jobs(page: dict[str, Any]) -> None:
+    print_table([{**job, "runs": _runs(job), "attempts_used": _attempt(job),
+                  "took_s": _took(job), "note": _note(job)} for job in page["jobs"]],
+                JOB_COLUMNS)
     if page["next_cursor"]:
         typer.echo(f"more: --cursor {page['next_cursor']}", err=True)
+
+
+def show_job(job: dict[str, Any]) -> None:
+    """A job as `job get` shows it."""
+    fields: list[Detail] = [
+        ("Job", f"{job['id']} ({job['status']})"), ("Workspace", job["workspace"]),
+        ("Runs", _runs(job)), ("Tag", job["tag"]), ("Args", plain(job["args"] or None)),
+        ("Attempt", _attempt(job)), ("Worker", plain(job["worker"])),
+        ("Created", moment(job["created_at"])),
+    ]
+    if job["run_at"] and parse_time(job["run_at"]) > parse_time(job["created_at"]):
+        fields.append(("Runs at", moment(job["run_at"])))
+    fields += [("Started", moment(job["started_at"])), ("Finished", moment(job["finished_at"])),
+               ("Took", duration(_took(job)))]
+    fields += _job_extras(job)
+    print_detail(fields)
+
+
+def _job_extras(job: dict[str, Any]) -> list[Detail]:
+    """The lines a job has only sometimes: why it waits, its limits, result, error..."""
+    reason = (job.get("pending_reason") or {}).get("message")
+    signature = job.get("signature")
+    check = job.get("signature_check")
+    return [(label, value) for label, value in (
+        ("Waits", reason),
+        ("Timeout", job["timeout_s"] and duration(job["timeout_s"])),
+        ("Lease", job["lease_s"] and duration(job["lease_s"])),
+        ("Secrets", job["secrets"] and plain(job["secrets"])),
+        ("Signed", signature and f"with key {signature.get('key_id')}"),
+        ("Signature", check and f"{check['verdict']} {check.get('message') or ''}".strip()),
+        ("Refusals", [f"{r.get('worker')}: {r.get('kind')}: {r.get('reason')}"
+                      for r in job["refusals"]]),
+        ("Cancel", job["cancel_requested"] and job["status"] == "running" and "requested"),
+        ("Result", job["status"] == "succeeded" and _result(job["result"])),
+        ("Error", job["error"] and _error(job["error"])),
+    ) if value]
+
+
+def _runs(job: dict[str, Any]) -> str:
+    if job["script"]:
+        return f"{job['script']} v{job['script_version']}" if job["script_version"] \
+            else job["script"]
+    return f"inline {job['language']}"
+
+
+def _attempt(job: dict[str, Any]) -> str:
+    return f"{job['attempt']}/{job['max_attempts']}"
+
+
+def _took(job: dict[str, Any]) -> float | None:
+    if not (job["started_at"] and job["finished_at"]):
+        return None
+    return (parse_time(job["finished_at"]) - parse_time(job["started_at"])).total_seconds()
+
+
+def _note(job: dict[str, Any]) -> str | None:
+    """Why a queued job waits, why a job failed."""
+    if job["error"]:
+        return _error(job["error"])
+    return (job.get("pending_reason") or {}).get("message")
+
+
+def _error(error: dict[str, Any]) -> str:
+    return f"{error.get('kind')}: {error.get('message')}"
+
+
+def _result(result: Any) -> str:
+    """One line of JSON, or an indented block when that line would be long."""
+    line = json.dumps(result, ensure_ascii=False)
+    return line if len(line) <= 80 else json.dumps(result, indent=2, ensure_ascii=False)
 
 
 @app.command("logs")
 def logs(job_id: int, workspace: Workspace = "default",
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")]
-         = False) -> None:
-    """Print a job's logs."""
+         = False, output: Output = Format.TABLE,
+         timestamps: Annotated[bool, typer.Option(
+             "--timestamps", "-t", help="Each line after its time (UTC) and stream.")] = False,
+         ) -> None:
+    """Print a job's logs (-o json: the API's answers, one JSON object a line)."""
     client = Client()
-    offset = 0
+    by_line = timestamps and output is not Format.JSON
+    offset = end = 0
     with interruptible(job_id):
         while True:
             chunk = client.get(f"/api/w/{workspace}/jobs/{job_id}/logs", offset=offset)
-            typer.echo(chunk["data"], nl=False)
-            offset = chunk["offset"]
+            if output is Format.JSON:
+                typer.echo(json.dumps(chunk, ensure_ascii=False))
+            elif by_line:
+                for line in chunk["lines"]:
+                    typer.echo(_timestamped(line))
+            else:
+                typer.echo(chunk["data"], nl=False)
+            # By line, the next read begins where the complete lines end.
+            grew, end = chunk["offset"] != end, chunk["offset"]
+            start, offset = offset, chunk["lines_end"] if by_line else chunk["offset"]
             if not follow or chunk["done"]:
+                if by_line and offset < end:  # a line still being written: as it is so far
+                    typer.echo(_timestamped({"text": chunk["data"][offset - start:]}))
                 return
-            if not chunk["data"]:
+            if not grew:
                 client.get(f"/api/w/{workspace}/jobs/{job_id}", wait_s=1)
+
+
+def _timestamped(line: dict[str, Any]) -> str:
+    """`2024-05-01T12:00:00.123Z stderr text`; a line whose holder did not say: dashes."""
+    return f"{line.get('at') or '-':<24} {line.get('stream') or '-':<6} {line['text']}"
 
 
 @app.command("cancel")

@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 
 from tagrun.server.cli.admin import Workspace
-from tagrun.server.cli.client import Client, fail, print_table
+from tagrun.server.cli.client import Client, fail
+from tagrun.server.cli.output import Column, Format, Output, ago, emit, plain, print_table
 
 app = typer.Typer(help="Secrets for jobs: encrypted at rest, never shown back.",
                   no_args_is_help=True)
@@ -72,13 +73,19 @@ def scope_secret(
     typer.echo(f"secret {info['name']} in workspace {workspace} is now for {scope}")
 
 
+SECRET_COLUMNS = [
+    Column("name", "Name", width=None),
+    Column("allowed_tags", "Allowed tags", lambda tags: "(any)" if tags is None
+           else plain(tags)),
+    Column("updated_at", "Updated", ago), Column("updated_by", "Updated by"),
+]
+
+
 @app.command("list")
-def list_secrets(workspace: Workspace = "default") -> None:
+def list_secrets(workspace: Workspace = "default", output: Output = Format.TABLE) -> None:
     """List secrets: names, scope and times (never a value)."""
-    rows = Client().get(f"/api/w/{workspace}/secrets")["secrets"]
-    for row in rows:
-        row["allowed_tags"] = row["allowed_tags"] if row["allowed_tags"] is not None else "(any)"
-    print_table(rows, ["name", "allowed_tags", "updated_at", "updated_by"])
+    answer = Client().get(f"/api/w/{workspace}/secrets")
+    emit(answer, output, lambda a: print_table(a["secrets"], SECRET_COLUMNS))
 
 
 @app.command("delete")

@@ -48,6 +48,7 @@ from tagrun.shared.agent_wire import (
     Released,
     ReleaseIn,
 )
+from tagrun.shared.loglines import moved
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.agents")
@@ -232,11 +233,16 @@ async def append_logs(request: Request) -> JSON:
     max_chars = _state(request).config.max_log_bytes
     box: SecretBox = _state(request).secrets
     redactor = await box.redactor(job_id)
+    marks = body.marks if isinstance(body.marks, list) else None  # None: an older agent
+    stored = None
+    if redactor:  # what the agent should have redacted; its lines' marks move with the text
+        stored, positions = redactor.text_at(body.data, [m[0] for m in marks or ()])
+        marks = moved(marks, positions) if marks is not None else None
     end = await store.append_logs(
         holder, job_id, body.attempt, body.offset, body.data, tags=agent.tags,
         workspace=request.path_params["ws"], max_chars=max_chars, key=agent.key,
         on_truncated=lambda: events.job_log_truncated(job_id, max_chars),
-        stored=redactor.text(body.data) if redactor else None)
+        stored=stored, marks=marks)
     return JSON(LogsAck(offset=end))
 
 
@@ -246,7 +252,7 @@ async def complete(request: Request) -> JSON:
     body = await read_body(request, CompleteIn)
     outcome = _checked(CompletedJob(job_id, body.attempt, body.status, body.result, body.error,
                                     body.retryable, body.log_chunks_lost,
-                                    body.signature_check))
+                                    body.signature_check, body.traceparent))
     holder = await _holder(request, agent, body.name, job_id)
     status = await _record(request, agent, holder, outcome, request.path_params["ws"])
     return JSON(Completed(status=status))
@@ -288,7 +294,7 @@ async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: 
         retryable=outcome.retryable, log_chunks_lost=outcome.log_chunks_lost,
         signature_check=check_dict(outcome.signature_check))
     if not recorded["repeat"]:
-        events.job_finished(recorded, error)
+        events.job_finished(recorded, error, outcome.traceparent)
         heartbeats: Heartbeats = state.heartbeats
         heartbeats.ran(holder, agent.key, -1)
     return str(recorded["status"])

@@ -1,10 +1,13 @@
-"""User routes for jobs: submit (one or a batch), read, wait, list, logs, cancel, retry."""
+"""User routes for jobs: submit (one or a batch), read, wait, list, logs, cancel, retry, run
+again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -14,9 +17,10 @@ from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.http import JSON, path_int, query_float, query_int, read_body
 from tagrun.server.models import BatchIn, JobIn
-from tagrun.server.services.jobs import MAX_WAIT_S, ScriptCache, new_job
+from tagrun.server.services.jobs import MAX_WAIT_S, ScriptCache, copied_job, new_job
 from tagrun.server.services.pending import with_pending_reason, with_pending_reasons
-from tagrun.server.store import FINAL_STATES, STATES, Store
+from tagrun.server.store import FINAL_STATES, STATES, NewJob, Store
+from tagrun.shared import tracing
 
 
 def _store(request: Request) -> Store:
@@ -33,17 +37,52 @@ def _idempotency_key(request: Request) -> str | None:
     return key
 
 
+@contextlib.contextmanager
+def _submit_span(request: Request, workspace: str) -> Iterator[tracing.Span | None]:
+    """The submit span (docs/tracing.md), a child of the submitter's `traceparent`; None
+    when this server does not trace."""
+    tracer = tracing.tracer()
+    if tracer is None:
+        yield None
+        return
+    parent = tracing.valid_traceparent(request.headers.get("traceparent"))
+    span = tracer.start("tagrun.submit", parent, {"tagrun.workspace": workspace},
+                        kind="server")
+    try:
+        yield span
+    except Exception as exc:
+        span.fail(str(exc)[:500])
+        raise
+    finally:
+        span.end()
+
+
+def _traced(jobs: list[NewJob], request: Request, span: tracing.Span | None) -> list[NewJob]:
+    """The jobs, each carrying the trace its spans join: the submit span's, else (this
+    server does not trace) the submitter's own, passed on to holders that do."""
+    traceparent = span.traceparent if span is not None \
+        else tracing.valid_traceparent(request.headers.get("traceparent"))
+    if traceparent is None:
+        return jobs
+    return [replace(job, traceparent=traceparent) for job in jobs]
+
+
 async def submit_job(request: Request) -> JSON:
     workspace = await authenticator(request).workspace(request)
     body = await read_body(request, JobIn)
     key = _idempotency_key(request)
-    job = await new_job(body, workspace, ScriptCache(_store(request), workspace),
-                        request.app.state.config.lease_bounds)
-    await request.app.state.backpressure.admit(1)
-    if key is None:
-        [job_id], created = await _store(request).insert_jobs(workspace, [job]), True
-    else:
-        job_id, created = await _store(request).insert_job_once(workspace, job, key)
+    with _submit_span(request, workspace) as span:
+        job = await new_job(body, workspace, ScriptCache(_store(request), workspace),
+                            request.app.state.config.lease_bounds)
+        [job] = _traced([job], request, span)
+        await request.app.state.backpressure.admit(1)
+        if key is None:
+            [job_id], created = await _store(request).insert_jobs(workspace, [job]), True
+        else:
+            job_id, created = await _store(request).insert_job_once(workspace, job, key)
+        if span is not None:
+            span.set("tagrun.job.id", job_id)
+            span.set("tagrun.job.tag", job.tag)
     if created:
         events.job_submitted(workspace, [job_id], [job.tag])
     return JSON(await _store(request).get_job(workspace, job_id),
@@ -64,8 +103,12 @@ async def submit_batch(request: Request) -> JSON:
         except (InvalidInput, NotFound) as exc:
             exc.message = f"jobs[{index}]: {exc.message}"
             raise
-    await request.app.state.backpressure.admit(len(jobs))
-    ids = await _store(request).insert_jobs(workspace, jobs)
+    with _submit_span(request, workspace) as span:
+        await request.app.state.backpressure.admit(len(jobs))
+        ids = await _store(request).insert_jobs(workspace, _traced(jobs, request, span))
+        if span is not None:
+            span.set("tagrun.job.count", len(ids))
+            span.set("tagrun.job.ids", ids[:100])
     events.job_submitted(workspace, ids, [j.tag for j in jobs])
     return JSON({"ids": ids}, status_code=201)
 
@@ -127,6 +170,22 @@ async def retry_job(request: Request) -> JSON:
     return JSON(await _store(request).retry_job(workspace, path_int(request, "id")))
 
 
+async def rerun_job(request: Request) -> JSON:
+    """A new job like this one, whatever its state ("Run again")."""
+    workspace = await authenticator(request).workspace(request)
+    with _submit_span(request, workspace) as span:
+        job = await copied_job(_store(request), workspace, path_int(request, "id"),
+                               request.app.state.config.lease_bounds)
+        [job] = _traced([job], request, span)
+        await request.app.state.backpressure.admit(1)
+        [job_id] = await _store(request).insert_jobs(workspace, [job])
+        if span is not None:
+            span.set("tagrun.job.id", job_id)
+            span.set("tagrun.job.tag", job.tag)
+    events.job_submitted(workspace, [job_id], [job.tag])
+    return JSON(await _store(request).get_job(workspace, job_id), status_code=201)
+
+
 routes = [
     Route("/api/w/{ws}/jobs", submit_job, methods=["POST"]),
     Route("/api/w/{ws}/jobs", list_jobs, methods=["GET"]),
@@ -135,4 +194,5 @@ routes = [
     Route("/api/w/{ws}/jobs/{id}/logs", job_logs, methods=["GET"]),
     Route("/api/w/{ws}/jobs/{id}/cancel", cancel_job, methods=["POST"]),
     Route("/api/w/{ws}/jobs/{id}/retry", retry_job, methods=["POST"]),
+    Route("/api/w/{ws}/jobs/{id}/rerun", rerun_job, methods=["POST"]),
 ]

@@ -1,9 +1,10 @@
 """Jobs as submitted: a body (from the API, a batch or a schedule) resolved against its
-script into the row to insert."""
+script into the row to insert, or a copy of an earlier job."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from tagrun.server.config import LeaseBounds
@@ -27,9 +28,10 @@ def claimed(row: ClaimedRow, lease_s: float, heartbeat_s: float,
         id=row.id, workspace=row.workspace, language=row.language, content=row.content or "",
         args=row.args or {}, tag=row.tag, attempt=row.attempt, timeout_s=row.timeout_s,
         lease_s=lease_s, heartbeat_s=min(heartbeat_s, lease_s / 3), log_offset=row.log_offset,
-        ack_s=ack_s, secrets=secrets.values if secrets else {},
+        log_marks=True, ack_s=ack_s, secrets=secrets.values if secrets else {},
         withheld=secrets.withheld if secrets else {}, script=row.script_path,
-        script_version=row.script_version, signature=_signature(row.signature))
+        script_version=row.script_version, signature=_signature(row.signature),
+        traceparent=row.traceparent)
 
 
 def check_dict(check: SignatureCheck | None) -> dict[str, Any] | None:
@@ -133,3 +135,18 @@ async def new_job(
         lease_s=checked_lease_s(body.lease_s if body.lease_s is not None else lease_s, leases),
         secrets=names, signature=signature,
     )
+
+
+async def copied_job(store: Store, workspace: str, job_id: int, leases: LeaseBounds) -> NewJob:
+    """A new job like job `job_id` ("Run again"): the same script version or content, args,
+    tag, priority, limits and secrets, to run now. Its signature is copied as it is: it
+    still holds, since what it signs is the same. Refused as a submit of it would be now (a
+    secret it may no longer use, a lease this server no longer grants); a built-in job
+    runs on its schedule only."""
+    job = await store.job_to_copy(workspace, job_id)
+    if job.language not in LANGUAGES:
+        raise InvalidInput(f"job {job_id} is a built-in {job.language} job: it runs on its "
+                           "schedule, not again on demand", code="job_not_copyable")
+    if job.secrets:
+        await ScriptCache(store, workspace).check_secrets(job.secrets, job.tag)
+    return replace(job, lease_s=checked_lease_s(job.lease_s, leases))

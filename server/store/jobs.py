@@ -17,22 +17,23 @@ from tagrun.server.store._base import (
     translated_errors,
 )
 from tagrun.server.store.settings import INLINE_CAP, TOTAL_CAP, setting_int
+from tagrun.shared.loglines import Chunk, Mark, last_mark, page, split_lines
 
 INSERT_JOBS = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                          $7::int[], $8::timestamptz[], $9::float8[], $10::int[], $12::text[],
-                         $13::int[], $14::float8[], $15::text[], $16::jsonb[])
+                         $13::int[], $14::float8[], $15::text[], $16::jsonb[], $17::text[])
         WITH ORDINALITY AS t(script_path, script_version, language, content, args, tag,
                              priority, run_at, timeout_s, max_attempts, concurrency_key,
-                             concurrency_limit, lease_s, secrets, signature, ord)
+                             concurrency_limit, lease_s, secrets, signature, traceparent, ord)
 ), ins AS (
     INSERT INTO jobs (workspace, script_path, script_version, language, content, args, tag,
                       priority, run_at, timeout_s, max_attempts, concurrency_key,
-                      concurrency_limit, lease_s, secrets, signature)
+                      concurrency_limit, lease_s, secrets, signature, traceparent)
     SELECT $11, script_path, script_version, language, content, args, tag, priority,
            coalesce(run_at, now()), timeout_s, max_attempts, concurrency_key, concurrency_limit,
-           lease_s, string_to_array(secrets, ','), signature
+           lease_s, string_to_array(secrets, ','), signature, traceparent
     FROM input ORDER BY ord
     RETURNING id, tag, priority, run_at, concurrency_key, concurrency_limit
 ), q AS (
@@ -55,6 +56,11 @@ PRUNE_IDEMPOTENCY_KEYS = """
 DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"""
 QUEUED_COUNT = "SELECT count(*) FROM queue"
 GET_JOB = "SELECT * FROM jobs WHERE workspace = $1 AND id = $2"
+# What a copy of a job is made of (Run again): what it runs, with what, and its signature.
+JOB_TO_COPY = """
+SELECT script_path, script_version, language, content, args, tag, priority, timeout_s,
+       max_attempts, concurrency_key, concurrency_limit, lease_s, secrets, signature
+FROM jobs WHERE workspace = $1 AND id = $2"""
 LIST_JOBS = """
 SELECT * FROM jobs
 WHERE workspace = $1 AND id < $2 AND ($3::text IS NULL OR status = $3)
@@ -70,9 +76,17 @@ RUNNING_BY_KEY = """
 SELECT concurrency_key, count(*) AS n FROM jobs
 WHERE status = 'running' AND concurrency_key = ANY($1::text[]) GROUP BY concurrency_key"""
 JOB_LOG_STATE = "SELECT status, log_size FROM jobs WHERE workspace = $1 AND id = $2"
-READ_LOGS = """
-SELECT off, data FROM job_logs WHERE job_id = $1 AND off + length(data) > $2
-ORDER BY off LIMIT 200"""
+LOG_PAGE_CHUNKS = 200
+READ_LOGS = f"""
+SELECT off, data, marks FROM job_logs WHERE job_id = $1 AND off + length(data) > $2
+ORDER BY off LIMIT {LOG_PAGE_CHUNKS}"""
+# The latest marks before $2 (within $3 characters): a page that begins in a line that an
+# earlier chunk began finds that line's time and stream there (shared/loglines.py).
+LINE_BEFORE = """
+SELECT off, marks FROM job_logs
+WHERE job_id = $1 AND off < $2 AND off >= $2 - $3 AND cardinality(marks) > 0
+ORDER BY off DESC LIMIT 1"""
+LINE_LOOKBACK_CHARS = 1 << 20
 # Announced on $3 (DONE_CHANNEL) when it ends at once, else on $4 (CANCEL_CHANNEL).
 CANCEL_JOB = """
 WITH dequeued AS (
@@ -126,6 +140,7 @@ class NewJob:
     secrets: tuple[str, ...] = ()  # the names of the secrets it uses (never a value)
     # Who signed it ({key_id, sig, unsigned_args, source}), for holders that verify.
     signature: dict[str, Any] | None = None
+    traceparent: str | None = None  # its submit span's W3C trace context (docs/tracing.md)
 
 
 def job_view(row: Any) -> dict[str, Any]:
@@ -194,7 +209,7 @@ def _late_columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
     """The columns added after the first ten ($12 on)."""
     return ([j.concurrency_key for j in jobs], [j.concurrency_limit for j in jobs],
             [j.lease_s for j in jobs], [",".join(j.secrets) or None for j in jobs],
-            [j.signature for j in jobs])
+            [j.signature for j in jobs], [j.traceparent for j in jobs])
 
 
 class Jobs(StoreBase):
@@ -228,6 +243,20 @@ class Jobs(StoreBase):
             raise NotFound(f"no job {job_id} in workspace {workspace!r}", code="job_not_found")
         return job_view(row)
 
+    async def job_to_copy(self, workspace: str, job_id: int) -> NewJob:
+        """Job `job_id` as a new job to insert: the same script version or content, args,
+        tag, priority, limits, secrets and signature, to run now."""
+        row = await self.fetchrow(JOB_TO_COPY, workspace, job_id)
+        if row is None:
+            raise NotFound(f"no job {job_id} in workspace {workspace!r}", code="job_not_found")
+        return NewJob(
+            script_path=row["script_path"], script_version=row["script_version"],
+            language=row["language"], content=row["content"] or "", args=row["args"] or {},
+            tag=row["tag"], priority=row["priority"], run_at=None, timeout_s=row["timeout_s"],
+            max_attempts=row["max_attempts"], concurrency_key=row["concurrency_key"],
+            concurrency_limit=row["concurrency_limit"], lease_s=row["lease_s"],
+            secrets=tuple(row["secrets"] or ()), signature=row["signature"])
+
     async def caps_and_load(self, keys: Sequence[str]) -> dict[str, Any]:
         """The caps (0: none), the running jobs under them, and the running jobs of each
         concurrency key of `keys`."""
@@ -250,16 +279,30 @@ class Jobs(StoreBase):
         state = await self.fetchrow(JOB_LOG_STATE, workspace, job_id)
         if state is None:
             raise NotFound(f"no job {job_id} in workspace {workspace!r}", code="job_not_found")
-        chunks = await self.fetch(READ_LOGS, job_id, offset)
-        parts: list[str] = []
+        rows = await self.fetch(READ_LOGS, job_id, offset)
+        chunks: list[Chunk] = []
         end = offset
-        for chunk in chunks:
-            if chunk["off"] > end:  # a gap never happens: appends are contiguous by construction
+        for row in rows:
+            if row["off"] > end:  # a gap never happens: appends are contiguous by construction
                 break
-            parts.append(chunk["data"][end - chunk["off"]:])
-            end = chunk["off"] + len(chunk["data"])
+            chunks.append(Chunk(row["off"], row["data"], row["marks"]))
+            end = row["off"] + len(row["data"])
         done = state["status"] in FINAL_STATES and end >= state["log_size"]
-        return {"data": "".join(parts), "offset": end, "done": done}
+        text, starts = page(chunks, offset)
+        first = None  # the mark of the line under way at `offset`, for the lines from there
+        if text and offset > 0 and chunks[0].marks is not None:
+            first = last_mark(chunks[:1], offset)
+            if first is None and not (starts and starts[0][0] == 0):
+                # In the part of a chunk that continues a line begun before it.
+                first = await self._line_before(job_id, chunks[0].off)
+        lines, lines_end = split_lines(text, starts, offset, first=first, ended=done,
+                                       full=len(rows) == LOG_PAGE_CHUNKS)
+        return {"data": text, "offset": end, "done": done, "lines": lines,
+                "lines_end": lines_end}
+
+    async def _line_before(self, job_id: int, before: int) -> Mark | None:
+        row = await self.fetchrow(LINE_BEFORE, job_id, before, LINE_LOOKBACK_CHARS)
+        return last_mark([Chunk(row["off"], "", row["marks"])], before) if row else None
 
     async def cancel_job(self, workspace: str, job_id: int) -> dict[str, Any]:
         row = await self.fetchrow(CANCEL_JOB, workspace, job_id, DONE_CHANNEL, CANCEL_CHANNEL)

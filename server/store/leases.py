@@ -14,6 +14,7 @@ from typing import Any
 from tagrun.server.errors import CompletionConflict, Conflict, LeaseLost
 from tagrun.server.store._base import DONE_CHANNEL, StoreBase, iso, translated_errors
 from tagrun.server.store.settings import CAPS_STATE, INLINE_CAP, TOTAL_CAP, setting_int
+from tagrun.shared.loglines import CODES, TAGRUN, Mark, flat
 from tagrun.shared.storable import storable_json, storable_text
 
 
@@ -57,7 +58,7 @@ WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
           j.log_received AS log_offset, j.priority, j.worker, j.holder_key, j.lease_s,
           extract(epoch FROM now() - j.run_at)::float8 AS waited_s, j.secrets,
-          j.script_path, j.script_version, j.signature"""
+          j.script_path, j.script_version, j.signature, j.traceparent"""
 # The same under caps, run while holding CLAIM_LOCK so that claims from every process are
 # counted one after another: room = the smallest of the free slots, the global cap minus
 # running jobs, the inline cap minus jobs running in server processes (for inline claimers),
@@ -119,7 +120,7 @@ WHERE j.id = d.job_id
 RETURNING j.id, j.workspace, j.language, j.content, j.args, j.tag, j.attempt, j.timeout_s,
           j.log_received AS log_offset, j.priority, j.worker, j.holder_key, j.lease_s,
           extract(epoch FROM now() - j.run_at)::float8 AS waited_s, j.secrets,
-          j.script_path, j.script_version, j.signature"""
+          j.script_path, j.script_version, j.signature, j.traceparent"""
 
 
 def _filtered(first: int) -> tuple[str, str]:
@@ -162,6 +163,7 @@ class ClaimedRow:
     script_path: str | None = None
     script_version: int | None = None
     signature: dict[str, Any] | None = None  # who signed it (jobs.signature)
+    traceparent: str | None = None  # the trace it is part of (docs/tracing.md)
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,9 @@ WITH held AS (
 SELECT h.id, e.n IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
 FROM held h LEFT JOIN extended e ON e.n = h.n"""
 # Offsets ($5) count what the writer sent (`log_received`); what is stored stops at the cap
-# ($8 characters), where the truncation marker ($9) is written once.
+# ($8 characters), where the truncation marker ($9) is written once. The chunk's marks ($12,
+# flat triples, shared/loglines.py) go in the same row; cut at the cap, they keep the lines
+# begun before it, and the marker's line is marked as the holder's own (stream code $13).
 APPEND_LOGS = """
 WITH cur AS (
     SELECT id, log_size, log_truncated FROM jobs
@@ -230,7 +234,15 @@ WITH cur AS (
     SELECT id, log_size AS off, log_truncated AS was, log_size + length($4) > $8 AS over,
            CASE WHEN log_truncated THEN ''
                 WHEN log_size + length($4) <= $8 THEN $4
-                ELSE left($4, greatest($8 - log_size, 0)::int) || $9 END AS data
+                ELSE left($4, greatest($8 - log_size, 0)::int) || $9 END AS data,
+           CASE WHEN log_truncated OR $12::int8[] IS NULL THEN NULL
+                WHEN log_size + length($4) <= $8 THEN $12::int8[]
+                ELSE array(SELECT v FROM unnest($12::int8[]) WITH ORDINALITY AS m(v, i)
+                           WHERE ($12::int8[])[((i - 1) / 3 * 3 + 1)::int] < $8 - log_size
+                           ORDER BY i)
+                     || ARRAY[greatest($8 - log_size, 0) + 1,
+                              (extract(epoch FROM clock_timestamp()) * 1000)::int8, $13]::int8[]
+           END AS marks
     FROM cur
 ), j AS (
     UPDATE jobs SET log_received = log_received + $11,
@@ -238,7 +250,8 @@ WITH cur AS (
                     log_truncated = piece.was OR piece.over, ack_by = NULL
     FROM piece WHERE jobs.id = piece.id RETURNING jobs.id
 ), ins AS (
-    INSERT INTO job_logs (job_id, off, data) SELECT id, off, data FROM piece WHERE data <> ''
+    INSERT INTO job_logs (job_id, off, data, marks)
+    SELECT id, off, data, marks FROM piece WHERE data <> ''
 )
 SELECT piece.over AND NOT piece.was AS truncated_now FROM j JOIN piece ON piece.id = j.id"""
 LOG_STATE = "SELECT status, attempt, worker, holder_key, log_received FROM jobs WHERE id = $1"
@@ -273,7 +286,7 @@ WITH cur AS (
     FROM cur WHERE jobs.id = cur.id
     RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
               jobs.concurrency_key, jobs.concurrency_limit, jobs.attempt, jobs.worker,
-              jobs.started_at
+              jobs.started_at, jobs.workspace, jobs.traceparent
 ), q AS (
     INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
     SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit
@@ -282,7 +295,7 @@ WITH cur AS (
     UPDATE workers SET jobs_executed = jobs_executed + 1
     WHERE name = $3 AND EXISTS (SELECT 1 FROM j)
 )
-SELECT id, status, tag, attempt, worker, run_at,
+SELECT id, status, tag, attempt, worker, run_at, workspace, traceparent,
        round(extract(epoch FROM now() - started_at) * 1000) AS duration_ms,
        CASE WHEN status <> 'queued' THEN pg_notify($13, id::text) END
 FROM j"""
@@ -473,10 +486,12 @@ class Leases(StoreBase):
         *, tags: Sequence[str] | None = None, workspace: str | None = None,
         max_chars: int = 10 << 20, key: str | None = None,
         on_truncated: Callable[[], None] | None = None, stored: str | None = None,
+        marks: Sequence[Mark] | None = None,
     ) -> int:
         """Append at `offset` (characters sent so far); a resent chunk is a no-op.
         `stored`: what to store instead of `data` (it redacted), which still counts as
-        `data`'s length received.
+        `data`'s length received. `marks`: the lines beginning in what is stored (None:
+        the holder does not mark lines).
 
         `tags` and `workspace`, when given, must match the job's (agents act only on jobs
         of their token's tags). Past `max_chars` stored, the rest is dropped with a marker,
@@ -487,7 +502,9 @@ class Leases(StoreBase):
             truncated = await self.fetchval(APPEND_LOGS, job_id, attempt, holder,
                                             storable_text(data if stored is None else stored),
                                             offset, tag_list, workspace, max_chars, marker,
-                                            key, len(data))
+                                            key, len(data),
+                                            None if marks is None else flat(marks),
+                                            CODES[TAGRUN])
             if truncated is not None:
                 if truncated and on_truncated is not None:
                     on_truncated()

@@ -16,6 +16,7 @@ from tagrun.server.store import FINAL_STATES, STATES, Store
 from tagrun.server.ui.render import home_workspace, page
 from tagrun.server.ui.session import Session
 from tagrun.server.ui.views import ui_page, with_query
+from tagrun.shared.executors import LANGUAGES
 
 JOBS_PER_PAGE = 50
 NO_CURSOR = 2**62
@@ -88,6 +89,7 @@ async def job_page(request: Request, session: Session) -> Response:
     return await page(request, session, "job.html", {
         "nav": "jobs", "workspace": workspace, "job": job, "attempts": _attempts(job),
         "final": job["status"] in FINAL_STATES,
+        "copyable": job["language"] in LANGUAGES,  # built-in jobs run on their schedule
     })
 
 

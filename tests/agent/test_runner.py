@@ -16,6 +16,7 @@ from tagrun.agent.client import AgentClient, RetryPolicy
 from tagrun.agent.config import AgentConfig, load_config
 from tagrun.agent.errors import ConfigError
 from tagrun.agent.runner import Agent
+from tagrun.shared.loglines import split_lines
 from tests.agent.conftest import CapturedLog
 from tests.agent.fakes import TOKEN, FakeServer, error, job
 
@@ -136,6 +137,24 @@ def test_runs_a_python_job_with_its_args(tmp_path: Path) -> None:
     assert fake.completions[1]["status"] == "succeeded"
     assert fake.completions[1]["result"] == {"sum": 42}
     assert fake.logs[1] == "adding\n"
+
+
+def test_line_marks_go_only_to_a_server_that_asks_for_them(tmp_path: Path) -> None:
+    script = "echo out; echo err >&2; echo again"
+    fake = FakeServer(jobs=[job(4, script, log_marks=True), job(5, script)])
+    agent = make_agent(fake, tmp_path, slots=2)
+    fake.on_claim = stop_on_claim(agent, 2)
+
+    assert run(agent) == 0
+
+    posts = {n: [b for p, b in fake.requests if p.endswith(f"/jobs/{n}/logs")] for n in (4, 5)}
+    assert all("marks" not in body for body in posts[5])  # an older server would refuse it
+    starts = [(body["offset"] + pos, (ms, code)) for body in posts[4]
+              for pos, ms, code in body["marks"]]
+    lines, _ = split_lines(fake.logs[4], starts, 0, first=None, ended=True, full=False)
+    assert sorted((line["text"], line["stream"]) for line in lines) == [
+        ("again", "stdout"), ("err", "stderr"), ("out", "stdout")]
+    assert all(ms > 1_600_000_000_000 for _, (ms, _) in starts)
 
 
 def test_a_retried_attempt_marks_its_logs(tmp_path: Path) -> None:

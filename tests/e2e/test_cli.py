@@ -123,18 +123,21 @@ def test_run_without_wait_then_get_list_logs(server: TagrunProcess) -> None:
     assert job_id.isdigit(), f"expected just the id, got {result.stdout!r}"
     assert "\n" not in result.stdout.rstrip("\n")
 
-    done = ok(run_cli("job", "get", job_id, "--wait", url=server.url))
+    done = ok(run_cli("job", "get", job_id, "--wait", "-o", "json", url=server.url))
     job = json.loads(done.stdout)
     assert job["id"] == int(job_id)
     assert job["status"] == "succeeded"
     assert job["result"] == "listed-output"
 
-    got = json.loads(ok(run_cli("job", "get", job_id, url=server.url)).stdout)
+    got = json.loads(ok(run_cli("job", "get", job_id, "-o", "json", url=server.url)).stdout)
     assert got["status"] == "succeeded"
+    shown = ok(run_cli("job", "get", job_id, url=server.url)).stdout
+    assert f"Job:       {job_id} (succeeded)" in shown
+    assert 'Result:    "listed-output"' in shown
 
     table = ok(run_cli("job", "list", url=server.url)).stdout
     lines = table.splitlines()
-    assert lines[0].split()[:2] == ["ID", "STATUS"]
+    assert lines[0].split()[:2] == ["ID", "Status"]
     row = next((line for line in lines[1:] if line.split()[0] == job_id), None)
     assert row is not None, f"job {job_id} missing from:\n{table}"
     assert "succeeded" in row.split()
@@ -147,6 +150,34 @@ def test_run_without_wait_then_get_list_logs(server: TagrunProcess) -> None:
 
     too_late = failed(run_cli("job", "cancel", job_id, url=server.url))
     assert "409" in too_late
+
+
+def test_job_logs_with_timestamps_follow_lines_with_their_time_and_stream(
+    server: TagrunProcess, api: httpx.Client, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    job_id = ok(run_cli("job", "run", "--language", "bash", "--content", (
+        f"echo first; printf progress; while [ ! -f {gate} ]; do sleep 0.05; done\n"
+        "echo ' done'; echo oops >&2"), url=server.url)).stdout.strip()
+    follower = subprocess.Popen([str(TAGRUN), "job", "logs", job_id, "-f", "--timestamps"],
+                                env=cli_env(server.url), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: "progress" in api.get(f"/api/w/default/jobs/{job_id}/logs").json()[
+            "data"], timeout=30, message="the unfinished line in the log")
+        gate.touch()
+        out, err = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0 and "Traceback" not in err, err
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    assert re.fullmatch(rf"{stamp} stdout first\n{stamp} stdout progress done\n"
+                        rf"{stamp} stderr oops\n", out), out
+    # Read again, whole: the same lines; without --timestamps, the text as it always was.
+    again = ok(run_cli("job", "logs", job_id, "-t", url=server.url)).stdout
+    assert again == out
+    assert ok(run_cli("job", "logs", job_id, url=server.url)).stdout == \
+        "first\nprogress done\noops\n"
 
 
 def test_get_unknown_job_is_a_readable_404(server: TagrunProcess) -> None:
@@ -184,7 +215,8 @@ def test_retry_a_failed_job_runs_it_again(server: TagrunProcess, api: httpx.Clie
     assert api.get(f"/api/w/default/jobs/{job_id}").json()["status"] == "failed"
 
     ok(run_cli("job", "retry", str(job_id), url=server.url))
-    done = json.loads(ok(run_cli("job", "get", str(job_id), "--wait", url=server.url)).stdout)
+    done = json.loads(ok(run_cli("job", "get", str(job_id), "--wait", "-o", "json",
+                                 url=server.url)).stdout)
     assert done["status"] == "succeeded"
     assert done["result"] == "recovered"
 
@@ -203,16 +235,21 @@ def test_script_deploy_from_file_then_run_it(server: TagrunProcess, tmp_path: Pa
 
     listing = ok(run_cli("script", "list", url=server.url)).stdout
     assert path in listing
-    got = json.loads(ok(run_cli("script", "get", path, url=server.url)).stdout)
+    got = json.loads(ok(run_cli("script", "get", path, "-o", "json", url=server.url)).stdout)
     assert (got["path"], got["lease_s"]) == (path, 600)
     assert "from the script file" in got["content"]
+    shown = ok(run_cli("script", "get", path, url=server.url)).stdout
+    assert f"Script:       {path} version 1" in shown and "Lease:        10 min" in shown
+    assert "from the script file" in shown  # the code, last
+    assert shown.startswith(deployed.stdout.splitlines()[1])  # the view deploy printed
 
     result = ok(run_cli("job", "run", "--script", path, "--wait", url=server.url))
     assert json.loads(result.stdout) == {"deployed": True}
     assert "from the script file" in result.stderr
     job_id = ok(run_cli("job", "run", "--script", path, "--lease-s", "120",
                         url=server.url)).stdout.strip()
-    assert json.loads(ok(run_cli("job", "get", job_id, url=server.url)).stdout)["lease_s"] == 120
+    got = json.loads(ok(run_cli("job", "get", job_id, "-o", "json", url=server.url)).stdout)
+    assert got["lease_s"] == 120
 
 
 def test_script_deploy_missing_file_is_readable(server: TagrunProcess, tmp_path: Path) -> None:
@@ -259,7 +296,7 @@ def test_workspace_and_token_lifecycle(server: TagrunProcess, api: httpx.Client)
     ok(run_cli("workspace", "token", "revoke", token_id, url=server.url))
     after_revoke = ok(run_cli("workspace", "token", "list", ws, url=server.url)).stdout
     row = next(line for line in after_revoke.splitlines() if line.split()[0] == token_id)
-    assert row.split()[-1] == "True"  # the REVOKED column
+    assert row.split()[-1] == "yes"  # the Revoked column
     # The server caches a token's principal for a couple of seconds (auth._CACHE_TTL_S).
     with api_client(server.url, token) as revoked:
         wait_until(lambda: revoked.get(f"/api/w/{ws}/jobs").status_code == 401, timeout=10,
@@ -465,3 +502,131 @@ def test_agent_token_commands_and_workers_table(server: TagrunProcess, tmp_path:
         agent.kill()
     assert "not a duration" in failed(cli("token", "create", "--tags", "a", "--group", "g",
                                           "--expires-in", "soon"))
+
+
+# --- output that reads well, and -o json for scripts ----------------------------------------
+
+MICROSECONDS = re.compile(r"\d\d:\d\d:\d\d\.\d")
+RELATIVE = re.compile(r"\d+ (s|min|h|d) ago|just now")
+
+
+@pytest.fixture(scope="module")
+def shown(server: TagrunProcess) -> dict[str, str]:
+    """A workspace of this module's with one of everything the list and get commands show
+    (but secrets: tests/e2e/test_job_secrets.py lists them)."""
+    ws = unique("shown")
+    with api_client(server.url) as api:
+        assert api.post("/api/workspaces", json={"id": ws}).status_code == 201
+        script = "f/cli/shown"
+        assert api.post(f"/api/w/{ws}/scripts", json={
+            "path": script, "language": "bash", "content": "echo shown"}).status_code == 201
+        job = api.post(f"/api/w/{ws}/jobs", json={"script": script}).json()
+        wait_until(lambda: api.get(f"/api/w/{ws}/jobs/{job['id']}", params={"wait_s": 5})
+                   .json()["status"] == "succeeded", timeout=60, message="the job to succeed")
+        schedule = api.post(f"/api/w/{ws}/schedules", json={
+            "name": "paris", "cron": "0 9 * * *", "script": script,
+            "timezone": "Europe/Paris"}).json()
+        revoked = api.post("/api/tokens", json={"workspace": ws, "label": "shown"}).json()
+        assert api.delete(f"/api/tokens/{revoked['id']}").status_code == 200
+        assert api.post("/api/agent_tokens", json={
+            "group": ws, "tags": ["shown"], "label": "shown"}).status_code == 201
+    return {"ws": ws, "job": str(job["id"]), "script": script, "schedule": schedule["name"]}
+
+
+# A list or get command, the API answer its -o json must be, and the headers of its table.
+COMMANDS = [
+    ("job list -w {ws}", "/api/w/{ws}/jobs", ["ID", "Status", "Created", "Took"]),
+    ("job get {job} -w {ws}", "/api/w/{ws}/jobs/{job}", ["Job:", "Created:", "Took:"]),
+    ("job logs {job} -w {ws}", "/api/w/{ws}/jobs/{job}/logs", []),
+    ("script list -w {ws}", "/api/w/{ws}/scripts", ["Path", "Version", "Deployed"]),
+    ("script get {script} -w {ws}", "/api/w/{ws}/scripts/{script}", ["Script:", "Content:"]),
+    ("schedule list -w {ws}", "/api/w/{ws}/schedules", ["Name", "Time zone", "Next fire"]),
+    ("schedule get {schedule} -w {ws}", "/api/w/{ws}/schedules/{schedule}",
+     ["Schedule:", "Next fires:"]),
+    ("secret list -w {ws}", "/api/w/{ws}/secrets", []),  # this server has no secrets key
+    ("workspace list", "/api/workspaces", ["ID", "Created"]),
+    ("workspace token list {ws}", "/api/tokens?workspace={ws}", ["ID", "Label", "Revoked"]),
+    ("token list", "/api/agent_tokens", ["Token id", "Group", "Expires", "Revoked"]),
+    ("workers", "/api/workers", ["Name", "Active jobs", "Jobs run", "Last seen"]),
+    ("settings get", "/api/settings", ["Setting", "Value", "Meaning"]),
+]
+
+
+@pytest.mark.parametrize(("command", "path", "headers"), COMMANDS,
+                         ids=[c[0].split(" {")[0] for c in COMMANDS])
+def test_every_list_and_get_command_prints_the_api_answer_with_o_json(
+        server: TagrunProcess, api: httpx.Client, shown: dict[str, str], command: str,
+        path: str, headers: list[str]) -> None:
+    args = command.format(**shown).split()
+    printed = json.loads(ok(run_cli(*args, "-o", "json", url=server.url)).stdout)
+    answer = api.get(path.format(**shown)).json()
+    assert isinstance(printed, dict) and set(printed) == set(answer)
+    long_form = json.loads(ok(run_cli(*args, "--output", "json", url=server.url)).stdout)
+    assert set(long_form) == set(answer)
+
+
+@pytest.mark.parametrize(("command", "path", "headers"), [c for c in COMMANDS if c[2]],
+                         ids=[c[0].split(" {")[0] for c in COMMANDS if c[2]])
+def test_tables_and_views_read_well(server: TagrunProcess, shown: dict[str, str],
+                                    command: str, path: str, headers: list[str]) -> None:
+    """Human headers, yes/no, relative times, no Python values, no microseconds."""
+    out = ok(run_cli(*command.format(**shown).split(), url=server.url)).stdout
+    for header in headers:
+        assert header in out, out
+    assert not re.search(r"\b(True|False|None)\b", out), out
+    assert not MICROSECONDS.search(out), out
+    header = next(line for line in out.splitlines() if line.startswith(headers[0]))
+    assert "_" not in header.split(":")[0], out  # human headers, not field names
+
+
+def test_tables_say_yes_no_and_how_long_ago(server: TagrunProcess,
+                                            shown: dict[str, str]) -> None:
+    tokens = ok(run_cli("workspace", "token", "list", shown["ws"], url=server.url)).stdout
+    [row] = [line for line in tokens.splitlines() if " shown " in line]
+    assert row.split()[-1] == "yes"  # revoked
+    assert RELATIVE.search(row), row
+    schedules = ok(run_cli("schedule", "list", "-w", shown["ws"], url=server.url)).stdout
+    [row] = [line for line in schedules.splitlines() if line.startswith("paris ")]
+    assert " yes " in row and re.search(r"09:00 \((in \d+ (s|min|h)|just now)\)", row), row
+    agent_tokens = ok(run_cli("token", "list", url=server.url)).stdout
+    [row] = [line for line in agent_tokens.splitlines() if shown["ws"] in line]
+    assert re.search(r"in (29|30) d +no$", row), row  # expires in 30 days, not revoked
+
+
+def test_schedule_times_read_in_its_own_zone_with_utc_beside(server: TagrunProcess,
+                                                             shown: dict[str, str]) -> None:
+    created = ok(run_cli("schedule", "create", "paris-cli", "-w", shown["ws"], "--cron",
+                         "30 9 * * 1", "--script", shown["script"], "--timezone",
+                         "Europe/Paris", url=server.url)).stdout
+    got = ok(run_cli("schedule", "get", "paris-cli", "-w", shown["ws"], url=server.url)).stdout
+    # Paris is UTC+1 in winter, UTC+2 in summer: 09:30 there is 08:30 or 07:30 UTC.
+    fires = re.findall(r"\d{4}-\d\d-\d\d 09:30 Europe/Paris \(0[78]:30 UTC\)", got)
+    assert len(fires) == 5, got
+    assert "Next fires:" in got and "Cron:       30 9 * * 1 in Europe/Paris" in got
+
+    def same_view(text: str) -> list[str]:  # "Updated: ... (just now)" ages between the two
+        return [line for line in text.splitlines() if not line.startswith("Updated:")]
+    assert same_view(created) == same_view(got)
+
+
+def test_a_bad_option_is_refused_in_its_own_words_before_any_request() -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens: the CLI must not ask
+    for args, message in [
+        (("token", "create", "--tags", "a", "--group", "g", "--expires-in", "30s"),
+         "--expires-in must be at least 1m"),
+        (("token", "create", "--tags", "a", "--group", "g", "--expires-in", "11000d"),
+         "--expires-in must be at most 3650d"),
+        (("workspace", "token", "create", "default", "--expires-in", "0"),
+         "--expires-in must be at least 1s"),
+        (("workers", "pause", "x", "--note", "why", "--for", "31d"),
+         "--for must be at most 30d"),
+    ]:
+        stderr = failed(run_cli(*args, url=nowhere))
+        assert f"error: {message}\n" == stderr, stderr
+
+
+def test_a_value_the_server_refuses_is_explained_in_plain_words(server: TagrunProcess) -> None:
+    stderr = failed(run_cli("job", "run", "--language", "bash", "--content", "x",
+                            "--priority", "5000", url=server.url))
+    assert "priority must be at most 1000 (400 invalid_input)" in stderr
+    assert "Expected" not in stderr and "$." not in stderr

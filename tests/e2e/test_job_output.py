@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.support.database import DatabaseFactory
-from tests.support.processes import AgentProcess, TagrunProcess, api_client
+from tests.support.processes import AgentProcess, TagrunProcess, api_client, wait_until
 
 # Prints the bytes between markers, and returns them decoded with surrogateescape: every
 # undecodable byte becomes a lone surrogate in the result.
@@ -109,6 +110,51 @@ def test_a_result_no_database_can_hold_fails_at_once_and_is_not_retried(
         "kind": "internal",
         "message": "the job's result cannot be stored as JSON: Out of range float values are "
                    "not JSON compliant"}
+
+
+# Writes each piece once the one before it is in the log (the test then opens its gate): lines
+# by stream, and a stdout line that stderr interrupts before its end.
+PIECES = [("out", "first\n"), ("err", "oops\n"), ("out", "half"), ("err", "interrupts\n"),
+          ("out", " rest\n")]
+STREAMS_JOB = """
+import os, sys, time
+
+def main(gates, pieces):
+    for n, (stream, text) in enumerate(pieces):
+        (sys.stdout if stream == "out" else sys.stderr).write(text)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(gates, str(n))) and time.monotonic() < deadline:
+            time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("who", ["agent", "worker"])
+def test_log_lines_say_when_they_began_and_on_which_stream(
+    fleet: Fleet, who: str, tmp_path: Path
+) -> None:
+    job = fleet.api.post("/api/w/default/jobs", json={
+        "language": "python", "tag": fleet.tags[who], "content": STREAMS_JOB,
+        "args": {"gates": str(tmp_path), "pieces": PIECES}}).json()
+    logs_url = f"/api/w/default/jobs/{job['id']}/logs"
+    for n in range(len(PIECES)):
+        so_far = "".join(text for _, text in PIECES[:n + 1])
+        wait_until(lambda text=so_far: fleet.api.get(logs_url).json()["data"] == text,
+                   timeout=30, message=f"piece {n} in the log")
+        (tmp_path / str(n)).touch()
+    final = fleet.api.get(f"/api/w/default/jobs/{job['id']}", params={"wait_s": 60}).json()
+    assert final["status"] == "succeeded", final
+    logs = fleet.api.get(logs_url).json()
+    assert logs["data"] == "first\noops\nhalfinterrupts\n rest\n"  # the text as ever
+    assert [(line["stream"], line["text"]) for line in logs["lines"]] == [
+        ("stdout", "first"), ("stderr", "oops"), ("stdout", "half"),
+        ("stderr", "interrupts"), ("stdout", " rest")]
+    times = [datetime.fromisoformat(line["at"]) for line in logs["lines"]]
+    assert times == sorted(times) and times[0] < times[-1]
+    started = datetime.fromisoformat(final["started_at"])
+    finished = datetime.fromisoformat(final["finished_at"])
+    assert started - timedelta(seconds=1) <= times[0] and times[-1] <= finished
+    assert all(line["at"].endswith("Z") and len(line["at"]) == 24 for line in logs["lines"])
+    assert logs["lines_end"] == logs["offset"] == len(logs["data"]) and logs["done"]
 
 
 def test_a_log_chunk_the_server_refuses_leaves_a_marker_and_a_note_on_the_job(

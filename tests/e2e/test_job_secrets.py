@@ -164,6 +164,17 @@ def test_a_secret_reaches_its_job_and_nothing_else(
                 result = views[job_id]["result"]
                 assert result == {"password": LABEL, "nested": [{"again": LABEL}],
                                   LABEL: "as a key"}, result
+            # Run again: a copy of the job on the agent uses the same secret, redacted alike;
+            # its stdout and stderr lines say which they are.
+            again = api.post(f"/api/w/default/jobs/{jobs[1]}/rerun")
+            assert again.status_code == 201 and again.json()["secrets"] == ["DB_PASSWORD"]
+            rerun = finished(api, again.json()["id"])
+            assert rerun["result"] == views[jobs[1]]["result"], rerun
+            logs = api.get(f"/api/w/default/jobs/{rerun['id']}/logs").json()
+            assert f"sha256 {DIGEST}" in logs["data"] and LABEL in logs["data"]
+            streams = {line["text"].split(" ")[0]: line["stream"] for line in logs["lines"]}
+            assert streams["sha256"] == "stdout" and streams["py:"] == "stderr", logs
+            seen += [json.dumps(rerun), json.dumps(logs)]
             ui = signed_in(server.url, token)
             try:
                 for job_id in jobs:

@@ -198,11 +198,12 @@ def test_cli_create_list_get_enable_disable_delete(
     created = tagrun(url, "schedule", "create", "yearly", "-w", ws, "--cron", "0 0 0 1 1 *",
                      "--script", "f/job", "--timezone", "Europe/Paris", "--overlap", "skip")
     assert created.returncode == 0, created.stderr
-    assert "yearly: enabled" in created.stdout and "next: " in created.stdout
+    assert "yearly (enabled)" in created.stdout and "Next fires:" in created.stdout
     listed = tagrun(url, "schedule", "list", "-w", ws)
     assert "yearly" in listed.stdout and "Europe/Paris" in listed.stdout
     assert "tagrun.job-retention" in tagrun(url, "schedule", "list").stdout
-    assert '"overlap": "skip"' in tagrun(url, "schedule", "get", "yearly", "-w", ws).stdout
+    assert '"overlap": "skip"' in tagrun(url, "schedule", "get", "yearly", "-w", ws,
+                                         "-o", "json").stdout
     assert "disabled" in tagrun(url, "schedule", "disable", "yearly", "-w", ws).stdout
     assert "enabled" in tagrun(url, "schedule", "enable", "yearly", "-w", ws).stdout
     assert tagrun(url, "schedule", "delete", "yearly", "-w", ws).returncode == 0

@@ -133,6 +133,15 @@ def test_a_verifying_agent_runs_signed_jobs_and_refuses_every_tampered_one(
                 assert job["signature"]["key_id"] == "ci-prod", job
                 assert job["signature_check"]["verdict"] == "verified", job
                 assert (markers / f"ran-{job_id}").exists()
+            # Run again: each copy carries the signature unchanged, and still verifies.
+            for job_id in honest:
+                copy = api.post(f"/api/w/default/jobs/{job_id}/rerun")
+                assert copy.status_code == 201, copy.text
+                job = finished(api, copy.json()["id"])
+                assert job["status"] == "succeeded", job
+                assert job["signature_check"]["verdict"] == "verified", job
+                assert job["signature"] == finished(api, job_id)["signature"]
+                assert (markers / f"ran-{job['id']}").exists()
             assert api.get(f"/api/w/default/jobs/{honest[0]}").json()["signature"] == {
                 "key_id": "ci-prod", "unsigned_args": True, "source": "script"}
             assert api.get(f"/api/w/default/jobs/{honest[1]}").json()["signature"][
@@ -195,7 +204,7 @@ def test_warn_mode_runs_an_unsigned_job_and_says_so(
                         if w["name"] == "warner"]
             assert listed["verify"] == {"mode": "warn", "keys": ["ci"]}
             table = cli(server.url, "workers").stdout
-            assert "VERIFIES" in table and "warn:ci" in table, table
+            assert "Verifies" in table and "warn:ci" in table, table
             with contextlib.closing(signed_in(server.url, SUPERADMIN)) as ui:
                 page = ui.get(f"/w/default/jobs/{job_id}").text
                 assert "Signature not verified: the job is not signed" in page

@@ -136,6 +136,40 @@ def test_full_cycle_logs_heartbeat_complete(
     assert stale.status_code == 409 and stale.json()["error"]["code"] == "lease_lost"
 
 
+def test_lines_carry_the_marks_an_agent_sends_and_an_older_agent_sends_none(
+    api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    old, new = submit(api, tag), submit(api, tag)
+    jobs = agent.post(CLAIM, json={"name": "a-marks", "slots": 2, "wait_s": 5}).json()["jobs"]
+    assert {j["id"] for j in jobs} == {old, new}
+    assert all(j["log_marks"] is True for j in jobs)  # this server keeps them: send them
+
+    def post(job_id: int, **body: object) -> httpx.Response:
+        return agent.post(f"/api/w/default/agent_workers/jobs/{job_id}/logs",
+                          json={"name": "a-marks", "attempt": 1, **body})
+
+    assert post(old, offset=0, data="one\ntwo\n").status_code == 200  # no marks: as before
+    t = 1_700_000_000_000
+    assert post(new, offset=0, data="out\nerr\n[tagrun: own]\n",
+                marks=[[0, t, 0], [4, t + 5, 1], [8, t + 6, 2]]).status_code == 200
+    for bad in ([[9, t, 0]], [[4, t, 0], [0, t, 0]], [[0, t, 3]], [[0, -1, 0]]):
+        refused = post(new, offset=21, data="more\n", marks=bad)
+        assert refused.status_code == 400, (bad, refused.text)
+    lines = api.get(f"/api/w/default/jobs/{old}/logs").json()["lines"]
+    assert lines == [{"offset": 0, "at": None, "stream": None, "text": "one"},
+                     {"offset": 4, "at": None, "stream": None, "text": "two"}]
+    logs = api.get(f"/api/w/default/jobs/{new}/logs").json()
+    assert logs["data"] == "out\nerr\n[tagrun: own]\n"  # nothing of the refused chunks
+    assert [(x["at"], x["stream"], x["text"]) for x in logs["lines"]] == [
+        ("2023-11-14T22:13:20.000Z", "stdout", "out"),
+        ("2023-11-14T22:13:20.005Z", "stderr", "err"),
+        ("2023-11-14T22:13:20.006Z", "tagrun", "[tagrun: own]")]
+    for job_id in (old, new):
+        done = agent.post(f"/api/w/default/agent_workers/jobs/{job_id}/complete",
+                          json={"name": "a-marks", "attempt": 1, "status": "succeeded"})
+        assert done.status_code == 200, done.text
+
+
 def test_cancel_reaches_the_agent_at_its_heartbeat(
     api: httpx.Client, agent: httpx.Client, tag: str
 ) -> None:

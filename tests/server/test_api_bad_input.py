@@ -283,6 +283,27 @@ def test_long_token_expiry_is_fine(api: httpx.Client) -> None:
     assert api.delete(f"/api/tokens/{response.json()['id']}").status_code == 200
 
 
+PLAIN_WORDS = [
+    ("/api/agent_tokens", {"group": "g", "tags": ["a"], "expires_in_s": 30},
+     "expires_in_s must be at least 60"),
+    ("/api/agent_tokens", {"group": "g", "tags": []}, "tags must have at least 1 item"),
+    ("/api/w/{ws}/jobs", {"language": "identity", "content": "", "priority": "high"},
+     "priority must be an integer, not a string"),
+    ("/api/w/{ws}/jobs/batch", {"jobs": [{}, {"tag": ""}]}, "jobs[1].tag must not be empty"),
+    ("/api/w/{ws}/scripts", {"language": "identity", "content": ""},
+     "missing required field path"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "message"), PLAIN_WORDS,
+                         ids=[m for _, _, m in PLAIN_WORDS])
+def test_a_refused_body_says_why_in_plain_words_and_keeps_its_code(
+        api: httpx.Client, target: dict[str, Any], path: str, body: dict[str, Any],
+        message: str) -> None:
+    error = assert_error(api.post(fill(path, target), json=body), 400, "invalid_input")
+    assert error["message"] == message
+
+
 def test_unknown_language_on_a_job_is_400(api: httpx.Client, target: dict[str, Any]) -> None:
     response = api.post(fill("/api/w/{ws}/jobs", target),
                         json={"language": "cobol", "content": "DISPLAY 'HI'"})

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.processes import wait_until
+from tests.support.processes import TagrunProcess, api_client, wait_until
 
 UNLISTENED = "nobody-listens-here"
 
@@ -321,14 +321,20 @@ def test_logs_with_offsets(api: httpx.Client, ws: str) -> None:
     assert job["status"] == "succeeded"
     expected = "".join(f"line {i} ✓\n" for i in range(1, 6))
     everything = logs(api, ws, job["id"])
-    assert everything == {"data": expected, "offset": len(expected), "done": True}
+    assert {k: everything[k] for k in ("data", "offset", "done", "lines_end")} == {
+        "data": expected, "offset": len(expected), "done": True, "lines_end": len(expected)}
+    assert [line["text"] for line in everything["lines"]] == expected.splitlines()
+    assert {line["stream"] for line in everything["lines"]} == {"stdout"}
     cut = len("line 1 ✓\nline 2 ✓\n")  # offsets count characters, not bytes
     rest = logs(api, ws, job["id"], offset=cut)
     assert rest["data"] == expected[cut:]
     assert rest["offset"] == len(expected)
     assert rest["done"] is True
+    assert [line["offset"] for line in rest["lines"]] == [cut + i * len("line 3 ✓\n")
+                                                           for i in range(3)]
     at_end = logs(api, ws, job["id"], offset=len(expected))
-    assert at_end == {"data": "", "offset": len(expected), "done": True}
+    assert at_end == {"data": "", "offset": len(expected), "done": True, "lines": [],
+                      "lines_end": len(expected)}
     beyond = api.get(f"/api/w/{ws}/jobs/{job['id']}/logs", params={"offset": 10**6})
     assert beyond.status_code in (200, 400)
     if beyond.status_code == 200:
@@ -337,7 +343,8 @@ def test_logs_with_offsets(api: httpx.Client, ws: str) -> None:
 
 def test_logs_of_a_queued_job_are_empty_not_done(api: httpx.Client, ws: str) -> None:
     job = submit(api, ws, language="bash", content="echo", tag=UNLISTENED)
-    assert logs(api, ws, job["id"]) == {"data": "", "offset": 0, "done": False}
+    assert logs(api, ws, job["id"]) == {"data": "", "offset": 0, "done": False, "lines": [],
+                                        "lines_end": 0}
     api.post(f"/api/w/{ws}/jobs/{job['id']}/cancel")
     assert logs(api, ws, job["id"])["done"] is True
 
@@ -438,6 +445,54 @@ def test_retry_cancelled_job(api: httpx.Client, ws: str) -> None:
     assert response.json()["status"] == "queued"
     assert response.json()["error"] is None
     api.post(f"/api/w/{ws}/jobs/{job['id']}/cancel")
+
+
+# --- run again ----------------------------------------------------------------------------
+
+COPIED = ("script", "script_version", "language", "content", "args", "tag", "priority",
+          "timeout_s", "max_attempts", "lease_s", "secrets", "signature")
+
+
+def test_run_again_submits_a_new_job_like_the_first(api: httpx.Client, ws: str) -> None:
+    job = run(api, ws, language="bash", content='echo "run $TAGRUN_JOB_ID"; echo \'{"n": 1}\'',
+              args={"a": [1, "b"]}, priority=3, timeout_s=30, max_attempts=2)
+    response = api.post(f"/api/w/{ws}/jobs/{job['id']}/rerun")
+    assert response.status_code == 201, response.text
+    copy = response.json()
+    assert copy["id"] > job["id"]
+    assert {k: copy[k] for k in COPIED} == {k: job[k] for k in COPIED}
+    done = finish(api, ws, copy["id"])
+    assert (done["status"], done["result"]) == ("succeeded", {"n": 1})
+    assert f"run {copy['id']}" in logs(api, ws, copy["id"])["data"]
+    assert get(api, ws, job["id"]) == job  # the first is left as it was
+
+
+def test_run_again_of_a_script_job_runs_the_version_it_ran(api: httpx.Client, ws: str) -> None:
+    for version in ("v1", "v2"):
+        response = api.post(f"/api/w/{ws}/scripts", json={
+            "path": "f/versioned", "language": "bash", "content": f"echo {version}"})
+        assert response.status_code == 201, response.text
+        if version == "v1":
+            first = run(api, ws, script="f/versioned")
+    response = api.post(f"/api/w/{ws}/jobs/{first['id']}/rerun")
+    assert response.status_code == 201, response.text
+    done = finish(api, ws, response.json()["id"])
+    assert (done["script"], done["script_version"], done["result"]) == ("f/versioned", 1, "v1")
+
+
+def test_run_again_of_another_workspaces_job_is_404(
+    api: httpx.Client, ws: str, server: TagrunProcess
+) -> None:
+    other = new_workspace(api)
+    theirs = run(api, other, language="identity", content="", args={"theirs": True})
+    token = api.post("/api/tokens", json={"workspace": ws}).json()["token"]
+    with api_client(server.url, token) as mine:
+        assert_error(mine.post(f"/api/w/{ws}/jobs/{theirs['id']}/rerun"), 404, "job_not_found")
+        assert mine.post(f"/api/w/{other}/jobs/{theirs['id']}/rerun").status_code == 403
+        assert_error(mine.post(f"/api/w/{ws}/jobs/987654321/rerun"), 404, "job_not_found")
+        assert mine.post(f"/api/w/{ws}/jobs/abc/rerun").status_code in (400, 404)
+    assert list_jobs(api, ws)["jobs"] == []
+    assert [j["id"] for j in list_jobs(api, other)["jobs"]] == [theirs["id"]]
 
 
 def test_retry_succeeded_or_queued_job_is_409(api: httpx.Client, ws: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from tagrun.server.errors import CompletionConflict, LeaseLost
 from tagrun.server.store import ClaimedRow, NewJob, Store, create_pool
+from tagrun.shared.loglines import iso_ms
 
 Scenario = Callable[[Store], Awaitable[None]]
 
@@ -99,7 +100,9 @@ def test_log_appends_are_idempotent_by_offset(database_url: str) -> None:
         assert await store.append_logs("w", job_id, 1, 0, "héllo ") == 6  # resent
         assert await store.append_logs("w", job_id, 1, 6, "wörld") == 11
         logs = await store.read_logs("default", job_id, 0)
-        assert logs == {"data": "héllo wörld", "offset": 11, "done": False}
+        # Its one line is still being written: a reader of lines asks again from 0.
+        assert logs == {"data": "héllo wörld", "offset": 11, "done": False, "lines": [],
+                        "lines_end": 0}
         assert (await store.read_logs("default", job_id, 3))["data"] == "lo wörld"
     run(database_url, scenario)
 
@@ -117,6 +120,29 @@ def test_a_log_that_fills_the_cap_exactly_still_marks_what_follows(database_url:
         assert logs == "x" * 10 + "\n[tagrun: log truncated here: it reached 10 characters]\n"
         assert offset == 24 and calls == [job_id]  # told once, however much follows
         assert (await store.get_job("default", job_id))["log_truncated"] is True
+    run(database_url, scenario)
+
+
+def test_lines_keep_their_marks_and_the_cap_cuts_the_marks_with_the_text(
+    database_url: str
+) -> None:
+    async def scenario(store: Store) -> None:
+        [job_id] = await store.insert_jobs("default", [job()])
+        await store.claim_jobs("w", ["t"], 1, 60)
+        t = 1_700_000_000_000
+        await store.append_logs("w", job_id, 1, 0, "out\nerr\n", max_chars=14,
+                                marks=[(0, t, 0), (4, t + 5, 1)])
+        await store.append_logs("w", job_id, 1, 8, "a long line\nnext\n", max_chars=14,
+                                marks=[(0, t + 9, 0), (12, t + 10, 0)])
+        logs = await store.read_logs("default", job_id, 0)
+        assert [(line["stream"], line["text"]) for line in logs["lines"]] == [
+            ("stdout", "out"), ("stderr", "err"), ("stdout", "a long"),
+            ("tagrun", "[tagrun: log truncated here: it reached 14 characters]")]
+        assert [line["at"] for line in logs["lines"][:3]] == [
+            iso_ms(t), iso_ms(t + 5), iso_ms(t + 9)]
+        assert logs["lines_end"] == logs["offset"] == len(logs["data"])
+        later = await store.read_logs("default", job_id, 4)  # from a line's start
+        assert [line["text"] for line in later["lines"]][:2] == ["err", "a long"]
     run(database_url, scenario)
 
 

@@ -391,3 +391,36 @@ def test_python_wrapper_main_in_process(tmp_path: Path, monkeypatch: pytest.Monk
     assert result_file.read_text() == '"HI"'
     script.write_text("def main(word):\n    raise SystemExit(4)\n")
     assert python_wrapper_main([str(script)]) == 4
+
+
+@posix_only
+def test_stdout_and_stderr_arrive_apart_each_with_its_stream(tmp_path: Path) -> None:
+    # Each line waits for the one before it to have been read, so their order is known;
+    # a 3-byte character split across stderr's writes still arrives whole.
+    gate = tmp_path / "gate"
+    script = ('wait_for() { while [ ! -e "$GATE.$1" ]; do sleep 0.01; done; }\n'
+              'echo out-1\nwait_for 1\n'
+              'printf "err-\\342\\234" >&2; sleep 0.05; printf "\\223\\n" >&2\n'
+              'wait_for 2\nprintf "out-2 no newline"\n')
+    spec = make_spec(tmp_path, "bash", script, env={"GATE": str(gate)})
+    seen: list[tuple[str, str]] = []
+
+    def on_stream(text: str, stream: str) -> None:
+        seen.append((stream, text))
+        joined = "".join(t for _, t in seen)
+        if "out-1\n" in joined:
+            gate.with_suffix(".1").touch()
+        if "err-✓\n" in joined:
+            gate.with_suffix(".2").touch()
+
+    outcome = asyncio.run(Execution(spec, on_stream=on_stream).run())
+    assert outcome.status == "succeeded"
+    merged: list[tuple[str, str]] = []
+    for stream, text in seen:  # several reads of one stream in a row make one piece here
+        if merged and merged[-1][0] == stream:
+            merged[-1] = (stream, merged[-1][1] + text)
+        else:
+            merged.append((stream, text))
+    assert merged == [("stdout", "out-1\n"), ("stderr", "err-✓\n"),
+                      ("stdout", "out-2 no newline")]
+    assert outcome.result == "out-2 no newline"  # the last line, whichever stream

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tagrun.shared import logstream
+from tagrun.shared.loglines import Mark, split_lines
 from tagrun.shared.logstream import (
     Backlog,
     LogStream,
@@ -26,7 +27,7 @@ class Log:
         self.text = ""
         self.refuse, self.end = refuse, end
 
-    async def sink(self, offset: int, data: str) -> None:
+    async def sink(self, offset: int, data: str, marks: list[Mark] | None = None) -> None:
         assert offset == len(self.text), (offset, len(self.text))
         if self.end and self.end in data:
             raise StreamEnded("the lease is lost")
@@ -120,7 +121,8 @@ def test_a_discarded_stream_removes_its_spool_file(
     sent: list[str] = []
     release = asyncio.Event()
 
-    async def stuck_sink(offset: int, data: str) -> None:  # the server out of reach
+    # the server out of reach
+    async def stuck_sink(offset: int, data: str, marks: list[Mark]) -> None:
         await release.wait()
         sent.append(data)
 
@@ -158,7 +160,7 @@ def test_a_partition_holds_the_log_and_the_whole_of_it_arrives_in_order_after(
     log = Log()
     reachable = asyncio.Event()
 
-    async def sink(offset: int, data: str) -> None:
+    async def sink(offset: int, data: str, marks: list[Mark]) -> None:
         await reachable.wait()
         await log.sink(offset, data)
 
@@ -177,3 +179,55 @@ def test_a_partition_holds_the_log_and_the_whole_of_it_arrives_in_order_after(
     stream = asyncio.run(run())
     assert log.text == "".join(f"tick {i}\n" for i in range(500))
     assert stream.offset == len(log.text) and not (tmp_path / "spool").exists()
+
+
+# --- marks: each line's time and stream travel with the text ------------------------------
+
+def test_marks_come_back_with_the_chunks_their_lines_begin_in_even_from_the_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logstream, "MEMORY_CHARS", 100)
+    backlog = Backlog(tmp_path / "spool", limit_bytes=100_000)
+    lines = [f"line {i} é\n" for i in range(300)]
+    for i, line in enumerate(lines):
+        backlog.add(line, [(0, 1000 + i, i % 2)])
+    assert backlog.spooled
+    text, starts = "", []
+    while backlog.size:
+        chunk, marks = backlog.take_marked(37)
+        starts += [(len(text) + pos, ms, code) for pos, ms, code in marks]
+        assert all(0 <= pos < len(chunk) for pos, _, _ in marks)
+        text += chunk
+    assert text == "".join(lines)
+    offsets = [sum(map(len, lines[:i])) for i in range(300)]
+    assert starts == [(offsets[i], 1000 + i, i % 2) for i in range(300)]
+
+
+def test_a_marked_stream_marks_its_lines_by_stream_and_the_markers_as_its_own() -> None:
+    sent: list[tuple[int, str, list[Mark]]] = []
+
+    async def sink(offset: int, data: str, marks: list[Mark]) -> None:
+        if "BAD" in data:
+            raise ValueError("refused")
+        sent.append((offset, data, marks))
+
+    async def run() -> None:
+        stream = LogStream(sink, 0, interval_s=0.01, max_chunk=1000, marks=True)
+        stream.write("out\npart", "stdout")
+        stream.write("err\n", "stderr")
+        await asyncio.sleep(0.1)
+        stream.write("xBAD\n", "stdout")
+        await asyncio.sleep(0.1)
+        stream.write("ial\n", "stdout")
+        stream.write("[tagrun: note]\n")
+        await stream.close()
+
+    asyncio.run(run())
+    text = "".join(data for _, data, _ in sent)
+    starts = [(offset + pos, (ms, code)) for offset, _, marks in sent for pos, ms, code in marks]
+    lines, _ = split_lines(text, starts, 0, first=None, ended=True, full=False)
+    assert [(line["text"], line["stream"]) for line in lines] == [
+        ("out", "stdout"), ("part", "stdout"), ("err", "stderr"),
+        ("", "stderr"),  # the marker's own newline, which would end a line under way
+        ("[tagrun: log chunk lost: 5 characters: refused]", "tagrun"),
+        ("ial", "stdout"), ("[tagrun: note]", "tagrun")]

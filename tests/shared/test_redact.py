@@ -121,3 +121,13 @@ def test_env_secrets_picks_credential_looking_names() -> None:
     assert found == {"API_TOKEN": "tok-value-1", "DB_PASSWORD": "pw-value",
                      "SIGNING_PRIVATE_KEY": "kkkk", "my_secret": "lower-case"}
     assert env_secrets(env, ()) == {}
+
+
+def test_positions_in_a_redacted_text_move_with_it() -> None:
+    redactor = Redactor({"DB_PASSWORD": SECRET})
+    text = f"a\n{SECRET}\nb\nx{SECRET}y\n"
+    starts = [0, 2, 3, len(SECRET) + 3, len(SECRET) + 5]  # the 3rd is inside the secret
+    out, moved = redactor.text_at(text, starts)
+    assert out == redactor.text(text) == f"a\n{LABEL}\nb\nx{LABEL}y\n"
+    assert moved == [0, 2, 2, len(LABEL) + 3, len(LABEL) + 5]
+    assert Redactor({}).text_at(text, starts) == (text, starts)

@@ -156,3 +156,74 @@ def test_a_log_with_lost_chunks_says_so_above_it(page: Page, api: httpx.Client) 
     page.goto(f"/w/default/jobs/{whole['id']}")
     expect(page.locator("[data-logs]")).to_contain_text("whole")
     assert page.locator("[data-log-chunks-lost]").count() == 0
+
+
+def test_log_lines_show_their_time_and_stream_and_follow_a_line_being_written(
+    page: Page, api: httpx.Client, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    job = submit(api, language="bash", content=(
+        f"echo first; printf progress; while [ ! -f {gate} ]; do sleep 0.05; done\n"
+        "echo ' 100%'; echo err-line >&2"))
+    sign_in(page)
+    page.goto(f"/w/default/jobs/{job['id']}")
+    logs = page.locator("[data-logs]")
+    expect(logs.locator(".log-line.stdout", has_text="first")).to_have_count(1)
+    expect(logs.locator(".log-line.partial")).to_have_text("progress")  # shown as it is so far
+    gate.touch()
+    expect(page.locator("[data-log-state]")).to_have_text("complete")
+    expect(logs.locator(".log-line.partial")).to_have_count(0)
+    expect(logs.locator(".log-line.stdout", has_text="progress 100%")).to_have_count(1)
+    err = logs.locator(".log-line.stderr")
+    expect(err).to_have_text(re.compile(r"^\d\d:\d\d:\d\derr-line$"))
+    expect(err.locator("time")).to_have_attribute("title", re.compile(r"local · .* UTC$"))
+    tint = err.evaluate("e => getComputedStyle(e).backgroundColor")
+    plain = logs.locator(".log-line.stdout").first.evaluate(
+        "e => getComputedStyle(e).backgroundColor")
+    assert tint != plain, (tint, plain)
+
+
+def test_the_job_list_refreshes_itself_and_says_why_a_job_waits(
+    page: Page, api: httpx.Client, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    running = submit(api, language="bash",
+                     content=f"while [ ! -f {gate} ]; do sleep 0.05; done; echo done")
+    waiting = submit(api, language="identity", tag=f"nobody-{uuid.uuid4().hex[:6]}")
+    sign_in(page)
+    page.goto("/w/default/jobs")
+    page.evaluate("window.__same_page = true")
+    row = page.locator(f"tr[data-job='{running['id']}']")
+    expect(row.locator(".badge")).to_have_text("running")
+    expect(page.locator(f"tr[data-job='{waiting['id']}'] [data-pending-code]")).to_have_attribute(
+        "data-pending-code", "no_live_worker")
+    gate.touch()
+    expect(row.locator(".badge")).to_have_text("succeeded")  # without a reload
+    # Paused, it waits; ticked again, it refreshes at once.
+    page.locator("[data-auto-refresh]").uncheck()
+    later = submit(api, language="identity", args={"later": True})
+    assert finished(api, later["id"])["status"] == "succeeded"
+    page.locator("[data-auto-refresh]").check()
+    expect(page.locator(f"tr[data-job='{later['id']}'] .badge")).to_have_text("succeeded")
+    assert page.evaluate("window.__same_page") is True
+    assert api.post(f"/api/w/default/jobs/{waiting['id']}/cancel").status_code == 200
+
+
+def test_run_again_submits_a_new_job_like_a_finished_one_and_opens_it(
+    page: Page, api: httpx.Client
+) -> None:
+    job = submit(api, language="python", args={"word": "again"}, priority=2,
+                 content="def main(word):\n    return word.upper()\n")
+    assert finished(api, job["id"])["status"] == "succeeded"
+    sign_in(page)
+    page.goto(f"/w/default/jobs/{job['id']}")
+    page.get_by_role("button", name="Run again").click()
+    page.wait_for_url(lambda url: re.search(r"/w/default/jobs/\d+$", url) is not None
+                      and not url.endswith(f"/jobs/{job['id']}"))
+    new_id = int(page.url.rsplit("/", 1)[1])
+    assert new_id > job["id"]
+    expect(page.locator("h1")).to_contain_text(f"#{new_id}")
+    expect(page.locator("#job-actions .badge").first).to_have_text("succeeded")
+    copy = finished(api, new_id)
+    assert (copy["args"], copy["priority"], copy["content"], copy["result"]) == (
+        {"word": "again"}, 2, job["content"], "AGAIN")

@@ -98,12 +98,27 @@
     }
   }
 
+  // A page refreshes while it is seen, unless its auto-refresh box is unticked.
+  const autoRefresh = document.querySelector("[data-auto-refresh]");
+
+  function paused() {
+    return document.hidden || (autoRefresh !== null && !autoRefresh.checked);
+  }
+
   function schedule() {
     clearTimeout(refreshTimer);
     const every = Number(body.dataset.refreshMs || 0);
-    if (every > 0) refreshTimer = setTimeout(refresh, every);
+    if (every > 0 && !paused()) refreshTimer = setTimeout(refresh, every);
     if (logs && body.dataset.jobStatus && !logs.running) logs.start();
   }
+
+  function resume() {
+    if (paused()) clearTimeout(refreshTimer);
+    else if (Number(body.dataset.refreshMs || 0) > 0) refreshNow();
+  }
+
+  document.addEventListener("visibilitychange", resume);
+  if (autoRefresh) autoRefresh.addEventListener("change", resume);
 
   function refreshNow() {
     clearTimeout(refreshTimer);
@@ -117,7 +132,11 @@
     if (question && !window.confirm(question)) return;
     button.disabled = true;
     try {
-      await api(method, url);
+      const answer = await api(method, url);
+      if (button.hasAttribute("data-open-job") && answer && answer.id) {  // e.g. Run again
+        location.assign(`/w/${encodeURIComponent(body.dataset.workspace)}/jobs/${answer.id}`);
+        return;
+      }
       toast(button.textContent.trim() + ": done", "ok");
       await refreshNow();
     } catch (error) {
@@ -303,11 +322,34 @@
 
   const FINAL = ["succeeded", "failed", "cancelled"];
 
+  // The API gives the log's complete lines, each with its time and stream; a line still being
+  // written is shown as it is so far, and read again, whole, once it is complete.
+  function pad(n, width) { return String(n).padStart(width || 2, "0"); }
+
+  function logLine(entry) {
+    const line = el("div", { class: "log-line" + (entry.stream ? " " + entry.stream : ""),
+                             "data-stream": entry.stream });
+    if (entry.at) {
+      const at = new Date(entry.at);
+      const clock = `${pad(at.getHours())}:${pad(at.getMinutes())}:${pad(at.getSeconds())}`;
+      const day = `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}`;
+      line.append(el("time", { datetime: entry.at, text: clock,
+                               title: `${day} ${clock}.${pad(at.getMilliseconds(), 3)} local · ` +
+                                      `${entry.at.replace("T", " ").replace("Z", " UTC")}` }));
+    } else {
+      line.append(el("time", {}));
+    }
+    line.append(el("span", { class: "log-text", text: entry.text }));
+    return line;
+  }
+
   class LogStream {
     constructor(pre) {
       this.pre = pre;
       this.url = pre.dataset.logsUrl;
-      this.offset = 0;
+      this.offset = 0;  // where the next read begins: where the complete lines end
+      this.end = -1;  // where the log ended at the last read
+      this.partial = null;  // the line still being written, as shown
       this.running = false;
       this.state = document.querySelector("[data-log-state]");
       this.follow = document.querySelector("[data-follow]");
@@ -319,10 +361,19 @@
       this.loop();
     }
 
-    append(text) {
-      if (!text) return;
+    show(got) {
       const atBottom = this.pre.scrollHeight - this.pre.scrollTop - this.pre.clientHeight < 40;
-      this.pre.append(document.createTextNode(text));
+      if (this.partial) this.partial.remove();
+      this.partial = null;
+      const lines = document.createDocumentFragment();
+      for (const entry of got.lines) lines.append(logLine(entry));
+      if (got.lines_end < got.offset) {  // offsets count code points, as Array.from does
+        const rest = Array.from(got.data).slice(got.lines_end - this.offset).join("");
+        this.partial = logLine({ text: rest, at: null, stream: null });
+        this.partial.classList.add("partial");
+        lines.append(this.partial);
+      }
+      this.pre.append(lines);
       if (this.follow && this.follow.checked && atBottom) this.pre.scrollTop = this.pre.scrollHeight;
     }
 
@@ -337,12 +388,13 @@
           await new Promise((r) => setTimeout(r, 2000));
           continue;
         }
-        this.append(got.data);
-        const moved = got.offset !== this.offset;
-        this.offset = got.offset;
+        this.show(got);
+        const moved = got.offset !== this.end;
+        this.end = got.offset;
+        this.offset = got.lines_end;
         const final = FINAL.includes(body.dataset.jobStatus);
         if (got.done && final) {
-          this.state.textContent = this.offset ? "complete" : "no output";
+          this.state.textContent = this.end ? "complete" : "no output";
           this.state.className = "log-state done";
           this.running = false;
           return;
