@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ NO_PROCESS: frozenset[str] = frozenset({"identity"})
 _log = logging.getLogger(__name__)
 
 _TAIL_CHARS = 8192
+_SAME_MOMENT_S = 0.001  # two pipes read this close together: which was written first is unknown
 _MESSAGE_LINE_CHARS = 500
 # After the tree is killed, EOF normally arrives at once; only a process that escaped the
 # tree (e.g. via setsid) can hold the pipe open, and it must not hang the run forever.
@@ -214,7 +216,9 @@ class Execution:
         self._transport: asyncio.SubprocessTransport | None = None
         self._cancelled = False
         self._started = False
-        self._tail = ""
+        # The end of each stream's output, and when its latest non-blank text arrived.
+        self._tails = {STDOUT: "", STDERR: ""}
+        self._last_at = {STDOUT: 0.0, STDERR: 0.0}
         self._output_broken = False
 
     async def run(self) -> Outcome:
@@ -266,7 +270,9 @@ class Execution:
     def _emit(self, text: str, stream: str) -> None:
         if not text:
             return
-        self._tail = (self._tail + text)[-_TAIL_CHARS:]
+        self._tails[stream] = (self._tails[stream] + text)[-_TAIL_CHARS:]
+        if not text.isspace():
+            self._last_at[stream] = time.monotonic()
         try:
             if self._on_stream is not None:
                 self._on_stream(text, stream)
@@ -284,8 +290,20 @@ class Execution:
         if timed_out:
             return _failed(ErrorKind.TIMEOUT, f"timed out after {self._spec.timeout_s:g} s")
         if code != 0:
-            return _failed(ErrorKind.SCRIPT_ERROR, _exit_message(code, _last_line(self._tail)))
-        return _collect_result(self._spec.work_dir / _RESULT_NAME, self._tail, self._spec.user)
+            return _failed(ErrorKind.SCRIPT_ERROR,
+                           _exit_message(code, _last_line(self._tail(STDERR))))
+        return _collect_result(self._spec.work_dir / _RESULT_NAME, self._tail(STDOUT),
+                               self._spec.user)
+
+    def _tail(self, prefer: str) -> str:
+        """The end of the output that the job's last line is in: of the stream that wrote
+        last, or `prefer` when both wrote last together (read within a millisecond, their
+        order cannot be told: a Python job's traceback on stderr and the line it printed on
+        stdout just before, say)."""
+        other = STDOUT if prefer == STDERR else STDERR
+        if self._last_at[other] - self._last_at[prefer] > _SAME_MOMENT_S:
+            return self._tails[other]
+        return self._tails[prefer] if self._last_at[prefer] else self._tails[other]
 
 
 async def _drain(closed: asyncio.Future[None]) -> None:

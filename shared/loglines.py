@@ -73,12 +73,13 @@ def flat(marks: Iterable[Mark]) -> list[int]:
 
 
 def moved(marks: Sequence[Mark], positions: Sequence[int]) -> list[Mark]:
-    """`marks` at new `positions` (text redacted around them); two that land on one position
-    are one, the first."""
+    """`marks` at new `positions` (text redacted around them); of two that land on one
+    position (inside a secret), the later stays: it tells of the lines after it."""
     out: list[Mark] = []
     for (_, ms, code), pos in zip(marks, positions, strict=True):
-        if not out or pos > out[-1][0]:
-            out.append((pos, ms, code))
+        if out and pos <= out[-1][0]:
+            out.pop()
+        out.append((pos, ms, code))
     return out
 
 

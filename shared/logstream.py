@@ -4,8 +4,8 @@ Used by direct workers (sink writes to PostgreSQL) and agents (sink posts over H
 offsets count characters, so a resent chunk is recognised and ignored by the server. While
 the sink cannot deliver (the server out of reach), output waits in a Backlog: in memory,
 then in a spool file on disk, up to a limit past which it is dropped with a visible marker.
-With `marks`, each line's start time and stream (shared/loglines.py) travel with the text:
-the sink gets every chunk with the marks of the lines that begin in it.
+With `marks`, when each line began and on which stream (shared/loglines.py) travel with the
+text: the sink gets every chunk with its marks.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tagrun.shared.loglines import CODES, TAGRUN, LineMarker, Mark, anchored
 
 log = logging.getLogger("tagrun.logs")
 
-# (offset, chunk, the marks of the lines beginning in it: positions in the chunk)
+# (offset, chunk, its marks: positions in the chunk)
 Sink = Callable[[int, str, list[Mark]], Awaitable[None]]
 _TAGRUN = CODES[TAGRUN]
 

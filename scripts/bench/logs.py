@@ -106,7 +106,9 @@ async def direct(ns: argparse.Namespace, procs: Processes, dsn: str, server: Tag
 async def agents(ns: argparse.Namespace, procs: Processes, server: TagrunProc,
                  client: httpx.AsyncClient, db: asyncpg.Connection, tag: str) -> dict[str, Any]:
     token = await mint_agent_token(client, "bench-logs", [tag])
-    agent = procs.agent(server.url, token, tag, env={"AGENT_SLOTS": "1"})
+    # A short long-poll: connected (its first claim answered) in a second, not 25.
+    agent = procs.agent(server.url, token, tag, env={"AGENT_SLOTS": "1",
+                                                     "AGENT_POLL_WAIT_S": "1"})
     deadline = time.monotonic() + 30
     while not agent.logged("agent.connected"):  # its first claim was answered
         if not agent.alive() or time.monotonic() > deadline:

@@ -424,3 +424,25 @@ def test_stdout_and_stderr_arrive_apart_each_with_its_stream(tmp_path: Path) -> 
     assert merged == [("stdout", "out-1\n"), ("stderr", "err-✓\n"),
                       ("stdout", "out-2 no newline")]
     assert outcome.result == "out-2 no newline"  # the last line, whichever stream
+
+
+def test_when_both_streams_end_together_a_failure_tells_stderr_and_a_result_stdout(
+    tmp_path: Path
+) -> None:
+    # Two pipes read in one moment cannot say which was written first (a loaded event loop
+    # may read a Python job's traceback before the line it printed just before raising):
+    # the failure's message is then stderr's last line, the result stdout's.
+    execution = Execution(make_spec(tmp_path, "bash", "true"))
+    execution._emit("Traceback …\nValueError: boom\n", "stderr")
+    execution._emit("done step 1\n", "stdout")
+    failed = execution._outcome(1, timed_out=False)
+    assert failed.error == {"kind": ErrorKind.SCRIPT_ERROR,
+                            "message": "exit code 1: ValueError: boom"}
+    assert execution._outcome(0, timed_out=False) == Outcome("succeeded", result="done step 1")
+
+
+def test_a_python_failure_names_its_exception_after_its_output(tmp_path: Path) -> None:
+    outcome, output = execute(tmp_path, "python", (
+        "def main():\n    print('done step 1', flush=True)\n    raise ValueError('boom')\n"))
+    assert outcome.error is not None and outcome.error["message"].endswith("ValueError: boom")
+    assert "done step 1\n" in output

@@ -14,9 +14,11 @@ from tagrun.shared.loglines import (
     flat,
     iso_ms,
     last_mark,
+    moved,
     page,
     split_lines,
 )
+from tagrun.shared.redact import Redactor
 
 OUT, ERR, OWN = CODES[STDOUT], CODES[STDERR], CODES[TAGRUN]
 
@@ -107,3 +109,13 @@ def test_a_line_without_a_mark_of_its_own_began_with_the_latest_mark() -> None:
     # Read from "b": it began with the mark before it, which the page does not hold.
     lines, _ = lines_of(chunks, 2, first=last_mark(chunks[:1], 2))
     assert (lines[0]["text"], lines[0]["at"]) == ("b", iso_ms(1))
+
+
+def test_marks_move_with_a_text_redacted_around_them() -> None:
+    redactor = Redactor({"TOKEN": "s3cr3t-value"})
+    text = "a\nkey s3cr3t-value\nb\n"
+    marks = [(0, 1, OUT), (2, 2, ERR), (8, 3, OUT), (19, 4, OUT)]  # the 3rd inside the secret
+    stored, positions = redactor.text_at(text, [pos for pos, _, _ in marks])
+    assert stored == "a\nkey [REDACTED:TOKEN]\nb\n"
+    assert moved(marks, positions) == [(0, 1, OUT), (2, 2, ERR), (6, 3, OUT), (23, 4, OUT)]
+    assert moved([(2, 2, ERR), (8, 3, OUT)], [6, 6]) == [(6, 3, OUT)]
