@@ -27,9 +27,9 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 OUTCOMES = ("succeeded", "failed", "cancelled")
 Outcome = Annotated[str, msgspec.Meta(pattern=rf"^({'|'.join(OUTCOMES)})\Z")]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
-# A W3C trace context, version 00 (shared/tracing.py).
-Traceparent = Annotated[str, msgspec.Meta(
-    pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")]
+# A W3C trace context, version 00 (shared/tracing.py); all-zero ids are invalid.
+TRACEPARENT_PATTERN = r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z"
+Traceparent = Annotated[str, msgspec.Meta(pattern=TRACEPARENT_PATTERN)]
 
 # What the agent assumes of a claim answer from a server too old to say.
 DEFAULT_HEARTBEAT_S = 10.0

@@ -22,12 +22,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from tagrun.shared.agent_wire import TRACEPARENT_PATTERN
 from tagrun.shared.version import __version__
 
 ENABLE_VARIABLE = "TAGRUN_OTEL"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-# W3C trace context, version 00; all-zero ids are invalid.
-TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z")
+TRACEPARENT = re.compile(TRACEPARENT_PATTERN)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 log = logging.getLogger("tagrun.tracing")
