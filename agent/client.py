@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import secrets
 import ssl
 import time
@@ -35,7 +36,13 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from tagrun.agent.errors import GaveUp, ServerAnswer, ServerUntrusted, TokenRefused
+from tagrun.agent.errors import (
+    GaveUp,
+    ServerAnswer,
+    ServerUntrusted,
+    TokenRefused,
+    VersionRefused,
+)
 from tagrun.shared import agent_wire as wire
 from tagrun.shared.version import __version__
 
@@ -119,6 +126,7 @@ class AgentClient:
         retry: RetryPolicy | None = None,
         verify: str | None = None,
         policy: wire.ClaimPolicy | None = None,
+        slots: int = 1,
     ) -> None:
         """`verify`: how it checks jobs' signatures ("block; keys=a,b"), shown on the
         Workers page; `policy`: what its local policy lets it run, sent with every claim."""
@@ -131,7 +139,10 @@ class AgentClient:
         # What the server last said of this agent: paused (claims wait without jobs), and
         # whether an operator asked it to drain (it stays so).
         self.paused = False
+        self.quarantined = False  # the server quarantined it: claims wait, as when paused
         self.drain_requested = False
+        # Its token's max_jobs are all claimed: it claims nothing more (it stays so).
+        self.token_spent = False
         self.server: dict[str, Any] | None = None  # from the first answered claim
         self._http = httpx.AsyncClient(
             base_url=base_url,
@@ -144,6 +155,10 @@ class AgentClient:
                      # comes within the job's ack_s), so a lost claim answer costs seconds.
                      "Tagrun-Agent-Features": "ack, secrets",
                      "User-Agent": f"tagrun-agent/{__version__}",
+                     # Who it is, said outright: the server's version window reads it.
+                     wire.INFO_HEADER: wire.info_header(
+                         __version__, platform.system().lower() or "unknown",
+                         platform.machine().lower() or "unknown", slots),
                      **({wire.VERIFY_HEADER: verify} if verify else {})},
             timeout=DEFAULT_TIMEOUT,
             # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY and SSL_CERT_FILE/SSL_CERT_DIR.
@@ -165,7 +180,9 @@ class AgentClient:
                             running if running is not None else msgspec.UNSET)
         answer = await self._post("/api/agent_workers/claim", body, stop_never, timeout)
         self.paused = answer.get("paused") is True
+        self.quarantined = answer.get("quarantined") is True
         self.drain_requested |= answer.get("drain") is True
+        self.token_spent |= answer.get("spent") is True
         if self.server is None:  # the first answered claim: who the server takes us for
             self.server = {"group": answer.get("group"), "tags": answer.get("tags"),
                            "server_version": answer.get("server_version")}
@@ -345,6 +362,8 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
         raise _Transient(f"server answered {status}", _retry_after(response))
     if status >= 300:
         code, message = _error_of(response)
+        if status == 426 and code == "agent_version_refused":
+            raise VersionRefused(message)
         raise ServerAnswer(status, code, message)
     try:
         answer = response.json()

@@ -121,7 +121,7 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
                             * (1 << 20)),
         ca_file=_ca_file(v.get("AGENT_CA_FILE")),
         job_user=job_user,
-        exit_after_jobs=int(_number(v, "AGENT_EXIT_AFTER_JOBS", 0, low=1, high=10**9,
+        exit_after_jobs=int(_number(v, "AGENT_EXIT_AFTER_JOBS", 0, low=1, high=None,
                                     whole=True)) or None
         if "AGENT_EXIT_AFTER_JOBS" in v else None,
         exit_after_idle_s=_number(v, "AGENT_EXIT_AFTER_IDLE_S", 0, low=1.0, high=None)

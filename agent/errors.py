@@ -4,6 +4,7 @@ AgentError                  root; `exit_code` is what the agent process exits wi
  ├── ConfigError            a setting is wrong; names the variable (exit 1)
  ├── InitScriptFailed       INIT_SCRIPT did not succeed; carries its output (exit 1)
  ├── TokenRefused           401: the token is revoked, expired or not valid here (exit 3)
+ ├── VersionRefused         426: this agent's version is below the server's minimum (exit 4)
  ├── ServerUntrusted        the server's TLS certificate fails verification (exit 1)
  ├── ServerAnswer           the server answered with an error it meant (4xx): not retried
  └── GaveUp                 a bounded retry ran out; the job is left to lease expiry
@@ -37,6 +38,14 @@ class TokenRefused(AgentError, Fatal):
 
     def __init__(self, message: str = "the server refused the agent token") -> None:
         super().__init__(message)
+
+
+class VersionRefused(AgentError):
+    """The server refuses claims from this agent's version: it finishes its running jobs,
+    says goodbye and exits 4, so that a service manager does not start it again in a loop
+    (configure it not to restart on 4, as for 3)."""
+
+    exit_code = 4
 
 
 class ServerUntrusted(AgentError):

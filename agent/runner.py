@@ -28,6 +28,7 @@ from tagrun.agent.errors import (
     InitScriptFailed,
     ServerAnswer,
     TokenRefused,
+    VersionRefused,
 )
 from tagrun.agent.frozen import python_command, share_bundle
 from tagrun.agent.jobs import HttpPort
@@ -66,9 +67,10 @@ class Agent:
         self._fatal: Fatal | None = None
         self._claimed = False  # it has asked for jobs: the server has (or may have) its record
         self._stop_reason = "stopped"
+        self._exit_code = EXIT_OK  # a clean stop's code: 4 when the server refused our version
         self._jobs_taken = 0  # jobs started (AGENT_EXIT_AFTER_JOBS counts them)
         self._connected_logged = False
-        self._was_paused = False
+        self._was_paused = ""  # what the server last said: "", "paused" or "quarantined"
         self._heartbeats: asyncio.Task[None] | None = None
         self._work_root = config.work_dir or Path(tempfile.gettempdir())  # set by run()
         # Redacted from every job's output besides its own secrets: the agent's variables
@@ -84,7 +86,7 @@ class Agent:
         at once."""
         if not self._stopping.is_set():
             self._stop_reason = reason
-            log.info("agent.stopping", extra={"agent": self.config.name,
+            log.info("agent.stopping", extra={"agent": self.config.name, "reason": reason,
                                               "running": len(self._holder)})
             self._stopping.set()
         elif not self._aborted.is_set():
@@ -105,6 +107,8 @@ class Agent:
                 code = await self._supervise()
             if code == EXIT_OK and self._claimed:  # last: the server shows us stopped at once
                 await self._client.goodbye(self._stop_reason)
+            if code == EXIT_OK:
+                code = self._exit_code
         finally:
             if undo is not None:
                 undo()
@@ -210,14 +214,13 @@ class Agent:
         while not self._stopping.is_set():
             slot_freed.clear()
             free = self.config.slots - len(self._holder)
+            if self._client.token_spent:  # its token's max_jobs are all claimed
+                await self._finish_then_stop("token_spent")
+                break
             if self.config.exit_after_jobs is not None:
                 left = self.config.exit_after_jobs - self._jobs_taken
-                if left <= 0:  # ephemeral: its last jobs run to their end, then it stops
-                    while self._holder.runs and not self._stopping.is_set():
-                        slot_freed.clear()
-                        await self._unless_stopping(asyncio.create_task(slot_freed.wait()))
-                    if not self._stopping.is_set():
-                        self.request_stop("exit_after_jobs")
+                if left <= 0:
+                    await self._finish_then_stop("exit_after_jobs")
                     break
                 free = min(free, left)
             if free <= 0:
@@ -232,18 +235,38 @@ class Agent:
                     break
                 wait_s = max(min(wait_s, idle_left), 1.0)
             started = time.monotonic()
-            jobs = await self._claim(free, wait_s)
+            try:
+                jobs = await self._claim(free, wait_s)
+            except VersionRefused as exc:  # it finishes what it runs, then stops (exit 4)
+                log.error("agent.version_refused", extra={
+                    "agent": self.config.name, "version": __version__, "detail": str(exc),
+                    "running": len(self._holder)})
+                self._exit_code = VersionRefused.exit_code
+                self.request_stop("version_refused")
+                break
             if jobs or self._holder.runs:
                 idle_since = time.monotonic()
             self._heard()
             if jobs:
                 log.info("agent.claimed", extra={"jobs": [j.get("id") for j in jobs]})
-            elif time.monotonic() - started < wait_s / 2:
+            elif time.monotonic() - started < wait_s / 2 and not self._client.token_spent:
                 # An empty answer long before the wait was up (a server going away, say):
                 # pause a moment rather than ask again in a tight loop.
                 await self._unless_stopping(asyncio.create_task(asyncio.sleep(EMPTY_PAUSE_S)))
             for raw in jobs:
                 self._start(raw)
+
+    async def _finish_then_stop(self, reason: str) -> None:
+        """Ephemeral: the jobs it runs go on to their end (no drain timeout), then it stops."""
+        slot_freed = self._holder.slot_freed
+        if self._holder.runs:
+            log.info("agent.finishing", extra={"agent": self.config.name, "reason": reason,
+                                               "running": len(self._holder)})
+        while self._holder.runs and not self._stopping.is_set():
+            slot_freed.clear()
+            await self._unless_stopping(asyncio.create_task(slot_freed.wait()))
+        if not self._stopping.is_set():
+            self.request_stop(reason)
 
     def _heard(self) -> None:
         """Act on what the server last said of this agent: paused, or asked to drain."""
@@ -251,10 +274,12 @@ class Agent:
             self._connected_logged = True
             log.info("agent.connected", extra={"agent": self.config.name,
                                                **self._client.server})
-        if self._client.paused != self._was_paused:
-            self._was_paused = self._client.paused
-            log.info("agent.paused" if self._client.paused else "agent.resumed",
-                     extra={"agent": self.config.name})
+        paused = "quarantined" if self._client.quarantined else \
+            "paused" if self._client.paused else ""
+        if paused != self._was_paused:
+            self._was_paused = paused
+            log.log(logging.WARNING if paused == "quarantined" else logging.INFO,
+                    f"agent.{paused or 'resumed'}", extra={"agent": self.config.name})
         if self._client.drain_requested and not self._stopping.is_set():
             log.info("agent.drain_requested", extra={"agent": self.config.name,
                                                      "running": len(self._holder)})
@@ -392,7 +417,7 @@ async def run_agent(config: AgentConfig, *, retry: RetryPolicy | None = None) ->
     """Run an agent with this config until it stops; returns the process exit code."""
     client = AgentClient(config.base_url, config.token, config.name, ca_file=config.ca_file,
                          retry=retry, verify=config.verifier.header() if config.verifier
-                         else None, policy=config.policy.wire())
+                         else None, policy=config.policy.wire(), slots=config.slots)
     try:
         return await Agent(config, client).run()
     finally:

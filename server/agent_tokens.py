@@ -42,6 +42,8 @@ class AgentIdentity:
     # Who holds a lease this caller claims: the token, and the agent process's session when
     # it sent one (two agents sharing a token are two holders). See `holder_key`.
     key: str = ""
+    # A job-limited token: the jobs it may claim in total (token_budget.py); None: unlimited.
+    max_jobs: int | None = None
 
 
 SESSION_HEADER = "tagrun-agent-session"
@@ -86,7 +88,8 @@ class AgentTokens:
         self._on_revoked.append(callback)
 
     async def mint(
-        self, group: str, tags: list[str], expires_in_s: int, label: str
+        self, group: str, tags: list[str], expires_in_s: int, label: str,
+        max_jobs: int | None = None,
     ) -> dict[str, Any]:
         now = datetime.now(UTC).replace(microsecond=0)
         expires_at = now + timedelta(seconds=expires_in_s)
@@ -95,10 +98,13 @@ class AgentTokens:
             "iss": ISSUER, "aud": AUDIENCE, "sub": f"agent-group:{group}", "jti": jti,
             "iat": now, "exp": expires_at, "group": group, "tags": tags,
         }
-        await self.store.create_agent_token(jti, group, tags, label, expires_at)
+        if max_jobs is not None:  # in the token: a claim knows it without a query
+            claims["max_jobs"] = max_jobs
+        await self.store.create_agent_token(jti, group, tags, label, expires_at, max_jobs)
         token = jwt.encode(claims, self._secret, algorithm=ALGORITHMS[0])
         return {"token": token, "jti": jti, "group": group, "tags": tags, "label": label,
-                "expires_at": expires_at.isoformat().replace("+00:00", "Z")}
+                "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
+                "max_jobs": max_jobs}
 
     async def revoke(self, jti: str) -> None:
         await self.store.revoke_agent_token(jti)
@@ -119,7 +125,11 @@ class AgentTokens:
             raise Unauthorized("agent token lacks a valid jti, group or tags claim")
         if jti in self._revoked:
             raise Unauthorized("agent token revoked")
-        return AgentIdentity(jti=jti, group=group, tags=tuple(cast(list[str], tags)), key=jti)
+        max_jobs = claims.get("max_jobs")
+        if max_jobs is not None and (type(max_jobs) is not int or max_jobs < 1):
+            raise Unauthorized("agent token has an invalid max_jobs claim")
+        return AgentIdentity(jti=jti, group=group, tags=tuple(cast(list[str], tags)), key=jti,
+                             max_jobs=max_jobs)
 
     def _revoked_now(self, jtis: set[str]) -> None:
         fresh = jtis - self._revoked

@@ -25,6 +25,7 @@ from tagrun.server.listener import Listener
 from tagrun.server.routes import (
     admin,
     agents,
+    autoscale,
     fleet,
     health,
     jobs,
@@ -104,7 +105,7 @@ class Parts:
 # (tests/api/test_openapi.py checks both ways).
 ROUTES = [*health.routes, *admin.routes, *fleet.routes, *settings.routes, *scripts.routes,
           *secrets.routes, *jobs.routes, *schedules.routes, *agents.routes, *metrics.routes,
-          *openapi.routes, *ui.routes]
+          *autoscale.routes, *openapi.routes, *ui.routes]
 
 
 def create_app(parts: Parts) -> Starlette:

@@ -49,6 +49,13 @@ class Authenticator:
             raise Forbidden("only the superadmin token may do this")
         return principal
 
+    async def autoscaler(self, request: Request) -> Principal:
+        """The superadmin, or an autoscale token: what may read GET /api/autoscale."""
+        principal = await self.principal(request)
+        if principal.kind not in ("superadmin", "autoscale"):
+            raise Forbidden("only an autoscale token or the superadmin token may read this")
+        return principal
+
     async def workspace(self, request: Request) -> str:
         """The `{ws}` of the path, once the caller may act in it and it exists."""
         workspace: str = request.path_params["ws"]

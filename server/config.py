@@ -62,6 +62,10 @@ class ServerConfig:
     # WORKER_VERIFY_KEYS, WORKER_VERIFY: direct workers check jobs' signatures (signing.md).
     worker_verifier: Verifier | None = None
     tracing: bool = False  # OpenTelemetry traces (shared/tracing.py, docs/tracing.md)
+    # Quarantine (services/quarantine.py): after this many failed attempts in a row (0: off),
+    # for this long (0: until an operator resumes the agent).
+    quarantine_after: int = 5
+    quarantine_for_s: float = 3600.0
 
     @property
     def url(self) -> str:
@@ -195,6 +199,10 @@ def load_config(
         **_tls(env, tls_cert, tls_key),
         worker_verifier=_verifier(env),
         tracing=_tracing(env),
+        quarantine_after=_integer(env, "TAGRUN_QUARANTINE_AFTER", 5, minimum=0,
+                                  maximum=10_000),
+        quarantine_for_s=_number(env, "TAGRUN_QUARANTINE_FOR_S", 3600.0, minimum=0.0,
+                                 maximum=30 * 86400),
     )
 
 

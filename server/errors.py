@@ -74,6 +74,15 @@ class AgentNameTaken(Conflict):
     default_message = "this agent name is in use by a live agent with another token"
 
 
+class AgentVersionRefused(TagrunError):
+    """A claim from an agent below min_agent_version (426 Upgrade Required): it finishes its
+    running jobs (heartbeats and completions are still taken), then exits 4."""
+
+    status = 426
+    code = "agent_version_refused"
+    default_message = "this agent's version is below the server's minimum"
+
+
 class PayloadTooLarge(TagrunError):
     status = 413
     code = "payload_too_large"

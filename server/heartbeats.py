@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tagrun.server.agent_tokens import jti_of
 from tagrun.server.store import DATABASE_ERRORS, Store
@@ -45,6 +46,7 @@ class AgentRecord:
     key: str = ""  # the token and the agent process's session: a new process is a new key
     active: int = 0
     verify: str | None = None  # its Tagrun-Agent-Verify header: how it checks signatures
+    info: dict[str, Any] | None = None  # its Tagrun-Agent-Info header: os, arch, slots
 
 
 class Heartbeats:
@@ -87,7 +89,8 @@ class Heartbeats:
             undrained = await self.store.upsert_agent(
                 name, record.group, record.tags, record.ip, record.version, record.jti,
                 self.process, stale_after_s=self.stale_after_s, session_key=record.key,
-                verify=parse_verify_header(record.verify) if record.verify else None)
+                verify=parse_verify_header(record.verify) if record.verify else None,
+                info=record.info)
             self.agents[name] = record
             log.info("agent.connected", extra={"agent": name, "group": record.group,
                                                "tags": list(record.tags), "ip": record.ip,

@@ -27,6 +27,7 @@ from tagrun.server import events
 from tagrun.server.config import ConfigError
 from tagrun.server.errors import TagrunError
 from tagrun.server.listener import Listener
+from tagrun.server.services import broadcast
 from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, NewJob, Store
 from tagrun.shared.executors import ErrorKind
 from tagrun.shared.loglines import CODES, STDOUT
@@ -63,7 +64,8 @@ BUILTINS = (
     Builtin("tagrun.expired-agent-tokens", "23 3 * * *", "expired_agent_tokens",
             "deletes agent tokens that expired more than 7 days ago"),
     Builtin("tagrun.stale-agents", "43 3 * * *", "stale_agents",
-            "deletes records of agents and workers not seen for 7 days"),
+            "deletes records of agents and workers not seen for 7 days, and their "
+            "state history"),
 )
 DESCRIPTIONS = {b.task: b.description for b in BUILTINS}
 
@@ -122,6 +124,7 @@ async def run_maintenance(store: Store, stop: asyncio.Event, *, stale_after_s: f
             if time.monotonic() - stale_checked >= STALE_CHECK_INTERVAL_S:
                 stale_checked = time.monotonic()
                 await report_stale_agents(store, stale_after_s, fold_after_s)
+                await broadcast.sweep(store, stale_after_s)
             if time.monotonic() - vacuumed >= QUEUE_VACUUM_INTERVAL_S:
                 vacuumed = time.monotonic()
                 await vacuum_queue(store)
@@ -201,7 +204,9 @@ async def _expired_agent_tokens(run: MaintenanceRun) -> dict[str, Any]:
 async def _stale_agents(run: MaintenanceRun) -> dict[str, Any]:
     records = await run.store.delete_stale_workers(run.now - STALE_RECORD_AGE)
     await run.write(f"deleted {records} agent and worker records not seen for 7 days")
-    return {"records_deleted": records}
+    events = await run.store.prune_worker_events(run.now - STALE_RECORD_AGE)
+    await run.write(f"deleted {events} state history lines of agents and groups gone")
+    return {"records_deleted": records, "history_deleted": events}
 
 
 TASKS: dict[str, Callable[[MaintenanceRun], Awaitable[dict[str, Any]]]] = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -88,6 +88,9 @@ class JobIn(_Body):
     # Secrets by name, added to its script's (for a script job).
     secrets: SecretNames = []
     signature: SignatureIn | None = None
+    # One child job per agent live for `tag` now, each pinned to its agent; this job is their
+    # parent and ends when they all have (services/broadcast.py).
+    broadcast: bool = False
 
     def __post_init__(self) -> None:
         if self.run_at is not None:
@@ -108,8 +111,12 @@ class WorkspaceIn(_Body):
 
 
 class WorkspaceTokenIn(_Body):
-    workspace: WorkspaceId
+    """A workspace token (`workspace` required), or with `"kind": "autoscale"` a token of no
+    workspace that reads GET /api/autoscale and nothing else (routes/admin.py checks)."""
+
+    workspace: WorkspaceId | None = None
     label: Label = ""
+    kind: Literal["workspace", "autoscale"] = "workspace"
     expires_in_s: Annotated[int, msgspec.Meta(gt=0, le=MAX_EXPIRES_IN_S)] | None = None
 
 

@@ -19,6 +19,7 @@ from tagrun.server import responses as out
 from tagrun.server.agent_tokens import SESSION
 from tagrun.server.auth import WORKSPACE_ID
 from tagrun.server.http import JSON
+from tagrun.server.services import autoscale as autoscaling
 from tagrun.server.services import jobs as job_rules
 from tagrun.server.services import schedules as sched
 from tagrun.server.services import secrets as secret_rules
@@ -40,7 +41,7 @@ class Op:
     status: int = 200
     body: type | None = None
     query: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> JSON schema
-    auth: str = "workspace"  # none | workspace | superadmin | agent
+    auth: str = "workspace"  # none | workspace | superadmin | agent | autoscale
     headers: tuple[str, ...] = ()
     also: dict[int, str] = field(default_factory=dict)  # other success statuses -> when
 
@@ -54,7 +55,7 @@ class OpenApiDocument(msgspec.Struct):  # what GET /api/openapi.json answers: th
 
 class SettingIn(msgspec.Struct, forbid_unknown_fields=True):  # as routes/settings.py reads it
     key: str
-    value: int
+    value: int | str  # a cap's number; a version ("1.4.0", "" for none) or an address
 
 
 # Query parameters, with the bounds the routes check (server/http.py query_int/query_float).
@@ -92,12 +93,25 @@ OPERATIONS = [
     Op("POST", "/api/workspaces", "Create a workspace", out.Workspace, 201, req.WorkspaceIn,
        auth="superadmin"),
     Op("GET", "/api/workspaces", "List workspaces", out.Workspaces, auth="superadmin"),
-    Op("POST", "/api/tokens", "Create a workspace token (shown once)", out.WorkspaceToken,
-       201, req.WorkspaceTokenIn, auth="superadmin"),
-    Op("GET", "/api/tokens", "List workspace tokens", out.WorkspaceTokens,
-       query={"workspace": _WORKSPACE}, auth="superadmin"),
-    Op("DELETE", "/api/tokens/{id}", "Revoke a workspace token", out.Revoked,
+    Op("POST", "/api/tokens", "Create a workspace token, or an autoscale token (shown once)",
+       out.WorkspaceToken, 201, req.WorkspaceTokenIn, auth="superadmin"),
+    Op("GET", "/api/tokens", "List workspace tokens (or autoscale tokens)", out.WorkspaceTokens,
+       query={"workspace": _WORKSPACE,
+              "kind": {"type": "string", "enum": ["workspace", "autoscale"]}},
        auth="superadmin"),
+    Op("DELETE", "/api/tokens/{id}", "Revoke a workspace or autoscale token", out.Revoked,
+       auth="superadmin"),
+    Op("GET", "/api/autoscale", "Per tag and agent group: queued, running, agents, slots, and "
+       "desired_agents (docs/autoscaling.md)", out.Autoscale, auth="autoscale",
+       query={"target_slots_per_job": {"type": "number", "exclusiveMinimum": 0,
+                                       "maximum": autoscaling.MAX_TARGET_SLOTS_PER_JOB},
+              "max_queue_age_s": {"type": "number", "minimum": 0,
+                                  "maximum": autoscaling.MAX_QUEUE_AGE_S},
+              "slots_per_agent": {"type": "integer", "minimum": 1,
+                                  "maximum": autoscaling.MAX_SLOTS_PER_AGENT},
+              "group": {"type": "string",
+                        "pattern": agent.GROUP_PATTERN.removesuffix("\\Z") + "$"},
+              "tag": {"type": "string", "pattern": f"^(?:{TAG_PATTERN.pattern})$"}}),
     Op("POST", "/api/agent_tokens", "Mint an agent token (a JWT, shown once)", out.AgentToken,
        201, agent.AgentTokenIn, auth="superadmin"),
     Op("GET", "/api/agent_tokens", "List agent tokens", out.AgentTokens,
@@ -109,6 +123,8 @@ OPERATIONS = [
        query={"state": {"type": "string", "enum": list(FLEET_STATES)}, "group": _STRING,
               "tag": _STRING, "name": _STRING, "cursor": _STRING,
               "limit": {"type": "integer", "minimum": 1, "maximum": 5000}}),
+    Op("GET", "/api/workers/{name}", "One agent: its record, token, current and last 50 "
+       "jobs, state history", out.AgentDetail, auth="superadmin"),
     Op("POST", "/api/workers/{name}/pause", "Pause an agent: it claims nothing new",
        out.Steered, body=req.PauseIn, auth="superadmin"),
     Op("POST", "/api/workers/{name}/resume", "Resume a paused agent", out.Steered,
@@ -119,6 +135,11 @@ OPERATIONS = [
     Op("POST", "/api/pools/{group}/pause", "Pause every agent of a group", out.Steered,
        body=req.PauseIn, auth="superadmin"),
     Op("POST", "/api/pools/{group}/resume", "Resume a paused group", out.Steered,
+       auth="superadmin"),
+    Op("POST", "/api/tags/{tag}/pause",
+       "Pause a tag: its jobs stay queued, no agent or worker claims them", out.Steered,
+       body=req.PauseIn, auth="superadmin"),
+    Op("POST", "/api/tags/{tag}/resume", "Resume a paused tag", out.Steered,
        auth="superadmin"),
     Op("GET", "/api/settings", "Settings", out.SettingsOut, auth="superadmin"),
     Op("PUT", "/api/settings", "Change a setting", out.SettingsOut, body=SettingIn,
@@ -185,11 +206,12 @@ _ERRORS = {400: "Invalid input", 401: "Missing or invalid credentials",
            403: "Not allowed for this token", 404: "Not found",
            409: "Conflict (e.g. lease_lost, agent_name_taken, completion_conflict)",
            413: "Body too large",
+           426: "This agent's version is below min_agent_version (agent_version_refused)",
            429: "Too many queued jobs (see Retry-After)",
            503: "Database unavailable (see Retry-After)"}
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "workspace": [{"bearer": []}], "superadmin": [{"bearer": []}],
-    "agent": [{"agentJWT": []}], "none": []}
+    "agent": [{"agentJWT": []}], "none": [], "autoscale": [{"bearer": []}]}
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -259,8 +281,18 @@ _REFINED: dict[tuple[str, str], dict[str, Any]] = {
     ("ScriptIn", "language"): _LANGUAGE,
     ("JobIn", "language"): {"anyOf": [_LANGUAGE, {"type": "null"}]},
     ("SettingIn", "key"): {"type": "string", "enum": sorted(setting_rules.SETTINGS)},
-    ("SettingIn", "value"): {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+    ("SettingIn", "value"): {"anyOf": [{"type": "integer"}, {"type": "string"}]},
 }
+# Each setting's value, by its kind (services/settings.py check).
+_SETTING_VALUES: dict[str, dict[str, Any]] = {
+    "count": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+    "version": {"type": "string", "pattern": r"^(v?[0-9][0-9A-Za-z.+-]{0,38})?$"},
+    "url": {"type": "string", "pattern": r"^(https?://\S{0,490})?$"},
+}
+_SETTING: list[dict[str, Any]] = [
+    {"properties": {"key": {"enum": sorted(k for k, s in setting_rules.SETTINGS.items()
+                                           if s.kind == kind)}, "value": value}}
+    for kind, value in _SETTING_VALUES.items()]
 # A job names a deployed script, or else a language and its content (`identity` needs none).
 _NULL: dict[str, Any] = {"type": "null"}
 _JOB_SOURCE: list[dict[str, Any]] = [
@@ -284,6 +316,7 @@ def _refine(components: dict[str, Any]) -> dict[str, Any]:
                 target["default"] = default
         target.update(schema)
     components["JobIn"]["anyOf"] = _JOB_SOURCE
+    components["SettingIn"]["anyOf"] = _SETTING
     return components
 
 
@@ -305,7 +338,7 @@ def document() -> dict[str, Any]:
             "schemas": _refine(_ecma(components)),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer",
-                           "description": "Superadmin or workspace token"},
+                           "description": "Superadmin, workspace or autoscale token"},
                 "agentJWT": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                              "description": "Agent token (agent routes only)"},
             },

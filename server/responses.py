@@ -100,6 +100,19 @@ class JobRefusal(_Out):
     at: str
 
 
+class BroadcastChild(_Out):
+    """One child of a broadcast: its agent and how it went."""
+
+    id: int
+    agent: str
+    status: str
+    worker: str | None  # who ran it (its agent), null while it has not run
+    result: Any
+    error: JobError | None
+    started_at: str | None
+    finished_at: str | None
+
+
 class Job(_Out):
     id: int
     workspace: str
@@ -139,6 +152,12 @@ class Job(_Out):
     # Its concurrency cap: its script's concurrency_limit, or its schedule's one at a time.
     concurrency_limit: int | None = None
     concurrency_key: str | None = None
+    # A broadcast (docs/fleet.md): the parent, with its children (the job view only);
+    # or a child, with its parent and the agent it is pinned to.
+    broadcast: bool = False
+    parent_id: int | None = None
+    pinned_to: str | None = None
+    children: list[BroadcastChild] | None = None
 
 
 class JobPage(_Out):
@@ -228,12 +247,13 @@ class Workspaces(_Out):
 
 class WorkspaceToken(_Out):
     id: int
-    workspace: str
+    workspace: str | None  # null for an autoscale token
     label: str
     created_at: str
     expires_at: str | None
     revoked: bool
     token: str | None = None
+    kind: str = "workspace"  # or "autoscale": it reads GET /api/autoscale, nothing else
 
 
 class WorkspaceTokens(_Out):
@@ -255,6 +275,9 @@ class AgentToken(_Out):
     created_at: str | None = None
     revoked: bool | None = None
     token: str | None = None
+    # A job-limited token: the jobs it may claim in total (None: unlimited), and has claimed.
+    max_jobs: int | None = None
+    jobs_claimed: int | None = None
 
 
 class AgentTokens(_Out):
@@ -286,6 +309,26 @@ class Agent(_Out):
     paused_as: str | None
     drain_note: str | None
     verify: Verify | None = None  # null: it runs jobs without checking their signatures
+    # What the agent says of itself (its Tagrun-Agent-Info header; null from older agents):
+    # os (linux, darwin, windows), CPU architecture, and how many jobs it runs at once.
+    os: str | None = None
+    arch: str | None = None
+    slots: int | None = None
+    outdated: bool = False  # below recommended_agent_version: it runs, flagged
+    version_refused_min: str | None = None  # state version_refused: the minimum it was below
+    # State quarantined: what the rule saw, and when it ends by itself (null: when resumed).
+    quarantine_reason: str | None = None
+    quarantined_until: str | None = None
+
+
+class PausedTag(_Out):
+    """A paused tag: no agent or worker claims its jobs until it is resumed or until."""
+
+    tag: str
+    paused_at: str
+    paused_until: str | None  # null: until resumed
+    note: str
+    paused_by: str | None
 
 
 class Steered(_Out):
@@ -325,6 +368,8 @@ class FleetTotals(_Out):
     stopped: int
     stale: int
     token_revoked: int
+    version_refused: int
+    quarantined: int
     matched: int
 
 
@@ -332,15 +377,96 @@ class Fleet(_Out):
     version: str
     task_max_concurrent: int
     task_inline_max_concurrent: int
+    min_agent_version: str
+    recommended_agent_version: str
+    agent_download_url: str
     agents: list[Agent]  # one page, by name
+    paused_tags: list[PausedTag]
     next_cursor: str | None  # ?cursor= for the next page; null: the last
     totals: FleetTotals
     pools: list[Pool]
     tags: list[TagLoad]
 
 
+class AgentJobLine(_Out):
+    """A job on an agent's page: one it runs now, or (with an outcome) one it ended."""
+
+    id: int
+    workspace: str
+    script: str | None  # its script's path; null: inline code
+    tag: str
+    attempt: int
+    started_at: str | None
+    status: str | None = None  # succeeded, failed, cancelled (jobs it ended only)
+    finished_at: str | None = None
+    duration_s: float | None = None  # from its last start to its end
+
+
+class WorkerEvent(_Out):
+    """One line of an agent's state history."""
+
+    what: str  # paused, resumed, drain_requested, quarantined, released, version_refused
+    note: str | None
+    by: str | None
+    at: str
+    until: str | None  # when it ends by itself (a pause with a timeout)
+    scope: str  # "agent", or "group": its group's pause or resume
+    name: str  # the agent's name, or the group's
+
+
+class AgentDetail(Agent, kw_only=True):
+    """`GET /api/workers/{name}`: the agent as the list shows it, and more."""
+
+    jti: str | None  # its token's id (null: a direct worker)
+    token_label: str | None
+    token_problem: str | None  # "revoked" or "expired"
+    current_jobs: list[AgentJobLine]
+    recent_jobs: list[AgentJobLine]  # the last 50 it ended, newest first
+    history: list[WorkerEvent]  # newest first, its group's lines included
+
+
+class AutoscaleInputs(_Out):
+    """The formula's inputs used (docs/autoscaling.md), defaults filled in."""
+
+    target_slots_per_job: float
+    max_queue_age_s: float | None
+    slots_per_agent: int
+
+
+class AutoscalePool(_Out):
+    """A tag's or a group's figures (a group: its tags' queues, its own agents' jobs)."""
+
+    queued: int  # every queued job, delayed ones included
+    queued_due: int  # those due to run now
+    running: int
+    oldest_queued_s: float | None  # how long the oldest due job has waited
+    agents_live: int  # connected, running nothing
+    agents_busy: int
+    agents_paused: int
+    agents_draining: int
+    slots_live: int  # slots of the live and busy agents
+    slots_busy: int
+    slots_idle: int
+    desired_agents: int  # never negative; 0 when nothing is queued or running
+
+
+class AutoscaleTag(AutoscalePool):
+    tag: str
+
+
+class AutoscaleGroup(AutoscalePool):
+    group: str
+    tags: list[str]
+
+
+class Autoscale(_Out):
+    inputs: AutoscaleInputs
+    groups: list[AutoscaleGroup]
+    tags: list[AutoscaleTag]
+
+
 class SettingsOut(_Out):
-    settings: dict[str, int]
+    settings: dict[str, int | str]  # caps are numbers; the agent version window is text
 
 
 class ScheduleRun(_Out):

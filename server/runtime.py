@@ -157,11 +157,18 @@ async def _run_parts(
     server: _Server | None = None
     tasks: list[asyncio.Task[None]] = []  # each stops within STOP_WAIT_S of `stop`
     draining: list[asyncio.Task[None]] = []  # a worker's drain: bounded by its own timeout
-    closers = []
+    # Pauses, drains, paused tags and the version window: read by claims here and in the
+    # worker below, re-read whenever any replica changes them.
+    controls = FleetControls(store)
+    await controls.load()
+    listener.on_fleet(controls.changed)
+    controls.on_change(listener.wake_tag_waiters)  # a tag resumed: workers claim it at once
+    listener.on_queued(controls.queued)  # broadcast jobs pinned to an agent
+    closers = [controls.close]
     if config.runs_http:
         await ensure_superadmin(store, config)
-        parts = await _start_http_parts(config, store, listener, box)
-        closers = [parts.heartbeats.close, parts.agent_tokens.close, parts.controls.close]
+        parts = await _start_http_parts(config, store, listener, box, controls)
+        closers += [parts.heartbeats.close, parts.agent_tokens.close]
 
         async def end_long_polls() -> None:  # so uvicorn's graceful shutdown need not wait
             await stop.wait()
@@ -185,7 +192,7 @@ async def _run_parts(
     kill_jobs: Callable[[], None] = _nothing
     if config.runs_worker:
         kind = "inline" if config.mode == "standalone" else "worker"
-        worker = Worker(store, listener, worker_settings(config, kind), box)
+        worker = Worker(store, listener, worker_settings(config, kind), box, controls)
         draining.append(asyncio.create_task(worker.run(stop), name="worker"))
         kill_jobs = worker.kill_all
 
@@ -235,7 +242,7 @@ async def _close_pool(pool: asyncpg.Pool[Any]) -> None:
 
 
 async def _start_http_parts(config: ServerConfig, store: Store, listener: Listener,
-                            box: SecretBox) -> Parts:
+                            box: SecretBox, controls: FleetControls) -> Parts:
     agent_tokens = AgentTokens(store)
     await agent_tokens.start()
     dispatcher = Dispatcher(store, listener, lease_s=config.lease_s,
@@ -249,12 +256,11 @@ async def _start_http_parts(config: ServerConfig, store: Store, listener: Listen
     listener.on_finished(room_freed)
     heartbeats = Heartbeats(store, lease_s=config.lease_s, stale_after_s=config.stale_after_s)
     await heartbeats.start(dispatcher.waiting_names)
-    controls = FleetControls(store)
+    # Waiting claims of agents now paused or drained answer at once; when the paused tags or
+    # the minimum agent version change, every waiting claim does, and asks again.
     controls.on_change(lambda: dispatcher.end_waits(
-        lambda name, group: controls.paused_for(name, group) is not None
-        or controls.draining(name)))
-    await controls.load()
-    listener.on_fleet(controls.changed)
+        lambda name, group: controls.claims_changed or name in controls.pins_added
+        or controls.paused_for(name, group) is not None or controls.draining(name)))
     return Parts(config, store, listener, agent_tokens, dispatcher, heartbeats, controls, box)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from tagrun.server import events
 from tagrun.server.errors import InvalidInput, LeaseLost, TagrunError
+from tagrun.server.fleet_controls import FleetControls
 from tagrun.server.listener import Listener
 from tagrun.server.services.jobs import check_dict, claimed
 from tagrun.server.services.secrets import Opened, SecretBox
@@ -144,8 +145,10 @@ WITHHELD_VARS = frozenset({"TAGRUN_SECRETS_KEY", "TAGRUN_SUPERADMIN_TOKEN",
 
 class Worker:
     def __init__(self, store: Store, listener: Listener, settings: WorkerSettings,
-                 secrets: SecretBox | None = None) -> None:
+                 secrets: SecretBox | None = None, controls: FleetControls | None = None,
+                 ) -> None:
         self.store = store
+        self._controls = controls  # paused tags are left out of its claims
         self.listener = listener
         self._secrets = secrets
         # Values of the server's variables named like credentials, and the withheld ones,
@@ -215,6 +218,8 @@ class Worker:
         timeout = self.settings.poll_interval_s
         if self._due is not None:
             timeout = min(timeout, max(self._due - self._loop_time(), 0.0))
+        if self._controls is not None and (resume := self._controls.next_tag_resume_s()):
+            timeout = min(timeout, resume + 0.01)  # a timed tag pause ends: claim it then
         if len(self.holder) >= self.settings.slots:
             waits.pop(0)  # full: only a free slot or stop matters
             timeout = 3600
@@ -241,10 +246,11 @@ class Worker:
     async def _claim(self) -> int:
         s = self.settings
         free = s.slots - len(self.holder)
-        if free <= 0:
+        tags = self._controls.unpaused(s.tags) if self._controls is not None else s.tags
+        if free <= 0 or not tags:
             return 0
         try:
-            jobs = await self.store.claim_jobs(s.name, s.tags, free, s.lease_s,
+            jobs = await self.store.claim_jobs(s.name, tags, free, s.lease_s,
                                                inline=s.kind == "inline")
         except DATABASE_ERRORS as exc:
             log.warning("worker.claim_failed", extra={"error": str(exc)})

@@ -8,6 +8,7 @@ one module, so the two ends cannot drift apart. Agent tokens' request model live
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -58,6 +59,33 @@ class Held(_Body):
 # How an agent that checks signatures says so ("block; keys=a,b"), on every request: shown
 # on the Workers page (shared/signing.py parse_verify_header).
 VERIFY_HEADER = "Tagrun-Agent-Verify"
+# What an agent says of itself on every request, "version=1.4.0; os=linux; arch=x86_64;
+# slots=4": shown on the Workers page, and its version is held against the server's
+# min_agent_version. A header, not a body field, so that an older server ignores it.
+INFO_HEADER = "Tagrun-Agent-Info"
+_INFO_VALUE = re.compile(r"[A-Za-z0-9_.+-]{1,40}")
+
+
+def info_header(version: str, os_name: str, arch: str, slots: int) -> str:
+    return f"version={version}; os={os_name}; arch={arch}; slots={slots}"
+
+
+def parse_info_header(raw: str) -> dict[str, str | int]:
+    """The parts of a Tagrun-Agent-Info header that make sense; the rest is left out."""
+    info: dict[str, str | int] = {}
+    for part in raw[:500].split(";"):
+        key, _, value = part.strip().partition("=")
+        value = value.strip()
+        if key not in ("version", "os", "arch", "slots") or not _INFO_VALUE.fullmatch(value):
+            continue
+        if key == "slots":
+            if value.isdigit() and 1 <= int(value) <= 100_000:
+                info[key] = int(value)
+        else:
+            info[key] = value.lower() if key != "version" else value
+    return info
+
+
 # A glob on script paths: * and ? only, so the agent (fnmatch) and the claim (LIKE) agree.
 Glob = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_.*?/-]{1,255}\Z")]
 LANGUAGE_PATTERN = r"^[a-z]{1,20}\Z"
@@ -213,6 +241,10 @@ class AgentTokenIn(_Body):
     tags: Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)]
     expires_in_s: Annotated[int, msgspec.Meta(ge=60, le=10 * 365 * 86400)] = 30 * 86400
     label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    # A job-limited token: agents using it claim at most this many jobs in total (then only
+    # finish them); absent: unlimited.
+    max_jobs: Annotated[int, msgspec.Meta(ge=1, le=10**9, description=(
+        "jobs the agents using this token may claim in total; absent: unlimited"))] | None = None
 
 
 # -- answers ---------------------------------------------------------------------------------
@@ -268,12 +300,22 @@ Paused = Annotated[bool, msgspec.Meta(description=(
     "the agent (or its group) is paused: the claim waited without jobs"))]
 Drain = Annotated[bool, msgspec.Meta(description=(
     "claim nothing more: finish the running jobs, say goodbye (reason drained) and exit"))]
+Quarantined = Annotated[bool, msgspec.Meta(description=(
+    "the agent is quarantined (its recent attempts all failed while other agents of its tags "
+    "succeeded): the claim waited without jobs until an operator resumes it or the "
+    "quarantine times out"))]
+# A job-limited token (max_jobs) whose budget is spent: no claim will get a job again.
+Spent = Annotated[bool, msgspec.Meta(description=(
+    "the token's max_jobs are all claimed: finish the running jobs, say goodbye (reason "
+    "token_spent) and exit"))]
 
 
 class Claimed(_Answer, frozen=True):
     jobs: list[AgentJob]
     paused: Paused = False
     drain: Drain = False
+    spent: Spent = False
+    quarantined: Quarantined = False
     # Who the server takes the agent for (its token's group and tags), and its version: the
     # agent logs them once, at its first answered claim (agent.connected).
     group: str | None = None

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 
 from tagrun.server.cli.admin import script_app, workspace_app
+from tagrun.server.cli.autoscale import autoscale
 from tagrun.server.cli.fleet import settings_app, token_app, workers_app
 from tagrun.server.cli.jobs import app as job_app
 from tagrun.server.cli.schedules import app as schedule_app
@@ -31,6 +32,7 @@ app.add_typer(workspace_app, name="workspace")
 app.add_typer(token_app, name="token")
 app.add_typer(settings_app, name="settings")
 app.add_typer(workers_app, name="workers")
+app.command("autoscale")(autoscale)
 
 
 def _version(value: bool) -> None:

@@ -28,6 +28,8 @@ def bounds(model: type, field: str) -> tuple[int, int | None]:
     kind = next(f.type for f in info.fields if f.name == field)
     if isinstance(kind, msgspec.inspect.UnionType):  # `... | None`
         kind = next(t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType))
+    if isinstance(kind, msgspec.inspect.Metadata):  # a field with a description
+        kind = kind.type
     assert isinstance(kind, msgspec.inspect.IntType | msgspec.inspect.FloatType), kind
     low = kind.ge if kind.ge is not None else (int(kind.gt) + 1 if kind.gt is not None else 0)
     high = kind.le if kind.le is not None else None

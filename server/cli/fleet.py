@@ -7,6 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
+from tagrun.server.cli.autoscale import (
+    create_autoscale_token,
+    list_autoscale_tokens,
+    revoke_autoscale_token,
+)
 from tagrun.server.cli.client import Client, fail
 from tagrun.server.cli.durations import bounds, parse_duration
 from tagrun.server.cli.output import (
@@ -27,25 +32,52 @@ token_app = typer.Typer(help="Agent tokens: mint, list, revoke (superadmin).",
 TOKEN_COLUMNS = [
     Column("jti", "Token id", width=None), Column("group", "Group"), Column("tags", "Tags"),
     Column("label", "Label"), Column("created_at", "Created", ago),
-    Column("expires_at", "Expires", ago), Column("revoked", "Revoked"),
+    Column("expires_at", "Expires", ago), Column("revoked", "Revoked"), Column("jobs", "Jobs"),
 ]
+MAX_JOBS = bounds(AgentTokenIn, "max_jobs")
+
+
+def jobs_used(token: dict[str, Any]) -> str:
+    """A job-limited token's budget as read: "3 of 5 used"; "unlimited" without max_jobs."""
+    if token.get("max_jobs") is None:
+        return "unlimited"
+    return f"{token.get('jobs_claimed') or 0} of {token['max_jobs']} used"
 
 
 @token_app.command("create")
 def create(
-    tags: Annotated[str, typer.Option(help="Comma-separated tags the agent may run.")],
-    group: Annotated[str, typer.Option(help="The agent pool this token belongs to.")],
-    expires_in: Annotated[str, typer.Option(help="Lifetime: 30d, 12h, 45m, or seconds.")]
-    = "30d",
+    tags: Annotated[str | None, typer.Option(
+        help="Comma-separated tags the agent may run (required).")] = None,
+    group: Annotated[str | None, typer.Option(
+        help="The agent pool this token belongs to (required).")] = None,
+    expires_in: Annotated[str | None, typer.Option(
+        help="Lifetime: 30d, 12h, 45m, or seconds (default: 30d; an autoscale token: none).")]
+    = None,
     label: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    autoscale: Annotated[bool, typer.Option(
+        "--autoscale", help="Instead, a token that reads GET /api/autoscale and nothing else "
+                            "(no --tags, --group), for an autoscaler such as KEDA.")] = False,
+    max_jobs: Annotated[int | None, typer.Option(
+        min=MAX_JOBS[0], max=MAX_JOBS[1],
+        help="Jobs the agents using it may claim in total, then only finish them "
+             "(one-job tokens for throwaway VMs and pods). Default: unlimited.")] = None,
 ) -> None:
-    """Mint an agent token; prints only the token (give it to the agent as AGENT_TOKEN)."""
+    """Mint an agent token; prints only the token (give it to the agent as AGENT_TOKEN).
+    With --autoscale: a token for an autoscaler, that reads GET /api/autoscale only."""
+    if autoscale:
+        if tags is not None or group is not None or max_jobs is not None:
+            fail("an autoscale token runs no jobs: leave out --tags, --group and --max-jobs")
+        typer.echo(create_autoscale_token(label, expires_in))
+        return
+    if tags is None or group is None:
+        fail("give --tags and --group (or --autoscale for an autoscale token)")
     tag_list = [t.strip() for t in tags.split(",") if t.strip()]
     if not tag_list:
         fail("--tags names no tag")
     minted = Client().post("/api/agent_tokens", {
         "group": group, "tags": tag_list, "label": label,
-        "expires_in_s": parse_duration(expires_in, "--expires-in",
+        **({"max_jobs": max_jobs} if max_jobs is not None else {}),
+        "expires_in_s": parse_duration(expires_in or "30d", "--expires-in",
                                        bounds(AgentTokenIn, "expires_in_s"))})
     typer.echo(minted["token"])
 
@@ -55,16 +87,27 @@ def list_tokens(
     all_: Annotated[bool, typer.Option("--all", help="Include revoked and expired tokens.")]
     = False,
     output: Output = Format.TABLE,
+    autoscale: Annotated[bool, typer.Option("--autoscale", help="List autoscale tokens instead.")
+                         ] = False,
 ) -> None:
     """List agent tokens (never the tokens themselves)."""
+    if autoscale:
+        list_autoscale_tokens(output)
+        return
     answer = Client().get("/api/agent_tokens", all="true" if all_ else None)
-    emit(answer, output, lambda a: print_table(a["agent_tokens"], TOKEN_COLUMNS))
+    emit(answer, output, lambda a: print_table(
+        [{**t, "jobs": jobs_used(t)} for t in a["agent_tokens"]], TOKEN_COLUMNS))
 
 
 @token_app.command("revoke")
-def revoke(jti: Annotated[str, typer.Argument(help="The token's id (jti), from token list.")]
+def revoke(jti: Annotated[str, typer.Argument(help="The token's id (jti), from token list.")],
+           autoscale: Annotated[bool, typer.Option(
+               "--autoscale", help="Revoke the autoscale token of this id instead.")] = False,
            ) -> None:
     """Revoke an agent token; agents using it stop within seconds (exit status 3)."""
+    if autoscale:
+        revoke_autoscale_token(jti)
+        return
     Client().delete(f"/api/agent_tokens/{jti}")
     typer.echo(f"revoked agent token {jti}")
 
@@ -87,7 +130,8 @@ TAG_COLUMNS = [
     Column("oldest_queued_s", "Oldest queued", duration),
     Column("wait_p50_s", "Wait p50", duration), Column("wait_p95_s", "Wait p95", duration),
 ]
-STATES = ("live", "busy", "paused", "draining", "stopped", "stale", "token_revoked")
+STATES = ("live", "busy", "paused", "draining", "quarantined", "stopped", "stale",
+          "token_revoked", "version_refused")
 
 
 @workers_app.callback(invoke_without_command=True)
@@ -117,9 +161,9 @@ def workers(
 
 
 def show_fleet(fleet: dict[str, Any]) -> None:
-    from tagrun.server.services.settings import SETTINGS  # the caps, named in one place
+    from tagrun.server.services.settings import CAPS  # the caps, named in one place
 
-    caps = "".join(f"  {key}={fleet[key]}" for key in SETTINGS if key in fleet)
+    caps = "".join(f"  {key}={fleet[key]}" for key in CAPS if key in fleet)
     typer.echo(f"tagrun {fleet['version']}{caps}")
     counts = fleet["totals"]
     typer.echo(f"{counts['all']} agents and workers: "
@@ -131,6 +175,15 @@ def show_fleet(fleet: dict[str, Any]) -> None:
     print_table(fleet["pools"], POOL_COLUMNS)
     typer.echo("\nTAGS")
     print_table(fleet["tags"], TAG_COLUMNS)
+    for paused in fleet.get("paused_tags") or []:
+        until = f" until {paused['paused_until']}" if paused["paused_until"] else ""
+        typer.echo(f"tag {paused['tag']} paused by {paused['paused_by'] or '?'}{until}: "
+                   f"{paused['note']}")
+    outdated = [a["name"] for a in fleet["agents"] if a.get("outdated")]
+    if outdated:
+        typer.secho(f"\nagents below the recommended version "
+                    f"{fleet.get('recommended_agent_version')}: {', '.join(outdated)}",
+                    fg=typer.colors.YELLOW, err=True)
     orphaned = [t["tag"] for t in fleet["tags"] if t["queued"] and not t["live_workers"]]
     if orphaned:
         typer.secho(f"\nwarning: queued jobs and no live worker for: {', '.join(orphaned)}",
@@ -143,11 +196,19 @@ def _verifies(agent: dict[str, Any]) -> str:
     return f"{verify['mode']}:{','.join(verify['keys'])}" if verify else "no"
 
 
-def _target(name: str, group: bool) -> str:
+def _target(name: str, group: bool, tag: bool = False) -> str:
     from urllib.parse import quote
 
+    if tag:
+        return f"/api/tags/{quote(name, safe='')}"
     return f"/api/pools/{quote(name, safe='')}" if group else \
         f"/api/workers/{quote(name, safe='')}"
+
+
+def _what(group: bool, tag: bool) -> str:
+    if group and tag:
+        fail("give --group or --tag, not both")
+    return "group " if group else "tag " if tag else ""
 
 
 @workers_app.command("pause")
@@ -158,24 +219,29 @@ def workers_pause(
         "--for", help="Resume by itself after this long: 10m, 2h, 1d or seconds.")] = None,
     group: Annotated[bool, typer.Option("--group", help="Pause every agent of group NAME.")
                      ] = False,
+    tag: Annotated[bool, typer.Option(
+        "--tag", help="Pause tag NAME: its jobs stay queued, no agent or worker claims them.")
+                   ] = False,
 ) -> None:
-    """Pause an agent or a group: it keeps its running jobs and claims nothing new."""
+    """Pause an agent, a group or a tag: running jobs go on, nothing new is claimed."""
+    what = _what(group, tag)
     body: dict[str, Any] = {"note": note}
     if for_ is not None:
         body["for_s"] = parse_duration(for_, "--for", bounds(PauseIn, "for_s"))
-    Client().post(f"{_target(name, group)}/pause", body)
-    typer.echo(f"paused {'group ' if group else ''}{name}"
-               + (f" for {for_}" if for_ else " until resumed"))
+    Client().post(f"{_target(name, group, tag)}/pause", body)
+    typer.echo(f"paused {what}{name}" + (f" for {for_}" if for_ else " until resumed"))
 
 
 @workers_app.command("resume")
 def workers_resume(
     name: Annotated[str, typer.Argument(help="The agent's name (or the group's, with --group).")],
     group: Annotated[bool, typer.Option("--group", help="Resume group NAME.")] = False,
+    tag: Annotated[bool, typer.Option("--tag", help="Resume tag NAME.")] = False,
 ) -> None:
-    """Resume a paused agent or group."""
-    Client().post(f"{_target(name, group)}/resume")
-    typer.echo(f"resumed {'group ' if group else ''}{name}")
+    """Resume a paused agent, group or tag."""
+    what = _what(group, tag)
+    Client().post(f"{_target(name, group, tag)}/resume")
+    typer.echo(f"resumed {what}{name}")
 
 
 @workers_app.command("drain")

@@ -1,4 +1,4 @@
-"""Superadmin routes: workspaces and workspace tokens."""
+"""Superadmin routes: workspaces, workspace tokens and autoscale tokens."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from tagrun.server.errors import Conflict, InvalidInput, NotFound
 from tagrun.server.http import JSON, path_int, read_body
 from tagrun.server.models import WorkspaceIn, WorkspaceTokenIn
 from tagrun.server.store import Store
+
+# The opaque tokens the superadmin mints here (its own is set at start, never listed).
+TOKEN_KINDS = ("workspace", "autoscale")
 
 
 def _store(request: Request) -> Store:
@@ -35,6 +38,13 @@ async def list_workspaces(request: Request) -> JSON:
 async def create_token(request: Request) -> JSON:
     await authenticator(request).superadmin(request)
     body = await read_body(request, WorkspaceTokenIn)
+    if body.kind == "autoscale":
+        if body.workspace is not None:
+            raise InvalidInput("an autoscale token belongs to no workspace: leave out workspace")
+        token = await _store(request).create_autoscale_token(body.label, body.expires_in_s)
+        return JSON(token, status_code=201)
+    if body.workspace is None:
+        raise InvalidInput("workspace is required: the workspace the token acts in")
     try:
         token = await _store(request).create_workspace_token(
             body.workspace, body.label, body.expires_in_s
@@ -49,7 +59,10 @@ async def list_tokens(request: Request) -> JSON:
     workspace = request.query_params.get("workspace") or None
     if workspace is not None and not WORKSPACE_ID.fullmatch(workspace):
         raise InvalidInput(f"workspace {workspace!r} is not a valid workspace id")
-    return JSON({"tokens": await _store(request).list_workspace_tokens(workspace)})
+    kind = request.query_params.get("kind") or "workspace"
+    if kind not in TOKEN_KINDS:
+        raise InvalidInput(f"kind {kind!r} is not one of {', '.join(TOKEN_KINDS)}")
+    return JSON({"tokens": await _store(request).list_workspace_tokens(workspace, kind)})
 
 
 async def revoke_token(request: Request) -> JSON:

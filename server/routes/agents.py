@@ -20,14 +20,24 @@ from tagrun.server.agent_tokens import (
     holder_key,
 )
 from tagrun.server.config import ServerConfig
-from tagrun.server.errors import InvalidInput, NotFound, TagrunError, Unauthorized
+from tagrun.server.errors import (
+    AgentVersionRefused,
+    InvalidInput,
+    NotFound,
+    TagrunError,
+    Unauthorized,
+)
 from tagrun.server.fleet_controls import FleetControls
 from tagrun.server.heartbeats import AgentRecord, Heartbeats
 from tagrun.server.http import JSON, path_int, read_body, until_disconnect
+from tagrun.server.services.broadcast import finish as finish_broadcasts
 from tagrun.server.services.jobs import check_dict, claimed
+from tagrun.server.services.quarantine import quarantine_if_failing
 from tagrun.server.services.secrets import OLD_AGENT, Opened, SecretBox
 from tagrun.server.store import ClaimedRow, ClaimFilter, Store
+from tagrun.server.token_budget import TokenBudget
 from tagrun.shared.agent_wire import (
+    INFO_HEADER,
     VERIFY_HEADER,
     Claimed,
     ClaimIn,
@@ -47,6 +57,7 @@ from tagrun.shared.agent_wire import (
     Refusal,
     Released,
     ReleaseIn,
+    parse_info_header,
 )
 from tagrun.shared.loglines import moved
 from tagrun.shared.version import __version__
@@ -78,21 +89,55 @@ def _refused(request: Request, exc: Unauthorized) -> None:
                                               else None})
 
 
-async def _seen(request: Request, agent: AgentIdentity, name: str) -> None:
+async def _seen(request: Request, agent: AgentIdentity, name: str) -> dict[str, Any]:
+    """Record the agent when this process first sees it; what it says of itself (version,
+    os, arch, slots: its Tagrun-Agent-Info header, or its User-Agent if it is older)."""
     heartbeats: Heartbeats = _state(request).heartbeats
     ip = request.client.host if request.client else None
-    version = request.headers.get("user-agent", "").partition("/")[2][:40] or "unknown"
+    info: dict[str, Any] = parse_info_header(request.headers.get(INFO_HEADER, ""))
+    if "version" not in info:
+        info["version"] = request.headers.get("user-agent", "").partition("/")[2][:40] \
+            or "unknown"
     verify = request.headers.get(VERIFY_HEADER)  # parsed only when the agent is recorded
-    if await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, version, agent.jti,
-                                               agent.key, verify=verify)):
+    if await heartbeats.seen(name, AgentRecord(agent.group, agent.tags, ip, info["version"],
+                                               agent.jti, agent.key, verify=verify,
+                                               info=info)):
         controls: FleetControls = _state(request).controls
         controls.undrain(name)  # at once here; every replica re-reads on the NOTIFY
+    return info
+
+
+async def _check_version(request: Request, agent: AgentIdentity, name: str,
+                         info: dict[str, Any]) -> None:
+    """Refuse the claim of an agent below min_agent_version (426): it finishes what it runs
+    and exits 4. Its record shows `version_refused` and the refusal is logged once."""
+    controls: FleetControls = _state(request).controls
+    refusal = controls.version_refusal(info["version"], info.get("os"), info.get("arch"))
+    if refusal is None:
+        return
+    store: Store = _state(request).store
+    if await store.version_refused(name, agent.jti, controls.min_agent_version):
+        log.warning("agent.version_refused", extra={
+            "agent": name, "version": info["version"],
+            "min_agent_version": controls.min_agent_version})
+        await store.record_worker_event(
+            name, "version_refused", f"version {info['version']} is below the minimum "
+            f"{controls.min_agent_version}", "min_agent_version")
+    raise AgentVersionRefused(refusal)
+
+
+async def _tags_paused(controls: FleetControls, wait_s: float) -> bool:
+    """Every tag of a claim is paused: wait out its wait, or until a tag pause ends or the
+    controls change. True when the wait is over."""
+    resume = controls.next_tag_resume_s()
+    await controls.wait_change(min(wait_s, resume + 0.01) if resume else wait_s)
+    return True
 
 
 async def claim(request: Request) -> Response:
     agent = identify(request)
     body = await read_body(request, ClaimIn)
-    await _seen(request, agent, body.name)
+    await _check_version(request, agent, body.name, await _seen(request, agent, body.name))
     state = _state(request)
     # An agent that says it acknowledges jobs gets them on that condition: a claim answer lost
     # on the way puts its jobs back in the queue after claim_ack_s, not after the lease.
@@ -102,19 +147,30 @@ async def claim(request: Request) -> Response:
     controls: FleetControls = state.controls
     if controls.draining(body.name):
         return JSON(Claimed(jobs=[], drain=True, **_who(agent)))
-    wait_s: float | None = body.wait_s
+    wait_s: float = body.wait_s
     if controls.paused_for(body.name, agent.group) is not None:  # the common claim skips this
-        wait_s = await until_disconnect(request, _unpaused(controls, body.name, agent.group,
-                                                            body.wait_s))
-        if wait_s is None:
+        left = await until_disconnect(request, _unpaused(controls, body.name, agent.group,
+                                                         body.wait_s))
+        if left is None:
             return Response(status_code=499)
+        wait_s = left
         if wait_s <= 0 or controls.draining(body.name):  # paused all its wait, or drained
             return JSON(Claimed(jobs=[], paused=wait_s <= 0,
+                                quarantined=controls.quarantined(body.name),
                                 drain=controls.draining(body.name), **_who(agent)))
+    tags = controls.with_pin(body.name, agent.jti, controls.unpaused(agent.tags))
+    if not tags:  # every tag it serves is paused: it waits without jobs
+        if await until_disconnect(request, _tags_paused(controls, wait_s)) is None:
+            return Response(status_code=499)
+        return JSON(Claimed(jobs=[], **_who(agent)))
+    if controls.paused_tags() and (resume := controls.next_tag_resume_s()):
+        wait_s = min(wait_s, resume + 0.01)  # asks again, for every tag, when one resumes
+    budget = TokenBudget(state.store, agent)  # a token with max_jobs claims within it
     try:
-        jobs = await until_disconnect(request, state.dispatcher.claim(
-            body.name, agent.tags, body.slots, wait_s, agent.jti, agent.key, ack_s,
-            agent.group, _claim_filter(body)))
+        jobs = await until_disconnect(request, budget.claim(
+            body.slots, wait_s, lambda slots, wait: state.dispatcher.claim(
+                body.name, tags, slots, wait, agent.jti, agent.key, ack_s,
+                agent.group, _claim_filter(body))))
     except Unauthorized as exc:  # its token was revoked while it waited
         _refused(request, exc)
         raise
@@ -123,6 +179,7 @@ async def claim(request: Request) -> Response:
     if not jobs and (controls.paused_for(body.name, agent.group) is not None
                      or controls.draining(body.name)):  # paused or drained while it waited
         return JSON(Claimed(jobs=[], paused=not controls.draining(body.name),
+                            quarantined=controls.quarantined(body.name),
                             drain=controls.draining(body.name), **_who(agent)))
     config: ServerConfig = state.config
     heartbeats: Heartbeats = state.heartbeats
@@ -130,7 +187,8 @@ async def claim(request: Request) -> Response:
                    running=body.running if isinstance(body.running, int) else None)
     opened = await _secrets_for(state.secrets, jobs, "secrets" in features)
     return JSON(Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s,
-                                      opened.get(j.id)) for j in jobs], **_who(agent)))
+                                      opened.get(j.id)) for j in jobs],
+                        spent=budget.spent, **_who(agent)))
 
 
 def _claim_filter(body: ClaimIn) -> ClaimFilter | None:
@@ -297,6 +355,10 @@ async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: 
         events.job_finished(recorded, error, outcome.traceparent)
         heartbeats: Heartbeats = state.heartbeats
         heartbeats.ran(holder, agent.key, -1)
+        if recorded.get("may_quarantine") and outcome.status == "failed":
+            await quarantine_if_failing(state.store, state.config, holder, agent.tags, recorded)
+        if recorded.get("parent_id") is not None:  # a broadcast ends with its last child
+            await finish_broadcasts(state.store, [recorded["parent_id"]])
     return str(recorded["status"])
 
 

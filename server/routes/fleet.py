@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime, timedelta
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -13,9 +14,10 @@ from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.http import JSON, query_int, read_body
 from tagrun.server.models import DrainIn, PauseIn
+from tagrun.server.services.agent_detail import agent_detail
 from tagrun.server.services.fleet import STATES, agents_page, fleet_view, totals
 from tagrun.server.services.settings import current
-from tagrun.server.store import Store
+from tagrun.server.store import RECOMMENDED_AGENT_VERSION, Store
 from tagrun.server.tags import TagError, validate_tag
 from tagrun.shared.agent_wire import AGENT_NAME_PATTERN, GROUP_PATTERN, AgentTokenIn
 from tagrun.shared.version import __version__
@@ -37,7 +39,8 @@ async def mint_agent_token(request: Request) -> JSON:
         tags = sorted({validate_tag(t) for t in body.tags})
     except TagError as exc:
         raise InvalidInput(str(exc), code="invalid_tag") from None
-    minted = await _tokens(request).mint(body.group, tags, body.expires_in_s, body.label)
+    minted = await _tokens(request).mint(body.group, tags, body.expires_in_s, body.label,
+                                         body.max_jobs)
     return JSON(minted, status_code=201)
 
 
@@ -72,14 +75,32 @@ async def list_workers(request: Request) -> JSON:
     store: Store = request.app.state.store
     overview = await store.workers_overview(request.app.state.config.stale_after_s)
     overview["waits"] = await store.recent_waits()
-    fleet = fleet_view(overview)
+    settings = await current(store)
+    fleet = fleet_view(overview, recommended=str(settings[RECOMMENDED_AGENT_VERSION]))
     page, next_cursor, matched = agents_page(
         fleet["agents"], state=state, group=query.get("group") or None,
         tag=query.get("tag") or None, name=query.get("name") or None,
         after=query.get("cursor", ""), limit=limit)
-    return JSON({"version": __version__, **await current(store), **fleet, "agents": page,
+    return JSON({"version": __version__, **settings, **fleet, "agents": page,
+                 "paused_tags": await store.paused_tags(),
                  "next_cursor": next_cursor,
                  "totals": {**totals(fleet["agents"]), "matched": matched}})
+
+
+async def get_worker(request: Request) -> JSON:
+    """One agent or worker: its record as in the list, its token, the jobs it runs now and
+    the last 50 it ended, and its state history (its group's pauses included)."""
+    await authenticator(request).superadmin(request)
+    name: str = request.path_params["name"]
+    store: Store = request.app.state.store
+    found = await agent_detail(store, name, request.app.state.config.stale_after_s)
+    if found is None:
+        raise NotFound(f"no agent or worker named {name[:200]!r}")
+    return JSON(found)
+
+
+def _until(for_s: float | None) -> datetime | None:
+    return None if for_s is None else datetime.now(UTC) + timedelta(seconds=for_s)
 
 
 def _name(request: Request, key: str) -> str:
@@ -104,6 +125,7 @@ async def pause_agent(request: Request) -> JSON:
         raise NotFound(f"no agent named {name!r}")
     log.info("fleet.paused", extra={"agent": name, "note": body.note, "for_s": body.for_s,
                                     "by": by})
+    await store.record_worker_event(name, "paused", body.note, by, _until(body.for_s))
     return JSON({"name": name, "state": "paused"})
 
 
@@ -113,6 +135,7 @@ async def resume_agent(request: Request) -> JSON:
     if not await store.resume_agent(name):
         raise NotFound(f"no agent named {name!r}")
     log.info("fleet.resumed", extra={"agent": name, "by": by})
+    await store.record_worker_event(name, "resumed", None, by)
     return JSON({"name": name, "state": "resumed"})
 
 
@@ -125,6 +148,7 @@ async def drain_agent(request: Request) -> JSON:
     if not await store.drain_agent(name, body.note):
         raise NotFound(f"no agent named {name!r} that has not stopped")
     log.info("fleet.drain_requested", extra={"agent": name, "note": body.note, "by": by})
+    await store.record_worker_event(name, "drain_requested", body.note, by)
     return JSON({"name": name, "state": "draining"})
 
 
@@ -136,6 +160,7 @@ async def pause_group(request: Request) -> JSON:
     await store.pause_group(group, body.for_s, body.note, by)
     log.info("fleet.paused", extra={"group": group, "note": body.note, "for_s": body.for_s,
                                     "by": by})
+    await store.record_group_event(group, "paused", body.note, by, _until(body.for_s))
     return JSON({"name": group, "state": "paused"})
 
 
@@ -145,7 +170,36 @@ async def resume_group(request: Request) -> JSON:
     if not await store.resume_group(group):
         raise NotFound(f"group {group!r} is not paused")
     log.info("fleet.resumed", extra={"group": group, "by": by})
+    await store.record_group_event(group, "resumed", None, by)
     return JSON({"name": group, "state": "resumed"})
+
+
+def _tag(request: Request) -> str:
+    try:
+        return validate_tag(request.path_params["tag"])
+    except TagError as exc:
+        raise InvalidInput(str(exc), code="invalid_tag") from None
+
+
+async def pause_tag(request: Request) -> JSON:
+    """No agent or worker claims jobs of the tag until it is resumed (or `for_s` passes):
+    they stay queued, saying so; running ones go on."""
+    store, by = await _steer(request)
+    tag = _tag(request)
+    body = await read_body(request, PauseIn)
+    await store.pause_tag(tag, body.for_s, body.note, by)
+    log.info("fleet.paused", extra={"tag": tag, "note": body.note, "for_s": body.for_s,
+                                    "by": by})
+    return JSON({"name": tag, "state": "paused"})
+
+
+async def resume_tag(request: Request) -> JSON:
+    store, by = await _steer(request)
+    tag = _tag(request)
+    if not await store.resume_tag(tag):
+        raise NotFound(f"tag {tag!r} is not paused")
+    log.info("fleet.resumed", extra={"tag": tag, "by": by})
+    return JSON({"name": tag, "state": "resumed"})
 
 
 routes = [
@@ -153,9 +207,12 @@ routes = [
     Route("/api/agent_tokens", list_agent_tokens, methods=["GET"]),
     Route("/api/agent_tokens/{jti}", revoke_agent_token, methods=["DELETE"]),
     Route("/api/workers", list_workers, methods=["GET"]),
+    Route("/api/workers/{name}", get_worker, methods=["GET"]),
     Route("/api/workers/{name}/pause", pause_agent, methods=["POST"]),
     Route("/api/workers/{name}/resume", resume_agent, methods=["POST"]),
     Route("/api/workers/{name}/drain", drain_agent, methods=["POST"]),
     Route("/api/pools/{group}/pause", pause_group, methods=["POST"]),
     Route("/api/pools/{group}/resume", resume_group, methods=["POST"]),
+    Route("/api/tags/{tag}/pause", pause_tag, methods=["POST"]),
+    Route("/api/tags/{tag}/resume", resume_tag, methods=["POST"]),
 ]

@@ -17,6 +17,12 @@ from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput, NotFound
 from tagrun.server.http import JSON, path_int, query_float, query_int, read_body
 from tagrun.server.models import BatchIn, JobIn
+from tagrun.server.services.broadcast import (
+    cancel_broadcast,
+    refuse_in_batch,
+    submit_broadcast,
+    with_children,
+)
 from tagrun.server.services.jobs import MAX_WAIT_S, ScriptCache, copied_job, new_job
 from tagrun.server.services.pending import with_pending_reason, with_pending_reasons
 from tagrun.server.store import FINAL_STATES, STATES, NewJob, Store
@@ -75,6 +81,8 @@ async def submit_job(request: Request) -> JSON:
         job = await new_job(body, workspace, ScriptCache(_store(request), workspace),
                             request.app.state.config.lease_bounds)
         [job] = _traced([job], request, span)
+        if body.broadcast:
+            return await _broadcast(request, workspace, job, key, span)
         await request.app.state.backpressure.admit(1)
         if key is None:
             [job_id], created = await _store(request).insert_jobs(workspace, [job]), True
@@ -89,6 +97,23 @@ async def submit_job(request: Request) -> JSON:
                 status_code=201 if created else 200)
 
 
+async def _broadcast(request: Request, workspace: str, job: NewJob, key: str | None,
+                     span: tracing.Span | None) -> JSON:
+    """One child per agent live for the job's tag, and their parent (the answer)."""
+    if key is not None:
+        raise InvalidInput("Idempotency-Key does not apply to broadcast jobs")
+    store = _store(request)
+    parent, children, _ = await submit_broadcast(
+        store, workspace, job, request.app.state.config.stale_after_s,
+        request.app.state.backpressure.admit)
+    if span is not None:
+        span.set("tagrun.job.id", parent)
+        span.set("tagrun.job.tag", job.tag)
+    events.job_submitted(workspace, [parent, *children], [job.tag] * (len(children) + 1))
+    return JSON(await with_children(store, await store.get_job(workspace, parent)),
+                status_code=201)
+
+
 async def submit_batch(request: Request) -> JSON:
     workspace = await authenticator(request).workspace(request)
     body = await read_body(request, BatchIn)
@@ -98,6 +123,8 @@ async def submit_batch(request: Request) -> JSON:
     leases = request.app.state.config.lease_bounds
     jobs = []
     for index, item in enumerate(body.jobs):
+        if item.broadcast:
+            raise refuse_in_batch(index)
         try:
             jobs.append(await new_job(item, workspace, scripts, leases))
         except (InvalidInput, NotFound) as exc:
@@ -120,8 +147,8 @@ async def get_job(request: Request) -> JSON:
     store = _store(request)
     stale_after_s = request.app.state.config.stale_after_s
     if wait_s <= 0:
-        return JSON(await with_pending_reason(store, await store.get_job(workspace, job_id),
-                                              stale_after_s))
+        return JSON(await with_children(store, await with_pending_reason(
+            store, await store.get_job(workspace, job_id), stale_after_s)))
     deadline = time.monotonic() + wait_s
     with request.app.state.listener.watching_done(job_id) as done:
         job = await store.get_job(workspace, job_id)  # watched first: no finish missed
@@ -130,7 +157,8 @@ async def get_job(request: Request) -> JSON:
                 await asyncio.wait_for(done.wait(), left)
             done.clear()
             job = await store.get_job(workspace, job_id)
-    return JSON(await with_pending_reason(store, job, stale_after_s))
+    return JSON(await with_children(store, await with_pending_reason(store, job,
+                                                                     stale_after_s)))
 
 
 async def list_jobs(request: Request) -> JSON:
@@ -160,8 +188,12 @@ async def job_logs(request: Request) -> JSON:
 async def cancel_job(request: Request) -> JSON:
     workspace = await authenticator(request).workspace(request)
     job_id = path_int(request, "id")
-    job = await _store(request).cancel_job(workspace, job_id)
-    events.job_cancelled(job_id, workspace, running=job["status"] == "running")
+    store = _store(request)
+    job = await store.cancel_job(workspace, job_id)
+    if job["broadcast"]:  # its children are cancelled; it ends with them
+        job = await cancel_broadcast(store, workspace, job)
+    else:
+        events.job_cancelled(job_id, workspace, running=job["status"] == "running")
     return JSON(job)
 
 
@@ -177,6 +209,8 @@ async def rerun_job(request: Request) -> JSON:
         job = await copied_job(_store(request), workspace, path_int(request, "id"),
                                request.app.state.config.lease_bounds)
         [job] = _traced([job], request, span)
+        if (await _store(request).get_job(workspace, path_int(request, "id")))["broadcast"]:
+            return await _broadcast(request, workspace, job, None, span)  # to today's agents
         await request.app.state.backpressure.admit(1)
         [job_id] = await _store(request).insert_jobs(workspace, [job])
         if span is not None:

@@ -7,13 +7,17 @@ from collections import defaultdict
 from typing import Any
 
 from tagrun.server.store._base import iso
+from tagrun.shared.version import older_than
 
 # What an agent or worker is, the same word in the API, the CLI, the UI and the metrics
 # (computed by the store's LIST_WORKERS): live (connected, running nothing), busy (running
 # jobs), paused (it, or its group, claims nothing new until resumed), draining (asked to
 # finish its jobs and stop), stopped (it stopped cleanly and said so), stale (no contact for
-# TAGRUN_STALE_AFTER_S), token_revoked (its token was revoked or expired: it can do nothing).
-STATES = ("live", "busy", "paused", "draining", "stopped", "stale", "token_revoked")
+# TAGRUN_STALE_AFTER_S), token_revoked (its token was revoked or expired: it can do nothing),
+# version_refused (its version is below min_agent_version: it finishes its jobs and exits),
+# quarantined (its recent attempts all failed while others' succeeded: services/quarantine.py).
+STATES = ("live", "busy", "paused", "draining", "quarantined", "stopped", "stale",
+          "token_revoked", "version_refused")
 LIVE_STATES = ("live", "busy")  # those that can take jobs
 
 
@@ -21,7 +25,8 @@ def is_live(agent: dict[str, Any]) -> bool:
     return agent["state"] in LIVE_STATES
 
 
-def fleet_view(overview: dict[str, Any]) -> dict[str, Any]:
+def fleet_view(overview: dict[str, Any], *, recommended: str = "") -> dict[str, Any]:
+    """`recommended`: the recommended agent version; agents below it are `outdated`."""
     workers = overview["workers"]
     running_by_holder: dict[str, int] = defaultdict(int)
     running_by_tag: dict[str, int] = defaultdict(int)
@@ -41,6 +46,12 @@ def fleet_view(overview: dict[str, Any]) -> dict[str, Any]:
         "paused_until": iso(w["paused_until"]), "paused_as": w["paused_as"],
         "drain_note": w["drain_note"],
         "verify": w["verify"],
+        "os": w.get("os"), "arch": w.get("arch"), "slots": w.get("slots"),
+        "outdated": w["kind"] == "agent" and bool(recommended)
+        and older_than(w["version"] or "", recommended),
+        "version_refused_min": w.get("version_refused_min"),
+        "quarantine_reason": w.get("quarantine_reason"),
+        "quarantined_until": iso(w.get("quarantined_until")),
     } for w in workers]
     pools: dict[str, dict[str, Any]] = {}
     for a in agents:

@@ -7,8 +7,12 @@ In the order checked, the first that applies:
 |---|---|
 | `delayed` | its run_at is ahead (submitted with run_at) |
 | `retry_backoff` | its run_at is ahead after a failed attempt |
+| `paused` (`scope` `tag`) | its tag is paused: by whom, the note, until when |
+| `pinned` | a broadcast's child: only its own agent runs it (`agent`) |
+| `agent_version_too_old` | no live worker serves its tag, and agents of the tag were |
+| | refused for a version below min_agent_version |
 | `no_live_worker` | no live agent or worker serves its tag |
-| `paused` | every live worker of its tag is paused or draining |
+| `paused` (`scope` `workers`) | every live worker of its tag is paused or draining |
 | `refused_by_agents` | every live worker of its tag refused it (local policy, pre-job hook) |
 | `cap` | a cap holds it: task_max_concurrent, its script's concurrency_limit, its |
 | | schedule's one run at a time, task_inline_max_concurrent |
@@ -25,7 +29,7 @@ from typing import Any
 from tagrun.server.services.fleet import LIVE_STATES
 from tagrun.server.store import Store
 
-STEERED = ("paused", "draining")  # alive, but claiming nothing new
+STEERED = ("paused", "draining", "quarantined")  # alive, but claiming nothing new
 ALIVE = (*LIVE_STATES, *STEERED)  # the rest (stale, stopped, token_revoked) are gone
 SHOWN = 5  # workers named in a sentence before "and N more"
 CLOCK_SLACK = timedelta(seconds=0.5)  # run_at is the database's clock, `now` this process's
@@ -46,9 +50,18 @@ def _reason(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 
 def reason_for(job: dict[str, Any], workers: Sequence[dict[str, Any]],
-               load: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """Why `job` (queued) waits, from the workers of its tag and the caps' load."""
+               load: dict[str, Any], now: datetime,
+               paused_tags: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Why `job` (queued) waits, from the workers of its tag, the caps' load and the paused
+    tags (by tag)."""
     tag = job["tag"]
+    paused = (paused_tags or {}).get(tag)
+    if paused is not None:
+        until = f" until {paused['paused_until']}" if paused["paused_until"] else \
+            " until it is resumed"
+        return _reason("paused", f"tag {tag} is paused by {paused['paused_by'] or 'someone'}"
+                       f"{until}: {paused['note']}", scope="tag", by=paused["paused_by"],
+                       note=paused["note"], until=paused["paused_until"])
     if job["run_at"] and _when(job["run_at"]) > now + CLOCK_SLACK:
         if job["attempts"]:
             last = job["attempts"][-1]
@@ -57,9 +70,18 @@ def reason_for(job: dict[str, Any], workers: Sequence[dict[str, Any]],
                            f"the next one is due at {job['run_at']}", until=job["run_at"])
         return _reason("delayed", f"it was submitted to run at {job['run_at']}",
                        until=job["run_at"])
+    if job.get("pinned_to"):
+        return _pinned(job["pinned_to"], workers)
     mine = [w for w in workers if tag in (w.get("tags") or [])]
     live = [w for w in mine if w["state"] in ALIVE]
     if not live:
+        too_old = [w for w in mine if w["state"] == "version_refused"]
+        if too_old:
+            minimum = too_old[0].get("version_refused_min") or "min_agent_version"
+            return _reason("agent_version_too_old", f"no live worker serves tag {tag}: its "
+                           f"agents ({_names(too_old)}) run a version below the server's "
+                           f"minimum {minimum} and were refused; upgrade them",
+                           workers=[w["name"] for w in too_old], minimum=minimum)
         gone = f" ({_names(mine)}: {', '.join(sorted({w['state'] for w in mine}))})" \
             if mine else ""
         return _reason("no_live_worker", f"no live worker serves tag {tag}{gone}: it waits "
@@ -67,10 +89,12 @@ def reason_for(job: dict[str, Any], workers: Sequence[dict[str, Any]],
     free = [w for w in live if w["state"] in LIVE_STATES]
     if not free:
         notes = "; ".join(f"{w['name']} {w['state']}" + (
-            f" by {w['paused_by']}: {w['pause_note']}" if w.get("pause_note") else "")
+            f" by {w['paused_by']}: {w['pause_note']}" if w.get("pause_note") else "") + (
+            f": {w['quarantine_reason']}" if w.get("quarantine_reason") else "")
             for w in live[:SHOWN])
-        return _reason("paused", f"every live worker of tag {tag} is paused or draining "
-                       f"({notes})", workers=[w["name"] for w in live])
+        return _reason("paused", f"every live worker of tag {tag} is paused, draining or "
+                       "quarantined "
+                       f"({notes})", scope="workers", workers=[w["name"] for w in live])
     refused = {r["worker"]: f"{r['kind']}: {r['reason']}" for r in job.get("refusals") or []}
     if refused and all(w["name"] in refused for w in free):
         names = "; ".join(f"{w['name']} ({refused[w['name']]})" for w in free[:SHOWN])
@@ -101,9 +125,23 @@ def reason_for(job: dict[str, Any], workers: Sequence[dict[str, Any]],
     return _reason("claimable", f"a live worker of tag {tag} is free: it starts in a moment")
 
 
+def _pinned(agent: str, workers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    found = next((w for w in workers if w["name"] == agent), None)
+    state = found["state"] if found else "gone"
+    if state in LIVE_STATES:
+        return _reason("pinned", f"it is part of a broadcast and runs only on agent {agent} "
+                       f"({state}), which takes it when it has a free slot", agent=agent)
+    if state in STEERED:
+        return _reason("pinned", f"it is part of a broadcast and runs only on agent {agent}, "
+                       f"which is {state}: it waits for it", agent=agent)
+    return _reason("pinned", f"it is part of a broadcast and runs only on agent {agent}, "
+                   f"which is {state}: it fails with lost_worker if that agent does not "
+                   "come back", agent=agent)
+
+
 async def with_pending_reasons(store: Store, jobs: list[dict[str, Any]],
                                stale_after_s: float) -> list[dict[str, Any]]:
-    """`jobs` with a `pending_reason` on each queued one (three queries for the lot)."""
+    """`jobs` with a `pending_reason` on each queued one (four queries for the lot)."""
     queued = [j for j in jobs if j["status"] == "queued"]
     if not queued:
         return jobs
@@ -111,9 +149,10 @@ async def with_pending_reasons(store: Store, jobs: list[dict[str, Any]],
     workers = await store.workers_for_tags(tags, stale_after_s)
     keys = sorted({j["concurrency_key"] for j in queued if j.get("concurrency_key")})
     load = await store.caps_and_load(keys)
+    paused = {p["tag"]: p for p in await store.paused_tags()}
     now = datetime.now(UTC)
     for job in queued:
-        job["pending_reason"] = reason_for(job, workers, load, now)
+        job["pending_reason"] = reason_for(job, workers, load, now, paused)
     return jobs
 
 

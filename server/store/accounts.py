@@ -1,4 +1,5 @@
-"""Workspaces and opaque tokens (superadmin and workspace), stored as SHA-256 hashes."""
+"""Workspaces and opaque tokens (superadmin, workspace, autoscale), stored as SHA-256
+hashes."""
 
 from __future__ import annotations
 
@@ -27,13 +28,18 @@ ON CONFLICT (kind) WHERE kind = 'superadmin' DO NOTHING RETURNING id"""
 INSERT_WORKSPACE_TOKEN = """
 INSERT INTO tokens (kind, workspace, label, hash, expires_at)
 VALUES ('workspace', $1, $2, $3, now() + make_interval(secs => $4::double precision))
-RETURNING id, workspace, label, created_at, expires_at"""
+RETURNING id, kind, workspace, label, created_at, expires_at"""
+# An autoscale token belongs to no workspace: it reads GET /api/autoscale, nothing else.
+INSERT_AUTOSCALE_TOKEN = """
+INSERT INTO tokens (kind, label, hash, expires_at)
+VALUES ('autoscale', $1, $2, now() + make_interval(secs => $3::double precision))
+RETURNING id, kind, workspace, label, created_at, expires_at"""
 LIST_WORKSPACE_TOKENS = """
-SELECT id, workspace, label, created_at, expires_at, revoked_at FROM tokens
-WHERE kind = 'workspace' AND ($1::text IS NULL OR workspace = $1) ORDER BY id"""
+SELECT id, kind, workspace, label, created_at, expires_at, revoked_at FROM tokens
+WHERE kind = $2 AND ($1::text IS NULL OR workspace = $1) ORDER BY id"""
 REVOKE_TOKEN = """
 UPDATE tokens SET revoked_at = coalesce(revoked_at, now())
-WHERE id = $1 AND kind = 'workspace' RETURNING id"""
+WHERE id = $1 AND kind IN ('workspace', 'autoscale') RETURNING id"""
 
 TOKEN_PREFIX = "tr_"
 
@@ -48,7 +54,7 @@ def new_token() -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # "superadmin" | "workspace"
+    kind: str  # "superadmin" | "workspace" | "autoscale"
     workspace: str | None
     token_id: int
 
@@ -56,6 +62,7 @@ class Principal:
 def _token_view(row: Any) -> dict[str, Any]:
     return {
         "id": row["id"],
+        "kind": row["kind"],
         "workspace": row["workspace"],
         "label": row["label"],
         "created_at": iso(row["created_at"]),
@@ -102,10 +109,19 @@ class Accounts(StoreBase):
         assert row is not None
         return {**_token_view(row), "token": token}
 
-    async def list_workspace_tokens(self, workspace: str | None) -> list[dict[str, Any]]:
-        rows = await self.fetch(LIST_WORKSPACE_TOKENS, workspace)
+    async def create_autoscale_token(self, label: str, expires_in_s: int | None
+                                     ) -> dict[str, Any]:
+        token = new_token()
+        row = await self.fetchrow(INSERT_AUTOSCALE_TOKEN, label, hash_token(token), expires_in_s)
+        assert row is not None
+        return {**_token_view(row), "token": token}
+
+    async def list_workspace_tokens(self, workspace: str | None, kind: str = "workspace"
+                                    ) -> list[dict[str, Any]]:
+        """Tokens of `kind` ("workspace" or "autoscale"), of `workspace` if one is given."""
+        rows = await self.fetch(LIST_WORKSPACE_TOKENS, workspace, kind)
         return [_token_view(r) for r in rows]
 
     async def revoke_token(self, token_id: int) -> None:
         if await self.fetchval(REVOKE_TOKEN, token_id) is None:
-            raise NotFound(f"no workspace token with id {token_id}")
+            raise NotFound(f"no workspace or autoscale token with id {token_id}")

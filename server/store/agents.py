@@ -15,9 +15,11 @@ INSERT_SECRET = """
 INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"""
 GET_SECRET = "SELECT value FROM server_secrets WHERE name = $1"
 INSERT_AGENT_TOKEN = """
-INSERT INTO agent_tokens (jti, grp, tags, label, expires_at) VALUES ($1, $2, $3, $4, $5)"""
+INSERT INTO agent_tokens (jti, grp, tags, label, expires_at, max_jobs)
+VALUES ($1, $2, $3, $4, $5, $6)"""
 LIST_AGENT_TOKENS = """
-SELECT jti, grp, tags, label, created_at, expires_at, revoked_at FROM agent_tokens
+SELECT jti, grp, tags, label, created_at, expires_at, revoked_at, max_jobs, jobs_claimed
+FROM agent_tokens
 WHERE $1 OR (revoked_at IS NULL AND expires_at > now()) ORDER BY created_at DESC LIMIT 1000"""
 REVOKE_AGENT_TOKEN = """
 UPDATE agent_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE jti = $1 RETURNING jti"""
@@ -32,11 +34,16 @@ UPSERT_AGENT = f"""
 WITH old AS (SELECT drain_at IS NOT NULL AND session_key IS DISTINCT FROM $9 AS undrained
              FROM workers WHERE name = $1),
 up AS (
-    INSERT INTO workers (name, kind, grp, tags, ip, version, jti, via, session_key, verify)
-    VALUES ($1, 'agent', $2, $3, $4, $5, $6, $7, $9, $10)
+    INSERT INTO workers (name, kind, grp, tags, ip, version, jti, via, session_key, verify,
+                         os, arch, slots)
+    VALUES ($1, 'agent', $2, $3, $4, $5, $6, $7, $9, $10, $11, $12, $13)
     ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, grp = EXCLUDED.grp,
         tags = EXCLUDED.tags, ip = EXCLUDED.ip, version = EXCLUDED.version,
-        verify = EXCLUDED.verify,
+        verify = EXCLUDED.verify, os = EXCLUDED.os, arch = EXCLUDED.arch,
+        slots = EXCLUDED.slots,
+        version_refused_at = CASE WHEN workers.session_key IS DISTINCT FROM
+                                       EXCLUDED.session_key
+                                  THEN NULL ELSE workers.version_refused_at END,
         jti = EXCLUDED.jti, via = EXCLUDED.via, connected_at = now(), last_seen = now(),
         stale_reported = false, stopped_at = NULL, stop_reason = NULL,
         session_key = EXCLUDED.session_key,
@@ -90,13 +97,19 @@ FROM held h LEFT JOIN extended e ON e.n = h.n ORDER BY h.n"""
 def _list_workers(where: str = "") -> str:
     return f"""
 SELECT w.name, w.kind, w.grp, w.tags, w.ip, w.version, w.connected_at, s.seen_at AS last_seen,
+       w.jti,
        w.active_count, w.jobs_executed, w.stopped_at, w.stop_reason, w.drain_note, w.verify,
+       w.os, w.arch, w.slots, w.version_refused_min,
+       CASE WHEN q.quarantined THEN w.quarantine_reason END AS quarantine_reason,
+       CASE WHEN q.quarantined THEN w.quarantined_until END AS quarantined_until,
        CASE WHEN t.revoked_at IS NOT NULL THEN 'revoked'
             WHEN t.expires_at <= now() THEN 'expired' END AS token_problem,
        CASE WHEN t.revoked_at IS NOT NULL OR t.expires_at <= now() THEN 'token_revoked'
+            WHEN w.version_refused_at IS NOT NULL THEN 'version_refused'
             WHEN w.stopped_at IS NOT NULL THEN 'stopped'
             WHEN s.seen_at < now() - make_interval(secs => $1::float8) THEN 'stale'
             WHEN w.drain_at IS NOT NULL THEN 'draining'
+            WHEN q.quarantined THEN 'quarantined'
             WHEN p.paused OR g.grp IS NOT NULL THEN 'paused'
             WHEN w.active_count > 0 THEN 'busy'
             ELSE 'live' END AS state,
@@ -107,6 +120,9 @@ SELECT w.name, w.kind, w.grp, w.tags, w.ip, w.version, w.connected_at, s.seen_at
 FROM workers w JOIN workers_seen s ON s.name = w.name
 CROSS JOIN LATERAL (SELECT w.paused_at IS NOT NULL
                            AND (w.paused_until IS NULL OR w.paused_until > now()) AS paused) p
+CROSS JOIN LATERAL (SELECT w.quarantined_at IS NOT NULL
+                           AND (w.quarantined_until IS NULL OR w.quarantined_until > now())
+                           AS quarantined) q
 LEFT JOIN agent_tokens t ON w.kind = 'agent' AND t.jti = w.jti
 LEFT JOIN paused_groups g ON w.kind = 'agent' AND g.grp = w.grp
                          AND (g.paused_until IS NULL OR g.paused_until > now())
@@ -128,7 +144,10 @@ WITH w AS (
 SELECT name, pg_notify('{FLEET_CHANNEL}', '') FROM w"""
 RESUME_AGENT = f"""
 WITH w AS (
-    UPDATE workers SET paused_at = NULL, paused_until = NULL, pause_note = NULL, paused_by = NULL
+    UPDATE workers SET paused_at = NULL, paused_until = NULL, pause_note = NULL, paused_by = NULL,
+                       quarantined_at = NULL, quarantined_until = NULL,
+                       quarantine_reason = NULL, fail_streak = 0, fail_since = NULL,
+                       fail_scripts = '{{}}'
     WHERE name = $1 AND kind = 'agent' RETURNING name
 )
 SELECT name, pg_notify('{FLEET_CHANNEL}', '') FROM w"""
@@ -138,18 +157,26 @@ WITH w AS (
     WHERE name = $1 AND kind = 'agent' AND stopped_at IS NULL RETURNING name
 )
 SELECT name, pg_notify('{FLEET_CHANNEL}', '') FROM w"""
-PAUSE_GROUP = f"""
-WITH g AS (
-    INSERT INTO paused_groups (grp, paused_until, note, paused_by)
+def _pause(table: str, key: str) -> str:
+    """Pause a group or a tag ($1) for $2 seconds (NULL: until resumed), note $3, by $4."""
+    return f"""
+WITH p AS (
+    INSERT INTO {table} ({key}, paused_until, note, paused_by)
     VALUES ($1, now() + make_interval(secs => $2), $3, $4)
-    ON CONFLICT (grp) DO UPDATE SET paused_at = now(), paused_until = EXCLUDED.paused_until,
-                                    note = EXCLUDED.note, paused_by = EXCLUDED.paused_by
-    RETURNING grp
+    ON CONFLICT ({key}) DO UPDATE SET paused_at = now(), paused_until = EXCLUDED.paused_until,
+                                      note = EXCLUDED.note, paused_by = EXCLUDED.paused_by
+    RETURNING {key}
 )
-SELECT grp, pg_notify('{FLEET_CHANNEL}', '') FROM g"""
-RESUME_GROUP = f"""
-WITH g AS (DELETE FROM paused_groups WHERE grp = $1 RETURNING grp)
-SELECT grp, pg_notify('{FLEET_CHANNEL}', '') FROM g"""
+SELECT {key}, pg_notify('{FLEET_CHANNEL}', '') FROM p"""
+
+
+def _resume(table: str, key: str) -> str:
+    return f"""
+WITH p AS (DELETE FROM {table} WHERE {key} = $1 RETURNING {key})
+SELECT {key}, pg_notify('{FLEET_CHANNEL}', '') FROM p"""
+
+
+PAUSE_GROUP, RESUME_GROUP = _pause("paused_groups", "grp"), _resume("paused_groups", "grp")
 # What every replica keeps in memory (server/fleet_controls.py): pauses still in force, drains.
 FLEET_CONTROLS = """
 SELECT 'agent' AS scope, name AS target, paused_at IS NOT NULL
@@ -161,7 +188,42 @@ WHERE kind = 'agent' AND ((paused_at IS NOT NULL
                           OR drain_at IS NOT NULL)
 UNION ALL
 SELECT 'group', grp, true, paused_until, false FROM paused_groups
-WHERE paused_until IS NULL OR paused_until > now()"""
+WHERE paused_until IS NULL OR paused_until > now()
+UNION ALL
+SELECT 'tag', tag, true, paused_until, false FROM paused_tags
+WHERE paused_until IS NULL OR paused_until > now()
+UNION ALL
+SELECT 'quarantine', name, true, quarantined_until, false FROM workers
+WHERE kind = 'agent' AND quarantined_at IS NOT NULL
+  AND (quarantined_until IS NULL OR quarantined_until > now())"""
+# A tag paused: no agent or worker claims its jobs (the claim leaves it out of the tags it
+# asks for), and its queued jobs say so (services/pending.py). $2: seconds (NULL: until
+# resumed).
+PAUSE_TAG, RESUME_TAG = _pause("paused_tags", "tag"), _resume("paused_tags", "tag")
+PAUSED_TAGS = """
+SELECT tag, paused_at, paused_until, note, paused_by FROM paused_tags
+WHERE paused_until IS NULL OR paused_until > now() ORDER BY tag"""
+# Quarantine (services/quarantine.py): did agents other than $1 succeed at jobs of tags $2
+# since $3 (read through the finished_at index)?
+OTHERS_SUCCEEDED = """
+SELECT EXISTS (SELECT 1 FROM jobs WHERE finished_at >= $3 AND status = 'succeeded'
+                                    AND worker <> $1 AND tag = ANY($2::text[]))"""
+QUARANTINE_AGENT = f"""
+WITH w AS (
+    UPDATE workers SET quarantined_at = now(), quarantine_reason = $3,
+                       quarantined_until = now() + make_interval(secs => $2)
+    WHERE name = $1 AND kind = 'agent'
+      AND NOT (quarantined_at IS NOT NULL
+               AND (quarantined_until IS NULL OR quarantined_until > now()))
+    RETURNING name, quarantined_until
+)
+SELECT quarantined_until, pg_notify('{FLEET_CHANNEL}', '') FROM w"""
+# The server refused this agent process's claims for its version (its state shows
+# `version_refused` until a process of that name connects again): only its own token's record.
+VERSION_REFUSED = """
+UPDATE workers SET version_refused_at = now(), version_refused_min = $3
+WHERE name = $1 AND kind = 'agent' AND jti = $2 AND version_refused_at IS NULL
+RETURNING name"""
 # A standalone server's inline worker lives and dies with its process (and has a name of its
 # own each start): once stopped or stale, its record is folded away rather than piling up.
 FOLD_INLINE_WORKERS = """
@@ -178,7 +240,8 @@ WORKER_STOPPED = """
 UPDATE workers SET stopped_at = now(), stop_reason = $2, active_count = 0, last_seen = now()
 WHERE name = $1 AND kind <> 'agent'"""
 RUNNING_BY_HOLDER_AND_TAG = """
-SELECT worker, tag, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY worker, tag"""
+SELECT worker, tag, count(*) AS n FROM jobs WHERE status = 'running' AND NOT broadcast
+GROUP BY worker, tag"""
 # Queued jobs by tag, and how long the oldest due one has waited (NULL: none due yet).
 QUEUED_BY_TAG = """
 SELECT tag, count(*) AS n,
@@ -202,6 +265,8 @@ def agent_token_view(row: Any) -> dict[str, Any]:
         "jti": row["jti"], "group": row["grp"], "tags": list(row["tags"]), "label": row["label"],
         "created_at": iso(row["created_at"]), "expires_at": iso(row["expires_at"]),
         "revoked": row["revoked_at"] is not None,
+        # A job-limited token (max_jobs; None: unlimited) and the jobs it has claimed.
+        "max_jobs": row["max_jobs"], "jobs_claimed": row["jobs_claimed"],
     }
 
 
@@ -213,9 +278,11 @@ class Agents(StoreBase):
         return value
 
     async def create_agent_token(
-        self, jti: str, group: str, tags: Sequence[str], label: str, expires_at: datetime
+        self, jti: str, group: str, tags: Sequence[str], label: str, expires_at: datetime,
+        max_jobs: int | None = None,
     ) -> None:
-        await self.execute(INSERT_AGENT_TOKEN, jti, group, list(tags), label, expires_at)
+        await self.execute(INSERT_AGENT_TOKEN, jti, group, list(tags), label, expires_at,
+                           max_jobs)
 
     async def list_agent_tokens(self, include_inactive: bool) -> list[dict[str, Any]]:
         return [agent_token_view(r) for r in await self.fetch(LIST_AGENT_TOKENS, include_inactive)]
@@ -230,15 +297,17 @@ class Agents(StoreBase):
     async def upsert_agent(
         self, name: str, group: str, tags: Sequence[str], ip: str | None, version: str,
         jti: str, via: str, *, stale_after_s: float, session_key: str | None = None,
-        verify: dict[str, Any] | None = None,
+        verify: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
     ) -> bool:
         """Record an agent when server process `via` first sees it (not on every poll); True
         if that ended a drain asked of an earlier process of that name.
 
         A name whose record belongs to another token and is not stale is refused with
         AgentNameTaken, and that record is left as it was."""
+        about = info or {}
         written = await self.fetchrow(UPSERT_AGENT, name, group, list(tags), ip, version, jti,
-                                      via, stale_after_s, session_key, verify)
+                                      via, stale_after_s, session_key, verify, about.get("os"),
+                                      about.get("arch"), about.get("slots"))
         if written is not None:
             return bool(written["undrained"])
         if written is None:
@@ -267,6 +336,30 @@ class Agents(StoreBase):
 
     async def resume_group(self, group: str) -> bool:
         return await self.fetchval(RESUME_GROUP, group) is not None
+
+    async def pause_tag(self, tag: str, for_s: float | None, note: str, by: str) -> None:
+        await self.fetchval(PAUSE_TAG, tag, for_s, note, by)
+
+    async def resume_tag(self, tag: str) -> bool:
+        return await self.fetchval(RESUME_TAG, tag) is not None
+
+    async def paused_tags(self) -> list[dict[str, Any]]:
+        return [{"tag": r["tag"], "paused_at": iso(r["paused_at"]),
+                 "paused_until": iso(r["paused_until"]), "note": r["note"],
+                 "paused_by": r["paused_by"]} for r in await self.fetch(PAUSED_TAGS)]
+
+    async def others_succeeded(self, name: str, tags: Sequence[str], since: datetime) -> bool:
+        return bool(await self.fetchval(OTHERS_SUCCEEDED, name, list(tags), since))
+
+    async def quarantine_agent(self, name: str, for_s: float | None, reason: str
+                               ) -> tuple[bool, datetime | None]:
+        """Quarantine `name` unless it already is: (done, until when)."""
+        row = await self.fetchrow(QUARANTINE_AGENT, name, for_s, reason)
+        return (row is not None, row["quarantined_until"] if row is not None else None)
+
+    async def version_refused(self, name: str, jti: str, minimum: str) -> bool:
+        """Mark the agent's record refused for its version; True the first time (per process)."""
+        return await self.fetchval(VERSION_REFUSED, name, jti, minimum) is not None
 
     async def fleet_controls(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.fetch(FLEET_CONTROLS)]

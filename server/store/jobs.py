@@ -71,7 +71,7 @@ ORDER BY id DESC LIMIT $6"""
 CAPS_AND_LOAD = f"""
 SELECT {setting_int(TOTAL_CAP)} AS total_cap, {setting_int(INLINE_CAP)} AS inline_cap,
        count(*) AS running, count(*) FILTER (WHERE inline) AS running_inline
-FROM jobs WHERE status = 'running'"""
+FROM jobs WHERE status = 'running' AND NOT broadcast"""
 RUNNING_BY_KEY = """
 SELECT concurrency_key, count(*) AS n FROM jobs
 WHERE status = 'running' AND concurrency_key = ANY($1::text[]) GROUP BY concurrency_key"""
@@ -114,8 +114,9 @@ WITH updated AS (
     UPDATE jobs SET status = 'queued', attempt = 0, worker = NULL, holder_key = NULL,
                     result = NULL, error = NULL, run_at = now(), started_at = NULL,
                     finished_at = NULL, cancel_requested = false
-    WHERE workspace = $1 AND id = $2 AND status IN ('failed', 'cancelled')
-    RETURNING id, tag, priority, run_at, concurrency_key, concurrency_limit
+    WHERE workspace = $1 AND id = $2 AND status IN ('failed', 'cancelled') AND NOT broadcast
+    RETURNING id, coalesce(pin_tag, tag) AS tag, priority, run_at, concurrency_key,
+              concurrency_limit
 )
 INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
 SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit FROM updated
@@ -176,6 +177,10 @@ def job_view(row: Any) -> dict[str, Any]:
         "log_truncated": row["log_truncated"],
         "log_chunks_lost": row["log_chunks_lost"],
         "content": row["content"],
+        # A broadcast's parent, or one of its children (pinned to an agent).
+        "broadcast": row["broadcast"],
+        "parent_id": row["parent_id"],
+        "pinned_to": row["pin_tag"].partition("/")[2] if row["pin_tag"] else None,
     }
 
 

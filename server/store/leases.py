@@ -71,7 +71,7 @@ WITH caps AS (
            {setting_int(INLINE_CAP)} AS inline_cap
 ), load AS (
     SELECT count(*) AS running, count(*) FILTER (WHERE inline) AS running_inline
-    FROM jobs WHERE status = 'running'
+    FROM jobs WHERE status = 'running' AND NOT broadcast  -- a broadcast's parent runs nowhere
 ), room AS (
     SELECT least(cardinality($2::text[]),
                  CASE WHEN total_cap > 0 THEN greatest(total_cap - running, 0) END,
@@ -286,16 +286,37 @@ WITH cur AS (
     FROM cur WHERE jobs.id = cur.id
     RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
               jobs.concurrency_key, jobs.concurrency_limit, jobs.attempt, jobs.worker,
-              jobs.started_at, jobs.workspace, jobs.traceparent
+              jobs.started_at, jobs.workspace, jobs.traceparent, jobs.pin_tag,
+              jobs.parent_id,
+              CASE WHEN $4 = 'failed'
+                   THEN coalesce(jobs.script_path, 'inline ' || md5(jobs.content)) END AS what
 ), q AS (
     INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
-    SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit
+    SELECT id, coalesce(pin_tag, tag), priority, run_at, concurrency_key, concurrency_limit
     FROM j WHERE status = 'queued'
 ), w AS (
-    UPDATE workers SET jobs_executed = jobs_executed + 1
-    WHERE name = $3 AND EXISTS (SELECT 1 FROM j)
+    -- Its run of failures (quarantine): a failure adds to it, a success ends it, a
+    -- cancellation leaves it as it is.
+    UPDATE workers SET jobs_executed = jobs_executed + 1,
+        fail_streak = CASE $4 WHEN 'failed' THEN fail_streak + 1 WHEN 'succeeded' THEN 0
+                              ELSE fail_streak END,
+        fail_since = CASE $4 WHEN 'failed' THEN coalesce(fail_since, now())
+                             WHEN 'succeeded' THEN NULL ELSE fail_since END,
+        fail_scripts = CASE WHEN $4 = 'succeeded' THEN '{}'
+                            WHEN $4 = 'failed' AND cardinality(fail_scripts) < 2
+                                 AND NOT (j.what = ANY(fail_scripts))
+                            THEN fail_scripts || j.what ELSE fail_scripts END
+    FROM j WHERE workers.name = $3
+    RETURNING workers.fail_streak, cardinality(workers.fail_scripts) AS fail_scripts,
+              workers.fail_since, workers.kind = 'agent' AS agent,
+              (workers.quarantined_at IS NOT NULL AND (workers.quarantined_until IS NULL
+                                                       OR workers.quarantined_until > now()))
+              AS quarantined
 )
-SELECT id, status, tag, attempt, worker, run_at, workspace, traceparent,
+SELECT id, status, tag, attempt, worker, run_at, workspace, traceparent, parent_id,
+       (SELECT fail_streak FROM w) AS fail_streak, (SELECT fail_scripts FROM w) AS fail_scripts,
+       (SELECT fail_since FROM w) AS fail_since,
+       coalesce((SELECT agent AND NOT quarantined FROM w), false) AS may_quarantine,
        round(extract(epoch FROM now() - started_at) * 1000) AS duration_ms,
        CASE WHEN status <> 'queued' THEN pg_notify($13, id::text) END
 FROM j"""
@@ -307,8 +328,8 @@ VACUUM_QUEUE = "VACUUM (SKIP_LOCKED) queue"  # no arguments: sent as a simple qu
 # The end of a statement whose CTE `j` updated jobs: those now queued go back in the queue,
 # and those that ended are announced (GET /jobs/{id}?wait_s= listens for it).
 _REQUEUED = f"""
-    RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
-              jobs.concurrency_key, jobs.concurrency_limit
+    RETURNING jobs.id, jobs.status, coalesce(jobs.pin_tag, jobs.tag) AS tag, jobs.priority,
+              jobs.run_at, jobs.concurrency_key, jobs.concurrency_limit
 ), q AS (
     INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
     SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit
@@ -392,8 +413,8 @@ WITH held AS (
       AND jobs.status = 'running' AND NOT jobs.cancel_requested
       AND jobs.holder_key IS NOT DISTINCT FROM $5
       AND ($4::text[] IS NULL OR jobs.tag = ANY($4::text[]))
-    RETURNING jobs.id, jobs.tag, jobs.priority, jobs.run_at, jobs.concurrency_key,
-              jobs.concurrency_limit
+    RETURNING jobs.id, coalesce(jobs.pin_tag, jobs.tag) AS tag, jobs.priority, jobs.run_at,
+              jobs.concurrency_key, jobs.concurrency_limit
 )
 INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
 SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit FROM j

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tagrun.server.store._base import CAPPED_CHANNEL, StoreBase
+from tagrun.server.store._base import CAPPED_CHANNEL, FLEET_CHANNEL, StoreBase
 
 # The database-kept settings the statements read (every setting, with its default and help:
 # services/settings.py, which takes these names from here).
 TOTAL_CAP = "task_max_concurrent"
 INLINE_CAP = "task_inline_max_concurrent"
+# The agent version window (server/fleet_controls.py holds it in memory).
+MIN_AGENT_VERSION = "min_agent_version"
+RECOMMENDED_AGENT_VERSION = "recommended_agent_version"
+AGENT_DOWNLOAD_URL = "agent_download_url"
 
 
 def setting_int(key: str) -> str:
@@ -23,7 +27,8 @@ WITH put AS (
     INSERT INTO settings (key, value) VALUES ($1, $2)
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
 )
-SELECT pg_notify('{CAPPED_CHANNEL}', '')"""  # every replica re-reads its caps at once
+SELECT pg_notify('{CAPPED_CHANNEL}', ''), pg_notify('{FLEET_CHANNEL}', '')"""
+# Every replica re-reads its caps, and its fleet controls (the version window), at once.
 CAPS_STATE = f"""
 SELECT {setting_int(TOTAL_CAP)} AS total, {setting_int(INLINE_CAP)} AS inline,
        EXISTS (SELECT 1 FROM queue WHERE concurrency_key IS NOT NULL) AS scripts"""

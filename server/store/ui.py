@@ -22,7 +22,7 @@ INSERT INTO ui_sessions_ended (sid, expires_at) VALUES ($1, $2) ON CONFLICT (sid
 # One workspace's share of the queue, for a workspace token's view of the Workers page.
 WORKSPACE_RUNNING_BY_HOLDER_AND_TAG = """
 SELECT worker, tag, count(*) AS n FROM jobs
-WHERE workspace = $1 AND status = 'running' GROUP BY worker, tag"""
+WHERE workspace = $1 AND status = 'running' AND NOT broadcast GROUP BY worker, tag"""
 WORKSPACE_QUEUED_BY_TAG = """
 SELECT tag, count(*) AS n FROM jobs WHERE workspace = $1 AND status = 'queued' GROUP BY tag"""
 

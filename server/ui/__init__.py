@@ -10,13 +10,13 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from tagrun.server.ui import jobs, schedules, signin, workers
+from tagrun.server.ui import agent, jobs, schedules, signin, workers
 from tagrun.server.ui.auth import SessionAuthenticator
 from tagrun.server.ui.render import STATIC_DIR
 from tagrun.server.ui.security import SecurityHeaders
 
 routes: list[BaseRoute] = [
-    *signin.routes, *workers.routes, *jobs.routes, *schedules.routes,
+    *signin.routes, *workers.routes, *agent.routes, *jobs.routes, *schedules.routes,
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
 ]
 

@@ -11,6 +11,7 @@ from starlette.routing import Route
 from tagrun.server.auth import WORKSPACE_ID, authenticator
 from tagrun.server.errors import InvalidInput
 from tagrun.server.http import path_int, query_int
+from tagrun.server.services.broadcast import with_children
 from tagrun.server.services.pending import with_pending_reason, with_pending_reasons
 from tagrun.server.store import FINAL_STATES, STATES, Store
 from tagrun.server.ui.render import home_workspace, page
@@ -83,8 +84,9 @@ def _attempts(job: dict[str, Any]) -> list[dict[str, Any]]:
 async def job_page(request: Request, session: Session) -> Response:
     workspace = await authenticator(request).workspace(request)
     store: Store = request.app.state.store
-    job = await with_pending_reason(store, await store.get_job(workspace, path_int(request, "id")),
-                                    request.app.state.config.stale_after_s)
+    job = await with_children(store, await with_pending_reason(
+        store, await store.get_job(workspace, path_int(request, "id")),
+        request.app.state.config.stale_after_s))
     job["error"] = _error(job["error"])
     return await page(request, session, "job.html", {
         "nav": "jobs", "workspace": workspace, "job": job, "attempts": _attempts(job),

@@ -94,6 +94,10 @@ async def signin(request: Request) -> Response:
                                              else None})
         return await _form_page(request, fresh, next_url=next_url, status=401,
                                 error="That token is not recognised, has expired or was revoked.")
+    if principal.kind == "autoscale":  # it reads GET /api/autoscale and nothing else
+        return await _form_page(request, fresh, next_url=next_url, status=403,
+                                error="An autoscale token cannot sign in: it reads "
+                                      "/api/autoscale only.")
     cookie, session = await auth.sessions.issue(principal, hash_token(token))
     log.info("ui.signed_in", extra={"kind": principal.kind, "workspace": principal.workspace,
                                     "token_id": principal.token_id})

@@ -12,9 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tagrun.server.errors import InvalidInput
 from tagrun.server.http import query_int
 from tagrun.server.services import settings
-from tagrun.server.services.fleet import fleet_view, is_live
+from tagrun.server.services.fleet import STATES, agents_page, fleet_view, is_live
 from tagrun.server.store import Store
 from tagrun.server.ui.render import page
 from tagrun.server.ui.session import Session
@@ -58,7 +59,8 @@ async def _fleet(store: Store, session: Session, stale_after_s: float) -> dict[s
     overview["waits"] = await store.recent_waits()
     if session.principal.kind != "superadmin":
         overview.update(await store.workspace_queue(session.principal.workspace or ""))
-    fleet = fleet_view(overview)
+    fleet = fleet_view(overview, recommended=str(
+        (await settings.current(store))[settings.RECOMMENDED_AGENT_VERSION]))
     tokens = {w["name"]: w["token_problem"] for w in overview["workers"]}
     for agent in fleet["agents"]:
         agent["token"] = tokens.get(agent["name"])  # "revoked" or "expired"
@@ -67,18 +69,39 @@ async def _fleet(store: Store, session: Session, stale_after_s: float) -> dict[s
     return fleet
 
 
+def _filters(request: Request) -> dict[str, str | None]:
+    """The list's filters, as GET /api/workers names them; empty ones are None."""
+    found = {key: request.query_params.get(key, "").strip()[:200] or None
+             for key in ("name", "state", "group", "tag")}
+    if found["state"] is not None and found["state"] not in STATES:
+        raise InvalidInput(f"state {found['state']!r} is not one of {', '.join(STATES)}")
+    return found
+
+
+def _choices(agents: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """What the group and tag filters offer: those of the agents there are."""
+    return {"groups": sorted({a["group"] for a in agents if a["group"]}),
+            "tags": sorted({t for a in agents for t in a["tags"]})[:MAX_TAGS_SHOWN]}
+
+
 @ui_page
 async def workers_page(request: Request, session: Session) -> Response:
     store: Store = request.app.state.store
     superadmin = session.principal.kind == "superadmin"
     fleet = await _fleet(store, session, request.app.state.config.stale_after_s)
     tokens = await store.list_agent_tokens(False) if superadmin else []
+    filters = _filters(request)
+    shown, _, _ = agents_page(fleet["agents"], name=filters["name"], state=filters["state"],
+                              group=filters["group"], tag=filters["tag"],
+                              limit=max(1, len(fleet["agents"])))
     return await page(request, session, "workers.html", {
         "nav": "workers",
         "caps": await settings.current(store),
-        "cap_help": {key: s.help for key, s in settings.SETTINGS.items()},
+        "cap_help": {key: settings.SETTINGS[key].help for key in settings.CAPS},
         "summary": _summary(fleet),
-        "agents": paged(request, fleet["agents"], "agents_page", AGENTS_PER_PAGE),
+        "agents": paged(request, shown, "agents_page", AGENTS_PER_PAGE),
+        "agents_all": len(fleet["agents"]), "filters": filters, "states": STATES,
+        "choices": _choices(fleet["agents"]),
         "pools": fleet["pools"],
         "tags": fleet["tags"][:MAX_TAGS_SHOWN],
         "tags_total": len(fleet["tags"]),

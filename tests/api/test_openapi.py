@@ -75,7 +75,7 @@ EXACT = {("GET", "/api/w/{ws}/jobs"), ("GET", "/api/w/{ws}/jobs/{id}"),
          ("GET", "/api/w/{ws}/jobs/{id}/logs"), ("GET", "/api/w/{ws}/scripts"),
          ("GET", "/api/w/{ws}/schedules"), ("GET", "/api/w/{ws}/schedules/{name}"),
          ("PUT", "/api/settings"), ("POST", "/api/agent_tokens"), ("GET", "/api/agent_tokens"),
-         ("GET", "/api/tokens")}
+         ("GET", "/api/tokens"), ("GET", "/api/autoscale")}
 
 
 def test_what_the_document_calls_valid_is_accepted(server: TagrunProcess) -> None:

@@ -171,8 +171,9 @@ def test_every_agent_is_listed_page_by_page_with_filters_and_totals(
         listed_rows = [line.split()[0] for line in table.splitlines()
                        if line.startswith("sim-")]
         assert listed_rows == [f"sim-{n:04d}" for n in range(1, 251) if n % 3 == 2]
-        assert ("250 agents and workers: 225 live, 0 busy, 0 paused, 0 draining, 0 stopped, "
-                "25 stale") in table
+        assert ("250 agents and workers: 225 live, 0 busy, 0 paused, 0 draining, "
+                "0 quarantined, 0 stopped, 25 stale, 0 token_revoked, 0 version_refused"
+                ) in table
 
 
 def test_a_paused_agent_claims_nothing_until_resumed_and_a_pause_can_end_by_itself(

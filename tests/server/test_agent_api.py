@@ -107,8 +107,9 @@ def test_an_agent_never_receives_jobs_of_other_tags(
 ) -> None:
     other = submit(api, unique_tag())
     claimed = agent.post(CLAIM, json={"name": "a3", "wait_s": 0.5}).json()
-    assert claimed == {"jobs": [], "paused": False, "drain": False, "group": "edge",
-                       "tags": [tag], "server_version": __version__}
+    assert claimed == {"jobs": [], "paused": False, "drain": False, "spent": False,
+                       "quarantined": False, "group": "edge", "tags": [tag],
+                       "server_version": __version__}
     assert api.get(f"/api/w/default/jobs/{other}").json()["status"] == "queued"
     api.post(f"/api/w/default/jobs/{other}/cancel")
 

@@ -39,8 +39,23 @@ def test_each_reason() -> None:
     assert "(a, b: stale, token_revoked)" in code(job(), gone)[1]
     paused = [worker("a", "paused", paused_by="ops", pause_note="disk swap"),
               worker("b", "draining")]
-    assert code(job(), paused) == ("paused", "every live worker of tag t is paused or "
-                                   "draining (a paused by ops: disk swap; b draining)")
+    assert code(job(), paused) == ("paused", "every live worker of tag t is paused, draining "
+                                   "or quarantined (a paused by ops: disk swap; b draining)")
+    sick = [worker("a", "quarantined", quarantine_reason="its last 5 attempts all failed")]
+    assert code(job(), sick)[1].endswith("(a quarantined: its last 5 attempts all failed)")
+    old = [worker("a", "version_refused", version_refused_min="2.0")]
+    assert code(job(), old) == ("agent_version_too_old", "no live worker serves tag t: its "
+                                "agents (a) run a version below the server's minimum 2.0 and "
+                                "were refused; upgrade them")
+    held = {"t": {"tag": "t", "paused_by": "ops", "note": "migration", "paused_until": None}}
+    found = reason_for(job(), [worker("a")], IDLE, NOW, held)
+    assert (found["code"], found["scope"], found["message"]) == (
+        "paused", "tag", "tag t is paused by ops until it is resumed: migration")
+    pinned = reason_for(job(pinned_to="a"), [worker("a", "busy"), worker("b")], IDLE, NOW)
+    assert (pinned["code"], pinned["agent"]) == ("pinned", "a")
+    assert "runs only on agent a (busy)" in pinned["message"]
+    gone = reason_for(job(pinned_to="z"), [worker("a")], IDLE, NOW)
+    assert "which is gone: it fails with lost_worker" in gone["message"]
     refused = job(refusals=[{"worker": "a", "kind": "hook", "reason": "freeze"}])
     assert code(refused, [worker("a"), worker("b", "stale")])[0] == "refused_by_agents"
     assert code(refused, [worker("a"), worker("b")])[0] == "claimable"  # b may take it

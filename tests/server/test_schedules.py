@@ -403,6 +403,7 @@ def test_builtins_are_seeded_once_and_their_runs_are_jobs(database_url: str) -> 
         await store.create_agent_token("old", "g", ["t"], "", now - timedelta(days=1))
         await store.create_agent_token("live", "g", ["t"], "", now + timedelta(days=90))
         await store.register_worker("gone-agent", "agent", "g", ["t"], None, "0")
+        await store.record_worker_event("gone-agent", "paused", "disk swap", "superadmin")
         clock.set(now + timedelta(days=31))
         # Retention first (else it would delete the other maintenance runs, finished "a
         # month ago" by the moved clock), then the others.
@@ -424,7 +425,7 @@ def test_builtins_are_seeded_once_and_their_runs_are_jobs(database_url: str) -> 
                                             "retention_days": 30}),
             "idempotency_keys": ("succeeded", {"keys_deleted": 0}),
             "expired_agent_tokens": ("succeeded", {"tokens_deleted": 1}),
-            "stale_agents": ("succeeded", {"records_deleted": 1}),
+            "stale_agents": ("succeeded", {"records_deleted": 1, "history_deleted": 1}),
         }
         with pytest.raises(NotFound):
             await store.get_job("default", job_id)

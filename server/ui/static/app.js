@@ -256,6 +256,13 @@
     };
   }
 
+  // Max jobs: left out when empty (unlimited); anything else goes as typed, and the server
+  // says what is wrong with it.
+  function maxJobs(form) {
+    const raw = form.elements.namedItem("max_jobs").value.trim();
+    return raw ? { max_jobs: /^-?\d+$/.test(raw) ? Number(raw) : raw } : {};
+  }
+
   async function mint(form) {
     const error = form.querySelector("[data-form-error]");
     error.textContent = "";
@@ -269,6 +276,7 @@
       const minted = await api("POST", "/api/agent_tokens", {
         group, tags, label: form.elements.namedItem("label").value.trim(),
         expires_in_s: Number(form.elements.namedItem("expires_in_s").value),
+        ...maxJobs(form),
       });
       const d = drawer();
       d.querySelector("[data-token]").textContent = minted.token;
