@@ -452,6 +452,7 @@ class AutoscalePool(_Out):
 
 class AutoscaleTag(AutoscalePool):
     tag: str
+    paused: bool = False  # paused: its queued jobs count as no demand
 
 
 class AutoscaleGroup(AutoscalePool):

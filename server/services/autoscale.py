@@ -7,7 +7,8 @@ the jobs that want a slot and the agents there are, and how many agents it shoul
     and, when the oldest due job has waited over max_queue_age_s:
     desired_agents  >= agents that can take jobs now + 1
 
-It is never negative, and 0 when nothing is queued or running: a pool may scale to zero.
+It is never negative, and 0 when nothing is queued or running: a pool may scale to zero. A
+paused tag's jobs are no demand (no agent could run them): its `queued_due` reads 0.
 """
 
 from __future__ import annotations
@@ -132,13 +133,24 @@ def _only(group_tags: dict[str, set[str]], tag_names: set[str], group: str | Non
 
 def _tag_row(tag: str, overview: dict[str, Any], running: dict[str, int],
              agents: Sequence[dict[str, Any]], inputs: Inputs) -> dict[str, Any]:
-    oldest = overview["oldest"].get(tag)
+    oldest = None if tag in _paused(overview) else overview["oldest"].get(tag)
     return _with_desire({
         "tag": tag, "queued": overview["queued"].get(tag, 0),
-        "queued_due": overview["due"].get(tag, 0), "running": running.get(tag, 0),
+        "queued_due": _due(overview, tag), "running": running.get(tag, 0),
         "oldest_queued_s": None if oldest is None else round(oldest, 3),
+        "paused": tag in _paused(overview),
         **pool_figures(agents, inputs),
     }, inputs)
+
+
+def _paused(overview: dict[str, Any]) -> set[str]:
+    paused: set[str] = overview.get("paused_tags") or set()
+    return paused
+
+
+def _due(overview: dict[str, Any], tag: str) -> int:
+    """Its due jobs, as demand: none while the tag is paused (no agent could run them)."""
+    return 0 if tag in _paused(overview) else int(overview["due"].get(tag, 0))
 
 
 def _group_row(group: str, tags: list[str], overview: dict[str, Any],
@@ -146,11 +158,12 @@ def _group_row(group: str, tags: list[str], overview: dict[str, Any],
                inputs: Inputs) -> dict[str, Any]:
     """Its tags' queues (a tag served by several groups counts in each), and the jobs its own
     agents (`members`) run."""
-    ages = [overview["oldest"][t] for t in tags if t in overview["oldest"]]
+    ages = [overview["oldest"][t] for t in tags
+            if t in overview["oldest"] and t not in _paused(overview)]
     return _with_desire({
         "group": group, "tags": tags,
         "queued": sum(overview["queued"].get(t, 0) for t in tags),
-        "queued_due": sum(overview["due"].get(t, 0) for t in tags),
+        "queued_due": sum(_due(overview, t) for t in tags),
         "running": sum(running_by_holder.get(a["name"], 0) for a in members),
         "oldest_queued_s": round(max(ages), 3) if ages else None,
         **pool_figures(members, inputs),

@@ -328,3 +328,21 @@ def test_the_cli_mints_an_autoscale_token_and_reads_autoscale_with_it(
     assert after.returncode == 1 and "401" in after.stderr
     for job_id in _queued_ids(api, tag):
         api.post(f"/api/w/default/jobs/{job_id}/cancel")
+
+
+def test_a_paused_tag_is_no_demand_until_it_is_resumed(api: httpx.Client) -> None:
+    group, tag = unique("pool"), unique("t")
+    mint(api, group, [tag])
+    jobs = submit(api, tag, 3)
+    assert tag_row(api, tag)["desired_agents"] == 3
+    assert api.post(f"/api/tags/{tag}/pause", json={"note": "migration"}).status_code == 200
+    try:
+        row = tag_row(api, tag)
+        assert (row["paused"], row["queued"], row["queued_due"], row["desired_agents"]) == (
+            True, 3, 0, 0)
+        assert group_row(api, group)["desired_agents"] == 0
+    finally:
+        assert api.post(f"/api/tags/{tag}/resume").status_code == 200
+    assert (tag_row(api, tag)["paused"], tag_row(api, tag)["desired_agents"]) == (False, 3)
+    for job in jobs:
+        api.post(f"/api/w/default/jobs/{job}/cancel")
