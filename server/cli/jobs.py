@@ -196,6 +196,12 @@ def show_jobs(page: dict[str, Any]) -> None:
         typer.echo(f"more: --cursor {page['next_cursor']}", err=True)
 
 
+CHILD_COLUMNS = [
+    Column("id", "Job"), Column("agent", "Agent"), Column("status", "Status"),
+    Column("took_s", "Took", duration), Column("note", "Result or error", width=60),
+]
+
+
 def show_job(job: dict[str, Any]) -> None:
     """A job as `job get` shows it."""
     fields: list[Detail] = [
@@ -210,6 +216,11 @@ def show_job(job: dict[str, Any]) -> None:
                ("Took", duration(_took(job)))]
     fields += _job_extras(job)
     print_detail(fields)
+    if job.get("children") is not None:  # a broadcast: one job per agent
+        typer.echo(f"\nAGENTS ({len(job['children'])})")
+        print_table([{**c, "took_s": _took(c), "note": _error(c["error"]) if c["error"]
+                      else c["status"] == "succeeded" and _result(c["result"]) or None}
+                     for c in job["children"]], CHILD_COLUMNS)
 
 
 def _job_extras(job: dict[str, Any]) -> list[Detail]:
@@ -227,7 +238,10 @@ def _job_extras(job: dict[str, Any]) -> list[Detail]:
         ("Refusals", [f"{r.get('worker')}: {r.get('kind')}: {r.get('reason')}"
                       for r in job["refusals"]]),
         ("Cancel", job["cancel_requested"] and job["status"] == "running" and "requested"),
-        ("Result", job["status"] == "succeeded" and _result(job["result"])),
+        ("Broadcast", job.get("parent_id") and
+         f"one of job {job['parent_id']}'s, pinned to agent {job.get('pinned_to')}"),
+        ("Result", job["status"] == "succeeded" and not job.get("broadcast")
+         and _result(job["result"])),
         ("Error", job["error"] and _error(job["error"])),
     ) if value]
 

@@ -64,8 +64,12 @@ def test_a_broadcast_runs_once_on_every_live_agent_of_its_tag(
                                                parent["id"])
                 assert child["status"] == "succeeded"
             shown = ok(run_cli("job", "get", str(parent["id"]), url=server.url)).stdout
-            for name in names:
-                assert name in shown, shown
+            assert f"AGENTS ({AGENTS})" in shown, shown
+            for name in names:  # a row per agent: its job, its name, how it went
+                assert re.search(rf"^\d+ +{name} +succeeded .*on {name}", shown, re.M), shown
+            child = ok(run_cli("job", "get", str(children[0]["job_id"]), url=server.url)).stdout
+            assert f"one of job {parent['id']}'s, pinned to agent {children[0]['agent']}" \
+                in child
             with contextlib.closing(signed_in(server.url, SUPERADMIN)) as ui:
                 page = ui.get(f"/w/default/jobs/{parent['id']}").text
                 rows = re.findall(r'data-child="(\d+)"', page)

@@ -104,6 +104,35 @@ def test_an_agent_that_fails_everything_is_quarantined_while_others_work(
             bad.kill()
 
 
+def test_a_quarantine_ends_by_itself_after_its_time(
+        start_process: Any, database_url: str, tmp_path: Path) -> None:
+    server = start_process("server", database_url, env={
+        "TAGRUN_QUARANTINE_AFTER": "2", "TAGRUN_QUARANTINE_FOR_S": "3"}).wait_healthy()
+    path = f"{tool_dir(tmp_path)}{os.pathsep}{os.environ['PATH']}"
+    with api_client(server.url) as api:
+        good = AgentProcess(server.url, agent_token(api, ["q"]), tmp_path, name="good-1",
+                            env={"PATH": path})
+        bad = AgentProcess(server.url, agent_token(api, ["q"]), tmp_path, name="bad-1")
+        try:
+            wait_until(lambda: state(api, "good-1") == "live" and state(api, "bad-1") == "live",
+                       message="both agents to connect")
+            run_until(api, lambda: state(api, "bad-1") == "quarantined", "q",
+                      "bad-1 to be quarantined")
+            until = listed(api, "bad-1")["quarantined_until"]  # type: ignore[index]
+            assert until is not None
+            wait_until(lambda: state(api, "bad-1") == "live", timeout=30,
+                       message="the quarantine to end by itself")
+            # It gets leases again: a job any machine can run reaches it (good-1 takes some).
+            def ran_on_bad() -> bool:
+                job = submit(api, tag="q", content="echo ok", max_attempts=1)
+                return bool(finished(api, job)["worker"] == "bad-1")
+            wait_until(ran_on_bad, timeout=60, interval=0.2,
+                       message="bad-1 to run a job again")
+        finally:
+            good.kill()
+            bad.kill()
+
+
 def test_an_outage_every_agent_shares_quarantines_nobody(
         start_process: Any, database_url: str, tmp_path: Path) -> None:
     server = start_process("server", database_url, env={
