@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tagrun.agent.frozen import PYTHON_FLAG, run_python_job
+from tagrun.agent.frozen import PYTHON_FLAG, run_python, runs_python
 from tagrun.shared.version import __version__
 
 if TYPE_CHECKING:
@@ -125,7 +125,8 @@ def agent(
     ] = None,
     ca_file: Annotated[str | None, typer.Option(
         "--ca-file", envvar="AGENT_CA_FILE", metavar="PATH", show_envvar=True,
-        help="CA bundle to verify the server with (else SSL_CERT_FILE or the system's).")
+        help="CA bundle trusted to verify the server, besides the operating system's trust "
+             "store and SSL_CERT_FILE.")
     ] = None,
     allow_insecure: Annotated[str | None, typer.Option(
         "--allow-insecure", envvar="AGENT_ALLOW_INSECURE", metavar="BOOL", show_envvar=True,
@@ -200,8 +201,8 @@ def _run(config: AgentConfig) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == [PYTHON_FLAG]:  # a frozen agent running a Python job: see frozen.py
-        sys.exit(run_python_job(args[1:]))
+    if args[:1] == [PYTHON_FLAG] or runs_python(args):  # a Python job, or what one started
+        sys.exit(run_python(args))  # with sys.executable (frozen only): see frozen.py
     from tagrun.agent.secrecy import hide_token
 
     app(args=hide_token(args), prog_name="tagrun-agent")

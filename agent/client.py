@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import platform
 import secrets
 import ssl
@@ -161,8 +162,8 @@ class AgentClient:
                          platform.machine().lower() or "unknown", slots),
                      **({wire.VERIFY_HEADER: verify} if verify else {})},
             timeout=DEFAULT_TIMEOUT,
-            # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY and SSL_CERT_FILE/SSL_CERT_DIR.
-            verify=ssl.create_default_context(cafile=str(ca_file)) if ca_file else True,
+            # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY.
+            verify=tls_context(ca_file),
             trust_env=True,
             transport=transport,
         )
@@ -302,8 +303,8 @@ class AgentClient:
             if (untrusted := _certificate_error(exc)) is not None:
                 raise ServerUntrusted(
                     f"the server's certificate is not trusted ({untrusted.verify_message}): "
-                    "give the CA that signed it in AGENT_CA_FILE, or fix BASE_INTERNAL_URL's "
-                    "host name") from None
+                    "give the CA that signed it in AGENT_CA_FILE (or the system's trust "
+                    "store), or fix BASE_INTERNAL_URL's host name") from None
             raise GaveUp(f"POST {path}: gave up after retries: {_describe(exc)}") from None
         except _Transient as exc:
             raise GaveUp(f"POST {path}: gave up after retries: {_describe(exc)}") from None
@@ -338,6 +339,24 @@ def _read(answer: dict[str, Any], kind: type[A], path: str) -> A | None:
     except msgspec.ValidationError as exc:
         log.error("agent.bad_answer", extra={"route": path, "error": str(exc)})
         return None
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """What the agent trusts: the operating system's trust store (truststore, as pip does: a
+    CA that Windows or macOS trusts is trusted here too), plus SSL_CERT_FILE and AGENT_CA_FILE
+    when set."""
+    try:
+        import truststore
+    except ImportError:  # a platform truststore does not support: OpenSSL's defaults
+        context = ssl.create_default_context()
+    else:
+        context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    extra = os.environ.get("SSL_CERT_FILE")
+    if extra and os.path.isfile(extra):  # as OpenSSL does, a missing one is passed over
+        context.load_verify_locations(cafile=extra)
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
 
 
 def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import socket
 import ssl
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
         name=_name(v.get("AGENT_NAME")),
         slots=int(_number(v, "AGENT_SLOTS", 1, low=1, high=10_000, whole=True)),
         init_script=v.get("INIT_SCRIPT") if (v.get("INIT_SCRIPT") or "").strip() else None,
-        work_dir=_work_dir(v.get("AGENT_WORK_DIR")),
+        work_dir=_work_dir(v.get("AGENT_WORK_DIR"), shared=job_user is not None),
         python=_python(v.get("AGENT_PYTHON")),
         drain_timeout_s=_number(v, "AGENT_DRAIN_TIMEOUT_S", 30.0, low=0.0, high=None),
         poll_wait_s=_number(v, "AGENT_POLL_WAIT_S", 25.0, low=1.0, high=MAX_POLL_WAIT_S),
@@ -337,15 +338,41 @@ def _number(
     return value
 
 
-def _work_dir(raw: str | None) -> Path | None:
+def _work_dir(raw: str | None, *, shared: bool) -> Path | None:
+    """Made the agent's alone when missing (0711 with AGENT_JOB_USER, whose jobs pass through
+    it; on Windows an ACL for the owner and Administrators, which CPython 3.12.4 and later
+    make of mode 0o700 and older ones do not); refused when other users can write to it."""
     if raw is None:
         return None
     path = Path(raw).expanduser()
+    mode = 0o711 if shared else 0o700
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+        if created and os.name == "posix":
+            path.chmod(mode)  # whatever the umask
+        info = path.stat()
     except OSError as exc:
         raise ConfigError(f"AGENT_WORK_DIR={raw!r} cannot be used: {exc.strerror}") from None
+    if os.name == "posix":
+        _private_dir(raw, path, info)
     return path.resolve()
+
+
+def _private_dir(raw: str, path: Path, info: os.stat_result) -> None:
+    """Another user who can write to the work root could swap a job's files, or the
+    directories of its jobs, for their own: the agent (and a python job, whose directory is
+    first on sys.path) would then run what they put there."""
+    if info.st_uid not in (0, os.geteuid()):
+        raise ConfigError(f"AGENT_WORK_DIR={raw!r} belongs to another user (uid {info.st_uid}): "
+                          "use a directory of the agent's user (or root's)")
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise ConfigError(
+            f"AGENT_WORK_DIR={raw!r} can be written by other users (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}), who could replace what jobs run: make it the "
+            "agent's alone (chmod 700, or 711 with AGENT_JOB_USER)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"AGENT_WORK_DIR={raw!r} cannot be written by the agent's user")
 
 
 def _python(raw: str | None) -> str | None:

@@ -1,7 +1,10 @@
 """How Python jobs find an interpreter, and what the one-file agent executable needs to behave.
 
 A frozen agent has no `python` of its own to start, so it runs Python jobs by starting itself
-again with PYTHON_FLAG first; `main` hands such a run to the shared job wrapper.
+again with PYTHON_FLAG first; run_python() hands such a run to the shared job wrapper. What
+those jobs start with `sys.executable` (`-c ...`, a script, multiprocessing's workers) comes
+back here too: runs_python() tells it from the agent's own command lines, and interpreter.py
+runs it as `python` would.
 
 The one-file executable (scripts/build-agent) runs as two processes: PyInstaller's bootloader
 unpacks the bundle into a temporary directory, then runs the agent as its child and forwards
@@ -13,17 +16,20 @@ prepare_frozen_process() undoes that, and python_command() gives it back to our 
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
 import sys
+from collections.abc import Sequence
 
 PYTHON_FLAG = "--tagrun-run-python"
+# multiprocessing's command line for a spawned worker of a frozen program.
+_MULTIPROCESSING_FLAG = "--multiprocessing-fork"
 
 _LIBRARY_PATH = "LD_LIBRARY_PATH"
 _LIBRARY_PATH_ORIG = "LD_LIBRARY_PATH_ORIG"  # where the bootloader saved the user's own value
 _PR_SET_PDEATHSIG = 1
+_REEXECUTED = "_TAGRUN_PYTHON_REEXECUTED"
 
 # The bootloader's LD_LIBRARY_PATH, for our own re-executions only (see python_command).
 _bundle_library_path: str | None = None
@@ -33,6 +39,15 @@ _dll_directory: object = None
 
 def is_frozen() -> bool:
     return bool(getattr(sys, "frozen", False))
+
+
+def runs_python(args: Sequence[str]) -> bool:
+    """The one-file executable was started as a Python interpreter, not as the agent: for a
+    Python job (PYTHON_FLAG), or by one through sys.executable (`-c ...`, `script.py`,
+    multiprocessing's workers). The agent's own options all start with "--"."""
+    if not is_frozen() or not args:
+        return False
+    return args[0] in (PYTHON_FLAG, _MULTIPROCESSING_FLAG) or not args[0].startswith("--")
 
 
 def python_command(configured: str | None) -> list[str]:
@@ -84,12 +99,38 @@ def prepare_frozen_process() -> None:
     """First thing the one-file executable does, whatever it was started for."""
     if not is_frozen():
         return
+    python = runs_python(sys.argv[1:])
     if sys.platform == "win32":
         _forget_dll_directory()
     elif sys.platform != "darwin":  # macOS bundles find their libraries by relative paths
+        if python:
+            _reexec_with_bundle_libraries()
         _restore_library_path()
-    if sys.argv[1:2] != [PYTHON_FLAG]:
+    if python:
+        from tagrun.agent.interpreter import become_python
+
+        become_python()
+    else:
         _stop_with_bootloader()
+
+
+def _reexec_with_bundle_libraries() -> None:
+    """Linux: a Python process started by a job (`sys.executable -c ...`, a multiprocessing
+    worker) reuses the unpacked bundle but, without LD_LIBRARY_PATH (which jobs never see),
+    would load the system's libssl, libffi or libsqlite3, or none, instead of the bundle's:
+    start again with it, as python_command() does for the job itself."""
+    # Set only for the new image: should the bootloader not have kept the library path, it
+    # runs on rather than loops.
+    reexecuted = os.environ.pop(_REEXECUTED, None) is not None
+    bundle = getattr(sys, "_MEIPASS", None)
+    current = os.environ.get(_LIBRARY_PATH)
+    if reexecuted or bundle is None or bundle in (current or "").split(os.pathsep):
+        return
+    env = {**os.environ, _REEXECUTED: "1",
+           _LIBRARY_PATH: bundle if current is None else f"{bundle}{os.pathsep}{current}"}
+    if current is not None:
+        env[_LIBRARY_PATH_ORIG] = current
+    os.execve(sys.executable, [sys.executable, *sys.argv[1:]], env)
 
 
 def _restore_library_path() -> None:
@@ -134,25 +175,14 @@ def _stop_with_bootloader() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_python_job(argv: list[str]) -> int:
-    """Run the job wrapper in this process; argv follows PYTHON_FLAG ([wrapper,] script)."""
-    from tagrun.shared.executors import python_wrapper_main
+def run_python(args: list[str]) -> int:
+    """Run what runs_python() recognised: with PYTHON_FLAG the job wrapper, whose argv follows
+    it ([wrapper,] script), else Python's own command line. Frozen, prepare_frozen_process()
+    has already made this process a Python (interpreter.become_python)."""
+    if args[:1] == [PYTHON_FLAG]:
+        from tagrun.shared.executors import python_wrapper_main
 
-    if is_frozen():
-        _unbuffered_utf8_stdio()
-    return python_wrapper_main(argv)
+        return python_wrapper_main(args[1:])
+    from tagrun.agent.interpreter import run_interpreter
 
-
-def _unbuffered_utf8_stdio() -> None:
-    """What PYTHONUNBUFFERED=1 and PYTHONIOENCODING=utf-8 (set by the executor) do to a normal
-    interpreter; a frozen one ignores both, so the job's output would arrive in 8 KiB blocks
-    (or at exit) and, on Windows, in the ANSI code page."""
-    for name, errors in (("stdout", "strict"), ("stderr", "backslashreplace")):
-        stream = getattr(sys, name)
-        if stream is None:
-            continue
-        stream.flush()
-        raw = io.FileIO(stream.fileno(), "w", closefd=False)
-        newline = None if sys.platform == "win32" else "\n"  # as the interpreter's own stdio
-        setattr(sys, name, io.TextIOWrapper(raw, encoding="utf-8", errors=errors,
-                                            newline=newline, write_through=True))
+    return run_interpreter(args)

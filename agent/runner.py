@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,12 +33,14 @@ from tagrun.agent.frozen import python_command, share_bundle
 from tagrun.agent.jobs import HttpPort
 from tagrun.agent.policy import PreJobHook, Refusals
 from tagrun.agent.signals import install_stop_handlers
+from tagrun.agent.workroot import run_directory
 from tagrun.shared.agent_wire import DEFAULT_HEARTBEAT_S, AgentJob, claimed_job
 from tagrun.shared.executors import ExecSpec, Execution
 from tagrun.shared.holder import KILL_GRACE_S, Fatal, HeldJob, Holder, Refusal
 from tagrun.shared.redact import env_secrets
 from tagrun.shared.signing import Verifier
 from tagrun.shared.version import __version__
+from tagrun.shared.workdirs import remove_tree
 
 log = logging.getLogger("tagrun.agent")
 
@@ -102,7 +103,7 @@ class Agent:
             os.environ.pop(variable, None)
         undo = install_stop_handlers(self.request_stop) if handle_signals else None
         try:
-            with _work_root(self.config.work_dir, shared=self.config.job_user is not None) \
+            with run_directory(self.config.work_dir, shared=self.config.job_user is not None) \
                     as self._work_root:
                 code = await self._supervise()
             if code == EXIT_OK and self._claimed:  # last: the server shows us stopped at once
@@ -176,7 +177,7 @@ class Agent:
             try:
                 outcome = await Execution(spec, output.append).run()
             finally:
-                shutil.rmtree(work_dir, ignore_errors=True)
+                remove_tree(work_dir, log)
             if outcome.status != "succeeded" or outcome.result != user.uid:
                 reason = (outcome.error or {}).get("message") or "".join(output)[-500:].strip()
                 raise ConfigError(f"AGENT_JOB_USER={user.name!r}: a {language} job cannot run "
@@ -199,7 +200,7 @@ class Agent:
                 return
             outcome = task.result()
         finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            remove_tree(work_dir, log)
         text = "".join(output)[-_INIT_OUTPUT_CHARS:]
         if outcome.status != "succeeded":
             message = (outcome.error or {}).get("message", outcome.status)
@@ -389,20 +390,6 @@ class Agent:
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=KILL_GRACE_S)
-
-
-@contextlib.contextmanager
-def _work_root(configured: Path | None, *, shared: bool) -> Iterator[Path]:
-    if configured is not None:
-        yield configured
-        return
-    root = Path(tempfile.mkdtemp(prefix="tagrun-agent-"))
-    if shared:  # jobs of AGENT_JOB_USER pass through to their own directory, and list nothing
-        root.chmod(0o711)
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _shell() -> str:

@@ -95,11 +95,19 @@ class Dispatcher:
                 if not waiter.future.done():
                     waiter.future.set_result([])
 
+    @property
+    def closed(self) -> bool:
+        """The server is stopping: claims are answered without jobs."""
+        return self._closed
+
     async def claim(
         self, name: str, tags: tuple[str, ...], slots: int, wait_s: float, jti: str,
         key: str | None = None, ack_s: float | None = None, group: str = "",
-        only: ClaimFilter | None = None,
+        only: ClaimFilter | None = None, current: Callable[[], bool] | None = None,
     ) -> list[Job]:
+        """Jobs of `tags` for up to `slots`, waiting up to `wait_s`. `current()` False: what
+        the caller chose the tags from changed before the wait began (after, end_waits
+        answers it): answered at once without jobs, so that it asks again."""
         if self._closed:
             # The server is stopping: a claim that came in on a kept-alive connection after
             # the long-polls were ended would otherwise wait for nothing and hold uvicorn's
@@ -109,6 +117,8 @@ class Dispatcher:
             return []
         waiter = Waiter(name, tuple(sorted(set(tags))), slots, jti, key or jti, ack_s,
                         group=group, only=only)
+        if current is not None and not current():
+            return []
         self._groups[waiter.key_of_group].append(waiter)
         self._wake.set()
         try:

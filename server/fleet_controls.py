@@ -45,6 +45,8 @@ class FleetControls:
         self._pins: dict[str, str] = {}
         self.pins_added: set[str] = set()
         self.claims_changed = False  # by the last re-read: paused tags or the minimum version
+        # One more at each re-read: a claim computed from an earlier one asks again.
+        self.generation = 0
         self.min_agent_version = ""
         self.recommended_agent_version = ""
         self.agent_download_url = ""
@@ -83,6 +85,7 @@ class FleetControls:
         self._quarantined = quarantined
         self.pins_added = {name for name, tag in pins.items() if self._pins.get(name) != tag}
         self._pins = pins
+        self.generation += 1
         self.min_agent_version = minimum
         self.recommended_agent_version = _text(settings.get(RECOMMENDED_AGENT_VERSION)) \
             or __version__

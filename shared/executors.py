@@ -51,11 +51,13 @@ _WRAPPER_NAME = "_tagrun_wrapper.py"
 # must stay self-contained and stdlib-only. python_wrapper_main() execs this same text.
 _WRAPPER_SOURCE = '''\
 """tagrun Python job wrapper: runs the job script and calls its main(**args)."""
+import importlib.util
+import io
 import json
 import os
-import runpy
 import sys
 import traceback
+import types
 
 
 def _tagrun_exit_code(exc):
@@ -78,9 +80,21 @@ def tagrun_wrapper(argv):
     script_dir = os.path.dirname(script)
     if sys.path[:1] != [script_dir]:
         sys.path.insert(0, script_dir)
+    # The script is imported as the module its file names (main), and stays in sys.modules:
+    # what it defines can then be pickled, so multiprocessing's children find it again, by
+    # inheriting it (fork) or by importing it from sys.path (spawn, forkserver). Not as
+    # __main__, so that a job's `if __name__ == "__main__":` block does not run.
+    name = os.path.splitext(os.path.basename(script))[0]
+    module = types.ModuleType(name)
+    module.__file__ = script
+    module.__spec__ = importlib.util.spec_from_file_location(name, script)
+    module.__loader__ = module.__spec__.loader
+    sys.modules[name] = module
     try:
-        namespace = runpy.run_path(script, run_name="__tagrun_job__")
-        main = namespace.get("main")
+        with io.open_code(script) as f:
+            code = compile(f.read(), script, "exec")
+        exec(code, module.__dict__)
+        main = module.__dict__.get("main")
         if callable(main):
             text = json.dumps(main(**args), default=str)
             with open(os.environ["TAGRUN_RESULT_FILE"], "w", encoding="utf-8") as f:
@@ -354,7 +368,7 @@ def _hand_over(work: Path, user: JobUser) -> None:
 
 def _write_files(spec: ExecSpec, env: Mapping[str, str]) -> list[str]:
     work = spec.work_dir
-    (work / _ARGS_NAME).write_text(json.dumps(spec.args), encoding="utf-8")
+    _write(work / _ARGS_NAME, json.dumps(spec.args))
     lang = spec.language
     if lang == "python":
         script = _write(work / "main.py", spec.content)
@@ -374,8 +388,11 @@ def _write_files(spec: ExecSpec, env: Mapping[str, str]) -> list[str]:
 
 
 def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
-    # newline="" keeps LF endings on Windows, where CRLF would break bash scripts.
-    path.write_text(text, encoding=encoding, newline="")
+    # 0600 whatever the umask: the job's alone, like its directory. newline="" keeps LF
+    # endings on Windows, where CRLF would break bash scripts.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    with open(os.open(path, flags, 0o600), "w", encoding=encoding, newline="") as f:
+        f.write(text)
     return path
 
 

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import logging
 import secrets
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from tagrun.shared.loglines import STDERR, STDOUT, Mark
 from tagrun.shared.logstream import Backlog, LogStream, StreamEnded
 from tagrun.shared.redact import Redactor
 from tagrun.shared.signing import SIGNATURE_INVALID, Verifier
+from tagrun.shared.workdirs import remove_tree
 
 Deadline = Callable[[], float]  # the time.monotonic() after which a call stops retrying
 Held = list[tuple[int, int]]  # (job id, attempt) of jobs held
@@ -225,7 +225,7 @@ class HeldJob:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._discarding
             if self.job.language not in NO_PROCESS:
-                shutil.rmtree(self._work_dir, ignore_errors=True)
+                remove_tree(self._work_dir, self._log, job_id=self.job.id)
 
     def _trace_outcome(self, outcome: Outcome) -> None:
         if self._span is None:

@@ -20,6 +20,7 @@ from tagrun.server.agent_tokens import (
     holder_key,
 )
 from tagrun.server.config import ServerConfig
+from tagrun.server.dispatcher import Dispatcher
 from tagrun.server.errors import (
     AgentVersionRefused,
     InvalidInput,
@@ -63,6 +64,8 @@ from tagrun.shared.loglines import moved
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.agents")
+# A claim whose wait was ended early, with this much of it left or more, asks again.
+RECLAIM_MIN_S = 0.05
 
 
 def _state(request: Request) -> Any:
@@ -137,7 +140,8 @@ async def _tags_paused(controls: FleetControls, wait_s: float) -> bool:
 async def claim(request: Request) -> Response:
     agent = identify(request)
     body = await read_body(request, ClaimIn)
-    await _check_version(request, agent, body.name, await _seen(request, agent, body.name))
+    info = await _seen(request, agent, body.name)
+    await _check_version(request, agent, body.name, info)
     state = _state(request)
     # An agent that says it acknowledges jobs gets them on that condition: a claim answer lost
     # on the way puts its jobs back in the queue after claim_ack_s, not after the lease.
@@ -158,22 +162,8 @@ async def claim(request: Request) -> Response:
             return JSON(Claimed(jobs=[], paused=wait_s <= 0,
                                 quarantined=controls.quarantined(body.name),
                                 drain=controls.draining(body.name), **_who(agent)))
-    tags = controls.with_pin(body.name, agent.jti, controls.unpaused(agent.tags))
-    if not tags:  # every tag it serves is paused: it waits without jobs
-        if await until_disconnect(request, _tags_paused(controls, wait_s)) is None:
-            return Response(status_code=499)
-        return JSON(Claimed(jobs=[], **_who(agent)))
-    if controls.paused_tags() and (resume := controls.next_tag_resume_s()):
-        wait_s = min(wait_s, resume + 0.01)  # asks again, for every tag, when one resumes
     budget = TokenBudget(state.store, agent)  # a token with max_jobs claims within it
-    try:
-        jobs = await until_disconnect(request, budget.claim(
-            body.slots, wait_s, lambda slots, wait: state.dispatcher.claim(
-                body.name, tags, slots, wait, agent.jti, agent.key, ack_s,
-                agent.group, _claim_filter(body))))
-    except Unauthorized as exc:  # its token was revoked while it waited
-        _refused(request, exc)
-        raise
+    jobs = await _claim_jobs(request, agent, body, info, wait_s, ack_s, budget)
     if jobs is None:  # the agent went away; the dispatcher gave back what it was leased
         return Response(status_code=499)
     if not jobs and (controls.paused_for(body.name, agent.group) is not None
@@ -189,6 +179,49 @@ async def claim(request: Request) -> Response:
     return JSON(Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s,
                                       opened.get(j.id)) for j in jobs],
                         spent=budget.spent, **_who(agent)))
+
+
+async def _claim_jobs(request: Request, agent: AgentIdentity, body: ClaimIn,
+                      info: dict[str, Any], wait_s: float, ack_s: float | None,
+                      budget: TokenBudget) -> list[ClaimedRow] | None:
+    """Jobs of the tags it may claim now (not paused; its pin tag while broadcast jobs wait
+    for it), held up to `wait_s`; None if it went away. A wait ended early without jobs
+    because the paused tags, the version window or its pinned jobs changed asks again with
+    what is true now, within the same wait, rather than answering empty."""
+    state = _state(request)
+    controls: FleetControls = state.controls
+    dispatcher: Dispatcher = state.dispatcher
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        generation = controls.generation
+        tags = controls.with_pin(body.name, agent.jti, controls.unpaused(agent.tags))
+        wait = deadline - loop.time()
+        if not tags:  # every tag it serves is paused: it waits without jobs
+            if await until_disconnect(request, _tags_paused(controls, wait)) is None:
+                return None
+            if deadline - loop.time() < RECLAIM_MIN_S:
+                return []
+            continue
+        if controls.paused_tags() and (resume := controls.next_tag_resume_s()):
+            wait = min(wait, resume + 0.01)  # asks again, for every tag, when one resumes
+        async def lease(slots: int, w: float, tags: tuple[str, ...] = tags,
+                        generation: int = generation) -> list[ClaimedRow]:
+            return await dispatcher.claim(
+                body.name, tags, slots, w, agent.jti, agent.key, ack_s, agent.group,
+                _claim_filter(body), current=lambda: controls.generation == generation)
+
+        try:
+            jobs = await until_disconnect(request, budget.claim(body.slots, wait, lease))
+        except Unauthorized as exc:  # its token was revoked while it waited
+            _refused(request, exc)
+            raise
+        if jobs is None or jobs or budget.spent or dispatcher.closed \
+                or deadline - loop.time() < RECLAIM_MIN_S \
+                or controls.paused_for(body.name, agent.group) is not None \
+                or controls.draining(body.name):
+            return jobs
+        await _check_version(request, agent, body.name, info)  # the window may have moved
 
 
 def _claim_filter(body: ClaimIn) -> ClaimFilter | None:

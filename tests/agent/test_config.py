@@ -152,6 +152,36 @@ def test_work_dir_is_created(tmp_path: Path) -> None:
     assert refused(AGENT_WORK_DIR=str(tmp_path / "file")).startswith("AGENT_WORK_DIR=")
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_a_work_dir_made_by_the_agent_is_its_alone(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        load(AGENT_WORK_DIR=str(tmp_path / "private"))
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "private").stat().st_mode & 0o7777) == "0o700"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes and owners")
+def test_a_work_dir_other_users_can_write_to_is_refused(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    for mode in (0o777, 0o770, 0o722):
+        work.chmod(mode)
+        assert refused(AGENT_WORK_DIR=str(work)) == (
+            f"AGENT_WORK_DIR={str(work)!r} can be written by other users (mode {mode:04o}), "
+            "who could replace what jobs run: make it the agent's alone (chmod 700, or 711 "
+            "with AGENT_JOB_USER)")
+    for mode in (0o1777, 0o755, 0o711, 0o700):  # sticky: no one removes another's entries
+        work.chmod(mode)
+        assert load(AGENT_WORK_DIR=str(work)).work_dir == work
+    if os.geteuid() == 0:  # root can hand it to another user
+        os.chown(work, 65534, 65534)
+        assert refused(AGENT_WORK_DIR=str(work)) == (
+            f"AGENT_WORK_DIR={str(work)!r} belongs to another user (uid 65534): use a "
+            "directory of the agent's user (or root's)")
+
+
 def test_python_must_be_an_executable(tmp_path: Path) -> None:
     assert load(AGENT_PYTHON="python3").python
     assert refused(AGENT_PYTHON=str(tmp_path / "nope")).startswith("AGENT_PYTHON=")
@@ -204,6 +234,9 @@ def test_the_job_user_needs_a_root_agent_and_a_token_file_it_cannot_read(
     assert (user.name, user.uid, user.gid, user.home) \
         == (name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
     assert load(AGENT_JOB_USER=str(entry.pw_uid)).job_user == user
+    shared = tmp_path / "shared"  # its jobs pass through the work root to their directory
+    assert load(AGENT_JOB_USER=name, AGENT_WORK_DIR=str(shared)).work_dir == shared
+    assert oct(shared.stat().st_mode & 0o7777) == "0o711"
     path = tmp_path / "agent.token"
     path.write_text(TOKEN)
     for mode, owner in ((0o600, 0), (0o640, 0), (0o604, 0), (0o600, entry.pw_uid)):

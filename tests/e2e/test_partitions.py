@@ -72,7 +72,7 @@ def test_a_partition_shorter_than_the_jobs_lease_costs_nothing(
         cut_at = time.monotonic()
         go.touch()
         wait_until(printed.exists, 60, message="the job to print its 20,000 lines")
-        spools = wait_until(lambda: list(work.glob(f"job{job['id']}-1-*.log")),
+        spools = wait_until(lambda: list(work.glob(f"tagrun-agent-*/job{job['id']}-1-*.log")),
                             message="the log to wait in a spool file")
         assert stat.S_IMODE(spools[0].stat().st_mode) == 0o600
         # Longer than the server's own 4 s lease: only the job's lease_s keeps it.

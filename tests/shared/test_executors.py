@@ -144,7 +144,7 @@ def test_a_job_user_owns_its_directory_and_nothing_else(
     lines = output.splitlines()
     home = user.home if os.path.isdir(user.home) else str(tmp_path / "work")
     assert lines[0] == f"{user.uid} {user.gid} {user.gid} {home} {user.name}"
-    assert lines[1:3] == [f"{user.uid} 700", f"{user.uid} 644"]
+    assert lines[1:3] == [f"{user.uid} 700", f"{user.uid} 600"]
     assert lines[3] == "agent environ: denied"
 
 
