@@ -52,6 +52,7 @@ class FleetControls:
         self.agent_download_url = ""
         self._changed = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
+        self._again = False  # changed while a re-read was under way: read again after it
         self._on_change: list[Callable[[], None]] = []
 
     def on_change(self, callback: Callable[[], None]) -> None:
@@ -96,15 +97,23 @@ class FleetControls:
             callback()
 
     def changed(self) -> None:
-        """Something changed (a NOTIFY, or notifications may have been missed): re-read."""
+        """Something changed (a NOTIFY, or notifications may have been missed): re-read. A
+        change while a re-read is under way (it may have read before that change) makes it
+        read once more when it is done; any number of them, once."""
         if self._reloading is None or self._reloading.done():
             self._reloading = asyncio.get_running_loop().create_task(self._reload())
+        else:
+            self._again = True
 
     async def _reload(self) -> None:
-        try:
-            await self.load()
-        except DATABASE_ERRORS as exc:
-            log.warning("fleet.reload_failed", extra={"error": str(exc)})
+        again = True
+        while again:
+            self._again = False
+            try:
+                await self.load()
+            except DATABASE_ERRORS as exc:
+                log.warning("fleet.reload_failed", extra={"error": str(exc)})
+            again = self._again
 
     async def close(self) -> None:
         if self._reloading is not None:
