@@ -141,6 +141,8 @@ def test_an_outage_every_agent_shares_quarantines_nobody(
         agents = [AgentProcess(server.url, agent_token(api, ["down"]), tmp_path, name=name)
                   for name in ("down-1", "down-2")]
         try:
+            wait_until(lambda: state(api, "down-1") == "live" and state(api, "down-2") == "live",
+                       message="both agents to connect")
             jobs = [submit(api, tag="down", content=f"mytool {n}", max_attempts=1)
                     for n in range(8)]
             assert {finished(api, job)["status"] for job in jobs} == {"failed"}
