@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from tagrun.server.errors import NotFound
+from tagrun.server.errors import Conflict, NotFound
 from tagrun.server.store._base import StoreBase, iso
 
 INSERT_WORKSPACE = "INSERT INTO workspaces (id) VALUES ($1) RETURNING id, created_at"
@@ -91,7 +91,13 @@ class Accounts(StoreBase):
         return Principal(kind=row["kind"], workspace=row["workspace"], token_id=row["id"])
 
     async def set_superadmin_token(self, token: str) -> None:
-        await self.execute(UPSERT_SUPERADMIN, hash_token(token))
+        try:
+            await self.execute(UPSERT_SUPERADMIN, hash_token(token))
+        except Conflict:
+            # Two replicas starting at once on a new database inserted the same token: the
+            # other's row stands on the hash's unique index, which ON CONFLICT (kind) does
+            # not arbitrate. It is committed now, so the upsert finds it and updates it.
+            await self.execute(UPSERT_SUPERADMIN, hash_token(token))
 
     async def create_superadmin_token_if_none(self) -> str | None:
         """A new superadmin token when none exists yet (first start), else None."""
