@@ -214,7 +214,7 @@ class Agent:
         idle_since = time.monotonic()
         while not self._stopping.is_set():
             slot_freed.clear()
-            free = self.config.slots - len(self._holder)
+            free = self._holder.free(self.config.slots)
             if self._client.token_spent:  # its token's max_jobs are all claimed
                 await self._finish_then_stop("token_spent")
                 break

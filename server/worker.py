@@ -178,9 +178,9 @@ class Worker:
         try:
             while not stop.is_set():
                 claimed = await self._claim()
-                if claimed and len(self.holder) < s.slots:
+                if claimed and self.holder.free(s.slots):
                     continue  # there may be more: claim again before sleeping
-                if look_ahead and len(self.holder) < s.slots:
+                if look_ahead and self.holder.free(s.slots):
                     await self._note_due()
                 await self._wait(waiter.event, stop)
                 # Look ahead again only after a NOTIFY (new queue rows, delayed ones among
@@ -220,7 +220,7 @@ class Worker:
             timeout = min(timeout, max(self._due - self._loop_time(), 0.0))
         if self._controls is not None and (resume := self._controls.next_tag_resume_s()):
             timeout = min(timeout, resume + 0.01)  # a timed tag pause ends: claim it then
-        if len(self.holder) >= self.settings.slots:
+        if not self.holder.free(self.settings.slots):
             waits.pop(0)  # full: only a free slot or stop matters
             timeout = 3600
         try:
@@ -245,7 +245,7 @@ class Worker:
 
     async def _claim(self) -> int:
         s = self.settings
-        free = s.slots - len(self.holder)
+        free = self.holder.free(s.slots)
         tags = self._controls.unpaused(s.tags) if self._controls is not None else s.tags
         if free <= 0 or not tags:
             return 0

@@ -133,6 +133,7 @@ class HeldJob:
         self._retryable = True
         self.lost = False  # lease lost or job released: its outcome must not be reported
         self.executing = True
+        self.on_executed: Callable[[], None] | None = None  # its slot is free (Holder)
         # The lease as the server granted it: from the claim, then from the sending of each
         # heartbeat that renewed it (never later than the server's own clock has it).
         self.lease_until = time.monotonic() + job.lease_s
@@ -204,6 +205,8 @@ class HeldJob:
         try:
             outcome = await self._execute()
             self.executing = False
+            if self.on_executed is not None:  # the slot takes a new job while this reports
+                self.on_executed()
             self._trace_outcome(outcome)
             for stream, output in self._outputs.items():
                 if rest := output.flush():
@@ -396,11 +399,19 @@ class Holder:
     def __len__(self) -> int:
         return len(self.runs)
 
+    def free(self, slots: int) -> int:
+        """How many more jobs to take with `slots`: a job whose process has ended no longer
+        takes a slot while its log and outcome are sent (the next claim overlaps them), but
+        at most `slots` jobs may be reporting at once besides those running."""
+        running = sum(1 for r in self.runs.values() if r.executing)
+        return max(min(slots - running, 2 * slots - len(self.runs)), 0)
+
     def start(self, job: AgentJob) -> HeldJob:
         previous = self.runs.get(job.id)
         if previous is not None:  # handed out again: our old attempt's lease must be gone
             previous.abandon("claimed again")
         run = self._make(job)
+        run.on_executed = self.slot_freed.set
         self.runs[job.id] = run
         self.tasks[job.id] = asyncio.create_task(self._run(run), name=f"job-{job.id}")
         return run

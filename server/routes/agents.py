@@ -350,19 +350,20 @@ async def complete(request: Request) -> JSON:
 
 
 async def complete_many(request: Request) -> JSON:
-    """Outcomes of several jobs; each is recorded (or refused) on its own, as if sent alone."""
+    """Outcomes of several jobs; each is recorded (or refused) on its own, as if sent alone,
+    all at once: the store writes them in one statement (store/completions.py)."""
     agent = identify(request)
     body = await read_body(request, CompleteManyIn)
-    answers: list[CompletedItem] = []
-    for outcome in body.jobs:
+
+    async def one(outcome: CompletedJob) -> CompletedItem:
         try:
             status = await _record(request, agent, body.name, _checked(outcome), None)
         except TagrunError as exc:
-            refusal = Refusal(code=exc.code, message=exc.message)
-            answers.append(CompletedItem(id=outcome.id, error=refusal))
-        else:
-            answers.append(CompletedItem(id=outcome.id, status=status))
-    return JSON(CompletedMany(jobs=answers))
+            return CompletedItem(id=outcome.id, error=Refusal(code=exc.code, message=exc.message))
+        return CompletedItem(id=outcome.id, status=status)
+
+    answers = await asyncio.gather(*(one(outcome) for outcome in body.jobs))
+    return JSON(CompletedMany(jobs=list(answers)))
 
 
 def _checked(outcome: CompletedJob) -> CompletedJob:

@@ -11,7 +11,7 @@ reason, and `agent.quarantined` is logged. It ends when an operator resumes the 
 resumed). An agent whose quarantine timed out and fails again is quarantined again at once.
 
 The run of failures is kept on the agent's record by the statement that records each
-outcome (store/leases.py COMPLETE_JOB), so the rule costs no query until a run is long
+outcome (store/completions.py COMPLETE_JOBS), so the rule costs no query until a run is long
 enough; then one indexed query asks whether others succeeded.
 """
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from tagrun.server.errors import CompletionConflict, Conflict, LeaseLost
 from tagrun.server.store._base import DONE_CHANNEL, StoreBase, iso, translated_errors
+from tagrun.server.store.completions import Completer, Outcome
 from tagrun.server.store.settings import CAPS_STATE, INLINE_CAP, TOTAL_CAP, setting_int
 from tagrun.shared.loglines import CODES, TAGRUN, Mark, flat
 from tagrun.shared.storable import storable_json, storable_text
@@ -256,70 +257,6 @@ WITH cur AS (
 SELECT piece.over AND NOT piece.was AS truncated_now FROM j JOIN piece ON piece.id = j.id"""
 LOG_STATE = "SELECT status, attempt, worker, holder_key, log_received FROM jobs WHERE id = $1"
 HOLDER_FOR_KEY = "SELECT worker FROM jobs WHERE id = $1 AND holder_key = $2"
-COMPLETE_JOB = """
-WITH cur AS (
-    SELECT id, ($4 = 'failed' AND $11 AND attempt < max_attempts AND NOT cancel_requested)
-           AS again
-    FROM jobs WHERE id = $1 AND attempt = $2 AND worker = $3 AND status = 'running'
-      AND holder_key IS NOT DISTINCT FROM $10
-      AND ($8::text[] IS NULL OR tag = ANY($8::text[]))
-      AND ($9::text IS NULL OR workspace = $9)
-    FOR UPDATE
-), j AS (
-    UPDATE jobs SET
-        status = CASE WHEN cur.again THEN 'queued' ELSE $4 END,
-        result = $5, error = $6,
-        run_at = CASE WHEN cur.again
-                      THEN now() + make_interval(secs => least(
-                          600.0::float8, $7::float8 * power(2.0::float8, (attempt - 1)::float8)
-                      ) * (0.5 + random() / 2))
-                      ELSE run_at END,
-        finished_at = CASE WHEN cur.again THEN NULL ELSE now() END,
-        lease_expires_at = NULL, ack_by = NULL, cancel_requested = false,
-        log_chunks_lost = log_chunks_lost + $12,
-        signature_check = coalesce($14::jsonb, signature_check),
-        attempts = attempts || (jsonb_build_object(
-            'attempt', attempt, 'worker', worker, 'started_at', started_at,
-            'finished_at', now(), 'status', $4::text, 'error', $6::jsonb)
-            || CASE WHEN $12 > 0 THEN jsonb_build_object('log_chunks_lost', $12)
-                    ELSE '{}'::jsonb END)
-    FROM cur WHERE jobs.id = cur.id
-    RETURNING jobs.id, jobs.status, jobs.tag, jobs.priority, jobs.run_at,
-              jobs.concurrency_key, jobs.concurrency_limit, jobs.attempt, jobs.worker,
-              jobs.started_at, jobs.workspace, jobs.traceparent, jobs.pin_tag,
-              jobs.parent_id,
-              CASE WHEN $4 = 'failed'
-                   THEN coalesce(jobs.script_path, 'inline ' || md5(jobs.content)) END AS what
-), q AS (
-    INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_limit)
-    SELECT id, coalesce(pin_tag, tag), priority, run_at, concurrency_key, concurrency_limit
-    FROM j WHERE status = 'queued'
-), w AS (
-    -- Its run of failures (quarantine): a failure adds to it, a success ends it, a
-    -- cancellation leaves it as it is.
-    UPDATE workers SET jobs_executed = jobs_executed + 1,
-        fail_streak = CASE $4 WHEN 'failed' THEN fail_streak + 1 WHEN 'succeeded' THEN 0
-                              ELSE fail_streak END,
-        fail_since = CASE $4 WHEN 'failed' THEN coalesce(fail_since, now())
-                             WHEN 'succeeded' THEN NULL ELSE fail_since END,
-        fail_scripts = CASE WHEN $4 = 'succeeded' THEN '{}'
-                            WHEN $4 = 'failed' AND cardinality(fail_scripts) < 2
-                                 AND NOT (j.what = ANY(fail_scripts))
-                            THEN fail_scripts || j.what ELSE fail_scripts END
-    FROM j WHERE workers.name = $3
-    RETURNING workers.fail_streak, cardinality(workers.fail_scripts) AS fail_scripts,
-              workers.fail_since, workers.kind = 'agent' AS agent,
-              (workers.quarantined_at IS NOT NULL AND (workers.quarantined_until IS NULL
-                                                       OR workers.quarantined_until > now()))
-              AS quarantined
-)
-SELECT id, status, tag, attempt, worker, run_at, workspace, traceparent, parent_id,
-       (SELECT fail_streak FROM w) AS fail_streak, (SELECT fail_scripts FROM w) AS fail_scripts,
-       (SELECT fail_since FROM w) AS fail_since,
-       coalesce((SELECT agent AND NOT quarantined FROM w), false) AS may_quarantine,
-       round(extract(epoch FROM now() - started_at) * 1000) AS duration_ms,
-       CASE WHEN status <> 'queued' THEN pg_notify($13, id::text) END
-FROM j"""
 COMPLETION_STATE = """
 SELECT status, attempt, worker, holder_key, result, attempts -> -1 AS recorded
 FROM jobs WHERE id = $1"""
@@ -431,6 +368,7 @@ CAPS_REFRESH_S = 0.5
 
 
 class Leases(StoreBase):
+    _completer: Completer | None = None  # outcomes are written in batches (completions.py)
     _caps: Any = None
     _caps_read_at = float("-inf")
 
@@ -559,13 +497,16 @@ class Leases(StoreBase):
         be stored (NaN, say) raises InvalidInput, and the caller fails the attempt with
         that reason. Another outcome for an attempt already recorded: CompletionConflict."""
         result, error = storable_json(result), storable_json(error)
-        row = await self.fetchrow(
-            COMPLETE_JOB, job_id, attempt, holder, status, result, error, retry_backoff_s,
+        if self._completer is None:
+            self._completer = Completer(self.pool, DONE_CHANNEL)
+        row = await self._completer.write(Outcome(
+            job_id, attempt, holder, status, result, error, retry_backoff_s,
             list(tags) if tags is not None else None, workspace, key, retryable,
-            log_chunks_lost, DONE_CHANNEL, signature_check,
-        )
+            log_chunks_lost, signature_check))
         if row is not None:
-            return {**dict(row), "run_at": iso(row["run_at"]), "repeat": False}
+            recorded = dict(row)
+            del recorded["n"]
+            return {**recorded, "run_at": iso(row["run_at"]), "repeat": False}
         # Expiry and release clear `worker`, so only the holder's own recorded completion
         # matches here: a repeat, answered the same way and changing nothing.
         state = await self.fetchrow(COMPLETION_STATE, job_id)
