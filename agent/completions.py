@@ -68,6 +68,7 @@ class Completions:
         return await pending.answer
 
     async def _send(self) -> None:
+        await asyncio.sleep(0)  # what finishes in this same turn of the loop goes along
         while self._queue:
             batch = self._take()
             if len(batch) == 1:

@@ -226,6 +226,7 @@ class Agent:
                 free = min(free, left)
             if free <= 0:
                 await self._unless_stopping(asyncio.create_task(slot_freed.wait()))
+                await asyncio.sleep(0)  # the jobs that end in the same turn: one claim for all
                 idle_since = time.monotonic()
                 continue
             wait_s = self.config.poll_wait_s

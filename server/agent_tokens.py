@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ AUDIENCE = "tagrun-agent"
 ALGORITHMS = ["HS256"]
 SECRET_NAME = "agent_jwt_hs256"
 REFRESH_S = 2.0
+VERIFIED_KEPT = 50_000  # tokens remembered as verified (10,000 agents' are well within)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class AgentTokens:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._secret = b""
+        # Tokens already verified: (identity, expiry as a Unix time).
+        self._verified: dict[str, tuple[AgentIdentity, float]] = {}
         self._revoked: set[str] = set()
         self._on_revoked: list[Callable[[str], None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -111,6 +115,24 @@ class AgentTokens:
         self._revoked_now({jti})
 
     def verify(self, token: str) -> AgentIdentity:
+        """The identity a valid, unrevoked token carries; Unauthorized otherwise. A token
+        seen before is not decoded again (an agent sends the same one with every request):
+        its expiry and revocation are still checked each time."""
+        known = self._verified.get(token)
+        if known is not None:
+            identity, expires = known
+            if time.time() >= expires:
+                raise Unauthorized("agent token expired")
+            if identity.jti in self._revoked:
+                raise Unauthorized("agent token revoked")
+            return identity
+        identity, expires = self._decode(token)
+        if len(self._verified) >= VERIFIED_KEPT:
+            self._verified.clear()  # a new start, rather than a cache that only grows
+        self._verified[token] = identity, expires
+        return identity
+
+    def _decode(self, token: str) -> tuple[AgentIdentity, float]:
         try:
             claims = jwt.decode(
                 token, self._secret, algorithms=ALGORITHMS, audience=AUDIENCE, issuer=ISSUER,
@@ -129,7 +151,7 @@ class AgentTokens:
         if max_jobs is not None and (type(max_jobs) is not int or max_jobs < 1):
             raise Unauthorized("agent token has an invalid max_jobs claim")
         return AgentIdentity(jti=jti, group=group, tags=tuple(cast(list[str], tags)), key=jti,
-                             max_jobs=max_jobs)
+                             max_jobs=max_jobs), float(claims["exp"])
 
     def _revoked_now(self, jtis: set[str]) -> None:
         fresh = jtis - self._revoked

@@ -153,11 +153,16 @@ class Listener:
             callback(str(tag))
 
     def _on_done(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        """Jobs ended: the payload names one, or several comma-separated (a batch of
+        completions, store/completions.py)."""
         for callback in self._finished_callbacks:
             callback()
-        with contextlib.suppress(ValueError):
-            for event in self._done.get(int(str(payload)), ()):
-                event.set()
+        if not self._done:
+            return
+        for item in str(payload).split(","):
+            with contextlib.suppress(ValueError):
+                for event in self._done.get(int(item), ()):
+                    event.set()
 
     def _wake_all(self) -> None:
         self.wake_tag_waiters()

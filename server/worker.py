@@ -228,6 +228,7 @@ class Worker:
         finally:
             for t in waits:
                 t.cancel()
+        await asyncio.sleep(0)  # the jobs that end in the same turn: one claim for all
 
     @staticmethod
     def _loop_time() -> float:

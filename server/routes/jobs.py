@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -84,8 +85,10 @@ async def submit_job(request: Request) -> JSON:
         if body.broadcast:
             return await _broadcast(request, workspace, job, key, span)
         await request.app.state.backpressure.admit(1)
+        view: dict[str, Any] | None = None
         if key is None:
-            [job_id], created = await _store(request).insert_jobs(workspace, [job]), True
+            view = await _store(request).insert_job(workspace, job)
+            job_id, created = view["id"], True
         else:
             job_id, created = await _store(request).insert_job_once(workspace, job, key)
         if span is not None:
@@ -93,8 +96,9 @@ async def submit_job(request: Request) -> JSON:
             span.set("tagrun.job.tag", job.tag)
     if created:
         events.job_submitted(workspace, [job_id], [job.tag])
-    return JSON(await _store(request).get_job(workspace, job_id),
-                status_code=201 if created else 200)
+    if view is None:  # the first job of its Idempotency-Key, as it is now
+        view = await _store(request).get_job(workspace, job_id)
+    return JSON(view, status_code=201 if created else 200)
 
 
 async def _broadcast(request: Request, workspace: str, job: NewJob, key: str | None,

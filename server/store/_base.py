@@ -29,7 +29,7 @@ DATABASE_STARTING = (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConn
 # The NOTIFY channels: listener.py listens on them, the statements notify on them (and the
 # queue's trigger, migrations 0001 and 0008, on JOBS_CHANNEL).
 JOBS_CHANNEL = "tagrun_jobs"  # a tag's queue has new jobs; payload: the tag
-DONE_CHANNEL = "tagrun_done"  # a job ended; payload: its id
+DONE_CHANNEL = "tagrun_done"  # jobs ended; payload: their ids, comma-separated
 CANCEL_CHANNEL = "tagrun_cancel"  # a running job is to be cancelled; payload: its id
 CAPPED_CHANNEL = "tagrun_capped"  # the caps changed: every replica re-reads them
 FLEET_CHANNEL = "tagrun_fleet"  # an agent or group was paused, resumed or asked to drain

@@ -28,7 +28,9 @@ from tagrun.server.store._base import DATABASE_UNAVAILABLE, translated_errors
 # direct worker), becomes $4[i] with result $5[i] and error $6[i]; a retryable ($11[i])
 # failure with attempts left is queued again after a backoff from $7[i]. $8[i] (a JSON array
 # of tags, NULL: any) and $9[i] (NULL: any) limit it to an agent token's jobs. $12[i] log
-# chunks were lost; $13[i] is how its signature was checked. NOTIFY $14 for each job ended.
+# chunks were lost; $13[i] is how its signature was checked. One NOTIFY $14 names every job
+# that ended, comma-separated (MAX_BATCH ids stay well under PostgreSQL's 8000-byte payload):
+# each listening process wakes once per batch, not once per job.
 #
 # Rows are locked in id order (no deadlock between batches). The holders' `workers` rows are
 # updated once each, with the run of failures the batch's outcomes make in order (quarantine):
@@ -119,7 +121,8 @@ SELECT j.n, j.id, j.status, j.tag, j.attempt, j.worker, j.run_at, j.workspace, j
        j.parent_id, w.fail_streak, w.scripts AS fail_scripts, w.fail_since,
        coalesce(w.agent AND NOT w.quarantined, false) AS may_quarantine,
        round(extract(epoch FROM now() - j.started_at) * 1000) AS duration_ms,
-       CASE WHEN j.status <> 'queued' THEN pg_notify($14, j.id::text) END
+       (SELECT CASE WHEN count(*) > 0 THEN pg_notify($14, string_agg(id::text, ',')) END
+        FROM j WHERE status <> 'queued') AS notified
 FROM j LEFT JOIN w ON w.name = j.holder"""
 
 MAX_BATCH = 200  # outcomes per statement
@@ -175,6 +178,7 @@ class Completer:
         return await asyncio.shield(pending.answer)
 
     async def _send(self) -> None:
+        await asyncio.sleep(0)  # what finishes in this same turn of the loop goes along
         while self._queue:
             batch = self._take()
             try:

@@ -45,6 +45,10 @@ WITH input AS (
     SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit FROM ins
 )
 SELECT id FROM ins ORDER BY id"""
+# The same for one job, answering its whole row (a submit answers with the job it made).
+INSERT_JOB_ROW = INSERT_JOBS.replace(
+    "RETURNING id, tag, priority, run_at, concurrency_key, concurrency_limit",
+    "RETURNING *").replace("SELECT id FROM ins ORDER BY id", "SELECT * FROM ins")
 # Takes the key, or finds it taken within 24 h (a concurrent request with the same key
 # waits on the unique index until the first commits, then finds its job).
 TAKE_IDEMPOTENCY_KEY = """
@@ -229,6 +233,13 @@ class Jobs(StoreBase):
         if len(jobs) >= ANALYZE_AFTER_BATCH:
             await self._analyze_queue()
         return [r["id"] for r in rows]
+
+    async def insert_job(self, workspace: str, job: NewJob) -> dict[str, Any]:
+        """Insert one job; the job as created (as get_job shows it), in one round trip."""
+        row = await self.fetchrow(INSERT_JOB_ROW, *_columns([job]), workspace,
+                                  *_late_columns([job]))
+        assert row is not None
+        return job_view(row)
 
     async def _analyze_queue(self) -> None:
         """A large batch was queued: tell the planner (docs/performance.md). Until autovacuum

@@ -504,8 +504,7 @@ class Leases(StoreBase):
             list(tags) if tags is not None else None, workspace, key, retryable,
             log_chunks_lost, signature_check))
         if row is not None:
-            recorded = dict(row)
-            del recorded["n"]
+            recorded = {k: v for k, v in row.items() if k not in ("n", "notified")}
             return {**recorded, "run_at": iso(row["run_at"]), "repeat": False}
         # Expiry and release clear `worker`, so only the holder's own recorded completion
         # matches here: a repeat, answered the same way and changing nothing.

@@ -238,6 +238,26 @@ def test_forged_expired_and_foreign_tokens_are_refused(
     del now
 
 
+def test_a_token_that_worked_stops_working_when_it_expires(
+    server: TagrunProcess, api: httpx.Client, tag: str
+) -> None:
+    """The server remembers tokens it has verified (it decodes each once); a remembered
+    token still expires on time. Tokens are minted for a minute at least: this one, for
+    two seconds, is signed here with the server's key (read from its database)."""
+    minted = mint(api, [tag])
+    claims = jwt.decode(str(minted["token"]), options={"verify_signature": False})
+    claims["exp"] = int(time.time()) + 2
+    [key] = query(str(server.database_url),
+                  "SELECT value FROM server_secrets WHERE name = 'agent_jwt_hs256'")
+    short = jwt.encode(claims, bytes(key["value"]), algorithm="HS256")
+    with api_client(server.url, short) as client:
+        assert client.post(CLAIM, json={"name": "e1", "wait_s": 0}).status_code == 200
+        wait_until(lambda: client.post(CLAIM, json={"name": "e1", "wait_s": 0}).status_code
+                   == 401, 15, message="the expired token to be refused")
+        refused = client.post(CLAIM, json={"name": "e1", "wait_s": 0}).json()["error"]
+        assert refused == {"code": "unauthorized", "message": "agent token expired"}
+
+
 def test_revoked_token_stops_working_within_five_seconds(
     server: TagrunProcess, api: httpx.Client, tag: str
 ) -> None:
