@@ -47,6 +47,28 @@ def test_server_and_two_workers_run_each_job_exactly_once(
         assert proc.stop() == 0
 
 
+def test_a_worker_never_runs_more_jobs_at_once_than_its_slots(
+    start_process, database_url: str, tmp_path: Path
+) -> None:
+    """A job whose process has ended frees its slot while its outcome is written (the next
+    claim overlaps the report): the slots still bound the processes running at once."""
+    server = start_process("server", database_url).wait_healthy()
+    worker = start_process("worker", database_url, env={"WORKER_NAME": "w2slots",
+                                                        "WORKER_SLOTS": "2"})
+    worker.wait_logged("worker.started")
+    running, seen = tmp_path / "running", tmp_path / "seen.txt"
+    running.mkdir()
+    script = (f'touch {running}/$$; ls {running} | wc -l >> {seen}; sleep 0.05; '
+              f'rm {running}/$$')
+    with api_client(server.url) as api:
+        batch = [{"language": "sh", "content": script} for _ in range(40)]
+        ids = api.post("/api/w/default/jobs/batch", json={"jobs": batch}).json()["ids"]
+        jobs = _finished(api, ids)
+    assert Counter(j["status"] for j in jobs) == {"succeeded": 40}
+    counts = [int(n) for n in seen.read_text().split()]
+    assert len(counts) == 40 and max(counts) <= 2, counts
+
+
 def test_two_processes_migrate_an_empty_database_at_once(
     start_process, databases: DatabaseFactory
 ) -> None:
