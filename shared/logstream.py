@@ -228,7 +228,8 @@ class LogStream:
         # latest mark sent before it, and whether the text sent so far ends a line.
         self._inherited: tuple[int, int] | None = None
         self._line_ended = offset == 0
-        self._task = asyncio.create_task(self._pump(), name="logstream")
+        # Started by the first write: a job that writes nothing costs no task.
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def spooled(self) -> bool:
@@ -241,6 +242,8 @@ class LogStream:
                 self._backlog.add(text)
             else:
                 self._backlog.add(text, self._marker.marks(text, CODES[stream], now_ms()))
+            if self._task is None:
+                self._task = asyncio.create_task(self._pump(), name="logstream")
             if self._backlog.size >= self._max_chunk:
                 self._wake.set()
 
@@ -248,15 +251,18 @@ class LogStream:
         """Flush what is left and stop."""
         self._closed = True
         self._wake.set()
+        if self._task is None:
+            return
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
     async def discard(self) -> None:
         """Stop now: what has not been sent is dropped, the spool file removed."""
         self._closed = self.failed = True
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         self._backlog.clear()
 
     async def _pump(self) -> None:
