@@ -201,7 +201,7 @@ class HeldJob:
         return self.lease_until
 
     async def run(self) -> None:
-        watchdog = asyncio.create_task(self._watch_lease(), name=f"lease-{self.job.id}")
+        watchdog = self._watch_lease()
         try:
             outcome = await self._execute()
             self.executing = False
@@ -243,14 +243,24 @@ class HeldJob:
         if self._on_fatal is not None:
             self._on_fatal(exc)
 
-    async def _watch_lease(self) -> None:
+    def _watch_lease(self) -> _Watchdog:
         """Kill the job when its lease runs out unrenewed (the server out of reach all that
-        time): by then the server has put it back in the queue."""
-        while (left := self.lease_until - time.monotonic()) > 0:
-            await asyncio.sleep(left)
-        self._log.warning("job.lease_ran_out", extra={
-            "job_id": self.job.id, "attempt": self.job.attempt, "lease_s": self.job.lease_s})
-        self.abandon(LEASE_RAN_OUT, lease_gone=True)
+        time): by then the server has put it back in the queue. A timer, not a task: it
+        costs nothing until the lease's end, when it looks again if the lease was renewed."""
+        watchdog = _Watchdog()
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            if (left := self.lease_until - time.monotonic()) > 0:
+                watchdog.handle = loop.call_later(left, check)
+                return
+            self._log.warning("job.lease_ran_out", extra={
+                "job_id": self.job.id, "attempt": self.job.attempt,
+                "lease_s": self.job.lease_s})
+            self.abandon(LEASE_RAN_OUT, lease_gone=True)
+
+        watchdog.handle = loop.call_later(max(self.lease_until - time.monotonic(), 0), check)
+        return watchdog
 
     def _verify(self) -> Outcome | None:
         """With a verifier: the job's signature checked before anything of it runs. A job
@@ -364,6 +374,15 @@ class HeldJob:
             # Only to a server that sent a traceparent: an older one refuses the field.
             self._span.traceparent if self._span and self.job.traceparent else None)
         await self._port.complete(self.job, done, self.lease_deadline)
+
+
+@dataclass
+class _Watchdog:
+    handle: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 def _run_span(job: AgentJob, holder: str) -> tracing.Span | None:
