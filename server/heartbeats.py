@@ -7,6 +7,16 @@ are marked alive in the same statement, at most every `seen_interval_s`: the sta
 this process alive, and an agent's record names the process holding it, so it is written only
 when the agent comes, goes, or changes how many jobs it runs. 1,000 idle agents cost one row
 write per interval, not 1,000.
+
+An agent held here is marked gone only once two looks in a row, at least `seen_interval_s`
+apart, found it neither waiting in a long-poll nor making a request. One look is not enough:
+an agent between two requests (a claim answered, its next claim not yet read; a busy agent
+between heartbeats) holds nothing open, and under load that gap is the server's own: a claim
+leaves the dispatcher when its wait ends, and the agent is counted as seen only once its
+handler runs again. With 10,000 agents re-polling every 25 s, hundreds were caught in that
+gap at each look, each marked gone and held again at the next (two row writes apiece, ~400
+a second). A gone agent is marked with the time it was last found here, so its staleness
+still counts from then.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ class Heartbeats:
         self._beats: list[_Beat] = []
         self._seen: set[str] = set()
         self._held: set[str] = set()  # agents marked alive through this process last time
+        self._heard: dict[str, float] = {}  # held agent -> when a look last found it here
         self._last_seen_flush = 0.0
         self._live: Callable[[], set[str]] = set
         self._wake = asyncio.Event()
@@ -114,6 +125,7 @@ class Heartbeats:
         self.agents.pop(name, None)
         self._seen.discard(name)
         self._held.discard(name)
+        self._heard.pop(name, None)
 
     async def beat(self, holder: str, key: str, running: Sequence[tuple[int, int]]
                    ) -> tuple[list[int], list[int]]:
@@ -138,13 +150,23 @@ class Heartbeats:
         beats, self._beats = self._beats, []
         now = time.monotonic()
         seen: dict[str, tuple[str, int]] = {}
-        gone: set[str] = set()
+        gone: dict[str, float] = {}  # name -> seconds since it was last heard from
+        between: set[str] = set()
         looked = now - self._last_seen_flush >= self.seen_interval_s or beats
         if looked:
             names = self._seen | self._live()
+            heard = self._heard
+            for name in names:
+                heard[name] = now
             seen = {n: (self.agents[n].jti, self.agents[n].active)
                     for n in names if n in self.agents}
-            gone = self._held - seen.keys()
+            # Missed by this look only, or heard from within seen_interval_s: between two
+            # requests. Its record stands as it is, neither rewritten nor marked gone.
+            previous = self._last_seen_flush
+            between = {n for n in self._held - seen.keys()
+                       if heard.get(n, now) >= previous
+                       or now - heard.get(n, now) < self.seen_interval_s}
+            gone = {n: now - heard.get(n, now) for n in self._held - seen.keys() - between}
             self._seen, self._last_seen_flush = set(), now
         held = [(job_id, attempt, b.holder, b.key)
                 for b in beats for job_id, attempt in b.running]
@@ -154,7 +176,7 @@ class Heartbeats:
             return
         try:
             rows = await self.store.heartbeat_batch(held, seen, self.lease_s,
-                                                    process=self.process, gone=sorted(gone))
+                                                    process=self.process, gone=gone)
         except DATABASE_ERRORS as exc:
             log.warning("heartbeats.flush_failed", extra={"error": str(exc)})
             self._seen |= seen.keys()  # marked alive next time; `gone` is worked out again
@@ -162,7 +184,9 @@ class Heartbeats:
                 beat.future.set_exception(exc)
             return
         if looked:
-            self._held = set(seen)
+            self._held = seen.keys() | between
+            for name in gone:
+                self._heard.pop(name, None)
         outcomes = iter(rows)  # in the order of `held`: beat by beat
         for beat in beats:
             cancel: list[int] = []

@@ -3,18 +3,23 @@ dispatch latency while they wait, and whether delayed jobs still reach them.
 
     .venv/bin/python scripts/bench/agents.py [--agents 1000] [--groups 10] [--window-s 20]
         [--stagger-s 25] [--iterations 100] [--settle-ms 20] [--delayed-jobs 1]
-        [--no-statement-log]
+        [--sim-procs N] [--no-statement-log]
 
 Starts a scratch database (embedded PostgreSQL, or TAGRUN_BENCH_DATABASE_URL) and a real
 `tagrun start --mode server` on a free 127.0.0.1 port (default settings: pool 10,
-TAGRUN_POLL_INTERVAL_S 2), then simulates, in this one process (one event loop; an
-httpx.AsyncClient per 50 agents, see _sim.py), agents that do on the wire what an idle
-`tagrun-agent` does: claim with slots 1 and wait_s 25 (AGENT_POLL_WAIT_S's default), and
-claim again when the answer comes back empty. One agent token per group (--groups groups of
---agents/--groups agents; group g's token has tags bench-g<g>-a and bench-g<g>-b), plus one
-extra agent alone on its own token and tag (bench-dedicated). The agents' first claims are
-spread over --stagger-s (default 25 s: the steady state of agents that have run a while,
-N/25 re-polls a second); --stagger-s 0 connects them all at once, as after a restart, and
+TAGRUN_POLL_INTERVAL_S 2), then simulates (an httpx.AsyncClient per 50 agents, see _sim.py)
+agents that do on the wire what an idle `tagrun-agent` does: claim with slots 1 and wait_s
+25 (AGENT_POLL_WAIT_S's default), and claim again when the answer comes back empty. One
+agent token per group (--groups groups of --agents/--groups agents; group g's token has tags
+bench-g<g>-a and bench-g<g>-b), plus one extra agent alone on its own token and tag
+(bench-dedicated). The dedicated agent and group 0 (the agents whose dispatch latency is
+measured) run in this process; the other groups in --sim-procs child processes (default: one
+per 2,500 agents, none up to 2,000 in all; 0 = all here), so that a simulator's event loop
+falling behind does not pass for the server's doing: each one's CPU is reported. The
+open-files limit is raised to what the server needs (a socket per agent), capped by the hard
+limit; the server and the children inherit it. The agents' first claims are spread over
+--stagger-s (default 25 s: the steady state of agents that have run a while, N/25 re-polls a
+second); --stagger-s 0 connects them all at once, as after a restart, and
 then the idle window is placed to span their wave of re-polls.
 
 Measured, from a monitoring connection to the cluster's `postgres` database (so its own
@@ -24,7 +29,8 @@ scratch database and subtracts its own transactions):
   --window-s (pg_stat_database deltas), server RSS and CPU;
 - delayed jobs, one agent (control): jobs with run_at 3 s ahead on the dedicated tag; how
   late after run_at the agent gets them (the dispatcher's safety-net poll finds them);
-- connecting: time until `GET /api/workers` lists every agent;
+- connecting: time until `GET /api/workers`, read page by page (cursor), lists every agent
+  by name as live; listed again after the idle window;
 - idle with all agents waiting, over --window-s: transactions/s (against the baseline),
   DB connections by state (pg_stat_activity every 0.5 s), server RSS and CPU, claims the
   server answered, the bench's own CPU;
@@ -73,7 +79,7 @@ from _proc import (  # noqa: E402
     sigterm_as_exit,
     with_db,
 )
-from _sim import SimAgents  # noqa: E402
+from _sim import SimAgents, SimProcesses  # noqa: E402
 
 POLL_WAIT_S = 25.0
 JOBS = "/api/w/default/jobs"
@@ -290,17 +296,19 @@ async def connect_monitor(dsn: str) -> Monitor:
     return Monitor(conn, db_name(dsn), same, tables)
 
 
-async def workers_listed(client: httpx.AsyncClient) -> int:
-    """Live agents, read page by page as GET /api/workers lists them."""
-    listed, cursor = 0, ""
+async def workers_listed(client: httpx.AsyncClient) -> tuple[set[str], int]:
+    """Names of the live agents, read page by page as GET /api/workers lists them; pages."""
+    listed: set[str] = set()
+    cursor, pages = "", 0
     while True:
         r = await client.get("/api/workers", params={"limit": 5000, "cursor": cursor})
         r.raise_for_status()
         page = r.json()
-        listed += sum(1 for a in page["agents"]
+        pages += 1
+        listed.update(a["name"] for a in page["agents"]
                       if a["kind"] == "agent" and a["state"] in ("live", "busy"))
         if not page["next_cursor"]:
-            return listed
+            return listed, pages
         cursor = page["next_cursor"]
 
 
@@ -367,14 +375,21 @@ async def delayed(client: httpx.AsyncClient, sim: SimAgents, tag: str, listeners
 
 async def main(ns: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    nofile = raise_nofile(2 * ns.agents + 1024)  # ours, and the server's (it inherits it)
+    per_group = max(1, ns.agents // ns.groups)
+    total = per_group * ns.groups + 1
+    # The server holds a socket per agent (it inherits our limit, as do the simulators, which
+    # hold fewer); with every agent here (--sim-procs 0) this process needs as many again.
+    here = total if ns.sim_procs == 0 else per_group + 1
+    nofile = raise_nofile(total + here + 1024 if ns.sim_procs == 0 else total + 1024)
     if not nofile.get("enough", False):
         log(f"open-files limit too low for {ns.agents} agents: {nofile}")
-    per_group = max(1, ns.agents // ns.groups)
+    if ns.sim_procs < 0:
+        rest = total - per_group - 1
+        ns.sim_procs = 0 if total <= 2000 else -(-rest // 2500)
     result: dict[str, Any] = {"bench": "agents", "agents": per_group * ns.groups + 1,
                               "groups": ns.groups, "agents_per_group": per_group,
                               "dedicated_agents": 1, "poll_wait_s": POLL_WAIT_S,
-                              "nofile": nofile,
+                              "nofile": nofile, "sim_procs": ns.sim_procs,
                               "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     async with scratch_database() as dsn:
         with Processes() as procs:
@@ -387,12 +402,14 @@ async def main(ns: argparse.Namespace) -> dict[str, Any]:
             log(f"server up on {server.url} (pid {server.pid})")
             monitor.start_sampling()
             sim = SimAgents(server.url, wait_s=POLL_WAIT_S)
+            others = SimProcesses(server.url, ns.sim_procs, wait_s=POLL_WAIT_S)
             try:
                 async with api(server.url) as client:
                     await run_phases(ns, result, server, monitor, statements, client, sim,
-                                     per_group)
+                                     others, per_group)
             finally:
                 await sim.close()
+                await others.close()
                 await monitor.stop_sampling()
                 await monitor.conn.close()
                 if monitor.tables is not None:
@@ -404,7 +421,8 @@ async def main(ns: argparse.Namespace) -> dict[str, Any]:
 
 async def run_phases(ns: argparse.Namespace, result: dict[str, Any], server: TagrunProc,
                      monitor: Monitor, statements: StatementLog | None,
-                     client: httpx.AsyncClient, sim: SimAgents, per_group: int) -> None:
+                     client: httpx.AsyncClient, sim: SimAgents, others: SimProcesses,
+                     per_group: int) -> None:
     bench_cpu = psutil.Process()
     # Baseline: the server with no agent at all.
     monitor.phase = "baseline"
@@ -431,27 +449,45 @@ async def run_phases(ns: argparse.Namespace, result: dict[str, Any], server: Tag
         log(f"delayed, one agent: {result['delayed_jobs_one_agent']}")
         monitor.phase = "connecting"
     names = [(f"g{g}-a{i}", token) for i in range(per_group) for g, token in enumerate(tokens)]
-    log(f"connecting {total} agents over {ns.stagger_s:g}s")
-    first_claim = time.monotonic()
+    expected = {"dedicated", *(n for n, _ in names)}
+    log(f"connecting {total} agents over {ns.stagger_s:g}s ({ns.sim_procs} simulator "
+        f"processes besides this one)")
+    lead = 2.0 if ns.sim_procs else 0.0  # the children's start-up
+    first_claim, first_wall = time.monotonic() + lead, time.time() + lead
+    if ns.sim_procs:  # groups 1.. in the children, on the same schedule (wall clock)
+        await others.start([(n, t, first_wall + ns.stagger_s * k / len(names))
+                            for k, (n, t) in enumerate(names) if not n.startswith("g0-")])
     for k, (name, token) in enumerate(names):
+        if ns.sim_procs and not name.startswith("g0-"):
+            continue
         due = first_claim + ns.stagger_s * k / len(names)
         if due > time.monotonic():
             await asyncio.sleep(due - time.monotonic())
         sim.add(name, token)
+    listed: set[str] = set()
+    pages, last_listing = 0, 0.0
     while True:
-        listed = await workers_listed(client)
-        if listed >= total and sim.outstanding() >= total:
-            break
-        if sim.errors:
-            raise RuntimeError(f"agents failed: {sim.errors[:5]}")
+        waiting = sim.outstanding() + others.outstanding()
+        if waiting >= total and time.monotonic() - last_listing >= 2.0:
+            # (A listing reads every record: at most every 2 s, so that the check does not
+            # load the server it measures.)
+            last_listing = time.monotonic()
+            listed, pages = await workers_listed(client)
+            if expected <= listed:
+                break
+        if others.dead():
+            raise RuntimeError(f"simulators exited: {others.dead()}")
         if time.monotonic() - first_claim > ns.stagger_s + 60:
-            raise RuntimeError(f"only {listed}/{total} agents listed after 60 s")
+            raise RuntimeError(f"only {len(listed & expected)}/{total} agents listed and "
+                               f"{waiting} waiting after {ns.stagger_s + 60:g} s")
         await asyncio.sleep(0.25)
     connect_s = time.monotonic() - first_claim
     result["connect"] = {"stagger_s": ns.stagger_s,
                          "seconds_until_all_listed": round(connect_s, 2),
+                         "all_listed": expected <= listed, "listing_pages": pages,
+                         "sim_errors": len(sim.errors) + others.error_count,
                          "db_connections": monitor.connections("connecting")}
-    log(f"all {total} agents waiting after {connect_s:.1f}s")
+    log(f"all {total} agents waiting and listed ({pages} pages) after {connect_s:.1f}s")
 
     # Idle: with staggered agents, re-polls come evenly from now on; with agents connected
     # all at once, a window that spans their wave of re-polls (claims end after POLL_WAIT_S).
@@ -460,20 +496,34 @@ async def run_phases(ns: argparse.Namespace, result: dict[str, Any], server: Tag
         start_at = first_claim + POLL_WAIT_S
     else:
         start_at = first_claim + POLL_WAIT_S + ns.stagger_s / 2 - ns.window_s / 2
-    await asyncio.sleep(max(1.0, start_at - time.monotonic()))
+    # (PostgreSQL's backends report their table counts up to 10 s late when they go idle:
+    # a staggered window starts 11 s after the last agent connected, so that the counts of
+    # the connecting do not land in it.)
+    await asyncio.sleep(max(1.0 if ns.stagger_s < POLL_WAIT_S else 11.0,
+                            start_at - time.monotonic()))
     monitor.phase = "idle"
-    answered0, cpu0 = sim.claims_answered, bench_cpu.cpu_times()
+    answered0 = sim.claims_answered + others.claims_answered
+    errors0 = len(sim.errors) + others.error_count
+    sims = [bench_cpu, *(psutil.Process(pid) for pid in others.pids)]
+    cpu0 = [sum(p.cpu_times()[:2]) for p in sims]
     log(f"idle window: {ns.window_s}s with {total} agents")
     idle = await monitor.window(ns.window_s, server, statements)
-    cpu1 = bench_cpu.cpu_times()
+    cpu1 = [sum(p.cpu_times()[:2]) for p in sims]
     idle["db_connections"] = monitor.connections("idle")
-    idle["claims_answered_in_window"] = sim.claims_answered - answered0
-    idle["outstanding_claims_at_end"] = sim.outstanding()
-    idle["bench_client_cpu_pct"] = round(
-        100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / idle["seconds"], 1)
+    idle["claims_answered_in_window"] = sim.claims_answered + others.claims_answered - answered0
+    idle["sim_errors_in_window"] = len(sim.errors) + others.error_count - errors0
+    idle["outstanding_claims_at_end"] = sim.outstanding() + others.outstanding()
+    # The simulators' CPU: this process (dedicated, group 0, the monitor), then each child.
+    idle["sim_cpu_pct"] = [round(100 * (b - a) / idle["seconds"], 1)
+                           for a, b in zip(cpu0, cpu1, strict=True)]
+    idle["bench_client_cpu_pct"] = round(sum(idle["sim_cpu_pct"]), 1)
     result["idle_with_agents"] = idle
     result["server_rss_mb_with_agents"] = server.rss_mb()
     log(f"idle: {idle}")
+    listed, pages = await workers_listed(client)
+    result["listed_after_idle"] = {"all_listed": expected <= listed,
+                                   "missing": len(expected - listed), "pages": pages}
+    log(f"after the idle window: {result['listed_after_idle']}")
 
     # Dispatch latency while every agent waits. This process holds 1,000 simulated agents'
     # connections: its own full garbage collections (~100-200 ms) landed inside single
@@ -496,7 +546,8 @@ async def run_phases(ns: argparse.Namespace, result: dict[str, Any], server: Tag
         result["delayed_jobs_with_agents"] = await delayed(
             client, sim, "bench-dedicated", ["dedicated"], ns.delayed_jobs)
         log(f"delayed: {result['delayed_jobs_with_agents']}")
-    result["sim_errors"] = sim.errors[:10]
+    result["sim_errors"] = (sim.errors + others.recent_errors())[:10]
+    result["sim_error_kinds"] = dict(sim.error_kinds + Counter(others.error_kinds()))
     result["max_db_connections_seen"] = max(
         (s["total"] for samples in monitor.samples.values() for s in samples), default=None)
     base, idle_x = result["idle_no_agents"]["xacts_per_s"], idle["xacts_per_s"]
@@ -508,6 +559,12 @@ async def run_phases(ns: argparse.Namespace, result: dict[str, Any], server: Tag
         "dispatch_p50_le_10ms": all((p["client_ms"]["p50"] or 99) <= 10
                                     for p in (dedicated, shared)),
         "dispatch_p99_le_50ms": worst <= 50,
+        "all_listed": result["connect"]["all_listed"]
+        and result["listed_after_idle"]["all_listed"],
+        "idle_workers_updates_per_s": idle.get("table_writes", {}).get("workers", {}).get(
+            "upd_per_s", 0.0),
+        "idle_statements_per_s": idle.get("statements_per_s"),
+        "server_rss_mb_with_agents": result["server_rss_mb_with_agents"],
     }
 
 
@@ -523,6 +580,8 @@ if __name__ == "__main__":
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--settle-ms", type=float, default=20.0)
+    parser.add_argument("--sim-procs", type=int, default=-1,
+                        help="child simulator processes for groups 1.. (default: auto)")
     parser.add_argument("--no-statement-log", dest="statement_log", action="store_false",
                         help="do not count the server's statements from PostgreSQL's log")
     parser.add_argument("--delayed-jobs", type=int, default=1,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -71,7 +71,8 @@ RETURNING w.name, w.grp, w.tags, w.ip, w.last_seen"""
 # One statement for every heartbeat a server process received in an interval: leases of
 # all named jobs are extended, the process ($7) is marked alive, and so are the agents it
 # holds. An agent's record is written only when something about it changed: it came to this
-# process, its running count moved, it was reported stale, or it left ($8). A lease is
+# process, its running count moved, it was reported stale, or it left ($8, last heard from
+# $11 seconds ago: its staleness counts from then). A lease is
 # extended only for its holder's name and key ($9), a record marked alive only for its
 # token ($10): naming another agent extends nothing and writes nothing.
 HEARTBEAT_BATCH = f"""
@@ -87,7 +88,10 @@ WITH held AS (
     WHERE w.name = s.name AND w.jti = s.jti AND w.stopped_at IS NULL
       AND (w.via IS DISTINCT FROM $7 OR w.active_count <> s.active OR w.stale_reported)
 ), gone AS (
-    UPDATE workers SET last_seen = now(), via = NULL WHERE name = ANY($8::text[]) AND via = $7
+    UPDATE workers w SET last_seen = greatest(w.last_seen, now() - make_interval(secs => g.ago)),
+                         via = NULL
+    FROM unnest($8::text[], $11::float8[]) AS g(name, ago)
+    WHERE w.name = g.name AND w.via = $7
 )
 SELECT h.n, e.n IS NULL AS lost, coalesce(e.cancel_requested, false) AS cancel
 FROM held h LEFT JOIN extended e ON e.n = h.n ORDER BY h.n"""
@@ -379,15 +383,17 @@ class Agents(StoreBase):
 
     async def heartbeat_batch(
         self, held: Sequence[tuple[int, int, str, str]], seen: dict[str, tuple[str, int]],
-        lease_s: float, *, process: str, gone: Sequence[str] = (),
+        lease_s: float, *, process: str, gone: Mapping[str, float] | None = None,
     ) -> list[tuple[bool, bool]]:
         """Extend leases of (job id, attempt, holder name, holder key), mark process `process`
-        and the agents it holds (`seen`: name -> (jti, running count)) alive and `gone` as no
-        longer held by it. Returns (lost, cancel) for each entry of `held`, in order."""
+        and the agents it holds (`seen`: name -> (jti, running count)) alive and `gone`
+        (name -> seconds since it was last heard from) as no longer held by it. Returns
+        (lost, cancel) for each entry of `held`, in order."""
+        gone = gone or {}
         rows = await self.fetch(
             HEARTBEAT_BATCH, [h[0] for h in held], [h[1] for h in held], [h[2] for h in held],
             lease_s, list(seen), [s[1] for s in seen.values()], process, list(gone),
-            [h[3] for h in held], [s[0] for s in seen.values()],
+            [h[3] for h in held], [s[0] for s in seen.values()], list(gone.values()),
         )
         return [(r["lost"], r["cancel"]) for r in rows]
 
