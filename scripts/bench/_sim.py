@@ -116,6 +116,11 @@ class SimAgents:
         self.errors: list[str] = []
         self.error_kinds: Counter[str] = Counter()  # exception class names
         self._tasks: list[asyncio.Task[None]] = []
+        # Set: agents complete their jobs; clear: they wait (latency.py holds them until the
+        # submit has returned, so that their follow-up requests, made in this same process,
+        # do not delay the submit's answer as a separate agent's would not).
+        self.may_complete = asyncio.Event()
+        self.may_complete.set()
 
     def add(self, name: str, token: str) -> None:
         if self.raw:
@@ -170,6 +175,7 @@ class SimAgents:
                     self.empty_answers += 1
                 for job in jobs:
                     self.received.put_nowait((job, t1, name))
+                    await self.may_complete.wait()
                     path = f"/api/w/{job['workspace']}/agent_workers/jobs/{job['id']}/complete"
                     done = json.dumps({"name": name, "attempt": job["attempt"],
                                        "status": "succeeded", "result": {}}).encode()
@@ -205,6 +211,7 @@ class SimAgents:
                 self.empty_answers += 1
             for job in jobs:
                 self.received.put_nowait((job, t1, name))
+                await self.may_complete.wait()
                 path = f"/api/w/{job['workspace']}/agent_workers/jobs/{job['id']}/complete"
                 try:
                     c = await http.post(path, headers=headers, json={

@@ -9,7 +9,10 @@ and holds `--agents` long-poll claims open (`POST /api/agent_workers/claim`, slo
 wait_s 25) from a minimal simulated agent (one httpx.AsyncClient). Then, `--iterations` times
 in sequence: wait `--settle-ms` after the agents' claims were sent, note t0, submit one
 `identity` job with that tag (`POST /api/w/default/jobs`), note t1 when a claim answer
-carrying it arrives, complete the job over the agent route, and claim again.
+carrying it arrives, complete the job over the agent route (once the submit has returned:
+the simulated agent shares this process with the submitter, and its follow-up requests would
+otherwise delay the submit's answer, as a real agent's, in a process of its own, would not),
+and claim again.
 
 Why a settle pause rather than asking the server whether the claim waits: no route shows
 the dispatcher's in-memory waiters (`GET /api/workers` reads the database, where an agent is
@@ -107,11 +110,13 @@ async def simulated(client: httpx.AsyncClient, url: str, iterations: int, warmup
         for i in range(warmup + iterations):
             await sim.waiting_since(names, settle_ms / 1000)
             body["args"] = {"i": i}
+            sim.may_complete.clear()  # the agent completes its job once the submit returned
             t0 = time.perf_counter()
             submit = asyncio.create_task(client.post(JOBS, json=body))
             job, t1, _ = await asyncio.wait_for(sim.received.get(), 30)
             r = await submit
             t_submit = time.perf_counter()
+            sim.may_complete.set()
             r.raise_for_status()
             if job["id"] != r.json()["id"]:
                 raise RuntimeError(f"agent got job {job['id']}, submitted {r.json()['id']}")
