@@ -15,6 +15,7 @@ with 8 slots finished at most one job per disk flush (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ import asyncpg
 from tagrun.server.errors import TagrunError
 from tagrun.server.store._base import DATABASE_UNAVAILABLE, translated_errors
 
+# The JSON values ($5, $6, $8, $13) travel as text, each one encoded here: a jsonb[] parameter
+# would take a list value (a job's result [1, 2], an agent's tags) as more array elements.
 # Outcome i of the batch: job $1[i] at attempt $2[i], held by $3[i] under key $10[i] (NULL: a
 # direct worker), becomes $4[i] with result $5[i] and error $6[i]; a retryable ($11[i])
 # failure with attempts left is queued again after a backoff from $7[i]. $8[i] (a JSON array
@@ -37,9 +40,12 @@ from tagrun.server.store._base import DATABASE_UNAVAILABLE, translated_errors
 # a failure adds to it, a success ends it, a cancellation leaves it as it is.
 COMPLETE_JOBS = """
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::jsonb[],
-                         $6::jsonb[], $7::float8[], $8::jsonb[], $9::text[], $10::text[],
-                         $11::bool[], $12::int[], $13::jsonb[])
+    SELECT i.id, i.attempt, i.holder, i.status, i.result::jsonb AS result,
+           i.error::jsonb AS error, i.backoff, i.tags::jsonb AS tags, i.workspace, i.key,
+           i.retryable, i.lost, i.checked::jsonb AS checked, i.n
+    FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::float8[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::int[],
+                $13::text[])
         WITH ORDINALITY AS i(id, attempt, holder, status, result, error, backoff, tags,
                              workspace, key, retryable, lost, checked, n)
 ), cur AS (
@@ -225,12 +231,18 @@ class Completer:
         async with translated_errors():
             rows = await self._pool.fetch(
                 COMPLETE_JOBS, [o.job_id for o in outs], [o.attempt for o in outs],
-                [o.holder for o in outs], [o.status for o in outs], [o.result for o in outs],
-                [o.error for o in outs], [o.retry_backoff_s for o in outs],
-                [o.tags for o in outs], [o.workspace for o in outs], [o.key for o in outs],
+                [o.holder for o in outs], [o.status for o in outs],
+                [_json(o.result) for o in outs], [_json(o.error) for o in outs],
+                [o.retry_backoff_s for o in outs], [_json(o.tags) for o in outs],
+                [o.workspace for o in outs], [o.key for o in outs],
                 [o.retryable for o in outs], [o.log_chunks_lost for o in outs],
-                [o.signature_check for o in outs], self._channel)
+                [_json(o.signature_check) for o in outs], self._channel)
         return {int(r["n"]): r for r in rows}
+
+
+def _json(value: Any) -> str | None:
+    """A JSON value as the text of a jsonb (None: SQL NULL, as asyncpg's codec has it)."""
+    return None if value is None else json.dumps(value)
 
 
 def _fail(pending: _Pending, exc: BaseException) -> None:

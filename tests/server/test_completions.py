@@ -49,6 +49,24 @@ def test_completions_arriving_together_are_one_transaction_of_many_holders(
     run(database_url, scenario)
 
 
+def test_results_of_every_json_shape_reach_their_own_jobs(database_url: str) -> None:
+    """Lists among the results, and agents' tag lists of several tags, in one batch: each
+    job gets exactly its own (a list must not be read as more elements of the batch)."""
+    async def scenario(store: Store) -> None:
+        results: list[Any] = [[1.0, 2.0], [], [[1], {"a": [2]}], "x", None, {"k": [1, 2]}, 3]
+        await store.insert_jobs("default", [job() for _ in results])
+        held = await store.claim_jobs("w", ["t"], len(results), 60)
+        answers = await settle([
+            store.complete_job("w", j.id, j.attempt, "succeeded", result, None, 5,
+                               tags=["other", "t", "more"] if n % 2 else None)
+            for n, (j, result) in enumerate(zip(held, results, strict=True))])
+        assert all(a["status"] == "succeeded" for a in answers), answers
+        stored = {r["id"]: r["result"] for r in await store.pool.fetch(
+            "SELECT id, result FROM jobs")}
+        assert [stored[j.id] for j in held] == results
+    run(database_url, scenario)
+
+
 def test_a_bad_outcome_in_a_batch_fails_alone(database_url: str) -> None:
     async def scenario(store: Store) -> None:
         ids = await store.insert_jobs("default", [job(max_attempts=2) for _ in range(5)])
