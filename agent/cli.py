@@ -49,6 +49,15 @@ def agent(
     init_script: Annotated[str | None, typer.Option(
         "--init-script", envvar="INIT_SCRIPT", metavar="SCRIPT", show_envvar=True,
         help="Shell script run once before the first claim; failure exits with 1.")] = None,
+    init_script_language: Annotated[str | None, typer.Option(
+        "--init-script-language", envvar="INIT_SCRIPT_LANGUAGE", metavar="LANGUAGE",
+        show_envvar=True,
+        help="What INIT_SCRIPT is written in: bash, sh, powershell or python (default: "
+             "powershell on Windows, bash elsewhere).")] = None,
+    bash: Annotated[str | None, typer.Option(
+        "--bash", envvar="AGENT_BASH", metavar="PATH", show_envvar=True,
+        help="The bash that bash jobs run (default: bash on PATH; on Windows Git for "
+             "Windows' bash.exe, never WSL's).")] = None,
     name: Annotated[str | None, typer.Option(
         "--name", envvar="AGENT_NAME", metavar="NAME", show_envvar=True,
         help="How the agent appears on the server (default: host name + random suffix).")
@@ -155,6 +164,7 @@ def agent(
         else os.environ.get("AGENT_TOKEN") if token is None else token,
         "AGENT_TOKEN_FILE": token_file,
         "BASE_INTERNAL_URL": base_url, "INIT_SCRIPT": init_script, "AGENT_NAME": name,
+        "INIT_SCRIPT_LANGUAGE": init_script_language, "AGENT_BASH": bash,
         "AGENT_SLOTS": slots, "AGENT_WORK_DIR": work_dir, "AGENT_PYTHON": python,
         "AGENT_JOB_USER": job_user,
         "AGENT_DRAIN_TIMEOUT_S": drain_timeout_s, "AGENT_POLL_WAIT_S": poll_wait_s,

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from tagrun.agent.errors import ConfigError
 from tagrun.agent.policy import LocalPolicy
 from tagrun.shared.executors import LANGUAGES, JobUser
+from tagrun.shared.interpreters import is_wsl_launcher
 from tagrun.shared.redact import DEFAULT_REDACT_VARS
 from tagrun.shared.signing import SigningError, Verifier, load_verifier
 
@@ -31,6 +32,8 @@ log = logging.getLogger("tagrun.agent")
 
 MAX_POLL_WAIT_S = 60.0
 DEFAULT_LOG_SPOOL_MB = 64  # per job, while the server is out of reach
+# What INIT_SCRIPT may be written in (INIT_SCRIPT_LANGUAGE); the default is the OS's shell.
+INIT_SCRIPT_LANGUAGES = ("bash", "sh", "powershell", "python")
 
 Warn = Callable[[str], None]
 
@@ -42,6 +45,9 @@ class AgentConfig:
     name: str
     slots: int = 1
     init_script: str | None = None
+    init_script_language: str = "powershell" if os.name == "nt" else "bash"
+    # AGENT_BASH: the bash.exe (any OS: bash) that bash jobs run, rather than the one found.
+    bash: str | None = None
     work_dir: Path | None = None  # None: a temporary directory made at start, removed at exit
     python: str | None = None
     drain_timeout_s: float = 30.0
@@ -113,6 +119,8 @@ def load_config(values: Mapping[str, str | None], warn: Warn = _log_warning) -> 
         name=_name(v.get("AGENT_NAME")),
         slots=int(_number(v, "AGENT_SLOTS", 1, low=1, high=10_000, whole=True)),
         init_script=v.get("INIT_SCRIPT") if (v.get("INIT_SCRIPT") or "").strip() else None,
+        init_script_language=_init_script_language(v.get("INIT_SCRIPT_LANGUAGE")),
+        bash=_bash(v.get("AGENT_BASH")),
         work_dir=_work_dir(v.get("AGENT_WORK_DIR"), shared=job_user is not None),
         python=_python(v.get("AGENT_PYTHON")),
         drain_timeout_s=_number(v, "AGENT_DRAIN_TIMEOUT_S", 30.0, low=0.0, high=None),
@@ -172,6 +180,29 @@ def _hook(raw: str | None) -> Path | None:
     if not path.is_file() or (os.name != "nt" and not os.access(path, os.X_OK)):
         raise ConfigError(f"AGENT_PRE_JOB_HOOK={raw!r} is not an executable file")
     return path.absolute()
+
+
+def _init_script_language(raw: str | None) -> str:
+    if raw is None:
+        return AgentConfig.init_script_language
+    language = raw.strip().lower()
+    if language not in INIT_SCRIPT_LANGUAGES:
+        raise ConfigError(f"INIT_SCRIPT_LANGUAGE={raw!r} is not one of "
+                          f"{', '.join(INIT_SCRIPT_LANGUAGES)}")
+    return language
+
+
+def _bash(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    path = Path(os.path.expanduser(raw))
+    if not path.is_file() or (os.name != "nt" and not os.access(path, os.X_OK)):
+        raise ConfigError(f"AGENT_BASH={raw!r} is not an existing executable file (the path "
+                          "to bash, e.g. C:\\Program Files\\Git\\bin\\bash.exe)")
+    if os.name == "nt" and is_wsl_launcher(str(path.absolute())):
+        raise ConfigError(f"AGENT_BASH={raw!r} is WSL's launcher, which runs the script in a "
+                          "Linux that cannot see it: use Git for Windows' bash.exe")
+    return str(path.absolute())
 
 
 def _verifier(v: Mapping[str, str]) -> Verifier | None:

@@ -101,6 +101,8 @@ class Agent:
         # learn where its file is (see secrecy.py for the environment the process started with).
         for variable in ("AGENT_TOKEN", "AGENT_TOKEN_FILE"):
             os.environ.pop(variable, None)
+        if self.config.bash is not None:  # where the executor looks (and its absolute path)
+            os.environ["AGENT_BASH"] = self.config.bash
         undo = install_stop_handlers(self.request_stop) if handle_signals else None
         try:
             with run_directory(self.config.work_dir, shared=self.config.job_user is not None) \
@@ -192,8 +194,9 @@ class Agent:
             return
         work_dir = Path(tempfile.mkdtemp(prefix="init-", dir=self._work_root))
         output: list[str] = []
-        spec = ExecSpec(_shell(), script, {}, None, work_dir)
-        log.info("agent.init_script_started", extra={"language": spec.language})
+        language = self.config.init_script_language
+        spec = ExecSpec(language, script, {}, None, work_dir, python_cmd=self._python_cmd)
+        log.info("agent.init_script_started", extra={"language": language})
         try:
             task = asyncio.create_task(Execution(spec, output.append).run())
             if not await self._unless_stopping(task):
@@ -204,7 +207,8 @@ class Agent:
         text = "".join(output)[-_INIT_OUTPUT_CHARS:]
         if outcome.status != "succeeded":
             message = (outcome.error or {}).get("message", outcome.status)
-            raise InitScriptFailed(f"INIT_SCRIPT failed: {message}", text)
+            raise InitScriptFailed(
+                f"INIT_SCRIPT failed: {message} (INIT_SCRIPT_LANGUAGE={language})", text)
         log.info("agent.init_script_done", extra={"output": text})
 
     # -- claiming ---------------------------------------------------------------------------

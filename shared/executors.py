@@ -1,7 +1,9 @@
 """Run one job script (bash, sh, python, powershell or identity) and turn it into an Outcome.
 
 Its stdout and stderr are read from two pipes, each handed on as it arrives with the name of
-its stream (shared/loglines.py), in the order the two arrived."""
+its stream (shared/loglines.py), in the order the two arrived. Whatever way it ends, nothing
+it started outlives it: on POSIX its session is killed, on Windows its Job Object ended
+(shared/winjob.py), where it also runs in a hidden console of its own."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import codecs
 import errno
 import json
 import logging
+import ntpath
 import os
 import shutil
 import signal
@@ -22,8 +25,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tagrun.shared.interpreters import NO_BASH_ON_WINDOWS, find_bash, with_utf8_output
 from tagrun.shared.loglines import STDERR, STDOUT
 from tagrun.shared.storable import storable_json
+from tagrun.shared.winjob import CREATE_SUSPENDED, JobObject, JobObjectError
 
 LANGUAGES: tuple[str, ...] = ("bash", "sh", "python", "powershell", "identity")
 # Languages that run nothing (the result is the args): they need no work directory.
@@ -39,9 +44,14 @@ _MESSAGE_LINE_CHARS = 500
 _DRAIN_GRACE_S = 2.0
 
 if sys.platform == "win32":
-    _CREATION_FLAGS = subprocess.CREATE_NEW_PROCESS_GROUP
+    # A console of its own, hidden (CREATE_NO_WINDOW): Ctrl+C and Ctrl+Break pressed in the
+    # agent's console reach the agent, which drains, and never a job; and a job that changes
+    # its console's code page (PowerShell's prologue below) changes no one else's.
+    _CREATION_FLAGS = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
 else:
     _CREATION_FLAGS = 0
+
+_SUSPENDED = CREATE_SUSPENDED if sys.platform == "win32" else 0
 
 _ARGS_NAME = "_tagrun_args.json"
 _RESULT_NAME = "_tagrun_result.json"
@@ -228,6 +238,7 @@ class Execution:
         self._on_output = on_output
         self._on_stream = on_stream
         self._transport: asyncio.SubprocessTransport | None = None
+        self._job: JobObject | None = None  # Windows: holds every process of the job
         self._cancelled = False
         self._started = False
         # The end of each stream's output, and when its latest non-blank text arrived.
@@ -250,20 +261,38 @@ class Execution:
                                                self._spec.user)
         except _LaunchError as exc:
             return _failed(ErrorKind.INTERNAL, str(exc))
+        try:
+            self._job = _contain(transport.get_pid())
+        except _LaunchError as exc:
+            transport.kill()  # still suspended: it has run nothing
+            await protocol.exited
+            await _drain(protocol.closed)
+            transport.close()
+            return _failed(ErrorKind.INTERNAL, str(exc))
         self._transport = transport
         if self._cancelled:  # cancel() arrived while we were starting
-            _kill_tree(transport)
+            self._kill(transport)
         try:
             timed_out = await self._supervise(transport, protocol)
         finally:
             # Once reaped, the pid may be reused; a late cancel() must not signal it.
             self._transport = None
+            if self._job is not None:
+                self._job.close()
+                self._job = None
         return self._outcome(transport.get_returncode(), timed_out)
 
     def cancel(self) -> None:
         self._cancelled = True
         if self._transport is not None:
-            _kill_tree(self._transport)
+            self._kill(self._transport)
+
+    def _kill(self, transport: asyncio.SubprocessTransport) -> None:
+        """End the job's process and every process it started."""
+        if self._job is not None:
+            self._job.terminate()
+        else:
+            _kill_tree(transport)
 
     async def _supervise(
         self, transport: asyncio.SubprocessTransport, protocol: _JobProtocol
@@ -274,7 +303,7 @@ class Execution:
         finally:
             # Also runs when run() itself is cancelled, and after a normal exit it reaps
             # leftover background children that would otherwise hold the output pipes open.
-            _kill_tree(transport)
+            self._kill(transport)
             await protocol.exited
             await _drain(protocol.closed)
             protocol.finish()
@@ -375,13 +404,13 @@ def _write_files(spec: ExecSpec, env: Mapping[str, str]) -> list[str]:
         wrapper = _write(work / _WRAPPER_NAME, _WRAPPER_SOURCE)
         return [*(spec.python_cmd or [sys.executable]), str(wrapper), str(script)]
     if lang in ("bash", "sh"):
-        exe = _require(shutil.which(lang, path=env.get("PATH")), lang)
+        command = _shell_command(lang, env)
         _write(work / "script.sh", spec.content)
-        return [exe, "script.sh"]
+        return [*command, "script.sh"]
     if lang == "powershell":
         exe = _require(_powershell(env.get("PATH")), "pwsh or powershell")
         # A BOM makes Windows PowerShell 5 read the script as UTF-8 rather than ANSI.
-        _write(work / "script.ps1", spec.content, encoding="utf-8-sig")
+        _write(work / "script.ps1", with_utf8_output(spec.content), encoding="utf-8-sig")
         flags = ["-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass"]
         return [exe, *flags, "-File", "script.ps1"]
     raise _LaunchError(f"unknown language {lang!r}; expected one of {', '.join(LANGUAGES)}")
@@ -394,6 +423,21 @@ def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
     with open(os.open(path, flags, 0o600), "w", encoding=encoding, newline="") as f:
         f.write(text)
     return path
+
+
+def _shell_command(lang: str, env: Mapping[str, str]) -> list[str]:
+    if sys.platform != "win32":
+        if lang == "bash":
+            return [_require(find_bash(env, windows=False, exists=os.path.isfile), "bash")]
+        return [_require(shutil.which("sh", path=env.get("PATH")), "sh")]
+    bash = find_bash(env, windows=True, exists=os.path.isfile)
+    if bash is None:
+        raise _LaunchError(NO_BASH_ON_WINDOWS)
+    if lang == "bash":
+        return [bash]
+    # Git for Windows' sh.exe is its bash in POSIX mode; asking bash for that mode is the same.
+    sh = ntpath.join(ntpath.dirname(bash), "sh.exe")
+    return [sh] if os.path.isfile(sh) else [bash, "--posix"]
 
 
 def _require(exe: str | None, name: str) -> str:
@@ -423,9 +467,11 @@ async def _spawn(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            # Own session / process group, so the whole tree can be killed together.
+            # Own session / process group, so the whole tree can be killed together. Windows:
+            # suspended until it is in its Job Object (_contain), so that it starts nothing
+            # outside it.
             start_new_session=sys.platform != "win32",
-            creationflags=_CREATION_FLAGS,
+            creationflags=_CREATION_FLAGS | _SUSPENDED,
             **as_user,
         )
     except OSError as exc:
@@ -440,14 +486,32 @@ async def _spawn(
         raise _LaunchError(f"cannot start {argv[0]} as user {user.name!r}: {reason}") from exc
 
 
+def _contain(pid: int) -> JobObject | None:
+    """Windows: the Job Object of the job whose suspended process is `pid`, with it in and
+    running (see winjob.py). None elsewhere: a POSIX job's session is its whole tree."""
+    if sys.platform != "win32":
+        return None
+    try:
+        job = JobObject()
+    except JobObjectError as exc:
+        raise _LaunchError(f"cannot make a Job Object for the job: {exc}") from exc
+    try:
+        job.adopt(pid)
+    except JobObjectError as exc:
+        job.close()
+        raise _LaunchError(f"cannot put the job's process in its Job Object: {exc}") from exc
+    return job
+
+
 def _kill_tree(transport: asyncio.SubprocessTransport) -> None:
-    # Windows reuses pids quickly, so only touch a process we know is still ours.
+    # A job without a Job Object: POSIX (on Windows _contain allows none). Windows reuses
+    # pids quickly, so there only a process we know is still ours would be touched.
     if sys.platform != "win32" or transport.get_returncode() is None:
         kill_tree(transport.get_pid())
 
 
 # How to start a process whose whole tree kill_tree can end: its own session (POSIX) or
-# process group (Windows).
+# process group (Windows, with its own hidden console, like a job's).
 OWN_GROUP: dict[str, Any] = {"start_new_session": sys.platform != "win32",
                              "creationflags": _CREATION_FLAGS}
 
@@ -486,14 +550,33 @@ def _last_line(text: str) -> str | None:
 
 
 def _exit_message(code: int | None, last_line: str | None) -> str:
-    if code is not None and code < 0 and sys.platform != "win32":
-        try:
-            head = f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            head = f"killed by signal {-code}"
-    else:
-        head = f"exit code {code}"
+    head = describe_exit(code, windows=sys.platform == "win32")
     return head if last_line is None else f"{head}: {last_line[:_MESSAGE_LINE_CHARS]}"
+
+
+# Windows: a process that crashed ends with the NTSTATUS of the crash as its exit code.
+NTSTATUS_NAMES = {
+    0xC0000005: "access violation",
+    0xC00000FD: "stack overflow",
+    0xC000013A: "terminated by Ctrl+C",
+    0xC0000409: "stack buffer overrun",
+    0xC0000135: "DLL not found",
+    0xC0000142: "DLL initialization failed",
+}
+
+
+def describe_exit(code: int | None, *, windows: bool) -> str:
+    """How a job's process ended, for its error message: killed by a signal (POSIX), a crash
+    as its NTSTATUS in hex (Windows: 3221225477 is 0xC0000005), else its exit code."""
+    if code is not None and code < 0 and not windows:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code is not None and windows and code >= 0xC0000000:
+        name = NTSTATUS_NAMES.get(code)
+        return f"exit code {code:#010X}".replace("0X", "0x") + (f" ({name})" if name else "")
+    return f"exit code {code}"
 
 
 def _collect_result(result_file: Path, tail: str, user: JobUser | None = None) -> Outcome:
