@@ -144,6 +144,8 @@ class AgentClient:
         self.drain_requested = False
         # Its token's max_jobs are all claimed: it claims nothing more (it stays so).
         self.token_spent = False
+        # The server records outcomes sent with a claim (its claim answers say so).
+        self.accepts_completed = False
         self.server: dict[str, Any] | None = None  # from the first answered claim
         self._http = httpx.AsyncClient(
             base_url=base_url,
@@ -174,12 +176,24 @@ class AgentClient:
     async def claim(self, slots: int, wait_s: float, exclude: Collection[int] = (),
                     running: int | None = None) -> list[dict[str, Any]]:
         """Long-poll for up to `slots` jobs; the server answers within about wait_s."""
+        jobs, _ = await self.claim_with(slots, wait_s, exclude, running)
+        return jobs
+
+    async def claim_with(
+        self, slots: int, wait_s: float, exclude: Collection[int] = (),
+        running: int | None = None, completed: Sequence[wire.CompletedJob] = (),
+    ) -> tuple[list[dict[str, Any]], list[wire.CompletedItem] | None]:
+        """The same, carrying the outcomes of finished jobs (`completed`, for a server that
+        `accepts_completed`; then it answers at once): the jobs, and an answer for each
+        outcome (None if the server gave none)."""
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S,
                                 read=wait_s + CLAIM_GRACE_S)
         body = wire.ClaimIn(self.name, slots, wait_s, self.policy or msgspec.UNSET,
                             sorted(exclude) if exclude else msgspec.UNSET,
-                            running if running is not None else msgspec.UNSET)
+                            running if running is not None else msgspec.UNSET,
+                            list(completed) if completed else msgspec.UNSET)
         answer = await self._post("/api/agent_workers/claim", body, stop_never, timeout)
+        self.accepts_completed = answer.get("accepts_completed") is True
         self.paused = answer.get("paused") is True
         self.quarantined = answer.get("quarantined") is True
         self.drain_requested |= answer.get("drain") is True
@@ -189,7 +203,15 @@ class AgentClient:
                            "server_version": answer.get("server_version")}
         # Each job is read on its own (wire.claimed_job): one malformed job costs only itself.
         jobs = answer.get("jobs")
-        return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
+        done = None
+        if completed:
+            try:
+                done = msgspec.convert(answer.get("completed"), list[wire.CompletedItem])
+            except msgspec.ValidationError as exc:  # each of those jobs hears "no answer"
+                log.error("agent.bad_answer", extra={"route": "/api/agent_workers/claim",
+                                                     "error": f"completed: {exc}"})
+        return ([j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else [],
+                done)
 
     async def heartbeat(
         self, running: list[tuple[int, int]], *, acknowledges: bool = False,

@@ -53,13 +53,24 @@ ACK_DELAY_S = 0.5  # after a job starts, its acknowledgement (a heartbeat) waits
 _INIT_OUTPUT_CHARS = 64 * 1024
 
 
+# A claim refused with these may have been refused for the outcomes it carried.
+_REFUSED_FOR_WHAT_IT_CARRIED = (400, 413, 422)
+
+
 class Agent:
     def __init__(self, config: AgentConfig, client: AgentClient) -> None:
         self.config = config
         self._client = client
         self._python_cmd = python_command(config.python)
-        self._holder = Holder(HttpPort(client, Completions(client)), "agent", log,
+        self._completions = Completions(client)
+        self._holder = Holder(HttpPort(client, self._completions), "agent", log,
                               config.drain_timeout_s, self._held_job)
+        # The claim loop waits for a slot, and a job has just freed one: that job's outcome
+        # (and those of jobs ending with it) is carried by the claim that follows
+        # (Completions.riding). An outcome that comes later (its job's last output was still
+        # being sent) would wait for the next slot to free, maybe for hours: it goes alone.
+        self._parked = False
+        self._completions.riding = lambda: self._parked and self._holder.slot_freed.is_set()
         self._stopping = asyncio.Event()
         self._aborted = asyncio.Event()
         self._job_started = asyncio.Event()
@@ -214,6 +225,13 @@ class Agent:
     # -- claiming ---------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
+        try:
+            await self._claim_jobs()
+        finally:
+            self._parked = False
+            self._completions.unsent()  # no claim will carry them: each goes on its own
+
+    async def _claim_jobs(self) -> None:
         slot_freed = self._holder.slot_freed
         idle_since = time.monotonic()
         while not self._stopping.is_set():
@@ -229,7 +247,12 @@ class Agent:
                     break
                 free = min(free, left)
             if free <= 0:
-                await self._unless_stopping(asyncio.create_task(slot_freed.wait()))
+                self._completions.unsent()  # those that came since: no claim is due for them
+                self._parked = True
+                try:
+                    await self._unless_stopping(asyncio.create_task(slot_freed.wait()))
+                finally:
+                    self._parked = False
                 await asyncio.sleep(0)  # the jobs that end in the same turn: one claim for all
                 idle_since = time.monotonic()
                 continue
@@ -242,7 +265,7 @@ class Agent:
                 wait_s = max(min(wait_s, idle_left), 1.0)
             started = time.monotonic()
             try:
-                jobs = await self._claim(free, wait_s)
+                jobs, carried = await self._claim(free, wait_s)
             except VersionRefused as exc:  # it finishes what it runs, then stops (exit 4)
                 log.error("agent.version_refused", extra={
                     "agent": self.config.name, "version": __version__, "detail": str(exc),
@@ -255,7 +278,8 @@ class Agent:
             self._heard()
             if jobs:
                 log.info("agent.claimed", extra={"jobs": [j.get("id") for j in jobs]})
-            elif time.monotonic() - started < wait_s / 2 and not self._client.token_spent:
+            elif not carried and time.monotonic() - started < wait_s / 2 \
+                    and not self._client.token_spent:
                 # An empty answer long before the wait was up (a server going away, say):
                 # pause a moment rather than ask again in a tight loop.
                 await self._unless_stopping(asyncio.create_task(asyncio.sleep(EMPTY_PAUSE_S)))
@@ -264,6 +288,7 @@ class Agent:
 
     async def _finish_then_stop(self, reason: str) -> None:
         """Ephemeral: the jobs it runs go on to their end (no drain timeout), then it stops."""
+        self._completions.unsent()
         slot_freed = self._holder.slot_freed
         if self._holder.runs:
             log.info("agent.finishing", extra={"agent": self.config.name, "reason": reason,
@@ -291,11 +316,38 @@ class Agent:
                                                      "running": len(self._holder)})
             self.request_stop("drained")
 
-    async def _claim(self, free: int, wait_s: float) -> list[dict[str, Any]]:
-        claim = asyncio.create_task(self._client.claim(free, wait_s, self._refusals.ids(),
-                                                       running=len(self._holder)))
+    async def _claim(self, free: int, wait_s: float) -> tuple[list[dict[str, Any]], bool]:
+        """The jobs claimed, and whether the claim carried outcomes (answered at once)."""
+        claim = asyncio.create_task(self._claim_carrying(free, wait_s))
         # A claim answered as the stop came is kept: its jobs run, then drain like the rest.
-        return claim.result() if await self._unless_stopping(claim) else []
+        return claim.result() if await self._unless_stopping(claim) else ([], False)
+
+    async def _claim_carrying(self, free: int, wait_s: float
+                              ) -> tuple[list[dict[str, Any]], bool]:
+        """The claim, with the outcomes of the jobs whose end freed its slots (then the server
+        answers at once). If it fails, they are sent on their own: each hears its answer."""
+        riders = self._completions.riders()
+        try:
+            jobs, answers = await self._client.claim_with(
+                free, 0.0 if riders else wait_s, self._refusals.ids(),
+                running=len(self._holder), completed=[p.item for p in riders])
+        except ServerAnswer as exc:
+            self._completions.unsent(riders)
+            if not riders or exc.status not in _REFUSED_FOR_WHAT_IT_CARRIED:
+                raise
+            # Refused for what it carried (a body over the server's limit, say): the claim
+            # alone, while the outcomes go on their own and each hears its own answer.
+            log.warning("agent.claim_refused_outcomes", extra={
+                "agent": self.config.name, "jobs": [p.item.id for p in riders],
+                "error": str(exc)})
+            jobs, _ = await self._client.claim_with(free, wait_s, self._refusals.ids(),
+                                                    running=len(self._holder))
+            return jobs, False
+        except BaseException:
+            self._completions.unsent(riders)
+            raise
+        self._completions.answered(riders, answers)
+        return jobs, bool(riders)
 
     async def _unless_stopping(self, task: asyncio.Task[T]) -> bool:
         """Wait for task unless a stop comes first (then cancel it). True if it finished."""

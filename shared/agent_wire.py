@@ -116,6 +116,12 @@ class ClaimIn(_Body):
     # The jobs it runs as it claims (its state: busy or live, from this claim on).
     running: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | msgspec.UnsetType = \
         msgspec.UNSET
+    # Outcomes of jobs it finished, recorded before the claim is served, each on its own as
+    # POST /api/agent_workers/complete would (answered in Claimed.completed). A claim that
+    # carries them is answered at once, without waiting for jobs. Sent only to a server whose
+    # claim answers said `accepts_completed` (an older one refuses the field).
+    completed: Annotated[list[CompletedJob], msgspec.Meta(max_length=1000)] | \
+        msgspec.UnsetType = msgspec.UNSET
 
 
 class HeartbeatIn(_Body):
@@ -321,6 +327,10 @@ class Claimed(_Answer, frozen=True):
     group: str | None = None
     tags: list[str] | None = None
     server_version: str | None = None
+    # This server records outcomes sent with a claim (ClaimIn.completed): one request per
+    # batch of jobs instead of two. `completed`: the answer for each of them, in their order.
+    accepts_completed: bool = False
+    completed: list[CompletedItem] | msgspec.UnsetType = msgspec.UNSET
 
 
 class HeartbeatOut(_Answer, frozen=True):

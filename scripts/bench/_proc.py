@@ -127,7 +127,8 @@ class Processes:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tagrun-bench-procs-"))
         self.procs: list[Proc] = []
-        self._keep_dir = False
+        # TAGRUN_BENCH_KEEP_LOGS=1: keep the processes' logs (the directory is printed).
+        self._keep_dir = os.environ.get("TAGRUN_BENCH_KEEP_LOGS") == "1"
 
     def __enter__(self) -> Processes:
         return self
@@ -138,7 +139,9 @@ class Processes:
         if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
             self._keep_dir = True
             log(f"logs of the processes kept in {self.dir}")
-        if not self._keep_dir:
+        if self._keep_dir:
+            log(f"logs of the processes in {self.dir}")
+        else:
             import shutil
 
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -141,6 +142,21 @@ async def claim(request: Request) -> Response:
     agent = identify(request)
     body = await read_body(request, ClaimIn)
     info = await _seen(request, agent, body.name)
+    if not body.completed:
+        answer = await _serve_claim(request, agent, body, info)
+        return answer if isinstance(answer, Response) else JSON(answer)
+    # Outcomes that came with the claim are recorded alongside it, whatever its fate (a
+    # version refusal included); such a claim does not wait for jobs.
+    completed, answer = await asyncio.gather(
+        _record_many(request, agent, body.name, body.completed),
+        _serve_claim(request, agent, body, info))
+    if isinstance(answer, Response):
+        return answer
+    return JSON(msgspec.structs.replace(answer, completed=completed))
+
+
+async def _serve_claim(request: Request, agent: AgentIdentity, body: ClaimIn,
+                       info: dict[str, Any]) -> Claimed | Response:
     await _check_version(request, agent, body.name, info)
     state = _state(request)
     # An agent that says it acknowledges jobs gets them on that condition: a claim answer lost
@@ -150,35 +166,37 @@ async def claim(request: Request) -> Response:
     ack_s = state.config.claim_ack_s if acks and state.config.claim_ack_s else None
     controls: FleetControls = state.controls
     if controls.draining(body.name):
-        return JSON(Claimed(jobs=[], drain=True, **_who(agent)))
-    wait_s: float = body.wait_s
+        return Claimed(jobs=[], drain=True, **_who(agent))
+    # A claim that carries outcomes does not wait: the jobs they are of are held by the
+    # agent until their answers come (a stop drains them).
+    wait_s: float = 0.0 if body.completed else body.wait_s
     if controls.paused_for(body.name, agent.group) is not None:  # the common claim skips this
         left = await until_disconnect(request, _unpaused(controls, body.name, agent.group,
-                                                         body.wait_s))
+                                                         wait_s))
         if left is None:
             return Response(status_code=499)
         wait_s = left
         if wait_s <= 0 or controls.draining(body.name):  # paused all its wait, or drained
-            return JSON(Claimed(jobs=[], paused=wait_s <= 0,
-                                quarantined=controls.quarantined(body.name),
-                                drain=controls.draining(body.name), **_who(agent)))
+            return Claimed(jobs=[], paused=wait_s <= 0,
+                           quarantined=controls.quarantined(body.name),
+                           drain=controls.draining(body.name), **_who(agent))
     budget = TokenBudget(state.store, agent)  # a token with max_jobs claims within it
     jobs = await _claim_jobs(request, agent, body, info, wait_s, ack_s, budget)
     if jobs is None:  # the agent went away; the dispatcher gave back what it was leased
         return Response(status_code=499)
     if not jobs and (controls.paused_for(body.name, agent.group) is not None
                      or controls.draining(body.name)):  # paused or drained while it waited
-        return JSON(Claimed(jobs=[], paused=not controls.draining(body.name),
-                            quarantined=controls.quarantined(body.name),
-                            drain=controls.draining(body.name), **_who(agent)))
+        return Claimed(jobs=[], paused=not controls.draining(body.name),
+                       quarantined=controls.quarantined(body.name),
+                       drain=controls.draining(body.name), **_who(agent))
     config: ServerConfig = state.config
     heartbeats: Heartbeats = state.heartbeats
     heartbeats.ran(body.name, agent.key, len(jobs),
                    running=body.running if isinstance(body.running, int) else None)
     opened = await _secrets_for(state.secrets, jobs, "secrets" in features)
-    return JSON(Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s,
-                                      opened.get(j.id)) for j in jobs],
-                        spent=budget.spent, **_who(agent)))
+    return Claimed(jobs=[claimed(j, config.lease_s, config.heartbeat_s, ack_s,
+                                 opened.get(j.id)) for j in jobs],
+                   spent=budget.spent, **_who(agent))
 
 
 async def _claim_jobs(request: Request, agent: AgentIdentity, body: ClaimIn,
@@ -252,7 +270,8 @@ async def _secrets_for(box: SecretBox, jobs: list[ClaimedRow], redacts: bool
 
 
 def _who(agent: AgentIdentity) -> dict[str, Any]:
-    return {"group": agent.group, "tags": list(agent.tags), "server_version": __version__}
+    return {"group": agent.group, "tags": list(agent.tags), "server_version": __version__,
+            "accepts_completed": True}
 
 
 async def _unpaused(controls: FleetControls, name: str, group: str, wait_s: float) -> float:
@@ -354,16 +373,21 @@ async def complete_many(request: Request) -> JSON:
     all at once: the store writes them in one statement (store/completions.py)."""
     agent = identify(request)
     body = await read_body(request, CompleteManyIn)
+    return JSON(CompletedMany(jobs=await _record_many(request, agent, body.name, body.jobs)))
+
+
+async def _record_many(request: Request, agent: AgentIdentity, holder: str,
+                       outcomes: list[CompletedJob]) -> list[CompletedItem]:
+    """Each outcome recorded (or refused) on its own, as if sent alone, all at once."""
 
     async def one(outcome: CompletedJob) -> CompletedItem:
         try:
-            status = await _record(request, agent, body.name, _checked(outcome), None)
+            status = await _record(request, agent, holder, _checked(outcome), None)
         except TagrunError as exc:
             return CompletedItem(id=outcome.id, error=Refusal(code=exc.code, message=exc.message))
         return CompletedItem(id=outcome.id, status=status)
 
-    answers = await asyncio.gather(*(one(outcome) for outcome in body.jobs))
-    return JSON(CompletedMany(jobs=list(answers)))
+    return list(await asyncio.gather(*(one(outcome) for outcome in outcomes)))
 
 
 def _checked(outcome: CompletedJob) -> CompletedJob:

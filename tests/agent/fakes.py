@@ -68,6 +68,10 @@ class FakeServer:
     cancel: set[int] = field(default_factory=set)
     lost: set[int] = field(default_factory=set)
     claims: int = 0
+    # Like a current server: it records outcomes sent with a claim (ClaimIn.completed).
+    accepts_completed: bool = False
+    # Log requests of these jobs are answered only once their event is set.
+    hold_logs: dict[int, asyncio.Event] = field(default_factory=dict)
     # Hooks: called as the fake receives a request, to drive a test from what the agent does.
     on_claim: Callable[[int], None] | None = None
     on_logs: Callable[[int, str], None] | None = None
@@ -109,6 +113,8 @@ class FakeServer:
             return self._complete_many(body)
         job_id, action = int(path.split("/")[-2]), path.split("/")[-1]
         if action == "logs":
+            if (held := self.hold_logs.get(job_id)) is not None:
+                await held.wait()
             return self._append_logs(job_id, body)
         if action == "complete":
             return self._complete(job_id, body)
@@ -121,27 +127,34 @@ class FakeServer:
         return _answer(wire.Completed(status=body["status"]))
 
     def _complete_many(self, body: dict[str, Any]) -> httpx.Response:
+        return _answer(wire.CompletedMany(jobs=self._complete_each(body["jobs"])))
+
+    def _complete_each(self, items: list[dict[str, Any]]) -> list[wire.CompletedItem]:
         """Each job as if sent alone to its own route (overrides included)."""
         answers = []
-        for item in body["jobs"]:
+        for item in items:
             job_id = item["id"]
             path = f"/api/w/default/agent_workers/jobs/{job_id}/complete"
             one = self.override(path, item) if self.override is not None else None
             one = one or self._complete(job_id, item)
             answers.append(msgspec.convert({"id": job_id, **one.json()},  # status or error
                                            wire.CompletedItem))
-        return _answer(wire.CompletedMany(jobs=answers))
+        return answers
 
     async def _claim(self, body: dict[str, Any]) -> httpx.Response:
         self.claims += 1
+        answer: dict[str, Any] = {"group": "edge", "tags": ["bash"], "server_version": "9.9.9"}
+        if self.accepts_completed:
+            answer["accepts_completed"] = True
+        if "completed" in body:  # recorded first; such a claim is answered at once
+            answer["completed"] = msgspec.to_builtins(self._complete_each(body["completed"]))
         if self.on_claim is not None:
             self.on_claim(self.claims)
-        if not self.jobs:
+        if not self.jobs and "completed" not in body:
             # Held open like the real long-poll; the agent cancels it when it stops.
             await asyncio.sleep(body["wait_s"])
         handed, self.jobs = self.jobs[: body["slots"]], self.jobs[body["slots"]:]
-        return httpx.Response(200, json={"jobs": handed, "group": "edge", "tags": ["bash"],
-                                         "server_version": "9.9.9"})
+        return httpx.Response(200, json={"jobs": handed, **answer})
 
     def _append_logs(self, job_id: int, body: dict[str, Any]) -> httpx.Response:
         text = self.logs.get(job_id, "")

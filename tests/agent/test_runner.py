@@ -239,6 +239,96 @@ def test_lease_lost_on_logs_stops_the_job_without_a_result(tmp_path: Path) -> No
     assert 6 not in fake.completions
 
 
+def _claims(fake: FakeServer) -> list[dict[str, Any]]:
+    return [body for path, body in fake.requests if path.endswith("/claim")]
+
+
+def test_outcomes_ride_on_the_claim_their_jobs_free_slots_for(tmp_path: Path) -> None:
+    # Jobs with no output: their outcome is ready as their slot frees, so the next claim
+    # carries it (one request per job instead of two); it is answered at once.
+    fake = FakeServer(jobs=[job(1, "exit 0"), job(2, "exit 3")], accepts_completed=True)
+    agent = make_agent(fake, tmp_path)
+    fake.on_claim = stop_on_claim(agent, 4)
+
+    assert run(agent) == 0
+
+    assert not [path for path in fake.paths() if path.endswith("/complete")]
+    carried = [[c["id"] for c in body.get("completed", [])] for body in _claims(fake)]
+    assert carried == [[], [1], [2], []]
+    assert [body["wait_s"] for body in _claims(fake)][1:3] == [0, 0]
+    assert fake.completions[1]["status"] == "succeeded"
+    assert fake.completions[2]["status"] == "failed"
+    assert fake.completions[2]["error"]["message"].startswith("exit code 3")
+
+
+def test_an_outcome_that_comes_after_the_claim_left_goes_on_its_own(tmp_path: Path) -> None:
+    # Job 1's last output is still being sent when its slot frees, so the claim leaves
+    # without its outcome and brings job 2, which runs on. Job 1's outcome must go at once on
+    # its own, not wait for a claim that comes only when job 2 ends: job 2 ends "early" only
+    # if job 1 was reported while it ran (it then finds the file the report makes).
+    go = tmp_path / "go"
+    logs_of_1 = asyncio.Event()
+    fake = FakeServer(jobs=[
+        job(1, "echo one"),
+        job(2, f"echo started; for i in $(seq 200); do [ -e {go} ] && break; sleep 0.05; done;"
+               f" if [ -e {go} ]; then echo early; else echo late; fi"),
+    ], accepts_completed=True, hold_logs={1: logs_of_1})
+    agent = make_agent(fake, tmp_path)
+    fake.on_claim = stop_on_claim(agent, 3)
+    fake.on_logs = lambda job_id, data: logs_of_1.set() if job_id == 2 else None
+    fake.on_complete = lambda job_id, body: go.touch() if job_id == 1 else None
+
+    assert run(agent) == 0
+
+    assert fake.completions[1]["result"] == "one"
+    assert fake.completions[2]["result"] == "early"
+
+
+def test_outcomes_go_on_their_own_to_a_server_that_does_not_take_them(
+    tmp_path: Path,
+) -> None:
+    fake = FakeServer(jobs=[job(1, "exit 0"), job(2, "exit 0")])  # an older server
+    agent = make_agent(fake, tmp_path)
+    fake.on_claim = stop_on_claim(agent, 3)
+
+    assert run(agent) == 0
+
+    assert all("completed" not in body for body in _claims(fake))
+    assert sorted(fake.completions) == [1, 2]
+
+
+def test_a_refusal_carried_by_a_claim_reaches_only_its_job(
+    tmp_path: Path, agent_log: CapturedLog,
+) -> None:
+    fake = FakeServer(jobs=[job(8, "exit 0")], accepts_completed=True)
+    agent = make_agent(fake, tmp_path)
+    fake.on_claim = stop_on_claim(agent, 3)
+    fake.override = lambda path, body: error(409, "lease_lost") if path.endswith(
+        "/jobs/8/complete") else None
+
+    assert run(agent) == 0
+
+    assert [c["id"] for c in _claims(fake)[1]["completed"]] == [8]
+    assert "job.lease_lost" in agent_log.names()
+    assert 8 not in fake.completions
+
+
+def test_a_claim_refused_for_the_outcomes_it_carries_is_sent_again_without_them(
+    tmp_path: Path, agent_log: CapturedLog,
+) -> None:
+    fake = FakeServer(jobs=[job(1, "exit 0"), job(2, "exit 0")], accepts_completed=True)
+    agent = make_agent(fake, tmp_path)
+    fake.on_claim = stop_on_claim(agent, 3)  # the refused claims never reach the fake's count
+    fake.override = lambda path, body: error(413, "too_large", "over the body limit") if (
+        path.endswith("/claim") and body.get("completed")) else None
+
+    assert run(agent) == 0  # the refused claim does not stop the agent
+
+    assert sorted(fake.completions) == [1, 2]  # each outcome sent on its own
+    assert "/api/w/default/agent_workers/jobs/1/complete" in fake.paths()
+    assert "agent.claim_refused_outcomes" in agent_log.names()
+
+
 def test_lease_lost_on_completion_is_dropped(tmp_path: Path, agent_log: CapturedLog) -> None:
     fake = FakeServer(jobs=[job(8, "echo done")])
     agent = make_agent(fake, tmp_path)

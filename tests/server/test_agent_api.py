@@ -109,7 +109,7 @@ def test_an_agent_never_receives_jobs_of_other_tags(
     claimed = agent.post(CLAIM, json={"name": "a3", "wait_s": 0.5}).json()
     assert claimed == {"jobs": [], "paused": False, "drain": False, "spent": False,
                        "quarantined": False, "group": "edge", "tags": [tag],
-                       "server_version": __version__}
+                       "server_version": __version__, "accepts_completed": True}
     assert api.get(f"/api/w/default/jobs/{other}").json()["status"] == "queued"
     api.post(f"/api/w/default/jobs/{other}/cancel")
 
@@ -362,6 +362,47 @@ def test_batch_complete_records_each_job_or_refuses_it_alone(
     assert api.get(f"/api/w/default/jobs/{foreign}").json()["status"] == "running"
     bad = agent.post("/api/agent_workers/complete", json={"name": "b1", "jobs": []})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
+
+
+def test_a_claim_records_the_outcomes_it_carries_each_on_its_own(
+    server: TagrunProcess, api: httpx.Client, agent: httpx.Client, tag: str
+) -> None:
+    first, second = submit(api, tag), submit(api, tag)
+    claimed = agent.post(CLAIM, json={"name": "rides-1", "slots": 2, "wait_s": 5}).json()
+    assert claimed["accepts_completed"] is True
+    assert sorted(j["id"] for j in claimed["jobs"]) == [first, second]
+    other_tag = unique_tag()
+    foreign = submit(api, other_tag)
+    with api_client(server.url, str(mint(api, [other_tag])["token"])) as other:
+        other.post(CLAIM, json={"name": "rides-2", "wait_s": 5})
+    third = submit(api, tag)
+    carried = [
+        {"id": first, "attempt": 1, "status": "succeeded", "result": [1, 2]},
+        {"id": second, "attempt": 3, "status": "succeeded"},  # not the attempt it holds
+        {"id": foreign, "attempt": 1, "status": "succeeded"},  # another token's job
+        {"id": first, "attempt": 1, "status": "failed",  # no error: refused alone
+         "error": None},
+    ]
+    answer = agent.post(CLAIM, json={"name": "rides-1", "slots": 1, "wait_s": 5,
+                                     "completed": carried}).json()
+    assert [a.get("status") or a["error"]["code"] for a in answer["completed"]] == [
+        "succeeded", "lease_lost", "lease_lost", "invalid_input"]
+    assert [j["id"] for j in answer["jobs"]] == [third]  # and the claim is served
+    assert api.get(f"/api/w/default/jobs/{first}").json()["result"] == [1, 2]
+    assert api.get(f"/api/w/default/jobs/{second}").json()["status"] == "running"
+    assert api.get(f"/api/w/default/jobs/{foreign}").json()["status"] == "running"
+    # With no job to hand out, a claim that carries outcomes is answered without its wait:
+    # the agent's jobs are waiting for their answers.
+    started = time.monotonic()
+    empty = agent.post(CLAIM, json={"name": "rides-1", "wait_s": 30, "completed": [
+        {"id": third, "attempt": 1, "status": "succeeded"}]}, timeout=40).json()
+    assert time.monotonic() - started < 15  # far below the 30 s it asked to wait
+    assert empty["jobs"] == [] and empty["completed"] == [
+        {"id": third, "status": "succeeded", "error": None}]
+    assert api.get(f"/api/w/default/jobs/{third}").json()["status"] == "succeeded"
+    too_many = agent.post(CLAIM, json={"name": "rides-1", "completed": [carried[0]] * 1001})
+    assert too_many.status_code == 400
+    assert too_many.json()["error"]["code"] == "invalid_input"
 
 
 def test_active_count_counts_only_jobs_the_agent_holds(
