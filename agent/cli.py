@@ -187,16 +187,10 @@ def agent(
 
 def _run(config: AgentConfig) -> int:
     import asyncio
-    import logging
 
     from tagrun.agent.runner import run_agent
-    from tagrun.agent.secrecy import forbid_inspection, scrub_launcher
+    from tagrun.agent.secrecy import forbid_inspection
 
-    if scrub_launcher() is False:
-        logging.getLogger("tagrun.agent").warning("agent.launcher_keeps_token", extra={
-            "pid": os.getppid(), "detail": "the one-file launcher process keeps AGENT_TOKEN in "
-            "the environment it started with, where jobs running as this user can read it; "
-            "give this executable its token with AGENT_TOKEN_FILE, or set AGENT_JOB_USER"})
     forbid_inspection()
     if not config.tracing:
         return asyncio.run(run_agent(config))

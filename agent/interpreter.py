@@ -1,6 +1,6 @@
-"""The one-file agent as the Python interpreter its Python jobs run on.
+"""The agent executable as the Python interpreter its Python jobs run on.
 
-In the one-file executable `sys.executable` is the agent itself, so whatever a Python job
+In the frozen executable `sys.executable` is the agent itself, so whatever a Python job
 starts with it (`subprocess.run([sys.executable, "-c", ...])`, `-m json.tool`, a script,
 multiprocessing's workers and helpers) starts the agent again. The agent's own options are all
 long (`--name`), so a command line that starts otherwise is Python's, and run_interpreter()
@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
-# scripts/build-agent bundles the tzdata package so, rather than as 600 files to unpack.
+# scripts/build-agent bundles the tzdata package so, rather than as 600 small files.
 _TZDATA_ZIP = "tzdata.zip"
 # Python's one-letter options; these take a value, attached (-c'...') or as the next argument.
 _WITH_VALUE = frozenset("cmWX")

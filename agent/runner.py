@@ -29,7 +29,7 @@ from tagrun.agent.errors import (
     TokenRefused,
     VersionRefused,
 )
-from tagrun.agent.frozen import python_command, share_bundle
+from tagrun.agent.frozen import python_command
 from tagrun.agent.jobs import HttpPort
 from tagrun.agent.policy import PreJobHook, Refusals
 from tagrun.agent.signals import install_stop_handlers
@@ -178,8 +178,9 @@ class Agent:
         user = self.config.job_user
         if user is None:
             return
-        share_bundle()
-        # Through the args and result files too: their absolute paths must be reachable.
+        # The agent executable's folder is shared as installed (the archive's modes): the Python
+        # probe also proves that user can start it. Through the args and result files too:
+        # their absolute paths must be reachable.
         probes = [(_shell(), 'id -u > "$TAGRUN_RESULT_FILE"'),
                   ("python", "import os\n\ndef main():\n    return os.getuid()\n")]
         for language, content in probes:

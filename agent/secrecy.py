@@ -8,11 +8,10 @@ at once without it, handing the token over through a pipe that the new image rea
 closes. On Linux the agent then makes itself non-dumpable, which takes its /proc files
 (environ, mem, ...) and ptrace away from processes of the same user.
 
-The one-file executable is two processes: a launcher that unpacks the agent and waits for it,
-and the agent. The launcher keeps the environment it was started with; the agent overwrites
-the token there (through /proc/<launcher>/mem) where the kernel lets it, and warns where not.
-What this cannot reach is said in docs/security.md: a file the job's user can read (keep
-AGENT_TOKEN_FILE readable by the agent's user only and run jobs as AGENT_JOB_USER).
+The agent executable is one process (a PyInstaller one-folder bundle), so no launcher keeps
+the environment it was started with. What this cannot reach is said in docs/security.md: a
+file the job's user can read (keep AGENT_TOKEN_FILE readable by the agent's user only and run
+jobs as AGENT_JOB_USER).
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-
-from tagrun.agent.frozen import as_bootloader_left_it
 
 TOKEN_FD_VAR = "TAGRUN_AGENT_TOKEN_FD"  # the read end of the pipe after a re-exec (not secret)
 _NO_REEXEC = {"--version", "--help", "-h"}
@@ -43,7 +40,7 @@ def hide_token(args: Sequence[str]) -> list[str]:
     os.write(write_end, token.encode())  # far below a pipe's buffer: never blocks
     os.close(write_end)
     os.set_inheritable(read_end, True)
-    env = as_bootloader_left_it({k: v for k, v in os.environ.items() if k != "AGENT_TOKEN"})
+    env = {k: v for k, v in os.environ.items() if k != "AGENT_TOKEN"}
     env[TOKEN_FD_VAR] = str(read_end)
     os.execve(sys.executable, [*_own_command(), *rest], env)
     raise AssertionError("unreachable: execve returns only by raising")
@@ -76,46 +73,8 @@ def forbid_inspection() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
-def scrub_launcher() -> bool | None:
-    """The one-file executable on Linux: overwrite the token in its launcher's start-up
-    environment. None: there is no such launcher or no token in it; False: the kernel did
-    not let us (the caller warns); True: done."""
-    if not (sys.platform.startswith("linux") and getattr(sys, "frozen", False)):
-        return None
-    proc = f"/proc/{os.getppid()}"
-    try:
-        if os.path.realpath(f"{proc}/exe") != os.path.realpath(sys.executable):
-            return None  # started some other way: not our launcher
-        with open(f"{proc}/environ", "rb") as f:
-            block = f.read()
-        found = _token_entry(block)
-        if found is None:
-            return None
-        at, size = found
-        with open(f"{proc}/stat", encoding="ascii") as f:
-            env_start = int(f.read().rpartition(")")[2].split()[47])  # field 50: env_start
-        with open(f"{proc}/mem", "r+b", buffering=0) as mem:
-            mem.seek(env_start + at)
-            mem.write(b"-" * size)
-        with open(f"{proc}/environ", "rb") as f:
-            return _token_entry(f.read()) is None
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-def _token_entry(block: bytes) -> tuple[int, int] | None:
-    """Where AGENT_TOKEN's value starts in an environment block, and its length."""
-    offset = 0
-    for item in block.split(b"\0"):
-        name, equals, value = item.partition(b"=")
-        if name == b"AGENT_TOKEN" and equals and value.strip(b"-"):
-            return offset + len(name) + 1, len(value)
-        offset += len(item) + 1
-    return None
-
-
 def _own_command() -> list[str]:
-    if getattr(sys, "frozen", False):  # the one-file executable runs itself again
+    if getattr(sys, "frozen", False):  # the agent executable runs itself again
         return [sys.executable]
     return [sys.executable, "-m", "tagrun.agent"]
 

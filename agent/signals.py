@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
-# One stop can arrive twice within microseconds: Ctrl+C in a terminal signals both processes
-# of the one-file executable and its bootloader forwards its copy too, and `systemctl stop`
-# (KillMode=control-group) or `pkill` signal both as well. Deliveries this close count as one,
+# One stop can arrive twice within microseconds: `systemctl stop` (KillMode=control-group) or
+# `pkill` may signal the agent and a wrapper that forwards its own copy (a shell, a service
+# helper), and some terminals deliver Ctrl+C twice. Deliveries this close count as one,
 # so the second signal that means "stop at once" is a second press, not an echo of the first.
 REPEAT_WINDOW_S = 0.5
 

@@ -1,4 +1,4 @@
-"""Entry point of the one-file `tagrun-agent` executable, frozen by scripts/build-agent.
+"""Entry point of the `tagrun-agent` executable (a one-folder bundle) built by scripts/build-agent.
 
 Installed agents start at `tagrun.agent.cli:main` (the console script) instead.
 """

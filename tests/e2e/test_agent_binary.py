@@ -1,8 +1,10 @@
-"""The one-file `tagrun-agent` executable, as users download it, against a real server.
+"""The `tagrun-agent` executable, as users download it, against a real server.
 
-Uses dist/tagrun-agent (dist/tagrun-agent.exe on Windows) from scripts/build-agent, or the file
-TAGRUN_AGENT_BINARY names (the release workflow tests its assets so). Without one the tests skip
-saying so; with TAGRUN_REQUIRE_AGENT_BINARY=1 (set by .ci/run, which builds first) they fail.
+Uses dist/tagrun-agent/tagrun-agent (.exe on Windows), the one-folder bundle scripts/build-agent
+makes, or the executable TAGRUN_AGENT_BINARY names (the release workflow tests its unpacked
+assets so), and the archive beside the folder (dist/tagrun-agent.tar.gz or .zip) or the one
+TAGRUN_AGENT_ARCHIVE names. Without an executable the tests skip saying so; with
+TAGRUN_REQUIRE_AGENT_BINARY=1 (set by .ci/run, which builds first) they fail.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from tests.support.processes import (
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOWS = sys.platform == "win32"
-BINARY = Path(os.environ.get("TAGRUN_AGENT_BINARY")
-              or ROOT / "dist" / ("tagrun-agent.exe" if WINDOWS else "tagrun-agent"))
-MAX_SIZE_BYTES = 30_000_000  # SPEC §8; the start-up budget is measured by scripts/build-agent
+BINARY = Path(os.environ.get("TAGRUN_AGENT_BINARY") or ROOT / "dist" / "tagrun-agent"
+              / ("tagrun-agent.exe" if WINDOWS else "tagrun-agent"))
+# What users download: SPEC §8 allows 30 MB; the start-up budget is measured by build-agent.
+ARCHIVE = Path(os.environ.get("TAGRUN_AGENT_ARCHIVE") or BINARY.parent.with_name(
+    "tagrun-agent.zip" if WINDOWS else "tagrun-agent.tar.gz"))
+MAX_SIZE_BYTES = 30_000_000
 FAST = {"TAGRUN_LEASE_S": "3", "TAGRUN_HEARTBEAT_S": "0.5"}
 TAG = "edge-binary"
 
@@ -84,8 +89,7 @@ class BinaryAgent:
                                  f"{self.log_text()[-3000:]}") from None
 
     def stop(self) -> None:
-        """Ask it to stop as a user would, so that the bootloader removes what it unpacked;
-        then make sure nothing of it is left (the one-file executable is two processes)."""
+        """Ask it to stop as a user would; then make sure nothing of it is left."""
         tree = _tree(self.proc.pid)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.CTRL_BREAK_EVENT if WINDOWS else signal.SIGTERM)
@@ -164,6 +168,7 @@ def wait_for_output(api: httpx.Client, job_id: int, text: str) -> None:
 
 
 def test_version_help_and_size(binary: Path) -> None:
+    """--version and --help work, and the archive users download is within budget."""
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
     assert (version.returncode, version.stdout.strip()) == (0, __version__)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
@@ -172,7 +177,8 @@ def test_version_help_and_size(binary: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     for variable in ("AGENT_TOKEN", "BASE_INTERNAL_URL", "AGENT_DRAIN_TIMEOUT_S"):
         assert variable in shown.stdout
-    assert binary.stat().st_size <= MAX_SIZE_BYTES
+    if ARCHIVE.is_file() or os.environ.get("TAGRUN_REQUIRE_AGENT_BINARY") == "1":
+        assert ARCHIVE.stat().st_size <= MAX_SIZE_BYTES, ARCHIVE
 
 
 def test_the_binary_verifies_signatures(api: httpx.Client, start_agent: StartAgent,
@@ -281,8 +287,8 @@ def test_paths_with_spaces_and_non_ascii_output(
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="the bootloader changes LD_LIBRARY_PATH on Linux only")
 def test_jobs_see_the_users_library_path(api: httpx.Client, start_agent: StartAgent) -> None:
-    # The bootloader points LD_LIBRARY_PATH at the agent's unpacked libraries; a job's own
-    # programs must not load those. The agent's re-executions for Python jobs still need them.
+    # The bootloader points LD_LIBRARY_PATH at the bundle's libraries; a job's own programs
+    # must not load those. The executable, started again for Python jobs, still needs them.
     start_agent(LD_LIBRARY_PATH="/opt/site libs")
     shell = submit(api, {"language": "sh", "content": 'echo "$LD_LIBRARY_PATH"'})
     assert final(api, shell)["result"] == "/opt/site libs"
@@ -333,8 +339,7 @@ def drain_scenario(api: httpx.Client, start_agent: StartAgent, tmp_path: Path,
 def test_sigterm_to_the_executable_drains(
     api: httpx.Client, start_agent: StartAgent, tmp_path: Path
 ) -> None:
-    # The pid a service manager or `docker stop` signals is the bootloader's, which passes the
-    # signal on to the agent.
+    # What a service manager or `docker stop` does: the agent is the one process it started.
     drain_scenario(api, start_agent, tmp_path, lambda agent: agent.proc.send_signal(
         signal.SIGTERM))
 
@@ -342,8 +347,8 @@ def test_sigterm_to_the_executable_drains(
 def test_ctrl_c_drains_like_sigterm(
     api: httpx.Client, start_agent: StartAgent, tmp_path: Path
 ) -> None:
-    # Ctrl+C in a terminal signals every process of the foreground group: the bootloader and
-    # the agent both receive it, and the bootloader forwards its copy. That is one stop, not two.
+    # Ctrl+C in a terminal signals the whole foreground process group: the agent drains as on
+    # SIGTERM, and its jobs, each in a process group of its own, run on to their end.
     def ctrl_c(agent: BinaryAgent) -> None:
         if WINDOWS:
             agent.proc.send_signal(signal.CTRL_BREAK_EVENT)
@@ -385,20 +390,3 @@ def _gone(process: Any) -> bool:
         return bool(process.status() == psutil.STATUS_ZOMBIE)  # dead, waiting to be reaped
     except psutil.NoSuchProcess:
         return True
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"),
-                    reason="relies on Linux's parent-death signal")
-def test_kill_of_the_bootloader_stops_the_agent(start_agent: StartAgent) -> None:
-    # kill -9 reaches only the bootloader; the agent must not run on, orphaned, claiming jobs.
-    agent, _ = start_agent()
-    [child] = psutil.Process(agent.proc.pid).children()
-    unpacked = child.environ()["_PYI_APPLICATION_HOME_DIR"]  # nobody else will remove it now
-    try:
-        agent.proc.kill()
-        agent.proc.wait()
-        child.wait(20)
-    finally:
-        shutil.rmtree(unpacked, ignore_errors=True)
-    stopped = [line for line in agent.log_text().splitlines() if '"agent.stopped"' in line]
-    assert stopped and '"exit_code": 0' in stopped[0], agent.log_text()[-3000:]

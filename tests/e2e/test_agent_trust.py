@@ -307,7 +307,7 @@ CANARY = "eyJjYW5hcnkiOiJ5ZXMifQ.eyJub3QiOiJhIHRva2VuIn0.c2lnbmF0dXJlLW9mLWEtY2F
 
 
 def start_up_exposure(pid: int, token: str) -> list[str]:
-    """Which processes of the agent's tree (the one-file launcher too) were started with the
+    """Which processes of the agent's tree (its Python jobs too) were started with the
     token in their environment or arguments, as far as this test process may read them (as
     root: all; as the agent's own user: none, they are not dumpable)."""
     exposed = []
@@ -331,7 +331,7 @@ def hunt(api: httpx.Client, tag: str, dirs: tuple[Path, ...] = ()) -> dict[str, 
     return final["result"]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("how", ["venv", "one-file"])
+@pytest.mark.parametrize("how", ["venv", "frozen"])
 def test_no_job_finds_its_agents_token(
     how: str, api: httpx.Client, fast_server: TagrunProcess, tmp_path: Path
 ) -> None:
@@ -340,8 +340,8 @@ def test_no_job_finds_its_agents_token(
     canary process holding a JWT-shaped value shows that the hunt can read what such a
     process exposes; the agent's token must be nowhere."""
     command = None
-    if how == "one-file":
-        command = [str(require_agent_binary(ROOT / "dist" / "tagrun-agent"))]
+    if how == "frozen":
+        command = [str(require_agent_binary(ROOT / "dist" / "tagrun-agent" / "tagrun-agent"))]
     user = unprivileged_user("tagrun-test-agent")
     tag = f"hunt-{uuid.uuid4().hex[:6]}"
     minted = api.post("/api/agent_tokens", json={"group": "edge", "tags": [tag]}).json()
@@ -363,7 +363,7 @@ def test_no_job_finds_its_agents_token(
     assert minted["token"] not in agent.log_text()
 
 
-@pytest.mark.parametrize("how", ["venv", "one-file"])
+@pytest.mark.parametrize("how", ["venv", "frozen"])
 def test_a_job_of_the_job_user_cannot_reach_the_agent_at_all(
     how: str, api: httpx.Client, fast_server: TagrunProcess, tmp_path: Path
 ) -> None:
@@ -374,8 +374,8 @@ def test_a_job_of_the_job_user_cannot_reach_the_agent_at_all(
     if os.geteuid() != 0:
         pytest.skip("running jobs as another user needs an agent running as root")
     command = None
-    if how == "one-file":
-        command = [str(require_agent_binary(ROOT / "dist" / "tagrun-agent"))]
+    if how == "frozen":
+        command = [str(require_agent_binary(ROOT / "dist" / "tagrun-agent" / "tagrun-agent"))]
     user = unprivileged_user("tagrun-test-job")
     assert user is not None
     tag = f"hunt-{uuid.uuid4().hex[:6]}"
@@ -386,12 +386,12 @@ def test_a_job_of_the_job_user_cannot_reach_the_agent_at_all(
     token_file.write_text(minted["token"] + "\n")
     token_file.chmod(0o600)
     env = {"AGENT_JOB_USER": user}
-    if how == "one-file":  # the venv agent gets AGENT_TOKEN: both ways are covered
+    if how == "frozen":  # the venv agent gets AGENT_TOKEN: both ways are covered
         env["AGENT_TOKEN_FILE"] = str(token_file)
     with traversable(ROOT / ".venv" / "bin" / "python", ROOT / "dist", token_file):
         canary = subprocess.Popen(["sleep", "120"], env={"CANARY": CANARY}, cwd="/",
                                   user=user, group=user)
-        agent = AgentProcess(fast_server.url, None if how == "one-file" else minted["token"],
+        agent = AgentProcess(fast_server.url, None if how == "frozen" else minted["token"],
                              tmp_path, name=f"apart-{how}", command=command, env=env)
         try:
             agent.wait_logged("agent.job_user")

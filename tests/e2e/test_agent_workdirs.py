@@ -53,15 +53,15 @@ StartAgent = Callable[..., AgentProcess]
 @pytest.fixture
 def start_agent(fast_server: TagrunProcess, api: httpx.Client, tmp_path: Path
                 ) -> Iterator[StartAgent]:
-    """An agent serving `tag`: the venv's, or the one-file executable (`how`), or run as the
+    """An agent serving `tag`: the venv's, or the agent executable (`how`), or run as the
     unprivileged user (`user`), for whom file modes are not waived as they are for root."""
     agents: list[AgentProcess] = []
 
     def start(tag: str, how: str = "venv", user: str | None = None, **env: str
               ) -> AgentProcess:
         command = None
-        if how == "one-file":
-            command = [str(require_agent_binary(ROOT / "dist" / "tagrun-agent"))]
+        if how == "frozen":
+            command = [str(require_agent_binary(ROOT / "dist" / "tagrun-agent" / "tagrun-agent"))]
         agent = AgentProcess(fast_server.url, agent_token(api, [tag]), tmp_path,
                              name=f"{tag}-{uuid.uuid4().hex[:6]}", command=command,
                              user=user, env={"HOME": "/nonexistent", **env} if user else env)
@@ -116,7 +116,7 @@ def own_work_root(tmp_path: Path, user: str | None) -> Path:
 
 # -- private directories ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("how", ["venv", "one-file"])
+@pytest.mark.parametrize("how", ["venv", "frozen"])
 def test_the_work_root_and_each_job_directory_are_the_agents_alone(
     how: str, api: httpx.Client, start_agent: StartAgent, tmp_path: Path
 ) -> None:
@@ -292,7 +292,7 @@ ENDINGS: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 
 
-@pytest.mark.parametrize("how", ["venv", "one-file"])
+@pytest.mark.parametrize("how", ["venv", "frozen"])
 @pytest.mark.parametrize("ending", sorted(ENDINGS))
 def test_a_background_grandchild_does_not_outlive_its_job(
     how: str, ending: str, api: httpx.Client, start_agent: StartAgent, tmp_path: Path

@@ -1,4 +1,4 @@
-"""Python jobs behave like Python, on the one-file agent's bundled interpreter and on the venv's:
+"""Python jobs behave like Python, on the agent executable's bundled interpreter and on the venv's:
 `sys.executable` runs -c, -m, -u and scripts; multiprocessing pools and ProcessPoolExecutor
 work over functions the job defines, whatever the start method; zoneinfo has its data even
 with no zone files on the machine; stdlib HTTPS verifies against SSL_CERT_FILE and against the
@@ -6,7 +6,7 @@ operating system's CA bundle, as the agent's own HTTPS does.
 
 The server serves HTTPS with a private CA (trustme). The operating system's trust store is
 shown by starting an agent in a private mount namespace whose system CA bundle also holds that
-CA: nothing changes outside that process tree. The one-file agent is dist/tagrun-agent (or
+CA: nothing changes outside that process tree. The executable is dist/tagrun-agent/tagrun-agent (or
 TAGRUN_AGENT_BINARY), skipped without one as in test_agent_binary.py.
 """
 
@@ -38,7 +38,8 @@ from tests.support.processes import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("TAGRUN_AGENT_BINARY") or ROOT / "dist" / "tagrun-agent")
+BINARY = Path(os.environ.get("TAGRUN_AGENT_BINARY")
+              or ROOT / "dist" / "tagrun-agent" / "tagrun-agent")
 # Debian's, as update-ca-certificates writes it.
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -143,7 +144,7 @@ def main(url, nowhere):
 
 @dataclass
 class Runner:
-    """A server over HTTPS and one agent, from the venv or the one-file executable."""
+    """A server over HTTPS and one agent, from the venv or the agent executable."""
 
     how: str
     api: httpx.Client
@@ -166,7 +167,7 @@ def run_job(api: httpx.Client, tag: str, content: str, args: dict[str, Any] | No
 
 
 def agent_command(how: str) -> list[str] | None:
-    return [str(require_agent_binary(BINARY))] if how == "one-file" else None
+    return [str(require_agent_binary(BINARY))] if how == "frozen" else None
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +204,7 @@ def api(https_server: TagrunProcess, tls: Path) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="module", params=["venv", "one-file"])
+@pytest.fixture(scope="module", params=["venv", "frozen"])
 def runner(request: pytest.FixtureRequest, https_server: TagrunProcess, api: httpx.Client,
            tls: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
     """An agent that trusts the server through AGENT_CA_FILE."""
@@ -245,7 +246,7 @@ def test_stdlib_https_verifies_with_ssl_cert_file(runner: Runner) -> None:
     done = runner.run(HTTPS, {"url": runner.server.url,
                               "env": {"SSL_CERT_FILE": str(runner.ca_file)}})
     assert done["status"] == 200
-    if runner.how == "one-file":  # the bundled Python verifies with the OS (truststore)
+    if runner.how == "frozen":  # the bundled Python verifies with the OS (truststore)
         assert done["ssl_context"] == "truststore._api"
 
 
@@ -262,7 +263,7 @@ def trust_store_namespace(bundle: Path) -> list[str]:
     return prefix
 
 
-@pytest.mark.parametrize("how", ["venv", "one-file"])
+@pytest.mark.parametrize("how", ["venv", "frozen"])
 def test_the_operating_systems_ca_bundle_is_trusted(
     how: str, https_server: TagrunProcess, api: httpx.Client, tls: Path, tmp_path: Path
 ) -> None:
@@ -279,7 +280,7 @@ def test_the_operating_systems_ca_bundle_is_trusted(
     try:
         done = run_job(api, tag, HTTPS, {"url": https_server.url, "env": {}})
         assert done["status"] == 200
-        if how == "one-file":
+        if how == "frozen":
             # Where the bundled OpenSSL's own CA paths do not exist, truststore still finds
             # the distribution's bundle; OpenSSL alone would trust nothing.
             nowhere = str(tmp_path / "nowhere")

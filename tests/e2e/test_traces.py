@@ -1,5 +1,5 @@
 """OpenTelemetry traces, read from a real OTLP/HTTP receiver: a job submitted under a
-client's trace and run on an agent (the Python agent and the one-file binary) or a direct
+client's trace and run on an agent (the Python agent and the agent executable) or a direct
 worker is one span tree (submit → queue wait, run → completion), its process gets the run
 span as TRACEPARENT, and with tracing off nothing is exported while the client's trace
 context still reaches the job."""

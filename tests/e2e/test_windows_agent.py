@@ -2,7 +2,7 @@
 (it finishes the jobs it runs and claims no more) and never reaches a job, which has a hidden
 console of its own; and a job's background grandchild ends with it.
 
-The one-file executable's drain is tested in tests/e2e/test_agent_binary.py; this is the
+The agent executable's drain is tested in tests/e2e/test_agent_binary.py; this is the
 agent from the venv (`python -m tagrun.agent`), the code the executable freezes."""
 
 from __future__ import annotations

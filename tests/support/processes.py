@@ -115,7 +115,7 @@ class TagrunProcess:
 
 
 def require_agent_binary(path: Path) -> Path:
-    """The one-file agent at `path`; skip (fail with TAGRUN_REQUIRE_AGENT_BINARY=1) if none."""
+    """The agent executable at `path`; skip (fail with TAGRUN_REQUIRE_AGENT_BINARY=1) if none."""
     if path.is_file():
         return path
     if os.environ.get("TAGRUN_REQUIRE_AGENT_BINARY") == "1":
