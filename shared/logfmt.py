@@ -28,6 +28,10 @@ def _timestamp(record: logging.LogRecord) -> str:
     return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
 
+# One encoder for every line: json.dumps with options builds a new one each call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -36,12 +40,12 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _ENCODER.encode(entry)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={json.dumps(v, default=str, ensure_ascii=False)}"
+        fields = " ".join(f"{k}={_ENCODER.encode(v)}"
                           for k, v in _fields(record).items())
         line = f"{_timestamp(record)} {record.levelname:<7} {record.getMessage()} {fields}"
         if record.exc_info:
@@ -69,6 +73,10 @@ def configure_logging(stream: TextIO | None = None, *, quiet: tuple[str, ...] = 
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise LogConfigError(f"TAGRUN_LOG_LEVEL={level!r} is not one of DEBUG, INFO, "
                              "WARNING, ERROR")
+    # Nothing here shows a record's source line, thread or process: do not look them up for
+    # every record (a holder logs two events per job).
+    logging._srcfile = None  # what logging's docs say to set for speed
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
