@@ -105,15 +105,12 @@ class Completions:
     async def _send(self) -> None:
         await asyncio.sleep(0)  # what finishes in this same turn of the loop goes along
         while self._queue:
-            batch = self._take()
+            batch = _take(self._queue)
             if len(batch) == 1:
                 await self._settle(batch[0], self._one(batch[0].workspace, batch[0].item,
                                                         batch[0].until))
             else:
                 await self._send_batch(batch)
-
-    def _take(self) -> list[Pending]:
-        return _take(self._queue)
 
     async def _send_batch(self, batch: list[Pending]) -> None:
         try:

@@ -52,6 +52,10 @@ class ServerUntrusted(AgentError):
     """Not retried: a certificate the agent does not trust now it will not trust later."""
 
 
+# The server refuses these for what was sent: the same request would be refused again.
+REFUSED_FOR_WHAT_WAS_SENT = (400, 413, 422)
+
+
 class ServerAnswer(AgentError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"server answered {status} {code}: {message}")

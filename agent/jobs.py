@@ -8,22 +8,20 @@ from collections.abc import Sequence
 
 from tagrun.agent.client import AgentClient
 from tagrun.agent.completions import Completions
-from tagrun.agent.errors import ServerAnswer
+from tagrun.agent.errors import REFUSED_FOR_WHAT_WAS_SENT, ServerAnswer
 from tagrun.shared.agent_wire import AgentJob, CompletedJob, RefusalIn
 from tagrun.shared.holder import Deadline, Held, LeaseGone, Refused
 from tagrun.shared.loglines import Mark
 
 log = logging.getLogger("tagrun.agent")
 
-# The server refuses these for what was sent: the same outcome would be refused again.
-_REFUSED_FOR_GOOD = (400, 413, 422)
 
 
 def _refused(answer: ServerAnswer) -> Exception:
     if answer.lease_lost:
         return LeaseGone(str(answer))
     return Refused(f"{answer.code}: {answer.message}",
-                   again=answer.status in _REFUSED_FOR_GOOD)
+                   again=answer.status in REFUSED_FOR_WHAT_WAS_SENT)
 
 
 class HttpPort:

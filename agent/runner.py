@@ -22,6 +22,7 @@ from tagrun.agent.client import AgentClient, RetryPolicy
 from tagrun.agent.completions import Completions
 from tagrun.agent.config import AgentConfig
 from tagrun.agent.errors import (
+    REFUSED_FOR_WHAT_WAS_SENT,
     AgentError,
     ConfigError,
     InitScriptFailed,
@@ -51,10 +52,6 @@ EXIT_ABORTED = 130
 EMPTY_PAUSE_S = 1.0
 ACK_DELAY_S = 0.5  # after a job starts, its acknowledgement (a heartbeat) waits this at most
 _INIT_OUTPUT_CHARS = 64 * 1024
-
-
-# A claim refused with these may have been refused for the outcomes it carried.
-_REFUSED_FOR_WHAT_IT_CARRIED = (400, 413, 422)
 
 
 class Agent:
@@ -334,7 +331,7 @@ class Agent:
                 running=len(self._holder), completed=[p.item for p in riders])
         except ServerAnswer as exc:
             self._completions.unsent(riders)
-            if not riders or exc.status not in _REFUSED_FOR_WHAT_IT_CARRIED:
+            if not riders or exc.status not in REFUSED_FOR_WHAT_WAS_SENT:
                 raise
             # Refused for what it carried (a body over the server's limit, say): the claim
             # alone, while the outcomes go on their own and each hears its own answer.

@@ -198,7 +198,8 @@ def test_the_job_object_limits_have_windows_layout() -> None:
     assert kill_on_close_limits().BasicLimitInformation.LimitFlags == 0x2000
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="says so only off Windows")
+@pytest.mark.skipif(sys.platform == "win32",
+                    reason="on Windows Job Objects work (test_windows_jobs.py)")
 def test_job_objects_are_refused_off_windows() -> None:
     with pytest.raises(JobObjectError):
         JobObject()
