@@ -29,6 +29,7 @@ from tagrun.server.errors import TagrunError
 from tagrun.server.listener import Listener
 from tagrun.server.services import broadcast
 from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, NewJob, Store
+from tagrun.server.store._base import iso
 from tagrun.shared.executors import ErrorKind
 from tagrun.shared.loglines import CODES, STDOUT
 from tagrun.shared.logstream import now_ms
@@ -103,7 +104,9 @@ async def report_stale_agents(store: Store, stale_after_s: float,
     """`fold_after_s`: inline workers not seen this long (or stopped) are deleted; longer than
     a live one's heartbeat could ever leave it (the runtime gives 3 leases at least)."""
     for agent in await store.mark_stale_agents(stale_after_s):
-        log.warning("agent.stale", extra={**agent, "stale_after_s": stale_after_s})
+        log.warning("agent.stale", extra={
+            "agent": agent.name, "group": agent.grp, "tags": list(agent.tags), "ip": agent.ip,
+            "last_seen": iso(agent.last_seen), "stale_after_s": stale_after_s})
     folded = await store.fold_inline_workers(fold_after_s or stale_after_s)
     if folded:  # dead server processes' own workers: not something to keep listing
         log.info("maintenance.inline_workers_folded", extra={"workers": folded})

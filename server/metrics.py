@@ -141,19 +141,19 @@ async def _read_shared(request: Request) -> dict[str, Any]:
     state = request.app.state
     overview = await state.store.workers_overview(state.config.stale_after_s)
     running: dict[str, int] = {}
-    for row in overview["running"]:
-        running[row["tag"]] = running.get(row["tag"], 0) + row["n"]
+    for row in overview.running:
+        running[row.tag] = running.get(row.tag, 0) + row.n
     agents: dict[str, int] = {}
     states: dict[str, int] = {}
-    for worker in overview["workers"]:
-        states[worker["state"]] = states.get(worker["state"], 0) + 1
-        if worker["kind"] == "agent" and worker["state"] in LIVE_STATES:
-            agents[worker["grp"]] = agents.get(worker["grp"], 0) + 1
-    agent_names = {w["name"] for w in overview["workers"] if w["kind"] == "agent"}
-    busy = sum(row["n"] for row in overview["running"] if row["worker"] in agent_names)
+    for worker in overview.workers:
+        states[worker.state] = states.get(worker.state, 0) + 1
+        if worker.kind == "agent" and worker.state in LIVE_STATES:
+            agents[worker.grp] = agents.get(worker.grp, 0) + 1
+    agent_names = {w.name for w in overview.workers if w.kind == "agent"}
+    busy = sum(row.n for row in overview.running if row.worker in agent_names)
     pool = state.store.pool
-    return {"queued": overview["queued"], "running": running, "agents": agents, "states": states,
-            "oldest": overview["oldest"], "slots_busy": busy,
+    return {"queued": overview.queued, "running": running, "agents": agents, "states": states,
+            "oldest": overview.oldest, "slots_busy": busy,
             "slots_idle": state.dispatcher.waiting_slots,
             "waiters": state.dispatcher.waiting,
             "pool_in_use": pool.get_size() - pool.get_idle_size(), "pool_size": pool.get_size(),

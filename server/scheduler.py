@@ -20,7 +20,6 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from tagrun.server import events
 from tagrun.server.config import LeaseBounds
@@ -30,7 +29,7 @@ from tagrun.server.maintenance import BUILTINS
 from tagrun.server.services.schedules import concurrency_key, schedule_job, utc_now
 from tagrun.server.store import NewJob, Store
 from tagrun.server.store._base import iso
-from tagrun.server.store.schedules import Fire, Fired
+from tagrun.server.store.schedules import Fire, Fired, ScheduleRecord
 from tagrun.shared import tracing
 
 log = logging.getLogger("tagrun.scheduler")
@@ -86,13 +85,12 @@ class Scheduler:
         """Fire every due schedule; returns how long to sleep before the next tick."""
         now = self.clock()
         schedules = await self.store.due_schedules(BATCH)
-        if len(schedules) == BATCH and schedules[-1]["next_fire_at"] <= now:
+        if len(schedules) == BATCH and _due(schedules[-1]) <= now:
             soonest: datetime | None = now  # more may be due: come back at once
         else:
-            soonest = next((s["next_fire_at"] for s in schedules if s["next_fire_at"] > now),
-                           None)
+            soonest = next((_due(s) for s in schedules if _due(s) > now), None)
         for schedule in schedules:
-            if schedule["next_fire_at"] > now:
+            if _due(schedule) > now:
                 break
             fired = await self.fire(schedule, now)
             if fired is not None and fired.next_fire_at is not None:
@@ -102,12 +100,12 @@ class Scheduler:
         wait = (soonest - self.clock()).total_seconds()
         return max(MIN_SLEEP_S, min(self.tick_s, wait))
 
-    async def fire(self, schedule: dict[str, Any], now: datetime) -> Fired | None:
-        workspace, due = schedule["workspace"], schedule["next_fire_at"]
+    async def fire(self, schedule: ScheduleRecord, now: datetime) -> Fired | None:
+        workspace, due = schedule.workspace, _due(schedule)
         job: NewJob | None = None
         error = None
         try:
-            cron = self.cron(schedule["cron"], schedule["timezone"])
+            cron = self.cron(schedule.cron, schedule.timezone)
             fire_at, next_fire_at = cron.latest(due, now), cron.next_after(now)
         except CronError as exc:  # stored before a library change refused it: stop it here
             fire_at, next_fire_at, error = due, None, str(exc)
@@ -119,8 +117,8 @@ class Scheduler:
         span = _fire_span(schedule, fire_at) if job is not None else None
         if span is not None and job is not None:
             job = dataclasses.replace(job, traceparent=span.traceparent)
-        fire = Fire(schedule["id"], workspace, due, fire_at, next_fire_at, schedule["overlap"],
-                    concurrency_key(workspace, schedule["name"]), job, error)
+        fire = Fire(schedule.id, workspace, due, fire_at, next_fire_at, schedule.overlap,
+                    concurrency_key(workspace, schedule.name), job, error)
         try:
             fired = await self.store.fire_schedule(fire)
         except TagrunError as exc:  # the database refused the job: record why, move on
@@ -138,13 +136,13 @@ class Scheduler:
                 events.job_submitted(workspace, [fired.job_id], [job.tag])
         return fired
 
-    def _log(self, schedule: dict[str, Any], fire_at: datetime, fired: Fired, *,
+    def _log(self, schedule: ScheduleRecord, fire_at: datetime, fired: Fired, *,
              late: bool) -> None:
-        fields = {"workspace": schedule["workspace"], "schedule": schedule["name"],
+        fields = {"workspace": schedule.workspace, "schedule": schedule.name,
                   "fire_at": iso(fire_at), "outcome": fired.outcome, "job_id": fired.job_id}
-        if fire_at != schedule["next_fire_at"] or late:
+        if fire_at != schedule.next_fire_at or late:
             log.warning("schedule.caught_up", extra={
-                **fields, "missed_since": iso(schedule["next_fire_at"])})
+                **fields, "missed_since": iso(schedule.next_fire_at)})
         if fired.outcome == "error":
             log.warning("schedule.fire_failed", extra={**fields, "error": fired.message})
         elif fired.outcome == "skipped":
@@ -153,11 +151,17 @@ class Scheduler:
             log.info("schedule.fired", extra={**fields, "cancelled": fired.cancelled})
 
 
-def _fire_span(schedule: dict[str, Any], fire_at: datetime) -> tracing.Span | None:
+def _due(schedule: ScheduleRecord) -> datetime:
+    """A due schedule's next fire time: never None, as DUE_SCHEDULES reads only those set."""
+    assert schedule.next_fire_at is not None
+    return schedule.next_fire_at
+
+
+def _fire_span(schedule: ScheduleRecord, fire_at: datetime) -> tracing.Span | None:
     """The root span of a scheduled job's trace (docs/tracing.md), when this server traces."""
     tracer = tracing.tracer()
     if tracer is None:
         return None
     return tracer.start("tagrun.schedule_fire", None, {
-        "tagrun.workspace": schedule["workspace"], "tagrun.schedule": schedule["name"],
+        "tagrun.workspace": schedule.workspace, "tagrun.schedule": schedule.name,
         "tagrun.schedule.fire_at": iso(fire_at)}, kind="producer")

@@ -52,8 +52,8 @@ async def autoscale(request: Request) -> JSON:
     group, tag = _name(request, "group"), _name(request, "tag")
     store: Store = request.app.state.store
     overview = await store.autoscale_overview(request.app.state.config.stale_after_s)
-    overview["paused_tags"] = {p["tag"] for p in await store.paused_tags()}
-    return JSON(autoscale_view(overview, inputs, group=group, tag=tag))
+    paused = {p["tag"] for p in await store.paused_tags()}
+    return JSON(autoscale_view(overview, inputs, paused_tags=paused, group=group, tag=tag))
 
 
 routes = [Route("/api/autoscale", autoscale, methods=["GET"])]

@@ -74,9 +74,10 @@ async def list_workers(request: Request) -> JSON:
     limit = query_int(request, "limit", 1000, minimum=1, maximum=MAX_WORKERS_PAGE)
     store: Store = request.app.state.store
     overview = await store.workers_overview(request.app.state.config.stale_after_s)
-    overview["waits"] = await store.recent_waits()
+    waits = await store.recent_waits()
     settings = await current(store)
-    fleet = fleet_view(overview, recommended=str(settings[RECOMMENDED_AGENT_VERSION]))
+    fleet = fleet_view(overview, waits=waits,
+                       recommended=str(settings[RECOMMENDED_AGENT_VERSION]))
     page, next_cursor, matched = agents_page(
         fleet["agents"], state=state, group=query.get("group") or None,
         tag=query.get("tag") or None, name=query.get("name") or None,

@@ -8,7 +8,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -24,9 +23,16 @@ from tagrun.server.services.broadcast import (
     submit_broadcast,
     with_children,
 )
-from tagrun.server.services.jobs import MAX_WAIT_S, ScriptCache, copied_job, new_job
+from tagrun.server.services.jobs import (
+    MAX_WAIT_S,
+    ScriptCache,
+    copied_job,
+    job_view,
+    new_job,
+)
 from tagrun.server.services.pending import with_pending_reason, with_pending_reasons
 from tagrun.server.store import FINAL_STATES, STATES, NewJob, Store
+from tagrun.server.store.jobs import JobRecord
 from tagrun.shared import tracing
 
 
@@ -85,10 +91,10 @@ async def submit_job(request: Request) -> JSON:
         if body.broadcast:
             return await _broadcast(request, workspace, job, key, span)
         await request.app.state.backpressure.admit(1)
-        view: dict[str, Any] | None = None
+        made: JobRecord | None = None
         if key is None:
-            view = await _store(request).insert_job(workspace, job)
-            job_id, created = view["id"], True
+            made = await _store(request).insert_job(workspace, job)
+            job_id, created = made.id, True
         else:
             job_id, created = await _store(request).insert_job_once(workspace, job, key)
         if span is not None:
@@ -96,9 +102,9 @@ async def submit_job(request: Request) -> JSON:
             span.set("tagrun.job.tag", job.tag)
     if created:
         events.job_submitted(workspace, [job_id], [job.tag])
-    if view is None:  # the first job of its Idempotency-Key, as it is now
-        view = await _store(request).get_job(workspace, job_id)
-    return JSON(view, status_code=201 if created else 200)
+    if made is None:  # the first job of its Idempotency-Key, as it is now
+        made = await _store(request).get_job(workspace, job_id)
+    return JSON(job_view(made), status_code=201 if created else 200)
 
 
 async def _broadcast(request: Request, workspace: str, job: NewJob, key: str | None,
@@ -114,7 +120,7 @@ async def _broadcast(request: Request, workspace: str, job: NewJob, key: str | N
         span.set("tagrun.job.id", parent)
         span.set("tagrun.job.tag", job.tag)
     events.job_submitted(workspace, [parent, *children], [job.tag] * (len(children) + 1))
-    return JSON(await with_children(store, await store.get_job(workspace, parent)),
+    return JSON(await with_children(store, job_view(await store.get_job(workspace, parent))),
                 status_code=201)
 
 
@@ -151,18 +157,26 @@ async def get_job(request: Request) -> JSON:
     store = _store(request)
     stale_after_s = request.app.state.config.stale_after_s
     if wait_s <= 0:
-        return JSON(await with_children(store, await with_pending_reason(
-            store, await store.get_job(workspace, job_id), stale_after_s)))
+        job = await store.get_job(workspace, job_id)
+    else:
+        job = await _finished_or_late(request, workspace, job_id, wait_s)
+    return JSON(await with_children(store, await with_pending_reason(store, job_view(job),
+                                                                     stale_after_s)))
+
+
+async def _finished_or_late(request: Request, workspace: str, job_id: int, wait_s: float
+                            ) -> JobRecord:
+    """Job `job_id` once it has ended, or as it is after `wait_s` seconds."""
+    store = _store(request)
     deadline = time.monotonic() + wait_s
     with request.app.state.listener.watching_done(job_id) as done:
         job = await store.get_job(workspace, job_id)  # watched first: no finish missed
-        while job["status"] not in FINAL_STATES and (left := deadline - time.monotonic()) > 0:
+        while job.status not in FINAL_STATES and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), left)
             done.clear()
             job = await store.get_job(workspace, job_id)
-    return JSON(await with_children(store, await with_pending_reason(store, job,
-                                                                     stale_after_s)))
+    return job
 
 
 async def list_jobs(request: Request) -> JSON:
@@ -176,11 +190,10 @@ async def list_jobs(request: Request) -> JSON:
         workspace, before=before, status=status, tag=request.query_params.get("tag") or None,
         script=request.query_params.get("script") or None, limit=limit,
     )
-    for job in jobs:
-        del job["content"]
-    await with_pending_reasons(_store(request), jobs, request.app.state.config.stale_after_s)
-    next_cursor = str(jobs[-1]["id"]) if len(jobs) == limit else None
-    return JSON({"jobs": jobs, "next_cursor": next_cursor})
+    views = [job_view(job, with_content=False) for job in jobs]
+    await with_pending_reasons(_store(request), views, request.app.state.config.stale_after_s)
+    next_cursor = str(jobs[-1].id) if len(jobs) == limit else None
+    return JSON({"jobs": views, "next_cursor": next_cursor})
 
 
 async def job_logs(request: Request) -> JSON:
@@ -194,16 +207,16 @@ async def cancel_job(request: Request) -> JSON:
     job_id = path_int(request, "id")
     store = _store(request)
     job = await store.cancel_job(workspace, job_id)
-    if job["broadcast"]:  # its children are cancelled; it ends with them
+    if job.broadcast:  # its children are cancelled; it ends with them
         job = await cancel_broadcast(store, workspace, job)
     else:
-        events.job_cancelled(job_id, workspace, running=job["status"] == "running")
-    return JSON(job)
+        events.job_cancelled(job_id, workspace, running=job.status == "running")
+    return JSON(await with_children(store, job_view(job)))
 
 
 async def retry_job(request: Request) -> JSON:
     workspace = await authenticator(request).workspace(request)
-    return JSON(await _store(request).retry_job(workspace, path_int(request, "id")))
+    return JSON(job_view(await _store(request).retry_job(workspace, path_int(request, "id"))))
 
 
 async def rerun_job(request: Request) -> JSON:
@@ -213,7 +226,7 @@ async def rerun_job(request: Request) -> JSON:
         job = await copied_job(_store(request), workspace, path_int(request, "id"),
                                request.app.state.config.lease_bounds)
         [job] = _traced([job], request, span)
-        if (await _store(request).get_job(workspace, path_int(request, "id")))["broadcast"]:
+        if (await _store(request).get_job(workspace, path_int(request, "id"))).broadcast:
             return await _broadcast(request, workspace, job, None, span)  # to today's agents
         await request.app.state.backpressure.admit(1)
         [job_id] = await _store(request).insert_jobs(workspace, [job])
@@ -221,7 +234,7 @@ async def rerun_job(request: Request) -> JSON:
             span.set("tagrun.job.id", job_id)
             span.set("tagrun.job.tag", job.tag)
     events.job_submitted(workspace, [job_id], [job.tag])
-    return JSON(await _store(request).get_job(workspace, job_id), status_code=201)
+    return JSON(job_view(await _store(request).get_job(workspace, job_id)), status_code=201)
 
 
 routes = [

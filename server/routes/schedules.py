@@ -23,15 +23,16 @@ from tagrun.server.services.schedules import (
     TIMES,
     ScheduleIn,
     SchedulePatch,
+    changed_schedule,
     check_job,
     check_name,
     check_overlap,
-    next_fire,
+    new_schedule,
     schedule_view,
     utc_now,
 )
 from tagrun.server.store import Store
-from tagrun.server.store.schedules import LAST_RUNS_SHOWN
+from tagrun.server.store.schedules import LAST_RUNS_SHOWN, ScheduleRecord
 
 
 def _store(request: Request) -> Store:
@@ -39,10 +40,10 @@ def _store(request: Request) -> Store:
     return store
 
 
-async def _view(store: Store, schedule: dict[str, Any], runs: int = LAST_RUNS_SHOWN
+async def _view(store: Store, schedule: ScheduleRecord, runs: int = LAST_RUNS_SHOWN
                 ) -> dict[str, Any]:
-    last = await store.last_runs([schedule["id"]], runs)
-    return schedule_view(schedule, last[schedule["id"]])
+    last = await store.last_runs([schedule.id], runs)
+    return schedule_view(schedule, last[schedule.id])
 
 
 async def _named(request: Request) -> tuple[str, str]:
@@ -58,12 +59,7 @@ async def create_schedule(request: Request) -> JSON:
     workspace = await authenticator(request).workspace(request)
     body = await read_body(request, ScheduleIn)
     check_name(body.name)
-    schedule = {"name": body.name, "cron": body.cron, "timezone": body.timezone,
-                "script_path": body.script, "args": body.args, "overlap": body.overlap,
-                "enabled": body.enabled, "timeout_s": body.timeout_s, "tag": body.tag,
-                "builtin": None, "script_version": body.script_version,
-                "signature": body.signature.stored("schedule") if body.signature else None}
-    schedule["next_fire_at"] = next_fire(schedule, utc_now())
+    schedule = new_schedule(body, utc_now())
     check_overlap(body.overlap)
     store = _store(request)
     await check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
@@ -77,9 +73,9 @@ async def list_schedules(request: Request) -> JSON:
     after = request.query_params.get("cursor", "")
     store = _store(request)
     schedules = await store.list_schedules(workspace, after, limit)
-    runs = await store.last_runs([s["id"] for s in schedules])
-    next_cursor = schedules[-1]["name"] if len(schedules) == limit else None
-    return JSON({"schedules": [schedule_view(s, runs[s["id"]]) for s in schedules],
+    runs = await store.last_runs([s.id for s in schedules])
+    next_cursor = schedules[-1].name if len(schedules) == limit else None
+    return JSON({"schedules": [schedule_view(s, runs[s.id]) for s in schedules],
                  "next_cursor": next_cursor})
 
 
@@ -97,7 +93,7 @@ async def patch_schedule(request: Request) -> JSON:
                if getattr(body, f) is not msgspec.UNSET}
     store = _store(request)
     current = await store.get_schedule(workspace, name)
-    if current["builtin"] is not None:
+    if current.builtin is not None:
         principal = await authenticator(request).principal(request)
         if principal.kind != "superadmin":
             raise Forbidden("only the superadmin may change built-in schedules")
@@ -115,11 +111,9 @@ async def patch_schedule(request: Request) -> JSON:
         changes["signature"] = None  # signed for what ran before: it would never verify
     if "script" in changes:
         changes["script_path"] = changes.pop("script")
-    schedule = {**current, **changes}
+    schedule = changed_schedule(current, changes, utc_now())
     reschedule = bool(TIMES & set(changes))
-    if reschedule:
-        schedule["next_fire_at"] = next_fire(schedule, utc_now())
-    if recheck and schedule["enabled"]:
+    if recheck and schedule.enabled:
         await check_job(store, workspace, schedule, request.app.state.config.lease_bounds)
     elif "script_path" in changes:
         # A disabled schedule may be left unresolvable while it is fixed (its tag and args

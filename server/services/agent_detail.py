@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tagrun.server.services import settings
-from tagrun.server.services.fleet import fleet_view
+from tagrun.server.services.fleet import worker_view
 from tagrun.server.store import RECOMMENDED_AGENT_VERSION, Store
 
 MAX_NAME_LENGTH = 200  # longer than any agent or worker name
@@ -21,15 +21,15 @@ async def agent_detail(store: Store, name: str, stale_after_s: float, *,
     record = await store.worker_record(name, stale_after_s)
     if record is None:
         return None
-    # The same view as the list's: one record, no jobs counted for pools or tags.
+    # The same view as the list's.
     recommended = str((await settings.current(store))[RECOMMENDED_AGENT_VERSION])
-    [agent] = fleet_view({"workers": [record], "running": [], "queued": {}},
-                         recommended=recommended)["agents"]
+    agent = worker_view(record, recommended=recommended)
+    label = await store.worker_token_label(name)
     running, recent = await store.worker_jobs(name, workspace)
-    return {**agent, "jti": record["jti"], "token_label": record["token_label"],
-            "token_problem": record["token_problem"],
+    return {**agent, "jti": record.jti, "token_label": label,
+            "token_problem": record.token_problem,
             "current_jobs": running, "recent_jobs": recent,
-            "history": await store.worker_history(name, record["grp"])}
+            "history": await store.worker_history(name, record.grp)}
 
 
 def busy_slots(agent: dict[str, Any]) -> str:

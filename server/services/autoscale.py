@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
-from tagrun.server.services.fleet import LIVE_STATES, fleet_view
+from tagrun.server.services.fleet import LIVE_STATES, running_counts
+from tagrun.server.store.agents import WorkerRecord
+from tagrun.server.store.autoscale import AutoscaleOverview
 
 # The bounds of the inputs (query parameters; the OpenAPI document states the same).
 MAX_TARGET_SLOTS_PER_JOB = 1000.0
@@ -56,20 +58,19 @@ def desired_agents(inputs: Inputs, *, due: int, running: int, oldest_s: float | 
     return max(desired, 0)
 
 
-def agent_slots(agent: dict[str, Any], inputs: Inputs) -> int:
+def agent_slots(agent: WorkerRecord, inputs: Inputs) -> int:
     """Its AGENT_SLOTS when it said, else the assumed figure (at least what it runs now)."""
-    slots = agent.get("slots")
-    if slots is not None:
-        return int(slots)
-    return max(inputs.slots_per_agent, int(agent["active_count"]))
+    if agent.slots is not None:
+        return agent.slots
+    return max(inputs.slots_per_agent, agent.active_count)
 
 
-def pool_figures(agents: Sequence[dict[str, Any]], inputs: Inputs) -> dict[str, Any]:
+def pool_figures(agents: Sequence[WorkerRecord], inputs: Inputs) -> dict[str, Any]:
     """Agents by state, and the slots of those that can take jobs (live or busy)."""
-    can = [a for a in agents if a["state"] in LIVE_STATES]
+    can = [a for a in agents if a.state in LIVE_STATES]
     slots = [agent_slots(a, inputs) for a in can]
-    busy = sum(min(int(a["active_count"]), s) for a, s in zip(can, slots, strict=True))
-    counted = {state: sum(1 for a in agents if a["state"] == state) for state in PRESENT_STATES}
+    busy = sum(min(a.active_count, s) for a, s in zip(can, slots, strict=True))
+    counted = {state: sum(1 for a in agents if a.state == state) for state in PRESENT_STATES}
     return {
         "agents_live": counted["live"], "agents_busy": counted["busy"],
         "agents_paused": counted["paused"], "agents_draining": counted["draining"],
@@ -86,36 +87,34 @@ def _with_desire(row: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
     return row
 
 
-def autoscale_view(overview: dict[str, Any], inputs: Inputs, *, group: str | None = None,
+def autoscale_view(overview: AutoscaleOverview, inputs: Inputs, *,
+                   paused_tags: Set[str] = frozenset(), group: str | None = None,
                    tag: str | None = None) -> dict[str, Any]:
-    """`overview` as the store's autoscale_overview gives it. `group`, `tag`: only that group
-    (and its tags), only that tag (and the groups serving it); a group or tag named is listed
-    even when nothing is known of it, with zeros, so that a scaler reading it finds it."""
-    agents = [a for a in fleet_view(overview)["agents"]
-              if a["kind"] == "agent" and a["state"] in PRESENT_STATES]
-    by_tag: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    """`overview` as the store's autoscale_overview gives it; `paused_tags`: the tags paused
+    now. `group`, `tag`: only that group (and its tags), only that tag (and the groups
+    serving it); a group or tag named is listed even when nothing is known of it, with zeros,
+    so that a scaler reading it finds it."""
+    agents = [w for w in overview.workers if w.kind == "agent" and w.state in PRESENT_STATES]
+    by_tag: dict[str, list[WorkerRecord]] = defaultdict(list)
+    by_group: dict[str, list[WorkerRecord]] = defaultdict(list)
     group_tags: dict[str, set[str]] = defaultdict(set)
-    for name, tags in overview["group_tags"].items():
+    for name, tags in overview.group_tags.items():
         group_tags[name].update(tags)
     for a in agents:
-        by_group[a["group"]].append(a)
-        group_tags[a["group"]].update(a["tags"])
-        for t in a["tags"]:
+        by_group[a.grp].append(a)
+        group_tags[a.grp].update(a.tags)
+        for t in a.tags:
             by_tag[t].append(a)
-    running_by_tag: dict[str, int] = defaultdict(int)
-    running_by_holder: dict[str, int] = defaultdict(int)
-    for row in overview["running"]:
-        running_by_tag[row["tag"]] += row["n"]
-        running_by_holder[row["worker"]] += row["n"]
-    tag_names = set(overview["queued"]) | set(running_by_tag) | set(by_tag)
+    running_by_holder, running_by_tag = running_counts(overview.running)
+    tag_names = set(overview.queued) | set(running_by_tag) | set(by_tag)
     tag_names.update(*group_tags.values())
     group_tags, tag_names = _only(group_tags, tag_names, group, tag)
     return {
         "inputs": inputs.as_dict(),
-        "groups": [_group_row(g, sorted(ts), overview, running_by_holder, by_group[g], inputs)
+        "groups": [_group_row(g, sorted(ts), overview, paused_tags, running_by_holder,
+                              by_group[g], inputs)
                    for g, ts in sorted(group_tags.items())],
-        "tags": [_tag_row(t, overview, running_by_tag, by_tag[t], inputs)
+        "tags": [_tag_row(t, overview, paused_tags, running_by_tag, by_tag[t], inputs)
                  for t in sorted(tag_names)],
     }
 
@@ -131,40 +130,35 @@ def _only(group_tags: dict[str, set[str]], tag_names: set[str], group: str | Non
     return group_tags, tag_names
 
 
-def _tag_row(tag: str, overview: dict[str, Any], running: dict[str, int],
-             agents: Sequence[dict[str, Any]], inputs: Inputs) -> dict[str, Any]:
-    oldest = None if tag in _paused(overview) else overview["oldest"].get(tag)
+def _tag_row(tag: str, overview: AutoscaleOverview, paused: Set[str],
+             running: dict[str, int], agents: Sequence[WorkerRecord], inputs: Inputs
+             ) -> dict[str, Any]:
+    oldest = None if tag in paused else overview.oldest.get(tag)
     return _with_desire({
-        "tag": tag, "queued": overview["queued"].get(tag, 0),
-        "queued_due": _due(overview, tag), "running": running.get(tag, 0),
+        "tag": tag, "queued": overview.queued.get(tag, 0),
+        "queued_due": _due(overview, paused, tag), "running": running.get(tag, 0),
         "oldest_queued_s": None if oldest is None else round(oldest, 3),
-        "paused": tag in _paused(overview),
+        "paused": tag in paused,
         **pool_figures(agents, inputs),
     }, inputs)
 
 
-def _paused(overview: dict[str, Any]) -> set[str]:
-    paused: set[str] = overview.get("paused_tags") or set()
-    return paused
-
-
-def _due(overview: dict[str, Any], tag: str) -> int:
+def _due(overview: AutoscaleOverview, paused: Set[str], tag: str) -> int:
     """Its due jobs, as demand: none while the tag is paused (no agent could run them)."""
-    return 0 if tag in _paused(overview) else int(overview["due"].get(tag, 0))
+    return 0 if tag in paused else int(overview.due.get(tag, 0))
 
 
-def _group_row(group: str, tags: list[str], overview: dict[str, Any],
-               running_by_holder: dict[str, int], members: Sequence[dict[str, Any]],
+def _group_row(group: str, tags: list[str], overview: AutoscaleOverview, paused: Set[str],
+               running_by_holder: dict[str, int], members: Sequence[WorkerRecord],
                inputs: Inputs) -> dict[str, Any]:
     """Its tags' queues (a tag served by several groups counts in each), and the jobs its own
     agents (`members`) run."""
-    ages = [overview["oldest"][t] for t in tags
-            if t in overview["oldest"] and t not in _paused(overview)]
+    ages = [overview.oldest[t] for t in tags if t in overview.oldest and t not in paused]
     return _with_desire({
         "group": group, "tags": tags,
-        "queued": sum(overview["queued"].get(t, 0) for t in tags),
-        "queued_due": sum(_due(overview, t) for t in tags),
-        "running": sum(running_by_holder.get(a["name"], 0) for a in members),
+        "queued": sum(overview.queued.get(t, 0) for t in tags),
+        "queued_due": sum(_due(overview, paused, t) for t in tags),
+        "running": sum(running_by_holder.get(a.name, 0) for a in members),
         "oldest_queued_s": round(max(ages), 3) if ages else None,
         **pool_figures(members, inputs),
     }, inputs)

@@ -21,8 +21,9 @@ from typing import Any
 from tagrun.server import events
 from tagrun.server.errors import Conflict, InvalidInput
 from tagrun.server.services.fleet import LIVE_STATES
+from tagrun.server.services.jobs import child_view
 from tagrun.server.store import DATABASE_ERRORS, NewJob, Store
-from tagrun.server.store._base import iso
+from tagrun.server.store.jobs import JobRecord
 
 log = logging.getLogger("tagrun.events")
 PIN = "@"  # a pin tag's first character: never a user tag's (those start with a letter or digit)
@@ -44,43 +45,41 @@ async def submit_broadcast(store: Store, workspace: str, job: NewJob, stale_afte
     children): (parent id, child ids, their agents)."""
     if job.concurrency_key is not None:  # a script's limit would hold most children back
         job = NewJob(**{**job.__dict__, "concurrency_key": None, "concurrency_limit": None})
-    agents = [w for w in await store.workers_for_tags([job.tag], stale_after_s)
-              if w["kind"] == "agent" and w["state"] in LIVE_STATES and w.get("jti")]
+    workers = await store.workers_for_tags([job.tag], stale_after_s)
+    # The live agents of the tag, each with its token: (name, jti), by name.
+    agents = sorted((w.name, w.jti) for w in workers
+                    if w.kind == "agent" and w.state in LIVE_STATES and w.jti)
     if not agents:
         raise Conflict(f"no agent is live for tag {job.tag}: a broadcast runs on the agents "
                        "live for its tag when it is submitted", code="no_live_agent")
-    agents.sort(key=lambda w: w["name"])
-    names = [w["name"] for w in agents]
+    names = [name for name, _ in agents]
     await admit(len(agents))
     parent, children = await store.insert_broadcast(
-        workspace, job, [pin_tag(w["jti"], w["name"]) for w in agents])
+        workspace, job, [pin_tag(jti, name) for name, jti in agents])
     log.info("job.broadcast", extra={"job_id": parent, "workspace": workspace,
                                      "tag": job.tag, "children": children, "agents": names})
     return parent, children, names
 
 
-async def with_children(store: Store, job: dict[str, Any]) -> dict[str, Any]:
-    """A broadcast's parent with its children (id, agent, status, worker, times), as the job
-    view shows it; any other job as it is."""
-    if job.get("broadcast"):
-        job["children"] = [{**c, "started_at": iso(c["started_at"]),
-                            "finished_at": iso(c["finished_at"])}
-                           for c in await store.broadcast_children(job["id"])]
-    return job
+async def with_children(store: Store, view: dict[str, Any]) -> dict[str, Any]:
+    """A job's view (services/jobs.py's job_view), a broadcast's parent's with its children
+    (id, agent, status, worker, times); any other job's as it is."""
+    if view["broadcast"]:
+        view["children"] = [child_view(c) for c in await store.broadcast_children(view["id"])]
+    return view
 
 
-async def cancel_broadcast(store: Store, workspace: str, parent: dict[str, Any]
-                           ) -> dict[str, Any]:
+async def cancel_broadcast(store: Store, workspace: str, parent: JobRecord) -> JobRecord:
     """Cancel a broadcast's children still to end (queued ones at once, running ones through
-    their agents); the parent ends when they have."""
-    for child in await store.open_children(parent["id"]):
+    their agents); the parent ends when they have. The parent as it is then."""
+    for child in await store.open_children(parent.id):
         try:
             cancelled = await store.cancel_job(workspace, child)
         except Conflict:  # it ended meanwhile
             continue
-        events.job_cancelled(child, workspace, running=cancelled["status"] == "running")
-    await finish(store, [parent["id"]])
-    return await with_children(store, await store.get_job(workspace, parent["id"]))
+        events.job_cancelled(child, workspace, running=cancelled.status == "running")
+    await finish(store, [parent.id])
+    return await store.get_job(workspace, parent.id)
 
 
 def refuse_in_batch(index: int) -> InvalidInput:

@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from tagrun.server.store._base import iso
+from tagrun.server.store.agents import RunningCount, WorkerRecord, WorkersOverview
 from tagrun.shared.version import older_than
 
 # What an agent or worker is, the same word in the API, the CLI, the UI and the metrics
@@ -25,34 +26,48 @@ def is_live(agent: dict[str, Any]) -> bool:
     return agent["state"] in LIVE_STATES
 
 
-def fleet_view(overview: dict[str, Any], *, recommended: str = "") -> dict[str, Any]:
-    """`recommended`: the recommended agent version; agents below it are `outdated`."""
-    workers = overview["workers"]
-    running_by_holder: dict[str, int] = defaultdict(int)
-    running_by_tag: dict[str, int] = defaultdict(int)
-    for row in overview["running"]:
-        running_by_holder[row["worker"]] += row["n"]
-        running_by_tag[row["tag"]] += row["n"]
-    queued: dict[str, int] = overview["queued"]
-    agents = [{
-        "name": w["name"], "kind": "agent" if w["kind"] == "agent" else "worker",
-        "group": w["grp"], "tags": list(w["tags"]), "active_count": w["active_count"],
-        "jobs_executed": w["jobs_executed"], "connected_at": iso(w["connected_at"]),
-        "last_seen": iso(w["last_seen"]), "ip": w["ip"], "version": w["version"],
-        "state": w["state"], "stale": w["state"] == "stale",
-        "stopped_at": iso(w["stopped_at"]),
-        "stop_reason": w["stop_reason"],
-        "pause_note": w["pause_note"], "paused_by": w["paused_by"],
-        "paused_until": iso(w["paused_until"]), "paused_as": w["paused_as"],
-        "drain_note": w["drain_note"],
-        "verify": w["verify"],
-        "os": w.get("os"), "arch": w.get("arch"), "slots": w.get("slots"),
-        "outdated": w["kind"] == "agent" and bool(recommended)
-        and older_than(w["version"] or "", recommended),
-        "version_refused_min": w.get("version_refused_min"),
-        "quarantine_reason": w.get("quarantine_reason"),
-        "quarantined_until": iso(w.get("quarantined_until")),
-    } for w in workers]
+def worker_view(w: WorkerRecord, *, recommended: str = "") -> dict[str, Any]:
+    """One agent or worker as the API, the CLI and the UI show it (the list and its own
+    page alike). `recommended`: the recommended agent version; an agent below it is
+    `outdated`."""
+    return {
+        "name": w.name, "kind": "agent" if w.kind == "agent" else "worker",
+        "group": w.grp, "tags": list(w.tags), "active_count": w.active_count,
+        "jobs_executed": w.jobs_executed, "connected_at": iso(w.connected_at),
+        "last_seen": iso(w.last_seen), "ip": w.ip, "version": w.version,
+        "state": w.state, "stale": w.state == "stale",
+        "stopped_at": iso(w.stopped_at),
+        "stop_reason": w.stop_reason,
+        "pause_note": w.pause_note, "paused_by": w.paused_by,
+        "paused_until": iso(w.paused_until), "paused_as": w.paused_as,
+        "drain_note": w.drain_note,
+        "verify": w.verify,
+        "os": w.os, "arch": w.arch, "slots": w.slots,
+        "outdated": w.kind == "agent" and bool(recommended)
+        and older_than(w.version or "", recommended),
+        "version_refused_min": w.version_refused_min,
+        "quarantine_reason": w.quarantine_reason,
+        "quarantined_until": iso(w.quarantined_until),
+    }
+
+
+def running_counts(running: list[RunningCount]) -> tuple[dict[str, int], dict[str, int]]:
+    """Jobs running by holder, and by tag."""
+    by_holder: dict[str, int] = defaultdict(int)
+    by_tag: dict[str, int] = defaultdict(int)
+    for row in running:
+        by_holder[row.worker] += row.n
+        by_tag[row.tag] += row.n
+    return by_holder, by_tag
+
+
+def fleet_view(overview: WorkersOverview, *, waits: dict[str, dict[str, float]] | None = None,
+               recommended: str = "") -> dict[str, Any]:
+    """`waits`: per tag, the p50 and p95 of recent queue waits (store.recent_waits);
+    `recommended`: the recommended agent version; agents below it are `outdated`."""
+    running_by_holder, running_by_tag = running_counts(overview.running)
+    queued = overview.queued
+    agents = [worker_view(w, recommended=recommended) for w in overview.workers]
     pools: dict[str, dict[str, Any]] = {}
     for a in agents:
         if a["kind"] != "agent":
@@ -70,8 +85,8 @@ def fleet_view(overview: dict[str, Any], *, recommended: str = "") -> dict[str, 
         if is_live(a):
             for tag in a["tags"]:
                 live_tags[tag] += 1
-    oldest: dict[str, float] = overview.get("oldest", {})
-    waits: dict[str, dict[str, float]] = overview.get("waits", {})
+    oldest = overview.oldest
+    waits = waits or {}
     tags = [{"tag": t, "queued": queued.get(t, 0), "running": running_by_tag.get(t, 0),
              "live_workers": live_tags.get(t, 0),
              "oldest_queued_s": _rounded(oldest.get(t)),

@@ -1,10 +1,12 @@
 """Jobs as submitted: a body (from the API, a batch or a schedule) resolved against its
-script into the row to insert, or a copy of an earlier job."""
+script into the row to insert, or a copy of an earlier job; and a job as the API and the UI
+show it (job_view, the one place a job record becomes that dict)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from tagrun.server.config import LeaseBounds
@@ -12,11 +14,84 @@ from tagrun.server.errors import InvalidInput
 from tagrun.server.models import JobIn
 from tagrun.server.services.secrets import Opened, check_use
 from tagrun.server.store import ClaimedRow, NewJob, Store
+from tagrun.server.store._base import iso
+from tagrun.server.store.broadcasts import ChildRecord
+from tagrun.server.store.jobs import JobRecord
 from tagrun.server.tags import TagError, resolve_tag
 from tagrun.shared.agent_wire import AgentJob, JobSignature, SignatureCheck
 from tagrun.shared.executors import LANGUAGES
 
 MAX_WAIT_S = 60.0  # the longest a GET of a job waits for it to finish (wait_s)
+
+
+def job_view(job: JobRecord, *, with_content: bool = True) -> dict[str, Any]:
+    """A job as the API answers it (responses.Job) and the UI shows it; lists leave its
+    content out (`with_content`), which can be large."""
+    view = {
+        "id": job.id,
+        "workspace": job.workspace,
+        "script": job.script_path,
+        "script_version": job.script_version,
+        "language": job.language,
+        "tag": job.tag,
+        "args": job.args,
+        "priority": job.priority,
+        "run_at": iso(job.run_at),
+        "timeout_s": job.timeout_s,
+        "max_attempts": job.max_attempts,
+        "lease_s": job.lease_s,
+        "secrets": job.secrets or [],
+        "signature": signature_view(job.signature),
+        "signature_check": job.signature_check,
+        "refusals": job.refusals or [],
+        "concurrency_limit": job.concurrency_limit,
+        "concurrency_key": job.concurrency_key,
+        "status": job.status,
+        "attempt": job.attempt,
+        "worker": job.worker,
+        "cancel_requested": job.cancel_requested,
+        "result": job.result,
+        "error": job.error,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "attempts": [_attempt_view(a) for a in job.attempts or []],
+        "log_truncated": job.log_truncated,
+        "log_chunks_lost": job.log_chunks_lost,
+        "content": job.content,
+        # A broadcast's parent, or one of its children (pinned to an agent).
+        "broadcast": job.broadcast,
+        "parent_id": job.parent_id,
+        "pinned_to": job.pin_tag.partition("/")[2] if job.pin_tag else None,
+    }
+    if not with_content:
+        del view["content"]
+    return view
+
+
+def signature_view(signature: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Who signed a job (or a schedule): its key id, whether the args were left out, and
+    where the signature came from (job, script, schedule); the signature itself is for
+    holders."""
+    if signature is None:
+        return None
+    return {k: signature[k] for k in ("key_id", "unsigned_args", "source") if k in signature}
+
+
+def _attempt_view(attempt: dict[str, Any]) -> dict[str, Any]:
+    # jsonb keeps PostgreSQL's text for timestamps; show them like every other time (…Z).
+    view = dict(attempt)
+    for key in ("started_at", "finished_at"):
+        if isinstance(view.get(key), str):
+            view[key] = iso(datetime.fromisoformat(view[key]))
+    return view
+
+
+def child_view(child: ChildRecord) -> dict[str, Any]:
+    """A broadcast's child as its parent's view lists it (responses.BroadcastChild)."""
+    return {"id": child.id, "agent": child.agent, "status": child.status,
+            "worker": child.worker, "result": child.result, "error": child.error,
+            "started_at": iso(child.started_at), "finished_at": iso(child.finished_at)}
 
 
 def claimed(row: ClaimedRow, lease_s: float, heartbeat_s: float,

@@ -28,6 +28,7 @@ from typing import Any
 
 from tagrun.server.services.fleet import LIVE_STATES
 from tagrun.server.store import Store
+from tagrun.server.store.agents import WorkerRecord
 
 STEERED = ("paused", "draining", "quarantined")  # alive, but claiming nothing new
 ALIVE = (*LIVE_STATES, *STEERED)  # the rest (stale, stopped, token_revoked) are gone
@@ -35,8 +36,8 @@ SHOWN = 5  # workers named in a sentence before "and N more"
 CLOCK_SLACK = timedelta(seconds=0.5)  # run_at is the database's clock, `now` this process's
 
 
-def _names(workers: Sequence[dict[str, Any]]) -> str:
-    names = [w["name"] for w in workers[:SHOWN]]
+def _names(workers: Sequence[WorkerRecord]) -> str:
+    names = [w.name for w in workers[:SHOWN]]
     more = f" and {len(workers) - SHOWN} more" if len(workers) > SHOWN else ""
     return ", ".join(names) + more
 
@@ -49,7 +50,7 @@ def _reason(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **extra}
 
 
-def reason_for(job: dict[str, Any], workers: Sequence[dict[str, Any]],
+def reason_for(job: dict[str, Any], workers: Sequence[WorkerRecord],
                load: dict[str, Any], now: datetime,
                paused_tags: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Why `job` (queued) waits, from the workers of its tag, the caps' load and the paused
@@ -72,35 +73,35 @@ def reason_for(job: dict[str, Any], workers: Sequence[dict[str, Any]],
                        until=job["run_at"])
     if job.get("pinned_to"):
         return _pinned(job["pinned_to"], workers)
-    mine = [w for w in workers if tag in (w.get("tags") or [])]
-    live = [w for w in mine if w["state"] in ALIVE]
+    mine = [w for w in workers if tag in w.tags]
+    live = [w for w in mine if w.state in ALIVE]
     if not live:
-        too_old = [w for w in mine if w["state"] == "version_refused"]
+        too_old = [w for w in mine if w.state == "version_refused"]
         if too_old:
-            minimum = too_old[0].get("version_refused_min") or "min_agent_version"
+            minimum = too_old[0].version_refused_min or "min_agent_version"
             return _reason("agent_version_too_old", f"no live worker serves tag {tag}: its "
                            f"agents ({_names(too_old)}) run a version below the server's "
                            f"minimum {minimum} and were refused; upgrade them",
-                           workers=[w["name"] for w in too_old], minimum=minimum)
-        gone = f" ({_names(mine)}: {', '.join(sorted({w['state'] for w in mine}))})" \
+                           workers=[w.name for w in too_old], minimum=minimum)
+        gone = f" ({_names(mine)}: {', '.join(sorted({w.state for w in mine}))})" \
             if mine else ""
         return _reason("no_live_worker", f"no live worker serves tag {tag}{gone}: it waits "
                        "until an agent or worker of that tag connects")
-    free = [w for w in live if w["state"] in LIVE_STATES]
+    free = [w for w in live if w.state in LIVE_STATES]
     if not free:
-        notes = "; ".join(f"{w['name']} {w['state']}" + (
-            f" by {w['paused_by']}: {w['pause_note']}" if w.get("pause_note") else "") + (
-            f": {w['quarantine_reason']}" if w.get("quarantine_reason") else "")
+        notes = "; ".join(f"{w.name} {w.state}" + (
+            f" by {w.paused_by}: {w.pause_note}" if w.pause_note else "") + (
+            f": {w.quarantine_reason}" if w.quarantine_reason else "")
             for w in live[:SHOWN])
         return _reason("paused", f"every live worker of tag {tag} is paused, draining or "
                        "quarantined "
-                       f"({notes})", scope="workers", workers=[w["name"] for w in live])
+                       f"({notes})", scope="workers", workers=[w.name for w in live])
     refused = {r["worker"]: f"{r['kind']}: {r['reason']}" for r in job.get("refusals") or []}
-    if refused and all(w["name"] in refused for w in free):
-        names = "; ".join(f"{w['name']} ({refused[w['name']]})" for w in free[:SHOWN])
+    if refused and all(w.name in refused for w in free):
+        names = "; ".join(f"{w.name} ({refused[w.name]})" for w in free[:SHOWN])
         return _reason("refused_by_agents", f"every live worker for tag {tag} refused it: "
                        f"{names}. It waits for another worker of that tag.",
-                       workers=[w["name"] for w in free])
+                       workers=[w.name for w in free])
     total = load["total_cap"]
     if total and load["running"] >= total:
         return _reason("cap", f"task_max_concurrent={total} is reached ({load['running']} "
@@ -114,20 +115,20 @@ def reason_for(job: dict[str, Any], workers: Sequence[dict[str, Any]],
         return _reason("cap", f"script {job['script']} runs at most {limit} at a time "
                        f"({running} running)", cap="concurrency_limit", value=limit)
     inline = load["inline_cap"]
-    if inline and load["running_inline"] >= inline and all(w["kind"] == "inline"
+    if inline and load["running_inline"] >= inline and all(w.kind == "inline"
                                                            for w in free):
         return _reason("cap", f"task_inline_max_concurrent={inline} is reached and only "
                        "server processes' own workers serve its tag",
                        cap="task_inline_max_concurrent", value=inline)
-    if all(w["state"] == "busy" for w in free):
+    if all(w.state == "busy" for w in free):
         return _reason("all_busy", f"all {len(free)} live workers of tag {tag} are running "
-                       f"jobs ({_names(free)})", workers=[w["name"] for w in free])
+                       f"jobs ({_names(free)})", workers=[w.name for w in free])
     return _reason("claimable", f"a live worker of tag {tag} is free: it starts in a moment")
 
 
-def _pinned(agent: str, workers: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    found = next((w for w in workers if w["name"] == agent), None)
-    state = found["state"] if found else "gone"
+def _pinned(agent: str, workers: Sequence[WorkerRecord]) -> dict[str, Any]:
+    found = next((w for w in workers if w.name == agent), None)
+    state = found.state if found is not None else "gone"
     if state in LIVE_STATES:
         return _reason("pinned", f"it is part of a broadcast and runs only on agent {agent} "
                        f"({state}), which takes it when it has a free slot", agent=agent)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import asyncpg
 
 from tagrun.server.errors import AgentNameTaken, NotFound
 from tagrun.server.store._base import FLEET_CHANNEL, StoreBase, iso
@@ -264,6 +267,84 @@ FROM (SELECT tag, greatest(extract(epoch FROM started_at - run_at), 0)::float8 A
 GROUP BY tag"""
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """An agent or a direct or inline worker, with its state of the moment: the columns
+    LIST_WORKERS returns (and WORKERS_FOR_TAGS and history.py's ONE_WORKER, the same
+    statement). services/fleet.py makes the view the API and the UI show."""
+
+    name: str
+    kind: str  # "agent", "worker" (a direct worker) or "inline" (a server process's own)
+    grp: str  # its group ('' for none)
+    tags: tuple[str, ...]
+    ip: str | None
+    version: str | None
+    connected_at: datetime
+    last_seen: datetime  # its own contact or its server process's, the later
+    jti: str | None  # its token (an agent's)
+    active_count: int
+    jobs_executed: int
+    stopped_at: datetime | None
+    stop_reason: str | None
+    drain_note: str | None
+    verify: dict[str, Any] | None  # how it checks job signatures, as it said
+    os: str | None
+    arch: str | None
+    slots: int | None  # None: it did not say
+    version_refused_min: str | None
+    quarantine_reason: str | None  # these two: while it is quarantined
+    quarantined_until: datetime | None
+    token_problem: str | None  # "revoked" or "expired"
+    state: str  # one of services/fleet.py STATES
+    pause_note: str | None  # these four: its own pause, else its group's
+    paused_by: str | None
+    paused_until: datetime | None
+    paused_as: str | None  # "agent" or "group"
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> WorkerRecord:
+        return cls(**{**dict(row), "tags": tuple(row["tags"])})
+
+
+@dataclass(frozen=True, slots=True)
+class RunningCount:
+    """Jobs running now of one holder and tag (RUNNING_BY_HOLDER_AND_TAG)."""
+
+    worker: str  # its holder: a running job always has one (its claim set it)
+    tag: str
+    n: int
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> RunningCount:
+        return cls(worker=row["worker"], tag=row["tag"], n=row["n"])
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersOverview:
+    """What the fleet view (services/fleet.py) and the metrics are made from."""
+
+    workers: list[WorkerRecord]
+    running: list[RunningCount]  # broadcast parents aside (they run nowhere)
+    queued: dict[str, int]  # queued jobs by tag
+    oldest: dict[str, float]  # by tag: seconds its oldest due job has waited (if one is due)
+
+
+@dataclass(frozen=True, slots=True)
+class StaleAgent:
+    """An agent MARK_STALE_AGENTS just found stale."""
+
+    name: str
+    grp: str
+    tags: tuple[str, ...]
+    ip: str | None
+    last_seen: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> StaleAgent:
+        return cls(name=row["name"], grp=row["grp"], tags=tuple(row["tags"]), ip=row["ip"],
+                   last_seen=row["last_seen"])
+
+
 def agent_token_view(row: Any) -> dict[str, Any]:
     return {
         "jti": row["jti"], "group": row["grp"], "tags": list(row["tags"]), "label": row["label"],
@@ -375,10 +456,9 @@ class Agents(StoreBase):
         """Delete the records of inline workers that stopped or went stale; their names."""
         return [r["name"] for r in await self.fetch(FOLD_INLINE_WORKERS, stale_after_s)]
 
-    async def mark_stale_agents(self, stale_after_s: float) -> list[dict[str, Any]]:
+    async def mark_stale_agents(self, stale_after_s: float) -> list[StaleAgent]:
         """Agents not seen for `stale_after_s`, each returned once until it is seen again."""
-        return [{"agent": r["name"], "group": r["grp"], "tags": list(r["tags"]),
-                 "ip": r["ip"], "last_seen": iso(r["last_seen"])}
+        return [StaleAgent.from_row(r)
                 for r in await self.fetch(MARK_STALE_AGENTS, stale_after_s)]
 
     async def heartbeat_batch(
@@ -398,19 +478,19 @@ class Agents(StoreBase):
         return [(r["lost"], r["cancel"]) for r in rows]
 
     async def workers_for_tags(self, tags: Sequence[str], stale_after_s: float
-                               ) -> list[dict[str, Any]]:
+                               ) -> list[WorkerRecord]:
         """The workers (agents, direct workers) serving any of `tags`, each with its state."""
-        return [dict(r) for r in await self.fetch(WORKERS_FOR_TAGS, stale_after_s, None,
-                                                  list(tags))]
+        return [WorkerRecord.from_row(r)
+                for r in await self.fetch(WORKERS_FOR_TAGS, stale_after_s, None, list(tags))]
 
-    async def workers_overview(self, stale_after_s: float) -> dict[str, Any]:
-        workers = [dict(r) for r in await self.fetch(LIST_WORKERS, stale_after_s, None)]
-        running = await self.fetch(RUNNING_BY_HOLDER_AND_TAG)
+    async def workers_overview(self, stale_after_s: float) -> WorkersOverview:
+        workers = [WorkerRecord.from_row(r)
+                   for r in await self.fetch(LIST_WORKERS, stale_after_s, None)]
+        running = [RunningCount.from_row(r) for r in await self.fetch(RUNNING_BY_HOLDER_AND_TAG)]
         rows = await self.fetch(QUEUED_BY_TAG)
         queued = {r["tag"]: r["n"] for r in rows}
         oldest = {r["tag"]: r["oldest_s"] for r in rows if r["oldest_s"] is not None}
-        return {"workers": workers, "running": [dict(r) for r in running], "queued": queued,
-                "oldest": oldest}
+        return WorkersOverview(workers=workers, running=running, queued=queued, oldest=oldest)
 
     async def recent_waits(self) -> dict[str, dict[str, float]]:
         """Per tag: p50 and p95 of the queue wait (seconds) over the last 15 minutes."""

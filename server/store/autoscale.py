@@ -3,10 +3,15 @@ the tags of each agent group's tokens, in four statements however many tags and 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from tagrun.server.store._base import StoreBase
-from tagrun.server.store.agents import LIST_WORKERS, RUNNING_BY_HOLDER_AND_TAG
+from tagrun.server.store.agents import (
+    LIST_WORKERS,
+    RUNNING_BY_HOLDER_AND_TAG,
+    RunningCount,
+    WorkerRecord,
+)
 
 # Queued jobs by tag: all of them, those due now (delayed ones need no agent yet), and how
 # long the oldest due one has waited (NULL: none is due).
@@ -23,19 +28,31 @@ WHERE revoked_at IS NULL AND expires_at > now()
 GROUP BY grp"""
 
 
+@dataclass(frozen=True, slots=True)
+class AutoscaleOverview:
+    """What services/autoscale.py computes from: `workers` and `running` as
+    workers_overview gives them, per tag the jobs queued, due and how long the oldest due one
+    has waited, and per group the tags of its valid tokens."""
+
+    workers: list[WorkerRecord]
+    running: list[RunningCount]
+    queued: dict[str, int]  # by tag
+    due: dict[str, int]  # by tag
+    oldest: dict[str, float]  # by tag, seconds (tags with a due job only)
+    group_tags: dict[str, list[str]]
+
+
 class Autoscaling(StoreBase):
-    async def autoscale_overview(self, stale_after_s: float) -> dict[str, Any]:
-        """What services/autoscale.py computes from: `workers` and `running` as
-        workers_overview gives them, and per tag `queued`, `due` and `oldest` (seconds), and
-        per group the tags of its valid tokens (`group_tags`)."""
-        workers = [dict(r) for r in await self.fetch(LIST_WORKERS, stale_after_s, None)]
-        running = [dict(r) for r in await self.fetch(RUNNING_BY_HOLDER_AND_TAG)]
+    async def autoscale_overview(self, stale_after_s: float) -> AutoscaleOverview:
+        workers = [WorkerRecord.from_row(r)
+                   for r in await self.fetch(LIST_WORKERS, stale_after_s, None)]
+        running = [RunningCount.from_row(r) for r in await self.fetch(RUNNING_BY_HOLDER_AND_TAG)]
         queue = await self.fetch(QUEUE_BY_TAG)
         groups = await self.fetch(GROUP_TAGS)
-        return {
-            "workers": workers, "running": running,
-            "queued": {r["tag"]: r["n"] for r in queue},
-            "due": {r["tag"]: r["due"] for r in queue},
-            "oldest": {r["tag"]: r["oldest_s"] for r in queue if r["oldest_s"] is not None},
-            "group_tags": {r["grp"]: list(r["tags"]) for r in groups},
-        }
+        return AutoscaleOverview(
+            workers=workers, running=running,
+            queued={r["tag"]: r["n"] for r in queue},
+            due={r["tag"]: r["due"] for r in queue},
+            oldest={r["tag"]: r["oldest_s"] for r in queue if r["oldest_s"] is not None},
+            group_tags={r["grp"]: list(r["tags"]) for r in groups},
+        )

@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+import asyncpg
 
 from tagrun.server.store._base import DONE_CHANNEL, StoreBase
 from tagrun.server.store.jobs import NewJob
@@ -100,6 +104,24 @@ SELECT id FROM jobs WHERE parent_id = $1 AND status IN ('queued', 'running') ORD
 PINNED_QUEUED = "SELECT DISTINCT tag FROM queue WHERE left(tag, 1) = '@'"
 
 
+@dataclass(frozen=True, slots=True)
+class ChildRecord:
+    """A broadcast's child as its parent shows it (the columns CHILDREN returns)."""
+
+    id: int
+    agent: str  # the agent it is pinned to (from its pin tag)
+    status: str
+    worker: str | None
+    result: Any  # whatever the job returned (JSON)
+    error: dict[str, Any] | None  # {kind, message}
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> ChildRecord:
+        return cls(**row)
+
+
 class Broadcasts(StoreBase):
     async def insert_broadcast(self, workspace: str, job: NewJob, pins: Sequence[str]
                                ) -> tuple[int, list[int]]:
@@ -111,8 +133,8 @@ class Broadcasts(StoreBase):
         assert row is not None
         return int(row["parent"]), list(row["children"] or [])
 
-    async def broadcast_children(self, parent_id: int) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self.fetch(CHILDREN, parent_id)]
+    async def broadcast_children(self, parent_id: int) -> list[ChildRecord]:
+        return [ChildRecord.from_row(r) for r in await self.fetch(CHILDREN, parent_id)]
 
     async def fail_lost_children(self, stale_after_s: float) -> list[tuple[int, int]]:
         """(child id, parent id) of the queued children failed for a vanished agent."""

@@ -10,7 +10,7 @@ from tagrun.server.store._base import StoreBase, iso
 
 # The agent's own statement of LIST_WORKERS (store/agents.py), so that one record and the
 # list can never disagree on a state.
-from tagrun.server.store.agents import _list_workers
+from tagrun.server.store.agents import WorkerRecord, _list_workers
 
 HISTORY_KEPT = 100  # rows per agent (and per group); older ones go as new ones come
 RECENT_JOBS = 50
@@ -42,9 +42,8 @@ WHERE e.created_at < $1
            ELSE NOT EXISTS (SELECT 1 FROM workers w WHERE w.grp = e.name)
                 AND NOT EXISTS (SELECT 1 FROM paused_groups g WHERE g.grp = e.name) END"""
 ONE_WORKER = _list_workers("WHERE w.name = $3")
-WORKER_TOKEN = """
-SELECT w.jti, t.label FROM workers w LEFT JOIN agent_tokens t ON t.jti = w.jti
-WHERE w.name = $1"""
+WORKER_TOKEN_LABEL = """
+SELECT t.label FROM workers w JOIN agent_tokens t ON t.jti = w.jti WHERE w.name = $1"""
 # $2: one workspace's jobs only (NULL: every workspace's).
 CURRENT_JOBS = """
 SELECT id, workspace, script_path, tag, attempt, started_at FROM jobs
@@ -102,14 +101,15 @@ class History(StoreBase):
         status = await self.execute(PRUNE_EVENTS, before)
         return int(status.split()[-1])
 
-    async def worker_record(self, name: str, stale_after_s: float) -> dict[str, Any] | None:
-        """The record of `name` as LIST_WORKERS reads it, with its token's jti and label."""
+    async def worker_record(self, name: str, stale_after_s: float) -> WorkerRecord | None:
+        """The record of `name` as LIST_WORKERS reads it (None: there is none)."""
         row = await self.fetchrow(ONE_WORKER, stale_after_s, 1, name)
-        if row is None:
-            return None
-        token = await self.fetchrow(WORKER_TOKEN, name)
-        return {**dict(row), "jti": token["jti"] if token else None,
-                "token_label": token["label"] if token else None}
+        return WorkerRecord.from_row(row) if row is not None else None
+
+    async def worker_token_label(self, name: str) -> str | None:
+        """The label of the token `name`'s record names (None: no record, or no such token)."""
+        label: str | None = await self.fetchval(WORKER_TOKEN_LABEL, name)
+        return label
 
     async def worker_jobs(self, name: str, workspace: str | None = None
                           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from tagrun.server.errors import Conflict, NotFound
 from tagrun.server.job_states import FINAL_STATES
 from tagrun.server.store._base import (
     CANCEL_CHANNEL,
     DONE_CHANNEL,
     StoreBase,
-    iso,
     translated_errors,
 )
 from tagrun.server.store.settings import INLINE_CAP, TOTAL_CAP, setting_int
@@ -23,6 +24,13 @@ from tagrun.shared.loglines import Chunk, Mark, last_mark, page, split_lines
 ANALYZE_QUEUE = "ANALYZE queue"
 ANALYZE_AFTER_BATCH = 500  # jobs queued in one statement
 ANALYZE_EVERY_S = 5.0
+# What a job is as the API and the UI show it (JobRecord's fields, in its order).
+JOB_COLUMNS = """
+    id, workspace, script_path, script_version, language, content, args, tag, priority, run_at,
+    timeout_s, max_attempts, lease_s, secrets, signature, signature_check, refusals,
+    concurrency_limit, concurrency_key, status, attempt, worker, cancel_requested, result, error,
+    created_at, started_at, finished_at, attempts, log_truncated, log_chunks_lost, broadcast,
+    parent_id, pin_tag"""
 INSERT_JOBS = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
@@ -45,10 +53,10 @@ WITH input AS (
     SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit FROM ins
 )
 SELECT id FROM ins ORDER BY id"""
-# The same for one job, answering its whole row (a submit answers with the job it made).
+# The same for one job, answering it whole (a submit answers with the job it made).
 INSERT_JOB_ROW = INSERT_JOBS.replace(
     "RETURNING id, tag, priority, run_at, concurrency_key, concurrency_limit",
-    "RETURNING *").replace("SELECT id FROM ins ORDER BY id", "SELECT * FROM ins")
+    f"RETURNING {JOB_COLUMNS}").replace("SELECT id FROM ins ORDER BY id", "SELECT * FROM ins")
 # Takes the key, or finds it taken within 24 h (a concurrent request with the same key
 # waits on the unique index until the first commits, then finds its job).
 TAKE_IDEMPOTENCY_KEY = """
@@ -63,14 +71,14 @@ SELECT job_id FROM idempotency_keys WHERE workspace = $1 AND key = $2"""
 PRUNE_IDEMPOTENCY_KEYS = """
 DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"""
 QUEUED_COUNT = "SELECT count(*) FROM queue"
-GET_JOB = "SELECT * FROM jobs WHERE workspace = $1 AND id = $2"
+GET_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = $1 AND id = $2"
 # What a copy of a job is made of (Run again): what it runs, with what, and its signature.
 JOB_TO_COPY = """
 SELECT script_path, script_version, language, content, args, tag, priority, timeout_s,
        max_attempts, concurrency_key, concurrency_limit, lease_s, secrets, signature
 FROM jobs WHERE workspace = $1 AND id = $2"""
-LIST_JOBS = """
-SELECT * FROM jobs
+LIST_JOBS = f"""
+SELECT {JOB_COLUMNS} FROM jobs
 WHERE workspace = $1 AND id < $2 AND ($3::text IS NULL OR status = $3)
   AND ($4::text IS NULL OR tag = $4) AND ($5::text IS NULL OR script_path = $5)
 ORDER BY id DESC LIMIT $6"""
@@ -152,61 +160,49 @@ class NewJob:
     traceparent: str | None = None  # its submit span's W3C trace context (docs/tracing.md)
 
 
-def job_view(row: Any) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "workspace": row["workspace"],
-        "script": row["script_path"],
-        "script_version": row["script_version"],
-        "language": row["language"],
-        "tag": row["tag"],
-        "args": row["args"],
-        "priority": row["priority"],
-        "run_at": iso(row["run_at"]),
-        "timeout_s": row["timeout_s"],
-        "max_attempts": row["max_attempts"],
-        "lease_s": row["lease_s"],
-        "secrets": row["secrets"] or [],
-        "signature": signature_view(row["signature"]),
-        "signature_check": row["signature_check"],
-        "refusals": row["refusals"] or [],
-        "concurrency_limit": row["concurrency_limit"],
-        "concurrency_key": row["concurrency_key"],
-        "status": row["status"],
-        "attempt": row["attempt"],
-        "worker": row["worker"],
-        "cancel_requested": row["cancel_requested"],
-        "result": row["result"],
-        "error": row["error"],
-        "created_at": iso(row["created_at"]),
-        "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]),
-        "attempts": [_attempt_view(a) for a in row["attempts"] or []],
-        "log_truncated": row["log_truncated"],
-        "log_chunks_lost": row["log_chunks_lost"],
-        "content": row["content"],
-        # A broadcast's parent, or one of its children (pinned to an agent).
-        "broadcast": row["broadcast"],
-        "parent_id": row["parent_id"],
-        "pinned_to": row["pin_tag"].partition("/")[2] if row["pin_tag"] else None,
-    }
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as stored (the columns JOB_COLUMNS names); services/jobs.py's job_view shows it."""
 
+    id: int
+    workspace: str
+    script_path: str | None
+    script_version: int | None
+    language: str
+    content: str
+    args: dict[str, Any]
+    tag: str
+    priority: int
+    run_at: datetime
+    timeout_s: float | None
+    max_attempts: int
+    lease_s: float | None  # its own lease (None: the server's TAGRUN_LEASE_S)
+    secrets: list[str] | None  # the names of the secrets it uses
+    signature: dict[str, Any] | None  # who signed it ({key_id, sig, unsigned_args, source})
+    signature_check: dict[str, Any] | None  # what a verifying holder found
+    refusals: list[dict[str, Any]] | None  # the holders that refused it, and why
+    concurrency_limit: int | None
+    concurrency_key: str | None
+    status: str
+    attempt: int
+    worker: str | None
+    cancel_requested: bool
+    result: Any  # whatever the job returned (JSON)
+    error: dict[str, Any] | None  # {kind, message}
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    # Its ended attempts, as jsonb keeps them (times in PostgreSQL's text).
+    attempts: list[dict[str, Any]]
+    log_truncated: bool
+    log_chunks_lost: int
+    broadcast: bool  # a broadcast's parent
+    parent_id: int | None  # a broadcast's child: its parent
+    pin_tag: str | None  # a broadcast's child: "@<jti>/<agent>", the agent it is pinned to
 
-def signature_view(signature: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Who signed a job: its key id, whether the args were left out, and where the signature
-    came from (job, script, schedule); the signature itself is for holders."""
-    if signature is None:
-        return None
-    return {k: signature[k] for k in ("key_id", "unsigned_args", "source") if k in signature}
-
-
-def _attempt_view(attempt: dict[str, Any]) -> dict[str, Any]:
-    # jsonb keeps PostgreSQL's text for timestamps; show them like every other time (…Z).
-    view = dict(attempt)
-    for key in ("started_at", "finished_at"):
-        if isinstance(view.get(key), str):
-            view[key] = iso(datetime.fromisoformat(view[key]))
-    return view
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> JobRecord:
+        return cls(**row)
 
 
 def _columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
@@ -234,12 +230,12 @@ class Jobs(StoreBase):
             await self._analyze_queue()
         return [r["id"] for r in rows]
 
-    async def insert_job(self, workspace: str, job: NewJob) -> dict[str, Any]:
-        """Insert one job; the job as created (as get_job shows it), in one round trip."""
+    async def insert_job(self, workspace: str, job: NewJob) -> JobRecord:
+        """Insert one job; the job as created (as get_job reads it), in one round trip."""
         row = await self.fetchrow(INSERT_JOB_ROW, *_columns([job]), workspace,
                                   *_late_columns([job]))
         assert row is not None
-        return job_view(row)
+        return JobRecord.from_row(row)
 
     async def _analyze_queue(self) -> None:
         """A large batch was queued: tell the planner (docs/performance.md). Until autovacuum
@@ -273,11 +269,11 @@ class Jobs(StoreBase):
     async def queued_count(self) -> int:
         return int(await self.fetchval(QUEUED_COUNT))
 
-    async def get_job(self, workspace: str, job_id: int) -> dict[str, Any]:
+    async def get_job(self, workspace: str, job_id: int) -> JobRecord:
         row = await self.fetchrow(GET_JOB, workspace, job_id)
         if row is None:
             raise NotFound(f"no job {job_id} in workspace {workspace!r}", code="job_not_found")
-        return job_view(row)
+        return JobRecord.from_row(row)
 
     async def job_to_copy(self, workspace: str, job_id: int) -> NewJob:
         """Job `job_id` as a new job to insert: the same script version or content, args,
@@ -307,9 +303,9 @@ class Jobs(StoreBase):
     async def list_jobs(
         self, workspace: str, *, before: int, status: str | None, tag: str | None,
         script: str | None, limit: int,
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobRecord]:
         rows = await self.fetch(LIST_JOBS, workspace, before, status, tag, script, limit)
-        return [job_view(r) for r in rows]
+        return [JobRecord.from_row(r) for r in rows]
 
     async def read_logs(self, workspace: str, job_id: int, offset: int) -> dict[str, Any]:
         state = await self.fetchrow(JOB_LOG_STATE, workspace, job_id)
@@ -340,18 +336,18 @@ class Jobs(StoreBase):
         row = await self.fetchrow(LINE_BEFORE, job_id, before, LINE_LOOKBACK_CHARS)
         return last_mark([Chunk(row["off"], "", row["marks"])], before) if row else None
 
-    async def cancel_job(self, workspace: str, job_id: int) -> dict[str, Any]:
+    async def cancel_job(self, workspace: str, job_id: int) -> JobRecord:
         row = await self.fetchrow(CANCEL_JOB, workspace, job_id, DONE_CHANNEL, CANCEL_CHANNEL)
         if row is None:
             job = await self.get_job(workspace, job_id)
-            raise Conflict(f"job {job_id} is already {job['status']}", code="job_finished")
+            raise Conflict(f"job {job_id} is already {job.status}", code="job_finished")
         return await self.get_job(workspace, job_id)
 
-    async def retry_job(self, workspace: str, job_id: int) -> dict[str, Any]:
+    async def retry_job(self, workspace: str, job_id: int) -> JobRecord:
         if await self.fetchval(RETRY_JOB, workspace, job_id) is None:
             job = await self.get_job(workspace, job_id)
             raise Conflict(
-                f"job {job_id} is {job['status']}; only failed or cancelled jobs can be retried",
+                f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried",
                 code="job_not_retryable",
             )
         return await self.get_job(workspace, job_id)

@@ -13,35 +13,41 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from tagrun.server.errors import Conflict, NotFound
 from tagrun.server.job_states import FINAL_STATES
 from tagrun.server.store._base import (
     CANCEL_CHANNEL,
     DONE_CHANNEL,
     StoreBase,
-    iso,
     translated_errors,
 )
 from tagrun.server.store.jobs import CANCEL_JOB, INSERT_JOBS, NewJob, _columns, _late_columns
 
-INSERT_SCHEDULE = """
+# What every statement returning schedules returns: the fields of ScheduleRecord.
+SCHEDULE_COLUMNS = """id, workspace, name, cron, timezone, script_path, args, overlap, enabled,
+    timeout_s, tag, builtin, next_fire_at, script_version, signature, created_at, updated_at"""
+INSERT_SCHEDULE = f"""
 INSERT INTO schedules (workspace, name, cron, timezone, script_path, args, overlap, enabled,
-                       timeout_s, tag, next_fire_at, script_version, signature)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-RETURNING *"""
+                       timeout_s, tag, next_fire_at, script_version, signature, builtin)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+RETURNING {SCHEDULE_COLUMNS}"""
 SEED_BUILTIN = """
 INSERT INTO schedules (workspace, name, cron, timezone, args, overlap, builtin, next_fire_at)
 VALUES ('default', $1, $2, 'UTC', '{}', 'skip', $3, $4)
 ON CONFLICT (workspace, name) DO NOTHING"""
-GET_SCHEDULE = "SELECT * FROM schedules WHERE workspace = $1 AND name = $2"
-LIST_SCHEDULES = """
-SELECT * FROM schedules WHERE workspace = $1 AND name > $2 ORDER BY name LIMIT $3"""
+GET_SCHEDULE = f"""
+SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE workspace = $1 AND name = $2"""
+LIST_SCHEDULES = f"""
+SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE workspace = $1 AND name > $2
+ORDER BY name LIMIT $3"""
 # $12: the schedule's times changed (cron, time zone, enabled): take the new next fire time.
-UPDATE_SCHEDULE = """
+UPDATE_SCHEDULE = f"""
 UPDATE schedules SET cron = $3, timezone = $4, script_path = $5, args = $6, overlap = $7,
     enabled = $8, timeout_s = $9, tag = $10, script_version = $13, signature = $14,
     next_fire_at = CASE WHEN $12 THEN $11 ELSE next_fire_at END, updated_at = now()
-WHERE workspace = $1 AND name = $2 RETURNING *"""
+WHERE workspace = $1 AND name = $2 RETURNING {SCHEDULE_COLUMNS}"""
 DELETE_SCHEDULE = """
 DELETE FROM schedules WHERE workspace = $1 AND name = $2 AND builtin IS NULL RETURNING id"""
 LAST_RUNS = """
@@ -53,10 +59,8 @@ CROSS JOIN LATERAL (
 ) f
 LEFT JOIN jobs j ON j.id = f.job_id
 ORDER BY s.id, f.fire_at DESC"""
-DUE_SCHEDULES = """
-SELECT id, workspace, name, cron, timezone, script_path, args, overlap, timeout_s, tag, builtin,
-       next_fire_at, script_version, signature
-FROM schedules WHERE enabled AND next_fire_at IS NOT NULL
+DUE_SCHEDULES = f"""
+SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE enabled AND next_fire_at IS NOT NULL
 ORDER BY next_fire_at LIMIT $1"""
 LOCK_DUE = """
 SELECT id FROM schedules WHERE id = $1 AND enabled AND next_fire_at = $2
@@ -93,6 +97,59 @@ DELETE FROM workers w USING workers_seen s WHERE s.name = w.name AND s.seen_at <
 LAST_RUNS_SHOWN = 10
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleFields:
+    """A schedule as a create writes it and a change rewrites it: what its fires are made
+    from. `name` and `builtin` are written at creation only (a change finds the row by its
+    name; built-in schedules are seeded by the scheduler, never created through here)."""
+
+    name: str
+    cron: str
+    timezone: str
+    script_path: str | None  # None: a built-in schedule
+    args: dict[str, Any]
+    overlap: str  # 'queue' | 'skip' | 'replace'
+    enabled: bool
+    timeout_s: float | None
+    tag: str | None
+    next_fire_at: datetime | None  # None: it never fires again
+    script_version: int | None = None  # None: the script's latest at each fire
+    signature: dict[str, Any] | None = None  # who signed its runs (docs/signing.md)
+    builtin: str | None = None  # the maintenance task of a built-in schedule
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRecord(ScheduleFields):
+    """A stored schedule: the columns of SCHEDULE_COLUMNS."""
+
+    id: int
+    workspace: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> ScheduleRecord:
+        return cls(**row)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRunRecord:
+    """One fire of a schedule and the job it made, if any (the columns of LAST_RUNS)."""
+
+    schedule_id: int
+    fire_at: datetime
+    outcome: str  # 'job' | 'skipped' | 'error'
+    job_id: int | None
+    message: str | None
+    status: str | None  # its job's; None: it made no job, or the job was deleted since
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> ScheduleRunRecord:
+        return cls(**row)
+
+
 @dataclass(frozen=True)
 class Fire:
     """What one fire of a schedule should do, decided by the scheduler."""
@@ -125,74 +182,69 @@ def _ids(ids: Sequence[int]) -> str:
     return ", ".join(str(i) for i in ids)
 
 
-def run_view(row: Any) -> dict[str, Any]:
-    outcome = row["outcome"]
-    status = (row["status"] or "deleted") if outcome == "job" else outcome
-    return {"fire_at": iso(row["fire_at"]), "job_id": row["job_id"], "status": status,
-            "message": row["message"], "started_at": iso(row["started_at"]),
-            "finished_at": iso(row["finished_at"])}
-
-
 class Schedules(StoreBase):
-    async def create_schedule(self, workspace: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def create_schedule(self, workspace: str, fields: ScheduleFields) -> ScheduleRecord:
         try:
             row = await self.fetchrow(
-                INSERT_SCHEDULE, workspace, fields["name"], fields["cron"], fields["timezone"],
-                fields["script_path"], fields["args"], fields["overlap"], fields["enabled"],
-                fields["timeout_s"], fields["tag"], fields["next_fire_at"],
-                fields.get("script_version"), fields.get("signature"))
+                INSERT_SCHEDULE, workspace, fields.name, fields.cron, fields.timezone,
+                fields.script_path, fields.args, fields.overlap, fields.enabled,
+                fields.timeout_s, fields.tag, fields.next_fire_at, fields.script_version,
+                fields.signature, fields.builtin)
         except Conflict:
-            raise Conflict(f"schedule {fields['name']!r} already exists in workspace "
+            raise Conflict(f"schedule {fields.name!r} already exists in workspace "
                            f"{workspace!r}", code="schedule_exists") from None
         assert row is not None
-        return dict(row)
+        return ScheduleRecord.from_row(row)
 
     async def seed_builtin_schedule(
         self, name: str, cron: str, task: str, next_fire_at: datetime | None
     ) -> None:
         await self.execute(SEED_BUILTIN, name, cron, task, next_fire_at)
 
-    async def get_schedule(self, workspace: str, name: str) -> dict[str, Any]:
+    async def get_schedule(self, workspace: str, name: str) -> ScheduleRecord:
         row = await self.fetchrow(GET_SCHEDULE, workspace, name)
         if row is None:
             raise NotFound(f"no schedule {name!r} in workspace {workspace!r}",
                            code="schedule_not_found")
-        return dict(row)
+        return ScheduleRecord.from_row(row)
 
     async def list_schedules(self, workspace: str, after: str, limit: int
-                             ) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self.fetch(LIST_SCHEDULES, workspace, after, limit)]
+                             ) -> list[ScheduleRecord]:
+        return [ScheduleRecord.from_row(r)
+                for r in await self.fetch(LIST_SCHEDULES, workspace, after, limit)]
 
     async def update_schedule(
-        self, workspace: str, name: str, fields: dict[str, Any], *, reschedule: bool
-    ) -> dict[str, Any]:
+        self, workspace: str, name: str, fields: ScheduleFields, *, reschedule: bool
+    ) -> ScheduleRecord:
         row = await self.fetchrow(
-            UPDATE_SCHEDULE, workspace, name, fields["cron"], fields["timezone"],
-            fields["script_path"], fields["args"], fields["overlap"], fields["enabled"],
-            fields["timeout_s"], fields["tag"], fields["next_fire_at"], reschedule,
-            fields.get("script_version"), fields.get("signature"))
+            UPDATE_SCHEDULE, workspace, name, fields.cron, fields.timezone,
+            fields.script_path, fields.args, fields.overlap, fields.enabled,
+            fields.timeout_s, fields.tag, fields.next_fire_at, reschedule,
+            fields.script_version, fields.signature)
         if row is None:
             raise NotFound(f"no schedule {name!r} in workspace {workspace!r}",
                            code="schedule_not_found")
-        return dict(row)
+        return ScheduleRecord.from_row(row)
 
     async def delete_schedule(self, workspace: str, name: str) -> None:
         if await self.fetchval(DELETE_SCHEDULE, workspace, name) is None:
             schedule = await self.get_schedule(workspace, name)  # NotFound if it never was
-            if schedule["builtin"] is not None:
+            if schedule.builtin is not None:
                 raise Conflict(f"schedule {name!r} is built-in maintenance and cannot be "
                                "deleted; disable it instead", code="schedule_builtin")
 
     async def last_runs(self, schedule_ids: Sequence[int], limit: int = LAST_RUNS_SHOWN
-                        ) -> dict[int, list[dict[str, Any]]]:
-        runs: dict[int, list[dict[str, Any]]] = {i: [] for i in schedule_ids}
+                        ) -> dict[int, list[ScheduleRunRecord]]:
+        """The latest fires of each schedule, newest first."""
+        runs: dict[int, list[ScheduleRunRecord]] = {i: [] for i in schedule_ids}
         for row in await self.fetch(LAST_RUNS, list(schedule_ids), limit):
-            runs[row["schedule_id"]].append(run_view(row))
+            run = ScheduleRunRecord.from_row(row)
+            runs[run.schedule_id].append(run)
         return runs
 
-    async def due_schedules(self, limit: int) -> list[dict[str, Any]]:
+    async def due_schedules(self, limit: int) -> list[ScheduleRecord]:
         """Enabled schedules by next fire time, soonest first."""
-        return [dict(r) for r in await self.fetch(DUE_SCHEDULES, limit)]
+        return [ScheduleRecord.from_row(r) for r in await self.fetch(DUE_SCHEDULES, limit)]
 
     async def fire_schedule(self, fire: Fire) -> Fired | None:
         """Record `fire` and make its job, applying the overlap policy, in one transaction.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from tagrun.server.store._base import StoreBase
+from tagrun.server.store.agents import RunningCount
 
 # The token a session was made from, if it still works, and whether the session was ended.
 SESSION_TOKEN = """
@@ -25,6 +24,14 @@ SELECT worker, tag, count(*) AS n FROM jobs
 WHERE workspace = $1 AND status = 'running' AND NOT broadcast GROUP BY worker, tag"""
 WORKSPACE_QUEUED_BY_TAG = """
 SELECT tag, count(*) AS n FROM jobs WHERE workspace = $1 AND status = 'queued' GROUP BY tag"""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceQueue:
+    """One workspace's jobs running (by holder and tag) and queued (by tag)."""
+
+    running: list[RunningCount]
+    queued: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,9 @@ class UiQueries(StoreBase):
     async def end_session(self, sid: str, expires_at: datetime) -> None:
         await self.execute(END_SESSION, sid, expires_at)
 
-    async def workspace_queue(self, workspace: str) -> dict[str, Any]:
+    async def workspace_queue(self, workspace: str) -> WorkspaceQueue:
         """`running` and `queued` as in `workers_overview`, counting one workspace's jobs."""
-        running: Sequence[Any] = await self.fetch(WORKSPACE_RUNNING_BY_HOLDER_AND_TAG, workspace)
+        running = await self.fetch(WORKSPACE_RUNNING_BY_HOLDER_AND_TAG, workspace)
         queued = await self.fetch(WORKSPACE_QUEUED_BY_TAG, workspace)
-        return {"running": [dict(r) for r in running],
-                "queued": {r["tag"]: r["n"] for r in queued}}
+        return WorkspaceQueue(running=[RunningCount.from_row(r) for r in running],
+                              queued={r["tag"]: r["n"] for r in queued})

@@ -12,6 +12,7 @@ from tagrun.server.auth import WORKSPACE_ID, authenticator
 from tagrun.server.errors import InvalidInput
 from tagrun.server.http import path_int, query_int
 from tagrun.server.services.broadcast import with_children
+from tagrun.server.services.jobs import job_view
 from tagrun.server.services.pending import with_pending_reason, with_pending_reasons
 from tagrun.server.store import FINAL_STATES, STATES, Store
 from tagrun.server.ui.render import home_workspace, page
@@ -39,17 +40,17 @@ async def _job_list(request: Request, session: Session, *, dead_letter: bool) ->
     cursor = query_int(request, "cursor", NO_CURSOR, minimum=1, maximum=NO_CURSOR)
     store: Store = request.app.state.store
     jobs = await store.list_jobs(workspace, before=cursor, limit=JOBS_PER_PAGE + 1, **filters)
-    more = len(jobs) > JOBS_PER_PAGE
-    jobs = await with_pending_reasons(store, jobs[:JOBS_PER_PAGE],
-                                      request.app.state.config.stale_after_s)
-    for job in jobs:
-        job["error"] = _error(job["error"])
+    more, shown = len(jobs) > JOBS_PER_PAGE, jobs[:JOBS_PER_PAGE]
+    views = await with_pending_reasons(store, [job_view(j) for j in shown],
+                                       request.app.state.config.stale_after_s)
+    for view in views:
+        view["error"] = _error(view["error"])
     return await page(request, session, "jobs.html", {
-        "nav": "dead" if dead_letter else "jobs", "workspace": workspace, "jobs": jobs,
+        "nav": "dead" if dead_letter else "jobs", "workspace": workspace, "jobs": views,
         "filters": filters, "states": STATES, "dead_letter": dead_letter,
         "first_page": cursor == NO_CURSOR,
         "newest": with_query(request, cursor=None) if cursor != NO_CURSOR else None,
-        "older": with_query(request, cursor=jobs[-1]["id"]) if more else None,
+        "older": with_query(request, cursor=shown[-1].id) if more else None,
     })
 
 
@@ -69,13 +70,14 @@ def _error(error: Any) -> dict[str, str] | None:
     return {"kind": str(error.get("kind", "")), "message": str(error.get("message", ""))}
 
 
-def _attempts(job: dict[str, Any]) -> list[dict[str, Any]]:
+def _attempts(view: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempts of a job's view (times as the view shows them), the one under way last."""
     keys = ("attempt", "worker", "started_at", "finished_at", "status")
     attempts = [{**{k: a.get(k) for k in keys}, "error": _error(a.get("error"))}
-                for a in job["attempts"] if isinstance(a, dict)]
-    if job["status"] == "running":  # the attempt under way is recorded once it ends
-        attempts.append({"attempt": job["attempt"], "worker": job["worker"],
-                         "started_at": job["started_at"], "finished_at": None,
+                for a in view["attempts"] if isinstance(a, dict)]
+    if view["status"] == "running":  # the attempt under way is recorded once it ends
+        attempts.append({"attempt": view["attempt"], "worker": view["worker"],
+                         "started_at": view["started_at"], "finished_at": None,
                          "status": "running", "error": None})
     return attempts
 
@@ -84,14 +86,14 @@ def _attempts(job: dict[str, Any]) -> list[dict[str, Any]]:
 async def job_page(request: Request, session: Session) -> Response:
     workspace = await authenticator(request).workspace(request)
     store: Store = request.app.state.store
-    job = await with_children(store, await with_pending_reason(
-        store, await store.get_job(workspace, path_int(request, "id")),
-        request.app.state.config.stale_after_s))
-    job["error"] = _error(job["error"])
+    job = await store.get_job(workspace, path_int(request, "id"))
+    view = await with_children(store, await with_pending_reason(
+        store, job_view(job), request.app.state.config.stale_after_s))
+    view["error"] = _error(job.error)
     return await page(request, session, "job.html", {
-        "nav": "jobs", "workspace": workspace, "job": job, "attempts": _attempts(job),
-        "final": job["status"] in FINAL_STATES,
-        "copyable": job["language"] in LANGUAGES,  # built-in jobs run on their schedule
+        "nav": "jobs", "workspace": workspace, "job": view, "attempts": _attempts(view),
+        "final": job.status in FINAL_STATES,
+        "copyable": job.language in LANGUAGES,  # built-in jobs run on their schedule
     })
 
 

@@ -6,6 +6,7 @@ its own workspace's jobs, and neither agent tokens nor the controls that change 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -56,12 +57,13 @@ def _summary(fleet: dict[str, Any]) -> dict[str, int]:
 
 async def _fleet(store: Store, session: Session, stale_after_s: float) -> dict[str, Any]:
     overview = await store.workers_overview(stale_after_s)
-    overview["waits"] = await store.recent_waits()
+    waits = await store.recent_waits()
     if session.principal.kind != "superadmin":
-        overview.update(await store.workspace_queue(session.principal.workspace or ""))
-    fleet = fleet_view(overview, recommended=str(
+        queue = await store.workspace_queue(session.principal.workspace or "")
+        overview = replace(overview, running=queue.running, queued=queue.queued)
+    fleet = fleet_view(overview, waits=waits, recommended=str(
         (await settings.current(store))[settings.RECOMMENDED_AGENT_VERSION]))
-    tokens = {w["name"]: w["token_problem"] for w in overview["workers"]}
+    tokens = {w.name: w.token_problem for w in overview.workers}
     for agent in fleet["agents"]:
         agent["token"] = tokens.get(agent["name"])  # "revoked" or "expired"
     # Tags nobody serves first: that is what an operator must act on.

@@ -3,10 +3,12 @@ in the order it is checked (server/services/pending.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tagrun.server.services.pending import reason_for
+from tagrun.server.store.agents import WorkerRecord
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 IDLE = {"total_cap": 0, "inline_cap": 0, "running": 0, "running_inline": 0, "by_key": {}}
@@ -17,11 +19,14 @@ def job(**fields: Any) -> dict[str, Any]:
             "script": None, "concurrency_key": None, "concurrency_limit": None, **fields}
 
 
-def worker(name: str, state: str = "live", **fields: Any) -> dict[str, Any]:
-    return {"name": name, "state": state, "tags": ["t"], "kind": "agent", **fields}
+def worker(name: str, state: str = "live", **fields: Any) -> WorkerRecord:
+    """An agent of tag t, unless `fields` say otherwise; what none of them says is None."""
+    blank = dict.fromkeys(f.name for f in dataclasses.fields(WorkerRecord))
+    given = {"name": name, "state": state, "tags": ["t"], "kind": "agent", **fields}
+    return WorkerRecord(**{**blank, **given, "tags": tuple(given["tags"])})
 
 
-def code(j: dict[str, Any], workers: list[dict[str, Any]], load: dict[str, Any] = IDLE
+def code(j: dict[str, Any], workers: list[WorkerRecord], load: dict[str, Any] = IDLE
          ) -> tuple[str, str]:
     found = reason_for(j, workers, load, NOW)
     return found["code"], found["message"]

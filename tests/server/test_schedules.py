@@ -17,7 +17,9 @@ from tagrun.server.cron import Cron, CronError
 from tagrun.server.errors import NotFound
 from tagrun.server.maintenance import BUILTINS, MAINTENANCE_TAG, MaintenanceWorker
 from tagrun.server.scheduler import Scheduler
+from tagrun.server.services.schedules import run_view
 from tagrun.server.store import ClaimedRow, Store, create_pool
+from tagrun.server.store.schedules import ScheduleFields, ScheduleRecord
 from tests.support.processes import TagrunProcess, api_client
 
 LEASES = load_config({}).lease_bounds  # the default server's
@@ -59,17 +61,18 @@ async def deploy(store: Store, path: str = "f/s", workspace: str = "default") ->
 
 async def add_schedule(store: Store, clock: Clock, name: str, cron: str, *,
                        timezone: str = "UTC", overlap: str = "queue", script: str = "f/s",
-                       workspace: str = "default", enabled: bool = True) -> dict[str, Any]:
-    return await store.create_schedule(workspace, {
-        "name": name, "cron": cron, "timezone": timezone, "script_path": script, "args": {},
-        "overlap": overlap, "enabled": enabled, "timeout_s": None, "tag": None,
-        "next_fire_at": Cron(cron, timezone).next_after(clock()) if enabled else None})
+                       workspace: str = "default", enabled: bool = True) -> ScheduleRecord:
+    return await store.create_schedule(workspace, ScheduleFields(
+        name=name, cron=cron, timezone=timezone, script_path=script, args={},
+        overlap=overlap, enabled=enabled, timeout_s=None, tag=None,
+        next_fire_at=Cron(cron, timezone).next_after(clock()) if enabled else None))
 
 
 async def runs(store: Store, name: str, workspace: str = "default") -> list[dict[str, Any]]:
-    """Every fire of a schedule, oldest first."""
+    """Every fire of a schedule, oldest first, as the API shows them."""
     schedule = await store.get_schedule(workspace, name)
-    return list(reversed((await store.last_runs([schedule["id"]], 1000))[schedule["id"]]))
+    last = (await store.last_runs([schedule.id], 1000))[schedule.id]
+    return [run_view(r) for r in reversed(last)]
 
 
 async def fire_times(store: Store, name: str) -> list[str]:
@@ -166,9 +169,9 @@ def test_a_fire_time_makes_one_job_then_the_schedule_moves_on(database_url: str)
         [fire] = await runs(store, "minutely")
         assert fire["fire_at"] == "2030-01-01T10:01:00Z" and fire["status"] == "queued"
         job = await store.get_job("default", fire["job_id"])
-        assert (job["script"], job["tag"]) == ("f/s", "identity")
+        assert (job.script_path, job.tag) == ("f/s", "identity")
         schedule = await store.get_schedule("default", "minutely")
-        assert schedule["next_fire_at"] == at("2030-01-01T10:02:00+00:00")
+        assert schedule.next_fire_at == at("2030-01-01T10:02:00+00:00")
     run(database_url, scenario)
 
 
@@ -237,7 +240,7 @@ def test_after_downtime_one_catch_up_run_for_the_latest_missed_time(
         assert await fire_times(store, "secondly") == ["2030-01-01T10:01:00Z",
                                                        "2030-01-01T13:17:20Z"]
         minutely = await store.get_schedule("default", "minutely")
-        assert minutely["next_fire_at"] == at("2030-01-01T13:18:00+00:00")
+        assert minutely.next_fire_at == at("2030-01-01T13:18:00+00:00")
         assert await fire_times(store, "daily") == ["2030-01-01T11:00:00Z"]
         caught_up = {r.__dict__["schedule"] for r in caplog.records
                      if r.getMessage() == "schedule.caught_up"}
@@ -272,7 +275,7 @@ def test_two_schedulers_on_one_database_make_one_job_per_fire_time(
                 job_ids += [f["job_id"] for f in fires]
             jobs = await store.list_jobs("default", before=2**62, status=None, tag=None,
                                          script="f/s", limit=1000)
-            assert sorted(j["id"] for j in jobs) == sorted(job_ids), "a job without its fire"
+            assert sorted(j.id for j in jobs) == sorted(job_ids), "a job without its fire"
             assert len(set(job_ids)) == len(names) * 8
         finally:
             await other_pool.close()
@@ -366,7 +369,7 @@ def test_replace_cancels_the_running_and_the_queued_run(database_url: str) -> No
         [running] = await store.claim_jobs("w", ["identity"], 10, 60)
         await fire_at_second(scheduler, clock, 2)
         old = await store.get_job("default", running.id)
-        assert (old["status"], old["cancel_requested"]) == ("running", True)
+        assert (old.status, old.cancel_requested) == ("running", True)
         # The new run waits until the old one's process is gone.
         assert await store.claim_jobs("w", ["identity"], 10, 60) == []
         await fire_at_second(scheduler, clock, 3)
@@ -395,7 +398,7 @@ def test_builtins_are_seeded_once_and_their_runs_are_jobs(database_url: str) -> 
         await scheduler.seed_builtins()
         await scheduler.seed_builtins()
         listed = await store.list_schedules("default", "", 100)
-        assert sorted(s["name"] for s in listed) == sorted(b.name for b in BUILTINS)
+        assert sorted(s.name for s in listed) == sorted(b.name for b in BUILTINS)
         # A finished job, an expired agent token and a silent agent, all old by a month on:
         [job_id] = await store.insert_jobs("default", [(await _identity_job())])
         [claimed] = await store.claim_jobs("w", ["identity"], 1, 60)
@@ -407,7 +410,7 @@ def test_builtins_are_seeded_once_and_their_runs_are_jobs(database_url: str) -> 
         clock.set(now + timedelta(days=31))
         # Retention first (else it would delete the other maintenance runs, finished "a
         # month ago" by the moved clock), then the others.
-        by_task = {s["builtin"]: s for s in listed}
+        by_task = {s.builtin: s for s in listed}
         for tasks in (["job_retention"], ["idempotency_keys", "expired_agent_tokens",
                                           "stale_agents"]):
             for task in tasks:
@@ -419,8 +422,8 @@ def test_builtins_are_seeded_once_and_their_runs_are_jobs(database_url: str) -> 
                 pass
         maintenance = await store.list_jobs("default", before=2**62, status=None,
                                             tag=MAINTENANCE_TAG, script=None, limit=100)
-        ran = {j["content"]: j for j in maintenance}
-        assert {task: (j["status"], j["result"]) for task, j in ran.items()} == {
+        ran = {j.content: j for j in maintenance}
+        assert {task: (j.status, j.result) for task, j in ran.items()} == {
             "job_retention": ("succeeded", {"jobs_deleted": 1, "fires_deleted": 1,
                                             "retention_days": 30}),
             "idempotency_keys": ("succeeded", {"keys_deleted": 0}),
@@ -430,7 +433,7 @@ def test_builtins_are_seeded_once_and_their_runs_are_jobs(database_url: str) -> 
         with pytest.raises(NotFound):
             await store.get_job("default", job_id)
         assert [t["jti"] for t in await store.list_agent_tokens(True)] == ["live"]
-        logs = await store.read_logs("default", ran["job_retention"]["id"], 0)
+        logs = await store.read_logs("default", ran["job_retention"].id, 0)
         assert logs["data"].startswith("deleted 1 finished jobs") and logs["done"]
         fires = await runs(store, "tagrun.stale-agents")
         assert [f["status"] for f in fires] == ["succeeded"]

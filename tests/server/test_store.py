@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -77,7 +76,7 @@ def test_writes_from_an_old_attempt_or_another_holder_change_nothing(database_ur
             await store.complete_job("w1", job_id, attempt + 1, "succeeded", 1, None, 5)
         with pytest.raises(LeaseLost):
             await store.append_logs("w2", job_id, attempt, 0, "intruder")
-        assert (await store.get_job("default", job_id))["status"] == "running"
+        assert (await store.get_job("default", job_id)).status == "running"
         done = await store.complete_job("w1", job_id, attempt, "succeeded", 1, None, 5)
         assert (done["status"], done["repeat"]) == ("succeeded", False)
         # A repeat of the same completion is accepted and records nothing new; another
@@ -87,7 +86,7 @@ def test_writes_from_an_old_attempt_or_another_holder_change_nothing(database_ur
         with pytest.raises(CompletionConflict):
             await store.complete_job("w1", job_id, attempt, "succeeded", 2, None, 5)
         final = await store.get_job("default", job_id)
-        assert (final["status"], final["result"]) == ("succeeded", 1)
+        assert (final.status, final.result) == ("succeeded", 1)
         assert (await store.read_logs("default", job_id, 0))["data"] == ""
     run(database_url, scenario)
 
@@ -119,7 +118,7 @@ def test_a_log_that_fills_the_cap_exactly_still_marks_what_follows(database_url:
         logs = (await store.read_logs("default", job_id, 0))["data"]
         assert logs == "x" * 10 + "\n[tagrun: log truncated here: it reached 10 characters]\n"
         assert offset == 24 and calls == [job_id]  # told once, however much follows
-        assert (await store.get_job("default", job_id))["log_truncated"] is True
+        assert (await store.get_job("default", job_id)).log_truncated is True
     run(database_url, scenario)
 
 
@@ -154,9 +153,9 @@ def test_expired_lease_requeues_then_dead_letters(database_url: str) -> None:
             assert claimed.attempt == attempt
             await asyncio.sleep(0.05)  # let the 10 ms lease run out
             assert await store.expire_leases() == [(job_id, expected)]
-            state: dict[str, Any] = await store.get_job("default", job_id)
-            assert state["status"] == expected
-            assert state["error"]["kind"] == "lease_expired"
+            state = await store.get_job("default", job_id)
+            assert state.status == expected
+            assert state.error is not None and state.error["kind"] == "lease_expired"
             with pytest.raises(LeaseLost):  # the late completion is refused
                 await store.complete_job("w", job_id, attempt, "succeeded", 1, None, 5)
         assert await store.claim_jobs("w", ["t"], 1, 60) == []

@@ -10,6 +10,7 @@ from typing import Any
 
 from tagrun.server.listener import Listener
 from tagrun.server.store import NewJob, Store, create_pool
+from tagrun.server.store.jobs import JobRecord
 from tagrun.server.worker import Worker, WorkerSettings
 
 Scenario = Callable[[Store, Listener], Awaitable[None]]
@@ -38,10 +39,9 @@ def bash(content: str, *, run_at: datetime | None = None, max_attempts: int = 1)
     return NewJob(None, None, "bash", content, {}, "t", 0, run_at, None, max_attempts)
 
 
-async def until_final(store: Store, job_id: int, timeout: float = 20) -> dict[str, Any]:
+async def until_final(store: Store, job_id: int, timeout: float = 20) -> JobRecord:
     async with asyncio.timeout(timeout):
-        while (job := await store.get_job("default", job_id))["status"] in ("queued",
-                                                                            "running"):
+        while (job := await store.get_job("default", job_id)).status in ("queued", "running"):
             await asyncio.sleep(0.05)
     return job
 
@@ -72,7 +72,7 @@ def test_retries_and_delayed_jobs_start_when_due_not_at_the_next_poll(
         async def body() -> None:
             [failing] = await store.insert_jobs("default", [bash("exit 3", max_attempts=3)])
             final = await until_final(store, failing)
-            attempts = final["attempts"]
+            attempts = final.attempts
             assert [(a["attempt"], a["error"]["kind"]) for a in attempts] == [
                 (1, "script_error"), (2, "script_error"), (3, "script_error")]
             gaps = [seconds(attempts[i + 1]["started_at"]) - seconds(attempts[i]["finished_at"])
@@ -82,8 +82,8 @@ def test_retries_and_delayed_jobs_start_when_due_not_at_the_next_poll(
             run_at = datetime.now(UTC) + timedelta(seconds=0.8)
             [delayed] = await store.insert_jobs("default", [bash("echo ok", run_at=run_at)])
             done = await until_final(store, delayed)
-            late = seconds(done["attempts"][0]["started_at"]) - run_at.timestamp()
-            assert done["status"] == "succeeded" and 0 <= late < 0.4, late
+            late = seconds(done.attempts[0]["started_at"]) - run_at.timestamp()
+            assert done.status == "succeeded" and 0 <= late < 0.4, late
         await running(worker, body)
     run(database_url, scenario)
 
@@ -109,7 +109,7 @@ def test_logs_survive_a_database_blip(database_url: str) -> None:
             [job_id] = await blipping.insert_jobs("default", [bash(
                 "echo first; sleep 0.5; echo second; sleep 0.5; echo third")])
             final = await until_final(store, job_id)
-            assert (final["status"], final["result"]) == ("succeeded", "third")
+            assert (final.status, final.result) == ("succeeded", "third")
             logs = await store.read_logs("default", job_id, 0)
             assert logs["data"] == "first\nsecond\nthird\n" and logs["done"]
             assert blipping.failures == 0
