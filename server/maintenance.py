@@ -19,7 +19,6 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +27,8 @@ from tagrun.server.config import ConfigError
 from tagrun.server.errors import TagrunError
 from tagrun.server.listener import Listener
 from tagrun.server.services import broadcast
-from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, NewJob, Store
+from tagrun.server.services.maintenance import MAINTENANCE_TAG
+from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, Store
 from tagrun.server.store._base import iso
 from tagrun.shared.executors import ErrorKind
 from tagrun.shared.loglines import CODES, STDOUT
@@ -40,35 +40,12 @@ LEASE_CHECK_INTERVAL_S = 1.0
 STALE_CHECK_INTERVAL_S = 2.0
 QUEUE_VACUUM_INTERVAL_S = 10.0
 QUEUE_VACUUM_MIN_DEAD_ROWS = 5000
-MAINTENANCE_TAG = "tagrun-maintenance"
-MAINTENANCE_LANGUAGE = "maintenance"
 BATCH = 1000
 KEEP_EXPIRED_TOKENS = timedelta(days=7)
 STALE_RECORD_AGE = timedelta(days=7)
 SAFETY_POLL_S = 30.0  # a NOTIFY wakes the maintenance worker; this covers a missed one
 
 
-@dataclass(frozen=True)
-class Builtin:
-    name: str
-    cron: str
-    task: str
-    description: str
-
-
-BUILTINS = (
-    Builtin("tagrun.job-retention", "7 * * * *", "job_retention",
-            "deletes finished jobs, their logs and schedule fires older than "
-            "TAGRUN_JOB_RETENTION_DAYS"),
-    Builtin("tagrun.idempotency-keys", "37 * * * *", "idempotency_keys",
-            "forgets Idempotency-Keys older than 24 hours"),
-    Builtin("tagrun.expired-agent-tokens", "23 3 * * *", "expired_agent_tokens",
-            "deletes agent tokens that expired more than 7 days ago"),
-    Builtin("tagrun.stale-agents", "43 3 * * *", "stale_agents",
-            "deletes records of agents and workers not seen for 7 days, and their "
-            "state history"),
-)
-DESCRIPTIONS = {b.task: b.description for b in BUILTINS}
 
 
 def job_retention_days(env: Mapping[str, str] | None = None) -> float:
@@ -83,12 +60,6 @@ def job_retention_days(env: Mapping[str, str] | None = None) -> float:
         raise ConfigError(f"TAGRUN_JOB_RETENTION_DAYS={raw!r} must be more than 0 days "
                           "and at most 36500")
     return days
-
-
-def maintenance_job(task: str, concurrency_key: str) -> NewJob:
-    """The job a built-in schedule's fire queues; one attempt: the next fire is the retry."""
-    return NewJob(None, None, MAINTENANCE_LANGUAGE, task, {}, MAINTENANCE_TAG, 0, None, None, 1,
-                  concurrency_key=concurrency_key, concurrency_limit=1)
 
 
 async def expire_leases_once(store: Store) -> None:

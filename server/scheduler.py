@@ -25,7 +25,7 @@ from tagrun.server import events
 from tagrun.server.config import LeaseBounds
 from tagrun.server.cron import Cron, CronError
 from tagrun.server.errors import TagrunError
-from tagrun.server.maintenance import BUILTINS
+from tagrun.server.services.maintenance import BUILTINS
 from tagrun.server.services.schedules import concurrency_key, schedule_job, utc_now
 from tagrun.server.store import NewJob, Store
 from tagrun.server.store._base import iso

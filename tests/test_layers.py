@@ -27,7 +27,11 @@ FORBIDDEN = {
     "tagrun.server.services": (
         "tagrun.server.routes", "tagrun.server.ui", "tagrun.server.openapi",
         "tagrun.server.app", "tagrun.server.runtime", "tagrun.server.cli",
-        "tagrun.server.scheduler", "tagrun.server.http", "starlette"),
+        "tagrun.server.http", "starlette",
+        # the runners, which stand on services
+        "tagrun.server.scheduler", "tagrun.server.worker", "tagrun.server.dispatcher",
+        "tagrun.server.heartbeats", "tagrun.server.listener", "tagrun.server.maintenance",
+        "tagrun.server.fleet_controls", "tagrun.server.token_budget"),
     # Only the app assembles routes: nothing else may lean on a route module.
     "tagrun.server": ("tagrun.server.routes",),
 }

@@ -13,9 +13,9 @@ import msgspec
 from tagrun.server.config import LeaseBounds
 from tagrun.server.cron import Cron, CronError, zone
 from tagrun.server.errors import InvalidInput, NotFound
-from tagrun.server.maintenance import DESCRIPTIONS, maintenance_job
 from tagrun.server.models import JobIn, Path, SignatureIn, TagTemplate, TimeoutS, Version
 from tagrun.server.services.jobs import ScriptCache, new_job, signature_view
+from tagrun.server.services.maintenance import DESCRIPTIONS, maintenance_job
 from tagrun.server.store import NewJob, Store
 from tagrun.server.store._base import iso
 from tagrun.server.store.schedules import ScheduleFields, ScheduleRecord, ScheduleRunRecord

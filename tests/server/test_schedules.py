@@ -15,8 +15,9 @@ import pytest
 from tagrun.server.config import load_config
 from tagrun.server.cron import Cron, CronError
 from tagrun.server.errors import NotFound
-from tagrun.server.maintenance import BUILTINS, MAINTENANCE_TAG, MaintenanceWorker
+from tagrun.server.maintenance import MaintenanceWorker
 from tagrun.server.scheduler import Scheduler
+from tagrun.server.services.maintenance import BUILTINS, MAINTENANCE_TAG
 from tagrun.server.services.schedules import run_view
 from tagrun.server.store import ClaimedRow, Store, create_pool
 from tagrun.server.store.schedules import ScheduleFields, ScheduleRecord
