@@ -32,6 +32,13 @@ FORBIDDEN = {
         "tagrun.server.scheduler", "tagrun.server.worker", "tagrun.server.dispatcher",
         "tagrun.server.heartbeats", "tagrun.server.listener", "tagrun.server.maintenance",
         "tagrun.server.fleet_controls", "tagrun.server.token_budget"),
+    # The runners stand on services and the store, never on HTTP or on what assembles them.
+    **{f"tagrun.server.{runner}": (
+        "tagrun.server.ui", "tagrun.server.openapi", "tagrun.server.http",
+        "tagrun.server.auth", "tagrun.server.metrics", "tagrun.server.app",
+        "tagrun.server.runtime", "tagrun.server.cli", "starlette")
+       for runner in ("scheduler", "worker", "dispatcher", "heartbeats", "listener",
+                      "maintenance", "fleet_controls", "token_budget")},
     # Only the app assembles routes: nothing else may lean on a route module.
     "tagrun.server": ("tagrun.server.routes",),
 }
