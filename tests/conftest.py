@@ -71,19 +71,6 @@ def start_process(tmp_path: Path) -> Iterator[object]:
         proc.kill()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`, as scripts/test runs it), a file's tests run in
-    one process, so its module fixtures start once. Every file that runs processes as the
-    second OS user (tests/support/users.py) is in one group: they add it and chmod their
-    directories' parents for it, and so must not overlap."""
-    shares_user: dict[Path, bool] = {}
-    for item in items:
-        path = item.path
-        if path not in shares_user:
-            shares_user[path] = "tests.support.users" in path.read_text(errors="replace")
-        item.add_marker(pytest.mark.xdist_group("os_user" if shares_user[path] else str(path)))
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Iterator[None]:
