@@ -95,16 +95,16 @@ def new_schedule(body: ScheduleIn, now: datetime) -> ScheduleFields:
         args=body.args, overlap=body.overlap, enabled=body.enabled, timeout_s=body.timeout_s,
         tag=body.tag, next_fire_at=None, script_version=body.script_version,
         signature=body.signature.stored("schedule") if body.signature else None)
-    return dataclasses.replace(schedule, next_fire_at=next_fire(schedule, now))
+    return msgspec.structs.replace(schedule, next_fire_at=next_fire(schedule, now))
 
 
 def changed_schedule(current: ScheduleRecord, changes: dict[str, Any], now: datetime
                      ) -> ScheduleRecord:
     """`current` with `changes` (by column name) made; a change of its times takes a new next
     fire time."""
-    schedule = dataclasses.replace(current, **changes)
+    schedule = msgspec.structs.replace(current, **changes)
     if TIMES & set(changes):
-        schedule = dataclasses.replace(schedule, next_fire_at=next_fire(schedule, now))
+        schedule = msgspec.structs.replace(schedule, next_fire_at=next_fire(schedule, now))
     return schedule
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from tagrun.server.errors import AgentNameTaken, NotFound
 from tagrun.server.store._base import FLEET_CHANNEL, StoreBase, iso
@@ -267,8 +267,7 @@ FROM (SELECT tag, greatest(extract(epoch FROM started_at - run_at), 0)::float8 A
 GROUP BY tag"""
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerRecord:
+class WorkerRecord(msgspec.Struct, frozen=True):
     """An agent or a direct or inline worker, with its state of the moment: the columns
     LIST_WORKERS returns (and WORKERS_FOR_TAGS and history.py's ONE_WORKER, the same
     statement). services/fleet.py makes the view the API and the UI show."""
@@ -306,8 +305,7 @@ class WorkerRecord:
         return cls(**{**dict(row), "tags": tuple(row["tags"])})
 
 
-@dataclass(frozen=True, slots=True)
-class RunningCount:
+class RunningCount(msgspec.Struct, frozen=True):
     """Jobs running now of one holder and tag (RUNNING_BY_HOLDER_AND_TAG)."""
 
     worker: str  # its holder: a running job always has one (its claim set it)
@@ -319,8 +317,7 @@ class RunningCount:
         return cls(worker=row["worker"], tag=row["tag"], n=row["n"])
 
 
-@dataclass(frozen=True, slots=True)
-class WorkersOverview:
+class WorkersOverview(msgspec.Struct, frozen=True):
     """What the fleet view (services/fleet.py) and the metrics are made from."""
 
     workers: list[WorkerRecord]
@@ -329,8 +326,7 @@ class WorkersOverview:
     oldest: dict[str, float]  # by tag: seconds its oldest due job has waited (if one is due)
 
 
-@dataclass(frozen=True, slots=True)
-class StaleAgent:
+class StaleAgent(msgspec.Struct, frozen=True):
     """An agent MARK_STALE_AGENTS just found stale."""
 
     name: str

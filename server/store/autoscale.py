@@ -3,7 +3,7 @@ the tags of each agent group's tokens, in four statements however many tags and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from tagrun.server.store._base import StoreBase
 from tagrun.server.store.agents import (
@@ -28,8 +28,7 @@ WHERE revoked_at IS NULL AND expires_at > now()
 GROUP BY grp"""
 
 
-@dataclass(frozen=True, slots=True)
-class AutoscaleOverview:
+class AutoscaleOverview(msgspec.Struct, frozen=True):
     """What services/autoscale.py computes from: `workers` and `running` as
     workers_overview gives them, per tag the jobs queued, due and how long the oldest due one
     has waited, and per group the tags of its valid tokens."""

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from tagrun.server.store._base import DONE_CHANNEL, StoreBase
 from tagrun.server.store.jobs import NewJob
@@ -104,8 +104,7 @@ SELECT id FROM jobs WHERE parent_id = $1 AND status IN ('queued', 'running') ORD
 PINNED_QUEUED = "SELECT DISTINCT tag FROM queue WHERE left(tag, 1) = '@'"
 
 
-@dataclass(frozen=True, slots=True)
-class ChildRecord:
+class ChildRecord(msgspec.Struct, frozen=True):
     """A broadcast's child as its parent shows it (the columns CHILDREN returns)."""
 
     id: int

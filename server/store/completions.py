@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from tagrun.server.errors import TagrunError
 from tagrun.server.store._base import DATABASE_UNAVAILABLE, translated_errors
@@ -137,8 +138,7 @@ MAX_BATCH = 200  # outcomes per statement
 REFUSED = (TagrunError, asyncpg.PostgresError)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """One attempt's outcome, as Leases.complete_job takes it (already storable)."""
 
     job_id: int

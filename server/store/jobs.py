@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from tagrun.server.errors import Conflict, NotFound
 from tagrun.server.job_states import FINAL_STATES
@@ -160,8 +161,7 @@ class NewJob:
     traceparent: str | None = None  # its submit span's W3C trace context (docs/tracing.md)
 
 
-@dataclass(frozen=True, slots=True)
-class JobRecord:
+class JobRecord(msgspec.Struct, frozen=True):
     """A job as stored (the columns JOB_COLUMNS names); services/jobs.py's job_view shows it."""
 
     id: int

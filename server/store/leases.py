@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from tagrun.server.errors import CompletionConflict, Conflict, LeaseLost
 from tagrun.server.store._base import DONE_CHANNEL, StoreBase, iso, translated_errors
 from tagrun.server.store.completions import Completer, Outcome
@@ -142,8 +144,7 @@ CLAIM_JOBS = _claim_jobs()
 CLAIM_JOBS_FILTERED = _claim_jobs(*_filtered(7))
 CLAIM_JOBS_CAPPED = _claim_jobs_capped()
 CLAIM_JOBS_CAPPED_FILTERED = _claim_jobs_capped(*_filtered(8))
-@dataclass(frozen=True, slots=True)
-class ClaimedRow:
+class ClaimedRow(msgspec.Struct, frozen=True):
     """A job as a claim leased it (the columns CLAIM_JOBS and CLAIM_JOBS_CAPPED return)."""
 
     id: int

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from tagrun.server.errors import Conflict, NotFound
 from tagrun.server.job_states import FINAL_STATES
@@ -97,8 +98,7 @@ DELETE FROM workers w USING workers_seen s WHERE s.name = w.name AND s.seen_at <
 LAST_RUNS_SHOWN = 10
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleFields:
+class ScheduleFields(msgspec.Struct, frozen=True, kw_only=True):
     """A schedule as a create writes it and a change rewrites it: what its fires are made
     from. `name` and `builtin` are written at creation only (a change finds the row by its
     name; built-in schedules are seeded by the scheduler, never created through here)."""
@@ -118,8 +118,7 @@ class ScheduleFields:
     builtin: str | None = None  # the maintenance task of a built-in schedule
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleRecord(ScheduleFields):
+class ScheduleRecord(ScheduleFields, frozen=True, kw_only=True):
     """A stored schedule: the columns of SCHEDULE_COLUMNS."""
 
     id: int
@@ -132,8 +131,7 @@ class ScheduleRecord(ScheduleFields):
         return cls(**row)
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduleRunRecord:
+class ScheduleRunRecord(msgspec.Struct, frozen=True):
     """One fire of a schedule and the job it made, if any (the columns of LAST_RUNS)."""
 
     schedule_id: int

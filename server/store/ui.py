@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
+
 from tagrun.server.store._base import StoreBase
 from tagrun.server.store.agents import RunningCount
 
@@ -26,8 +28,7 @@ WORKSPACE_QUEUED_BY_TAG = """
 SELECT tag, count(*) AS n FROM jobs WHERE workspace = $1 AND status = 'queued' GROUP BY tag"""
 
 
-@dataclass(frozen=True, slots=True)
-class WorkspaceQueue:
+class WorkspaceQueue(msgspec.Struct, frozen=True):
     """One workspace's jobs running (by holder and tag) and queued (by tag)."""
 
     running: list[RunningCount]

@@ -6,9 +6,9 @@ its own workspace's jobs, and neither agent tokens nor the controls that change 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
+from msgspec.structs import replace
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route

@@ -3,7 +3,6 @@ in the order it is checked (server/services/pending.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ def job(**fields: Any) -> dict[str, Any]:
 
 def worker(name: str, state: str = "live", **fields: Any) -> WorkerRecord:
     """An agent of tag t, unless `fields` say otherwise; what none of them says is None."""
-    blank = dict.fromkeys(f.name for f in dataclasses.fields(WorkerRecord))
+    blank = dict.fromkeys(WorkerRecord.__struct_fields__)
     given = {"name": name, "state": state, "tags": ["t"], "kind": "agent", **fields}
     return WorkerRecord(**{**blank, **given, "tags": tuple(given["tags"])})
 
