@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import uvicorn
 
+from tagrun.server import collector
 from tagrun.server.agent_tokens import AgentTokens
 from tagrun.server.app import Parts, create_app
 from tagrun.server.config import SUPERADMIN_TOKEN_FILE, ConfigError, ServerConfig
@@ -204,6 +205,8 @@ async def _run_parts(
     # took ~100-130 ms with 1,000 agents connected: a stall of every request and dispatch).
     gc.collect()
     gc.freeze()
+    collector.take_full_passes()  # and the full passes over what comes later: server/collector.py
+    tasks.append(asyncio.create_task(collector.full_passes(stop), name="gc-full-passes"))
     log.info("server.started", extra={
         "mode": config.mode, "version": __version__,
         "url": config.url if server is not None else None,

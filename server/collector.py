@@ -1,0 +1,45 @@
+"""When the server process runs the cyclic garbage collector's full passes.
+
+A full pass walks every object alive. With 10,000 agents' long-polls held open (their
+requests, tasks, futures and protocol objects), each took up to 1 s, came every 5-6 s while
+the long-polls were renewed (CPython runs one whenever the objects that outlived the younger
+passes reach a quarter of the old ones), and found nothing to free: 9.7 s of stalls in a
+100 s run of `scripts/bench/agents.py --agents 10000`, during which no request and no
+dispatch moved (docs/performance.md). So the process runs them itself, every FULL_EVERY_S:
+what the younger passes miss (cycles that die old, such as a closed connection's objects)
+waits at most that long. The younger passes are unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+
+log = logging.getLogger("tagrun.runtime")
+
+FULL_EVERY_S = 300.0
+# gc's third threshold counts second-generation passes between full ones: never reached.
+NO_AUTOMATIC_FULL = 1_000_000_000
+
+
+def take_full_passes() -> None:
+    """From now on, the process's full passes are `full_passes`' alone."""
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, NO_AUTOMATIC_FULL)
+
+
+async def full_passes(stop: asyncio.Event, every_s: float = FULL_EVERY_S) -> None:
+    """One full pass every `every_s` until `stop`."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        if stop.is_set():
+            return
+        started = time.perf_counter()
+        freed = gc.collect()
+        log.debug("gc.full_pass", extra={"freed": freed,
+                                         "took_ms": round((time.perf_counter() - started)
+                                                          * 1000, 1)})
