@@ -23,6 +23,7 @@ log = logging.getLogger("tagrun.runtime")
 FULL_EVERY_S = 300.0
 # gc's third threshold counts second-generation passes between full ones: never reached.
 NO_AUTOMATIC_FULL = 1_000_000_000
+SLOW_PASS_MS = 100.0
 
 
 def take_full_passes() -> None:
@@ -40,6 +41,7 @@ async def full_passes(stop: asyncio.Event, every_s: float = FULL_EVERY_S) -> Non
             return
         started = time.perf_counter()
         freed = gc.collect()
-        log.debug("gc.full_pass", extra={"freed": freed,
-                                         "took_ms": round((time.perf_counter() - started)
-                                                          * 1000, 1)})
+        took_ms = round((time.perf_counter() - started) * 1000, 1)
+        # Every request waited that long: worth a line when it was long enough to notice.
+        log.log(logging.INFO if took_ms >= SLOW_PASS_MS else logging.DEBUG, "gc.full_pass",
+                extra={"freed": freed, "took_ms": took_ms})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 import weakref
 from collections.abc import Iterator
@@ -48,7 +49,9 @@ def test_no_automatic_full_pass_and_the_younger_ones_unchanged(
     assert ref() is not None
 
 
-def test_the_scheduled_full_pass_frees_what_died_old(thresholds: tuple[int, int, int]) -> None:
+def test_the_scheduled_full_pass_frees_what_died_old(
+        thresholds: tuple[int, int, int], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="tagrun.runtime")
     collector.take_full_passes()
     ref = old_garbage()
     full_before = gc.get_stats()[2]["collections"]
@@ -65,3 +68,6 @@ def test_the_scheduled_full_pass_frees_what_died_old(thresholds: tuple[int, int,
     asyncio.run(run())
     assert ref() is None, "no full pass ran within 10 s"
     assert gc.get_stats()[2]["collections"] > full_before
+    passes = [r for r in caplog.records if r.getMessage() == "gc.full_pass"]
+    assert passes, "the pass was not logged (docs/events.md: gc.full_pass)"
+    assert all(r.freed >= 0 and r.took_ms >= 0 for r in passes)  # type: ignore[attr-defined]
