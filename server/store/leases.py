@@ -27,7 +27,8 @@ from tagrun.shared.storable import storable_json, storable_text
 # job of those tags), then the best over all tags. Rows locked but not picked are released
 # at commit. This fast path takes no job of a capped script, and nothing while a global cap
 # applies to the claimer ($4: it runs inside a server process): CLAIM_JOBS_CAPPED does.
-def _claim_jobs(scan: str = "FROM queue q", where: str = "") -> str:
+def _claim_jobs(scan: str = "FROM queue q", where: str = "",
+                limit: str = "cardinality($2::text[])") -> str:
     return f"""
 WITH slots AS (
     SELECT holder, key, ack_s, n
@@ -39,14 +40,14 @@ WITH slots AS (
         SELECT q.job_id, q.priority, q.run_at {scan}
         WHERE q.tag = t.tag AND q.run_at <= now() AND q.concurrency_key IS NULL{where}
         ORDER BY q.priority DESC, q.run_at, q.job_id
-        LIMIT cardinality($2::text[]) FOR UPDATE OF q SKIP LOCKED
+        LIMIT {limit} FOR UPDATE OF q SKIP LOCKED
     ) c
     WHERE NOT EXISTS (
         SELECT 1 FROM settings
         WHERE (key = '{TOTAL_CAP}' OR ($4 AND key = '{INLINE_CAP}'))
           AND value <> '0'::jsonb)
     ORDER BY c.priority DESC, c.run_at, c.job_id
-    LIMIT cardinality($2::text[])
+    LIMIT {limit}
 ), dequeued AS (
     DELETE FROM queue q USING picked p WHERE q.job_id = p.job_id RETURNING q.job_id
 )
@@ -140,10 +141,34 @@ def _filtered(first: int) -> tuple[str, str]:
           AND q.job_id <> ALL(${n + 4}::bigint[])""")
 
 
+# The uncapped claim's LIMIT is written into the statement as a number, one statement per
+# count of slots up to LITERAL_LIMITS, so that PostgreSQL may keep one plan of it per
+# connection and count (a generic plan, which it takes from the sixth run on when it costs no
+# more than planning anew; it does once the queue's statistics show a backlog, where claims
+# come back to back). Given as a parameter, cardinality($2), the LIMIT made the generic plan
+# assume a tenth of the queue (a hash of every queued row for the DELETE), so PostgreSQL
+# planned every claim anew: 0.64 ms of planning against 0.75 ms of execution per claim in a
+# direct workers' drain (docs/performance.md). More slots than that (one claim for many
+# agents) keep the parameter, as do claims with a local policy (their NULL filters fold away
+# in plans of their own, so PostgreSQL plans those each time whatever the LIMIT).
+LITERAL_LIMITS = 32
 CLAIM_JOBS = _claim_jobs()
 CLAIM_JOBS_FILTERED = _claim_jobs(*_filtered(7))
+_CLAIM_JOBS_FOR = {n: _claim_jobs(limit=str(n)) for n in range(1, LITERAL_LIMITS + 1)}
+
+
+def claim_statement(slots: int, *, filtered: bool) -> str:
+    """The uncapped claim for `slots` slots: CLAIM_JOBS_FILTERED for a claim with a local
+    policy, else CLAIM_JOBS with its LIMIT written as a number when there are few enough."""
+    if filtered:
+        return CLAIM_JOBS_FILTERED
+    return _CLAIM_JOBS_FOR.get(slots, CLAIM_JOBS)
+
+
 CLAIM_JOBS_CAPPED = _claim_jobs_capped()
 CLAIM_JOBS_CAPPED_FILTERED = _claim_jobs_capped(*_filtered(8))
+
+
 class ClaimedRow(msgspec.Struct, frozen=True):
     """A job as a claim leased it (the columns CLAIM_JOBS and CLAIM_JOBS_CAPPED return)."""
 
@@ -403,8 +428,8 @@ class Leases(StoreBase):
                     CLAIM_JOBS_CAPPED_FILTERED if only else CLAIM_JOBS_CAPPED, *args,
                     CAPPED_LOOKAHEAD, key_list, ack_list, *filtered)
         else:
-            rows = await self.fetch(CLAIM_JOBS_FILTERED if only else CLAIM_JOBS, *args,
-                                    key_list, ack_list, *filtered)
+            rows = await self.fetch(claim_statement(len(slots), filtered=only is not None),
+                                    *args, key_list, ack_list, *filtered)
         jobs = [ClaimedRow(**r) for r in rows]
         jobs.sort(key=lambda j: (-j.priority, j.id))
         return jobs

@@ -10,6 +10,7 @@ import pytest
 
 from tagrun.server.errors import CompletionConflict, LeaseLost
 from tagrun.server.store import ClaimedRow, NewJob, Store, create_pool
+from tagrun.server.store.leases import LITERAL_LIMITS
 from tagrun.shared.loglines import iso_ms
 
 Scenario = Callable[[Store], Awaitable[None]]
@@ -265,4 +266,35 @@ def test_claims_leave_dead_rows_that_the_queue_vacuum_removes(database_url: str)
             "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'queue'::regclass")
         assert dead < 100
         assert await store.vacuum_queue(5000) is None  # nothing left to do: no vacuum
+    run(database_url, scenario, size=1)
+
+
+def test_a_claim_of_a_backlog_is_planned_once_per_connection_and_count(database_url: str
+                                                                       ) -> None:
+    """With a backlog queued, PostgreSQL plans a claim of a given count of slots a few times,
+    then keeps one plan (planning every claim cost as much as running it); past
+    LITERAL_LIMITS slots the count travels as a parameter. Either way a claim takes what it
+    may, best first."""
+    async def scenario(store: Store) -> None:
+        # 600 in one batch: the queue's statistics are refreshed (ANALYZE_AFTER_BATCH).
+        ids = await store.insert_jobs("default", [job(priority=n % 3) for n in range(600)])
+        best_first = sorted(ids, key=lambda i: (-(ids.index(i) % 3), i))
+        taken: list[int] = []
+        for _ in range(10):
+            taken += [j.id for j in await store.claim_jobs("w", ["t"], 2, 60)]
+        assert taken == best_first[:20]
+        plans = await store.pool.fetchrow(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE '%LIMIT 2 FOR UPDATE OF q SKIP LOCKED%' "
+            "AND statement NOT LIKE '%pg_prepared_statements%'")
+        assert plans is not None, "the claim of 2 slots is not a statement of its own"
+        assert plans["generic_plans"] >= 4 and plans["custom_plans"] <= 6, dict(plans)
+        # More slots than LITERAL_LIMITS: the same claim, its count a parameter.
+        many = await store.claim_jobs("w", ["t"], LITERAL_LIMITS + 1, 60)
+        assert [j.id for j in many] == best_first[20:20 + LITERAL_LIMITS + 1]
+        rest = best_first[20 + LITERAL_LIMITS + 1:]
+        while batch := await store.claim_jobs("w", ["t"], LITERAL_LIMITS, 60):
+            assert [j.id for j in batch] == rest[:LITERAL_LIMITS]
+            rest = rest[LITERAL_LIMITS:]
+        assert rest == []
     run(database_url, scenario, size=1)
