@@ -11,21 +11,36 @@ import json
 import logging
 import os
 import sys
-from datetime import UTC, datetime
+import time
+from itertools import islice
 from typing import Any, TextIO
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
-    "message", "color_message"}
+_BLANK = logging.LogRecord("", 0, "", 0, "", None, None)
+_STANDARD = set(_BLANK.__dict__) | {"message", "color_message", "asctime"}
+# A record's attributes are logging's own, set first, then its `extra`: an event's fields are
+# looked for past logging's own only (a holder logs two events per job, the server two more).
+_STANDARD_COUNT = len(_BLANK.__dict__)
 FORMATS = ("json", "text")
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items()
+    return {k: v for k, v in islice(record.__dict__.items(), _STANDARD_COUNT, None)
             if k not in _STANDARD and not k.startswith("_")}
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+    """`created` in ISO 8601, UTC, to the millisecond: 2026-12-07T12:34:56.789+00:00 (each
+    second's text is made once)."""
+    global _second
+    second, text = _second
+    if int(record.created) != second:
+        second = int(record.created)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = (second, text)  # one object: another thread sees the old pair or the new
+    return f"{text}.{int(record.msecs):03d}+00:00"
 
 
 # One encoder for every line: json.dumps with options builds a new one each call.
