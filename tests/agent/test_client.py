@@ -219,3 +219,18 @@ def test_answers_are_read() -> None:
 
     script = Script(ok({"released": [5]}))
     assert call(script, lambda c: c.release([(5, 1)])) == [5]
+
+
+def test_a_body_holding_text_no_utf_8_can_carry_still_goes_out_escaped() -> None:
+    """An environment variable's undecodable bytes become lone surrogates in Python: such a
+    body is sent escaped, as the standard library's json writes it (the server refuses it
+    with a clear answer), rather than failing in the agent."""
+    script = Script(ok({"jobs": []}))
+
+    async def claim(c: AgentClient) -> None:
+        c.name = "agent-\udcff"
+        await c.claim(1, 20)
+    call(script, claim)
+
+    assert b'"agent-\\udcff"' in script.requests[0].content
+    assert script.bodies() == [{"name": "agent-\udcff", "slots": 1, "wait_s": 20}]
