@@ -404,8 +404,11 @@ def _transient(error: BaseException) -> bool:
 def _encoded(request: msgspec.Struct) -> bytes:
     try:
         return _ENCODER.encode(request)
-    except UnicodeEncodeError:  # a lone surrogate (say, a variable's undecodable bytes):
-        return json.dumps(msgspec.to_builtins(request)).encode()  # escaped, as it always was
+    except UnicodeEncodeError:
+        # A lone surrogate (text from undecodable bytes) has no UTF-8: sent \u-escaped, as
+        # JSON allows, the server refuses it with a 400 the caller handles (httpx's own
+        # encoding raised here before, out of the request's error handling).
+        return json.dumps(msgspec.to_builtins(request)).encode()
 
 
 def _answer(response: httpx.Response) -> dict[str, Any]:

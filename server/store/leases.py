@@ -157,11 +157,9 @@ CLAIM_JOBS_FILTERED = _claim_jobs(*_filtered(7))
 _CLAIM_JOBS_FOR = {n: _claim_jobs(limit=str(n)) for n in range(1, LITERAL_LIMITS + 1)}
 
 
-def claim_statement(slots: int, *, filtered: bool) -> str:
-    """The uncapped claim for `slots` slots: CLAIM_JOBS_FILTERED for a claim with a local
-    policy, else CLAIM_JOBS with its LIMIT written as a number when there are few enough."""
-    if filtered:
-        return CLAIM_JOBS_FILTERED
+def claim_statement(slots: int) -> str:
+    """The uncapped claim without a local policy for `slots` slots: its LIMIT a number when
+    there are few enough."""
     return _CLAIM_JOBS_FOR.get(slots, CLAIM_JOBS)
 
 
@@ -428,7 +426,7 @@ class Leases(StoreBase):
                     CLAIM_JOBS_CAPPED_FILTERED if only else CLAIM_JOBS_CAPPED, *args,
                     CAPPED_LOOKAHEAD, key_list, ack_list, *filtered)
         else:
-            rows = await self.fetch(claim_statement(len(slots), filtered=only is not None),
+            rows = await self.fetch(CLAIM_JOBS_FILTERED if only else claim_statement(len(slots)),
                                     *args, key_list, ack_list, *filtered)
         jobs = [ClaimedRow(**r) for r in rows]
         jobs.sort(key=lambda j: (-j.priority, j.id))

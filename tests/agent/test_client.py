@@ -222,9 +222,9 @@ def test_answers_are_read() -> None:
 
 
 def test_a_body_holding_text_no_utf_8_can_carry_still_goes_out_escaped() -> None:
-    """An environment variable's undecodable bytes become lone surrogates in Python: such a
-    body is sent escaped, as the standard library's json writes it (the server refuses it
-    with a clear answer), rather than failing in the agent."""
+    """Undecodable bytes become lone surrogates in Python, which UTF-8 cannot carry: such a
+    body is sent escaped (\\uXXXX), as the standard library's json writes it (the server refuses it
+    with a clear answer), rather than raising in the agent."""
     script = Script(ok({"jobs": []}))
 
     async def claim(c: AgentClient) -> None:
