@@ -4,6 +4,10 @@ Waiting agents are held in memory, grouped by their token's tag set. A NOTIFY fo
 the one safety-net poll per process) makes the dispatcher lease jobs to the waiters of the
 matching groups, many agents per statement. A tag whose last claim came back short is known
 empty until a NOTIFY says otherwise, so agents arriving for it cost nothing.
+
+A job submitted to this process while one of its claims waits idle for the job's tag is
+inserted already leased to that claim (`insert_job`): one statement, and no NOTIFY and claim
+after it, between the submit and the job in the agent's hands.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 from tagrun.server import events
 from tagrun.server.errors import Unauthorized
 from tagrun.server.listener import Listener
-from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, ClaimFilter, Store
+from tagrun.server.store import DATABASE_ERRORS, ClaimedRow, ClaimFilter, NewJob, Store
+from tagrun.server.store.jobs import JobRecord
 
 log = logging.getLogger("tagrun.dispatcher")
 
@@ -138,6 +143,41 @@ class Dispatcher:
         finally:
             self._drop(waiter)
 
+    async def insert_job(self, workspace: str, job: NewJob) -> JobRecord:
+        """Insert a submitted job; leased at once when a claim here waits idle for its tag.
+        An idle claim means no due job of its tags was queued when it last looked (or a
+        NOTIFY would be serving it), so the job is the one its claim would take. A job not
+        yet due or under a concurrency key is queued, for the claims to weigh as usual; so
+        is every job for a claim with a local policy (the claim statement applies it)."""
+        waiter = None if self._closed or job.concurrency_key is not None \
+            or job.run_at is not None else self._idle_for(job.tag)
+        if waiter is None:
+            return await self.store.insert_job(workspace, job)
+        waiter.claiming = True
+        # Shielded: once the job is leased, it reaches the claim (or is given back) even if
+        # the submitter goes away meanwhile.
+        return await asyncio.shield(self._insert_leased(waiter, workspace, job))
+
+    async def _insert_leased(self, waiter: Waiter, workspace: str, job: NewJob) -> JobRecord:
+        leased: Job | None = None
+        try:
+            made, leased = await self.store.insert_job_leased(
+                workspace, job, waiter.name, waiter.key, waiter.ack_s, self.lease_s)
+        finally:  # not leased (a cap may apply, or the insert failed): the claim waits on
+            waiter.claiming = False
+            self._hand_out([waiter], [leased] if leased is not None else [])
+        return made
+
+    def _idle_for(self, tag: str) -> Waiter | None:
+        """The longest-waiting claim here without a local policy, of a tag set with `tag`,
+        that no claim statement is serving."""
+        for (tags, only), waiters in self._groups.items():
+            if only is None and tag in tags:
+                for waiter in waiters:
+                    if not waiter.claiming and not waiter.future.done():
+                        return waiter
+        return None
+
     def _release_later(self, waiter: Waiter) -> None:
         if not waiter.claiming:
             if not waiter.future.done():
@@ -240,7 +280,8 @@ class Dispatcher:
 
     async def _serve(self, group: GroupKey) -> None:
         tags, only = group
-        waiters = [w for w in self._groups.get(group, []) if not w.future.done()]
+        waiters = [w for w in self._groups.get(group, [])
+                   if not w.future.done() and not w.claiming]  # not being leased a submit
         slots: list[str] = []
         keys: list[str | None] = []
         acks: list[float | None] = []

@@ -93,7 +93,7 @@ async def submit_job(request: Request) -> JSON:
         await request.app.state.backpressure.admit(1)
         made: JobRecord | None = None
         if key is None:
-            made = await _store(request).insert_job(workspace, job)
+            made = await request.app.state.dispatcher.insert_job(workspace, job)
             job_id, created = made.id, True
         else:
             job_id, created = await _store(request).insert_job_once(workspace, job, key)

@@ -32,7 +32,8 @@ JOB_COLUMNS = """
     concurrency_limit, concurrency_key, status, attempt, worker, cancel_requested, result, error,
     created_at, started_at, finished_at, attempts, log_truncated, log_chunks_lost, broadcast,
     parent_id, pin_tag"""
-INSERT_JOBS = """
+# The jobs of a submit, one row each ($11: their workspace).
+JOBS_INPUT = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                          $7::int[], $8::timestamptz[], $9::float8[], $10::int[], $12::text[],
@@ -40,7 +41,8 @@ WITH input AS (
         WITH ORDINALITY AS t(script_path, script_version, language, content, args, tag,
                              priority, run_at, timeout_s, max_attempts, concurrency_key,
                              concurrency_limit, lease_s, secrets, signature, traceparent, ord)
-), ins AS (
+)"""
+INSERT_JOBS = JOBS_INPUT + """, ins AS (
     INSERT INTO jobs (workspace, script_path, script_version, language, content, args, tag,
                       priority, run_at, timeout_s, max_attempts, concurrency_key,
                       concurrency_limit, lease_s, secrets, signature, traceparent)

@@ -16,6 +16,15 @@ import msgspec
 from tagrun.server.errors import CompletionConflict, Conflict, LeaseLost
 from tagrun.server.store._base import DONE_CHANNEL, StoreBase, iso, translated_errors
 from tagrun.server.store.completions import Completer, Outcome
+from tagrun.server.store.jobs import (
+    INSERT_JOB_ROW,
+    JOB_COLUMNS,
+    JOBS_INPUT,
+    JobRecord,
+    NewJob,
+    _columns,
+    _late_columns,
+)
 from tagrun.server.store.settings import CAPS_STATE, INLINE_CAP, TOTAL_CAP, setting_int
 from tagrun.shared.loglines import CODES, TAGRUN, Mark, flat
 from tagrun.shared.storable import storable_json, storable_text
@@ -381,6 +390,26 @@ INSERT INTO queue (job_id, tag, priority, run_at, concurrency_key, concurrency_l
 SELECT id, tag, priority, run_at, concurrency_key, concurrency_limit FROM j
 RETURNING job_id"""
 
+# A submitted job leased at once to a claim waiting idle for its tag (the dispatcher's
+# insert_job), with what the claim's UPDATE above writes (keep the two alike): attempt 1 to
+# holder $18 with key $19, acknowledged within $21 s, started as it is created. No queue row,
+# so no NOTIFY: nothing else may claim it. Answers the job as created and as leased.
+INSERT_JOB_LEASED = JOBS_INPUT + f"""
+INSERT INTO jobs (workspace, script_path, script_version, language, content, args, tag,
+                  priority, run_at, timeout_s, max_attempts, concurrency_key, concurrency_limit,
+                  lease_s, secrets, signature, traceparent,
+                  status, attempt, worker, holder_key, started_at, inline, lease_expires_at,
+                  ack_by)
+SELECT $11, script_path, script_version, language, content, args, tag, priority,
+       coalesce(run_at, now()), timeout_s, max_attempts, concurrency_key, concurrency_limit,
+       lease_s, string_to_array(secrets, ','), signature, traceparent,
+       'running', 1, $18, $19, now(), false,
+       now() + make_interval(secs => coalesce(lease_s, $20::float8)),
+       now() + make_interval(secs => $21::float8)
+FROM input
+RETURNING {JOB_COLUMNS}, log_received AS log_offset, holder_key, traceparent,
+          extract(epoch FROM now() - run_at)::float8 AS waited_s"""
+
 # The agents that would not run a job, and why (at most 50 kept): shown with the job.
 RECORD_REFUSALS = """
 UPDATE jobs SET refusals = coalesce(refusals, '[]'::jsonb) || jsonb_build_array(
@@ -431,6 +460,23 @@ class Leases(StoreBase):
         jobs = [ClaimedRow(**r) for r in rows]
         jobs.sort(key=lambda j: (-j.priority, j.id))
         return jobs
+
+    async def insert_job_leased(
+        self, workspace: str, job: NewJob, holder: str, key: str, ack_s: float | None,
+        lease_s: float,
+    ) -> tuple[JobRecord, ClaimedRow | None]:
+        """Insert `job` leased to `holder` (its key `key`) as a claim would lease it, in one
+        statement: the job as created, and as leased. Where a cap may apply, the job is
+        queued instead (None leased), for the capped claim to weigh."""
+        columns = (*_columns([job]), workspace, *_late_columns([job]))
+        if await self._caps_apply(False):
+            row = await self.fetchrow(INSERT_JOB_ROW, *columns)
+            assert row is not None
+            return JobRecord.from_row(row), None
+        row = await self.fetchrow(INSERT_JOB_LEASED, *columns, holder, key, lease_s, ack_s)
+        assert row is not None
+        return (JobRecord(**{f: row[f] for f in JobRecord.__struct_fields__}),
+                ClaimedRow(**{f: row[f] for f in ClaimedRow.__struct_fields__}))
 
     def forget_caps(self) -> None:
         """Caps changed or a capped job was queued: re-read the cap state at the next claim."""
