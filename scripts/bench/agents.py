@@ -37,7 +37,8 @@ scratch database and subtracts its own transactions):
 - `statements_in_window`: with the embedded cluster, the statements the server sent in each
   window, counted from PostgreSQL's log (log_statement = 'all' on the scratch database
   only; windows marked in the log with RAISE LOG);
-- dispatch latency with all agents connected (as latency.py, --iterations each):
+- dispatch latency with all agents connected (as latency.py, --iterations each, submitted
+  through the minimal client, and as many through httpx, alternating: `client_ms_httpx`):
   `dedicated` (a tag one agent listens on) and `shared` (a tag all agents of group 0 have);
 - delayed jobs again, with all agents connected.
 Spec targets (SPEC 8): 1,000 idle agents with <= 10 DB connections and no DB query per idle
@@ -79,7 +80,7 @@ from _proc import (  # noqa: E402
     sigterm_as_exit,
     with_db,
 )
-from _sim import SimAgents, SimProcesses  # noqa: E402
+from _sim import SimAgents, SimProcesses, Submitter  # noqa: E402
 
 POLL_WAIT_S = 25.0
 JOBS = "/api/w/default/jobs"
@@ -314,33 +315,43 @@ async def workers_listed(client: httpx.AsyncClient) -> tuple[set[str], int]:
 
 async def latency(client: httpx.AsyncClient, sim: SimAgents, tag: str, listeners: list[str],
                   iterations: int, warmup: int, settle_ms: float) -> dict[str, Any]:
-    measured: list[float] = []
+    """`iterations` jobs submitted through a minimal HTTP/1.1 client and as many through
+    httpx, alternating (`_sim.Submitter`): `client_ms` is the first's, `client_ms_httpx` the
+    second's."""
+    submitter = Submitter(client, JOBS)
+    measured: dict[str, list[float]] = {how: [] for how in Submitter.KINDS}
     server: list[float] = []
     receivers: Counter[str] = Counter()
     body: dict[str, Any] = {"language": "identity", "content": "", "tag": tag}
-    for i in range(warmup + iterations):
-        await sim.waiting_since(listeners, settle_ms / 1000)
-        body["args"] = {"i": i}
-        t0 = time.perf_counter()
-        submit = asyncio.create_task(client.post(JOBS, json=body))
-        job, t1, name = await asyncio.wait_for(sim.received.get(), 30)
-        r = await submit
-        r.raise_for_status()
-        if job["id"] != r.json()["id"]:
-            raise RuntimeError(f"agent got job {job['id']}, submitted {r.json()['id']}")
-        if i >= warmup:
-            measured.append((t1 - t0) * 1000)
-            receivers[name] += 1
+    try:
+        for i in range(warmup + 2 * iterations):
+            how = Submitter.KINDS[i % 2]
+            await sim.waiting_since(listeners, settle_ms / 1000)
+            body["args"] = {"i": i}
+            t0 = time.perf_counter()
+            submit = asyncio.create_task(submitter.submit(how, body))
+            job, t1, name = await asyncio.wait_for(sim.received.get(), 30)
+            status, made = await submit
+            if status != 201:
+                raise RuntimeError(f"submit answered {status}: {made}")
+            if job["id"] != made["id"]:
+                raise RuntimeError(f"agent got job {job['id']}, submitted {made['id']}")
+            if i >= warmup:
+                measured[how].append((t1 - t0) * 1000)
+                receivers[name] += 1
+    finally:
+        submitter.close()
     # The server's own view: started_at - created_at, read back in one page.
-    r = await client.get(JOBS, params={"tag": tag, "limit": min(1000, iterations)})
+    r = await client.get(JOBS, params={"tag": tag, "limit": min(1000, 2 * iterations)})
     r.raise_for_status()
     for j in r.json()["jobs"]:
         if j["started_at"]:
             started = datetime.fromisoformat(j["started_at"].replace("Z", "+00:00"))
             created = datetime.fromisoformat(j["created_at"].replace("Z", "+00:00"))
             server.append((started - created).total_seconds() * 1000)
-    return {"tag": tag, "listeners": len(listeners), "client_ms": percentiles(measured),
-            "server_ms": percentiles(server), "distinct_receivers": len(receivers)}
+    return {"tag": tag, "listeners": len(listeners), "client_ms": percentiles(measured["raw"]),
+            "client_ms_httpx": percentiles(measured["httpx"]), "server_ms": percentiles(server),
+            "distinct_receivers": len(receivers)}
 
 
 async def delayed(client: httpx.AsyncClient, sim: SimAgents, tag: str, listeners: list[str],
@@ -534,11 +545,11 @@ async def run_phases(ns: argparse.Namespace, result: dict[str, Any], server: Tag
     monitor.phase = "latency"
     dedicated = await latency(client, sim, "bench-dedicated", ["dedicated"], ns.iterations,
                               ns.warmup, ns.settle_ms)
-    log(f"dedicated: {dedicated['client_ms']}")
+    log(f"dedicated: {dedicated['client_ms']}, through httpx {dedicated['client_ms_httpx']}")
     group0 = [f"g0-a{i}" for i in range(per_group)]
     shared = await latency(client, sim, "bench-g0-a", group0, ns.iterations, ns.warmup,
                            ns.settle_ms)
-    log(f"shared: {shared['client_ms']}")
+    log(f"shared: {shared['client_ms']}, through httpx {shared['client_ms_httpx']}")
     result["latency_with_agents"] = {"dedicated": dedicated, "shared": shared,
                                      "db_connections": monitor.connections("latency")}
     if ns.delayed_jobs > 0:

@@ -26,6 +26,9 @@ Per system and round (`runs`), then the median over rounds (`systems`):
   tagrun: submit start -> claim answer carrying the job in an idle long-polling agent's
   hands, as latency.py measures it (`agents` only; `server_p50_ms` is started_at -
   created_at). `submit_p50_ms`: the enqueue call's or the submit request's own round trip.
+  tagrun's jobs are submitted alternately through a minimal HTTP/1.1 client (the headline
+  figures: the server's dispatch) and through httpx (`httpx_*`, and the `*_httpx` ratios:
+  what a submitter using httpx sees, its own work per request included).
   Peers' percentiles interpolate, tagrun's are nearest rank (at 200 samples, a hair apart).
 - Every run is checked: each job succeeded exactly once (peers: handler calls, duplicates
   and the libraries' own status APIs; tagrun: all `succeeded`, max(attempt) = 1); `ok`.
@@ -182,6 +185,9 @@ async def run_tagrun(variant: str, ns: argparse.Namespace, round_no: int) -> dic
         out["dispatch"] = {"n": sim["client_ms"]["n"], "p50_ms": sim["client_ms"]["p50"],
                            "p99_ms": sim["client_ms"]["p99"],
                            "submit_p50_ms": sim["submit_ms"]["p50"],
+                           "httpx_p50_ms": sim["client_ms_httpx"]["p50"],
+                           "httpx_p99_ms": sim["client_ms_httpx"]["p99"],
+                           "httpx_submit_p50_ms": sim["submit_ms_httpx"]["p50"],
                            "server_p50_ms": sim["server_ms"]["p50"]}
     return out
 
@@ -189,8 +195,12 @@ async def run_tagrun(variant: str, ns: argparse.Namespace, round_no: int) -> dic
 # Each figure of a system, and where a run keeps it.
 METRICS = {"drain_jobs_per_s": ("drain_jobs_per_s",), "dispatch_p50_ms": ("dispatch", "p50_ms"),
            "dispatch_p99_ms": ("dispatch", "p99_ms"),
-           "submit_p50_ms": ("dispatch", "submit_p50_ms")}
-DRAIN, P50, P99, SUBMIT = METRICS
+           "submit_p50_ms": ("dispatch", "submit_p50_ms"),
+           # tagrun's submits through httpx, beside those through the minimal client
+           "dispatch_p50_httpx_ms": ("dispatch", "httpx_p50_ms"),
+           "dispatch_p99_httpx_ms": ("dispatch", "httpx_p99_ms"),
+           "submit_p50_httpx_ms": ("dispatch", "httpx_submit_p50_ms")}
+DRAIN, P50, P99, SUBMIT, P50_HTTPX, P99_HTTPX, SUBMIT_HTTPX = METRICS
 # Issue 19's targets: (name, tagrun's figure, the one it is divided by, bound, limit).
 TARGETS: tuple[tuple[str, tuple[str, str], tuple[str, str] | None, str, float], ...] = (
     ("direct_drain_vs_pgqueuer", ("direct", DRAIN), ("pgqueuer", DRAIN), "at_least", 1.0),
@@ -243,9 +253,9 @@ def ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"to_{peer}"] = {
             f"{variant}_drain": _ratio(metric(runs, variant, DRAIN), metric(runs, peer, DRAIN))
             for variant in ("direct", "agents")}
-        for key in (P50, P99):
+        for key, theirs in ((P50, P50), (P99, P99), (P50_HTTPX, P50), (P99_HTTPX, P99)):
             out[f"to_{peer}"][key.removesuffix("_ms")] = _ratio(metric(runs, "agents", key),
-                                                                metric(runs, peer, key))
+                                                                metric(runs, peer, theirs))
     out["agents_to_direct_drain"] = _ratio(metric(runs, "agents", DRAIN),
                                            metric(runs, "direct", DRAIN))
     return out

@@ -6,9 +6,11 @@
 Starts a scratch database (embedded PostgreSQL, or TAGRUN_BENCH_DATABASE_URL) and a real
 `tagrun start --mode server` on a free 127.0.0.1 port, mints an agent token for a unique tag,
 and holds `--agents` long-poll claims open (`POST /api/agent_workers/claim`, slots 1,
-wait_s 25) from a minimal simulated agent (one httpx.AsyncClient). Then, `--iterations` times
-in sequence: wait `--settle-ms` after the agents' claims were sent, note t0, submit one
-`identity` job with that tag (`POST /api/w/default/jobs`), note t1 when a claim answer
+wait_s 25) from a minimal simulated agent (a few lines of HTTP/1.1 on one kept-alive
+connection, `_sim.RawConnection`). Then, 2 x `--iterations` times in sequence: wait
+`--settle-ms` after the agents' claims were sent, note t0, submit one `identity` job with
+that tag (`POST /api/w/default/jobs`; every other submit through the same minimal client,
+the rest through httpx), note t1 when a claim answer
 carrying it arrives, complete the job over the agent route (once the submit has returned:
 the simulated agent shares this process with the submitter, and its follow-up requests would
 otherwise delay the submit's answer, as a real agent's, in a process of its own, would not),
@@ -23,10 +25,14 @@ interval. With --agents > 1 the job goes to the longest-waiting claim, which has
 waiting for a whole iteration; compare both to check the pause is enough.
 
 Prints one JSON object:
-- `client_ms`: t1 - t0 as the agent sees it (submit start to claim answer), p50/p90/p99/max;
+- `client_ms`: t1 - t0 as the agent sees it (submit start to claim answer), p50/p90/p99/max,
+  of the jobs submitted through the minimal client;
 - `server_ms`: the jobs' `started_at - created_at` from the API (database clock): the
   dispatch itself, without HTTP;
-- `submit_ms`: the submit request's own round trip;
+- `submit_ms`: the submit request's own round trip, through the minimal client;
+- `client_ms_httpx`, `submit_ms_httpx`: the same of the jobs submitted through httpx, whose
+  own work per request (its pool, its models; ~1.5-2 ms after a pause on this machine) is
+  the submitting library's, not the server's: a figure for users of an httpx client;
 - `real_agent`: the same with a real `tagrun-agent` process (AGENT_POLL_WAIT_S=25):
   server-side started_at - created_at, and submit-to-succeeded as the client sees it
   (GET /api/w/default/jobs/{id}?wait_s=10). `--signed`: each of its jobs is signed
@@ -62,7 +68,7 @@ from _proc import (  # noqa: E402
     percentiles,
     sigterm_as_exit,
 )
-from _sim import SimAgents  # noqa: E402
+from _sim import SimAgents, Submitter  # noqa: E402
 
 from tagrun.shared import signing  # noqa: E402
 
@@ -96,44 +102,54 @@ async def server_view(client: httpx.AsyncClient, ids: set[int], tag: str) -> lis
 
 async def simulated(client: httpx.AsyncClient, url: str, iterations: int, warmup: int,
                     agents: int, settle_ms: float) -> dict[str, Any]:
+    """`iterations` jobs submitted through a minimal HTTP/1.1 client (RawConnection, as the
+    simulated agents use) and as many through httpx, alternating: the headline figures are
+    the minimal client's (the server's dispatch, not the submitting library's); httpx's are
+    kept beside them (`*_httpx`)."""
     tag = f"bench-lat-{int(time.time() * 1000) % 10**8}"
     token = await mint_agent_token(client, "bench-latency", [tag])
     sim = SimAgents(url, wait_s=POLL_WAIT_S)
     names = [f"lat-{i}" for i in range(agents)]
     for name in names:
         sim.add(name, token)
-    measured: list[float] = []
-    submits: list[float] = []
+    submitter = Submitter(client, JOBS)
+    measured: dict[str, list[float]] = {how: [] for how in Submitter.KINDS}
+    submits: dict[str, list[float]] = {how: [] for how in Submitter.KINDS}
     ids: set[int] = set()
-    body = {"language": "identity", "content": "", "tag": tag, "args": {"i": 0}}
+    body: dict[str, Any] = {"language": "identity", "content": "", "tag": tag}
     try:
-        for i in range(warmup + iterations):
+        for i in range(warmup + 2 * iterations):
+            how = Submitter.KINDS[i % 2]
             await sim.waiting_since(names, settle_ms / 1000)
             body["args"] = {"i": i}
             sim.may_complete.clear()  # the agent completes its job once the submit returned
             t0 = time.perf_counter()
-            submit = asyncio.create_task(client.post(JOBS, json=body))
+            submit = asyncio.create_task(submitter.submit(how, body))
             job, t1, _ = await asyncio.wait_for(sim.received.get(), 30)
-            r = await submit
+            status, made = await submit
             t_submit = time.perf_counter()
             sim.may_complete.set()
-            r.raise_for_status()
-            if job["id"] != r.json()["id"]:
-                raise RuntimeError(f"agent got job {job['id']}, submitted {r.json()['id']}")
+            if status != 201:
+                raise RuntimeError(f"submit answered {status}: {made}")
+            if job["id"] != made["id"]:
+                raise RuntimeError(f"agent got job {job['id']}, submitted {made['id']}")
             if i >= warmup:
-                measured.append((t1 - t0) * 1000)
-                submits.append((t_submit - t0) * 1000)
+                measured[how].append((t1 - t0) * 1000)
+                submits[how].append((t_submit - t0) * 1000)
                 ids.add(job["id"])
             if (i + 1) % 100 == 0:
-                log(f"simulated agents: {i + 1}/{warmup + iterations}")
+                log(f"simulated agents: {i + 1}/{warmup + 2 * iterations}")
     finally:
+        submitter.close()
         await sim.close()
     if sim.errors:
         raise RuntimeError(f"simulated agents: {sim.errors[:5]}")
     server = await server_view(client, ids, tag)
     return {"agents": agents, "tag_listeners": agents, "settle_ms": settle_ms,
-            "client_ms": percentiles(measured), "server_ms": percentiles(server),
-            "submit_ms": percentiles(submits), "empty_answers": sim.empty_answers}
+            "client_ms": percentiles(measured["raw"]), "server_ms": percentiles(server),
+            "submit_ms": percentiles(submits["raw"]),
+            "client_ms_httpx": percentiles(measured["httpx"]),
+            "submit_ms_httpx": percentiles(submits["httpx"]), "empty_answers": sim.empty_answers}
 
 
 def signer(keys_file: Path) -> Callable[[dict[str, Any]], dict[str, Any]]:
