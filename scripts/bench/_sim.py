@@ -117,6 +117,14 @@ class Submitter:
         r = await self.client.post(self.path, json=body)
         return r.status_code, r.json()
 
+    @staticmethod
+    def check(status: int, made: dict[str, Any], received: dict[str, Any]) -> None:
+        """The submit created the job the agent received."""
+        if status != 201:
+            raise RuntimeError(f"submit answered {status}: {made}")
+        if received["id"] != made["id"]:
+            raise RuntimeError(f"agent got job {received['id']}, submitted {made['id']}")
+
     def close(self) -> None:
         self.raw.close()
 

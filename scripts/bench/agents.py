@@ -332,10 +332,7 @@ async def latency(client: httpx.AsyncClient, sim: SimAgents, tag: str, listeners
             submit = asyncio.create_task(submitter.submit(how, body))
             job, t1, name = await asyncio.wait_for(sim.received.get(), 30)
             status, made = await submit
-            if status != 201:
-                raise RuntimeError(f"submit answered {status}: {made}")
-            if job["id"] != made["id"]:
-                raise RuntimeError(f"agent got job {job['id']}, submitted {made['id']}")
+            Submitter.check(status, made, job)
             if i >= warmup:
                 measured[how].append((t1 - t0) * 1000)
                 receivers[name] += 1
