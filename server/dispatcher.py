@@ -265,9 +265,9 @@ class Dispatcher:
             self._wake.clear()
             now = loop.time()
             if now >= next_sweep:
-                self._empty.clear()  # the safety net: one look per tag set per poll
-                self._due.clear()
                 next_sweep = now + self.poll_s
+                await self._sweep()
+                now = loop.time()
             for tag, due in list(self._due.items()):
                 if now >= due:  # a delayed job (run_at, retry backoff) is due
                     del self._due[tag]
@@ -277,6 +277,33 @@ class Dispatcher:
                 empty = self._empty.get(only, set())
                 if not all(t in empty for t in tags):
                     await self._serve(group)
+
+    async def _sweep(self) -> None:
+        """The safety net, once per poll: one statement looks at the queue for every tag
+        waited on here (not one claim per tag set). The tag sets with a due job are served
+        (a NOTIFY may have been missed), the others are known empty, and a job due later is
+        given its due time."""
+        tags = sorted({t for group_tags, _ in self._groups for t in group_tags})
+        if not tags:
+            return
+        generations = {t: self._generation[t] for t in tags}
+        try:
+            next_s = await self.store.seconds_to_next_by_tag(tags)
+        except DATABASE_ERRORS:
+            self._empty.clear()  # serve every tag set: the claims will say
+            return
+        due = {t for t, s in next_s.items() if s <= 0}
+        for empty in self._empty.values():
+            empty -= due
+        # A tag queued to while the statement ran was heard of after it: not known empty.
+        quiet = {t for t in tags if t not in due and self._generation[t] == generations[t]}
+        for _, only in self._groups:
+            self._empty[only] |= quiet
+        now = asyncio.get_running_loop().time()
+        for tag, seconds in next_s.items():
+            if seconds > 0:
+                at = now + seconds + 0.005
+                self._due[tag] = min(self._due.get(tag, at), at)
 
     async def _serve(self, group: GroupKey) -> None:
         tags, only = group

@@ -371,6 +371,13 @@ NEXT_RUN_AT = """
 SELECT extract(epoch FROM min(run_at) - now())
 FROM queue WHERE tag = ANY($1::text[]) AND run_at > now()"""
 
+# The dispatcher's safety net: for each tag, the seconds from now to its first queued job's
+# run_at (<= 0: a job is due), NULL when none is queued. One index probe per tag.
+NEXT_RUN_AT_BY_TAG = """
+SELECT t.tag, extract(epoch FROM (SELECT min(q.run_at) FROM queue q WHERE q.tag = t.tag)
+                                 - now())::float8 AS next_s
+FROM unnest($1::text[]) AS t(tag)"""
+
 RELEASE_JOBS = """
 WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt)
@@ -631,6 +638,11 @@ class Leases(StoreBase):
     async def seconds_to_next_due(self, tags: Sequence[str]) -> float | None:
         value = await self.fetchval(NEXT_RUN_AT, list(tags))
         return None if value is None else float(value)
+
+    async def seconds_to_next_by_tag(self, tags: Sequence[str]) -> dict[str, float]:
+        """For each of `tags` with a queued job: seconds until its first is due (<= 0: due)."""
+        rows = await self.fetch(NEXT_RUN_AT_BY_TAG, list(tags))
+        return {r["tag"]: r["next_s"] for r in rows if r["next_s"] is not None}
 
     async def release_jobs(
         self, holder: str, held: Sequence[tuple[int, int]], tags: Sequence[str] | None = None,

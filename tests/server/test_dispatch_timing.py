@@ -3,11 +3,14 @@ while agents claim all the time and the safety-net poll is slow."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
 
-from tests.server.test_agent_api import CLAIM, mint, unique_tag
-from tests.support.processes import api_client
+import asyncpg
+
+from tests.server.test_agent_api import CLAIM, mint, unique_tag, waiters
+from tests.support.processes import api_client, wait_until
 
 
 def test_a_delayed_job_reaches_claiming_agents_when_due_despite_constant_claims(
@@ -116,3 +119,45 @@ def test_a_claim_that_arrives_while_the_server_stops_is_answered_empty_soon(
             await pool.close()
     took = asyncio.run(scenario())
     assert took < CLOSED_CLAIM_PAUSE_S + 0.5, took
+
+
+def test_a_job_whose_notify_was_lost_reaches_a_waiting_agent_at_the_next_poll(
+    start_process, database_url: str
+) -> None:
+    """The safety net: one look at the queue per poll finds what no NOTIFY announced."""
+    server = start_process("server", database_url,
+                           env={"TAGRUN_POLL_INTERVAL_S": "1"}).wait_healthy()
+    tag = unique_tag()
+    answers: list[list[int]] = []
+    with api_client(server.url) as api:
+        token = str(mint(api, [tag])["token"])
+        before = waiters(api)
+
+        def agent() -> None:
+            with api_client(server.url, token) as client:
+                answers.append([j["id"] for j in client.post(CLAIM, json={
+                    "name": "net", "slots": 1, "wait_s": 20}, timeout=50).json()["jobs"]])
+
+        waiting = threading.Thread(target=agent)
+        waiting.start()
+        wait_until(lambda: waiters(api) > before, timeout=15)
+        job_id = asyncio.run(queue_unannounced(database_url, tag))
+        waiting.join(30)
+    assert answers == [[job_id]], "the job queued without a NOTIFY was not handed out"
+
+
+async def queue_unannounced(dsn: str, tag: str) -> int:
+    """A job queued with the queue's NOTIFY trigger off: as if its notification was lost."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE queue DISABLE TRIGGER queue_notify")
+            job_id = await conn.fetchval(
+                "INSERT INTO jobs (workspace, language, content, tag, max_attempts) "
+                "VALUES ('default', 'bash', 'true', $1, 1) RETURNING id", tag)
+            await conn.execute("INSERT INTO queue (job_id, tag, priority, run_at) "
+                               "VALUES ($1, $2, 0, now())", job_id, tag)
+            await conn.execute("ALTER TABLE queue ENABLE TRIGGER queue_notify")
+        return int(job_id)
+    finally:
+        await conn.close()
