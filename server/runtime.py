@@ -207,6 +207,7 @@ async def _run_parts(
     gc.freeze()
     collector.take_full_passes()  # and the full passes over what comes later: server/collector.py
     tasks.append(asyncio.create_task(collector.full_passes(stop), name="gc-full-passes"))
+    tasks.append(asyncio.create_task(collector.young_passes(stop), name="gc-young-passes"))
     log.info("server.started", extra={
         "mode": config.mode, "version": __version__,
         "url": config.url if server is not None else None,

@@ -71,3 +71,25 @@ def test_the_scheduled_full_pass_frees_what_died_old(
     passes = [r for r in caplog.records if r.getMessage() == "gc.full_pass"]
     assert passes, "the pass was not logged (docs/events.md: gc.full_pass)"
     assert all(r.freed >= 0 and r.took_ms >= 0 for r in passes)  # type: ignore[attr-defined]
+
+
+def test_the_younger_passes_run_on_their_clock_whatever_the_allocation_count(
+        thresholds: tuple[int, int, int]) -> None:
+    """A server that frees about as many objects as it makes (long-polls renewed) never
+    reaches CPython's first threshold: its young cycles are still freed, on the clock."""
+    gc.set_threshold(10**9, 10, 10**9)  # CPython's own passes never come
+    node = Node()
+    ref = weakref.ref(node)
+    del node
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        passes = asyncio.create_task(collector.young_passes(stop, every_s=0.01))
+        deadline = time.monotonic() + 10
+        while ref() is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await passes
+
+    asyncio.run(run())
+    assert ref() is None, "a young cycle outlived the scheduled younger passes"
