@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from tests.server.test_agent_api import CLAIM, mint, unique_tag, waiters
-from tests.support.processes import api_client, wait_until
+from tests.server.test_agent_api import CLAIM, mint, unique_tag
+from tests.server.test_submit_handoff import waiting_claim
+from tests.support.processes import api_client
 
 
 def test_a_delayed_job_reaches_claiming_agents_when_due_despite_constant_claims(
@@ -128,22 +129,12 @@ def test_a_job_whose_notify_was_lost_reaches_a_waiting_agent_at_the_next_poll(
     server = start_process("server", database_url,
                            env={"TAGRUN_POLL_INTERVAL_S": "1"}).wait_healthy()
     tag = unique_tag()
-    answers: list[list[int]] = []
     with api_client(server.url) as api:
-        token = str(mint(api, [tag])["token"])
-        before = waiters(api)
-
-        def agent() -> None:
-            with api_client(server.url, token) as client:
-                answers.append([j["id"] for j in client.post(CLAIM, json={
-                    "name": "net", "slots": 1, "wait_s": 20}, timeout=50).json()["jobs"]])
-
-        waiting = threading.Thread(target=agent)
-        waiting.start()
-        wait_until(lambda: waiters(api) > before, timeout=15)
+        claim = waiting_claim(server, api, str(mint(api, [tag])["token"]), "net", wait_s=20)
         job_id = asyncio.run(queue_unannounced(database_url, tag))
-        waiting.join(30)
-    assert answers == [[job_id]], "the job queued without a NOTIFY was not handed out"
+        claim.join(30)
+    assert [j["id"] for j in claim.jobs or []] == [job_id], \
+        "the job queued without a NOTIFY was not handed out"
 
 
 async def queue_unannounced(dsn: str, tag: str) -> int:

@@ -1,6 +1,6 @@
 """A job submitted while an agent's claim waits idle for its tag is leased by the submit
 itself (one statement, no NOTIFY and claim after it), and keeps every rule a claim keeps:
-the acknowledgement window, the agent's local policy, paused tags."""
+the acknowledgement window, the agent's tags, its local policy, paused tags."""
 
 from __future__ import annotations
 
@@ -135,3 +135,16 @@ def test_a_waiting_agent_is_not_handed_a_job_of_a_paused_tag(
     assert row(database_url, job["id"])["status"] == "queued"
     other = submit(api, served)
     assert other["status"] == "queued"  # no claim waits now: it takes the queue
+
+
+def test_a_waiting_agent_is_not_handed_a_job_of_a_tag_its_token_lacks(
+    server: TagrunProcess, api: httpx.Client, database_url: str
+) -> None:
+    mine, theirs = unique_tag(), unique_tag()
+    token = str(mint(api, [mine])["token"])
+    claim = waiting_claim(server, api, token, "other-tag", wait_s=3)
+    job = submit(api, theirs)  # the only claim waiting on this server is not of its tag
+    assert job["status"] == "queued" and job["worker"] is None
+    claim.join(30)
+    assert claim.jobs == []
+    assert row(database_url, job["id"])["status"] == "queued"
