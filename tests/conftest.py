@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.database import DatabaseFactory, start_embedded
+from tests.support.database import DatabaseFactory, start_embedded, state_sets_disagree
 from tests.support.processes import TagrunProcess, api_client
 
 
@@ -31,21 +31,26 @@ def databases() -> Iterator[DatabaseFactory]:
 
 
 @pytest.fixture
-def database_url(databases: DatabaseFactory) -> str:
-    """A fresh, migrated database of this test's own."""
-    return databases.new()
+def database_url(databases: DatabaseFactory) -> Iterator[str]:
+    """A fresh, migrated database of this test's own. Afterwards, whatever the test did,
+    the running set kept by triggers must match the jobs that are running."""
+    url = databases.new()
+    yield url
+    assert not state_sets_disagree(url), state_sets_disagree(url)
 
 
 @pytest.fixture(scope="session")
 def server(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[TagrunProcess]:
     """One standalone server (HTTP + in-process worker) shared by the API tests."""
-    proc = TagrunProcess("standalone", database_url=databases.new(),
+    url = databases.new()
+    proc = TagrunProcess("standalone", database_url=url,
                          data_dir=tmp_path_factory.mktemp("server"),
                          env={"TAGRUN_MAX_BODY_BYTES": "65536"})
     proc.wait_healthy()
     yield proc
     proc.stop()
+    assert not state_sets_disagree(url), state_sets_disagree(url)
 
 
 @pytest.fixture

@@ -247,8 +247,8 @@ WORKER_STOPPED = """
 UPDATE workers SET stopped_at = now(), stop_reason = $2, active_count = 0, last_seen = now()
 WHERE name = $1 AND kind <> 'agent'"""
 RUNNING_BY_HOLDER_AND_TAG = """
-SELECT worker, tag, count(*) AS n FROM jobs WHERE status = 'running' AND NOT broadcast
-GROUP BY worker, tag"""
+SELECT r.worker, j.tag, count(*) AS n FROM running r JOIN jobs j ON j.id = r.job_id
+WHERE NOT r.broadcast GROUP BY r.worker, j.tag"""
 # Queued jobs by tag, and how long the oldest due one has waited (NULL: none due yet).
 QUEUED_BY_TAG = """
 SELECT tag, count(*) AS n,

@@ -53,7 +53,7 @@ WITH lost AS (
     LEFT JOIN workers_seen s ON s.name = w.name
     LEFT JOIN agent_tokens t ON t.jti = w.jti
     WHERE c.parent_id IS NOT NULL AND c.status = 'queued' AND c.pin_tag IS NOT NULL
-      AND c.parent_id IN (SELECT id FROM jobs WHERE broadcast AND status = 'running')
+      AND c.parent_id IN (SELECT job_id FROM running WHERE broadcast)
       AND (w.name IS NULL OR w.stopped_at IS NOT NULL OR w.version_refused_at IS NOT NULL
            OR s.seen_at < now() - make_interval(secs => $1::float8)
            OR t.revoked_at IS NOT NULL OR t.expires_at <= now())
@@ -70,8 +70,8 @@ RETURNING jobs.id, jobs.parent_id, pg_notify('{DONE_CHANNEL}', jobs.id::text)"""
 # list of its children's outcomes; succeeded if they all did.
 FINISH_BROADCASTS = f"""
 WITH done AS (
-    SELECT p.id FROM jobs p
-    WHERE p.broadcast AND p.status = 'running' AND ($1::bigint[] IS NULL OR p.id = ANY($1))
+    SELECT p.id FROM running r JOIN jobs p ON p.id = r.job_id
+    WHERE r.broadcast AND p.status = 'running' AND ($1::bigint[] IS NULL OR p.id = ANY($1))
       AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = p.id
                                              AND c.status IN ('queued', 'running'))
     FOR UPDATE OF p SKIP LOCKED

@@ -46,9 +46,10 @@ WORKER_TOKEN_LABEL = """
 SELECT t.label FROM workers w JOIN agent_tokens t ON t.jti = w.jti WHERE w.name = $1"""
 # $2: one workspace's jobs only (NULL: every workspace's).
 CURRENT_JOBS = """
-SELECT id, workspace, script_path, tag, attempt, started_at FROM jobs
-WHERE status = 'running' AND worker = $1 AND ($2::text IS NULL OR workspace = $2)
-ORDER BY id LIMIT 1000"""
+SELECT j.id, j.workspace, j.script_path, j.tag, j.attempt, j.started_at
+FROM running r JOIN jobs j ON j.id = r.job_id
+WHERE r.worker = $1 AND ($2::text IS NULL OR j.workspace = $2)
+ORDER BY r.job_id LIMIT 1000"""
 # Through jobs_worker_finished (migration 0025): a job counts for the holder of its last
 # attempt, the one that ended it.
 RECENT_JOBS_RUN = f"""

@@ -90,10 +90,10 @@ ORDER BY id DESC LIMIT $6"""
 CAPS_AND_LOAD = f"""
 SELECT {setting_int(TOTAL_CAP)} AS total_cap, {setting_int(INLINE_CAP)} AS inline_cap,
        count(*) AS running, count(*) FILTER (WHERE inline) AS running_inline
-FROM jobs WHERE status = 'running' AND NOT broadcast"""
+FROM running WHERE NOT broadcast"""
 RUNNING_BY_KEY = """
-SELECT concurrency_key, count(*) AS n FROM jobs
-WHERE status = 'running' AND concurrency_key = ANY($1::text[]) GROUP BY concurrency_key"""
+SELECT concurrency_key, count(*) AS n FROM running
+WHERE concurrency_key = ANY($1::text[]) GROUP BY concurrency_key"""
 JOB_LOG_STATE = "SELECT status, log_size FROM jobs WHERE workspace = $1 AND id = $2"
 LOG_PAGE_CHUNKS = 200
 READ_LOGS = f"""

@@ -84,7 +84,7 @@ WITH caps AS (
            {setting_int(INLINE_CAP)} AS inline_cap
 ), load AS (
     SELECT count(*) AS running, count(*) FILTER (WHERE inline) AS running_inline
-    FROM jobs WHERE status = 'running' AND NOT broadcast  -- a broadcast's parent runs nowhere
+    FROM running WHERE NOT broadcast  -- a broadcast's parent runs nowhere
 ), room AS (
     SELECT least(cardinality($2::text[]),
                  CASE WHEN total_cap > 0 THEN greatest(total_cap - running, 0) END,
@@ -104,9 +104,8 @@ WITH caps AS (
         LIMIT $5 FOR UPDATE OF q SKIP LOCKED
     ) c
 ), busy AS (
-    SELECT concurrency_key, count(*) AS n FROM jobs
-    WHERE status = 'running'
-      AND concurrency_key IN (SELECT concurrency_key FROM candidates)
+    SELECT concurrency_key, count(*) AS n FROM running
+    WHERE concurrency_key IN (SELECT concurrency_key FROM candidates)
     GROUP BY concurrency_key
 ), ranked AS (
     SELECT c.*, row_number() OVER (PARTITION BY c.concurrency_key
@@ -309,8 +308,9 @@ SELECT id, status, CASE WHEN status <> 'queued' THEN pg_notify('{DONE_CHANNEL}',
 FROM j"""
 EXPIRE_LEASES = """
 WITH expired AS (
-    SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now()
-    ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED
+    SELECT j.id FROM running r JOIN jobs j ON j.id = r.job_id
+    WHERE j.status = 'running' AND j.lease_expires_at < now()
+    ORDER BY j.lease_expires_at LIMIT 1000 FOR UPDATE OF j SKIP LOCKED
 ), j AS (
     UPDATE jobs SET
         status = CASE WHEN cancel_requested THEN 'cancelled'
@@ -334,10 +334,11 @@ WITH expired AS (
 # failed when none is left): a job that kills each agent before it can answer must end.
 RELEASE_UNACKED = """
 WITH unacked AS (
-    SELECT id, cancel_requested AS cancel, handouts_lost >= max_attempts AS spent,
-           attempt < max_attempts AS more
-    FROM jobs WHERE ack_by < now() AND status = 'running'
-    ORDER BY ack_by LIMIT 1000 FOR UPDATE SKIP LOCKED
+    SELECT j.id, j.cancel_requested AS cancel, j.handouts_lost >= j.max_attempts AS spent,
+           j.attempt < j.max_attempts AS more
+    FROM running r JOIN jobs j ON j.id = r.job_id
+    WHERE j.ack_by < now() AND j.status = 'running'
+    ORDER BY j.ack_by LIMIT 1000 FOR UPDATE OF j SKIP LOCKED
 ), j AS (
     UPDATE jobs SET
         status = CASE WHEN u.cancel THEN 'cancelled'

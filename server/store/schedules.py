@@ -67,11 +67,12 @@ LOCK_DUE = """
 SELECT id FROM schedules WHERE id = $1 AND enabled AND next_fire_at = $2
 FOR UPDATE SKIP LOCKED"""
 # Runs of a schedule share its concurrency key: queued ones are in `queue`, running ones in
-# `jobs` (both lookups use an index on the key).
+# `running` (both lookups use an index on the key).
 ACTIVE_RUNS = """
 SELECT job_id AS id, false AS cancelling FROM queue WHERE concurrency_key = $1
 UNION ALL
-SELECT id, cancel_requested FROM jobs WHERE concurrency_key = $1 AND status = 'running'
+SELECT j.id, j.cancel_requested FROM running r JOIN jobs j ON j.id = r.job_id
+WHERE r.concurrency_key = $1 AND j.status = 'running'
 ORDER BY id"""
 INSERT_FIRE = """
 INSERT INTO schedule_fires (schedule_id, fire_at, outcome, job_id, message)

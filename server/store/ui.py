@@ -22,8 +22,8 @@ INSERT INTO ui_sessions_ended (sid, expires_at) VALUES ($1, $2) ON CONFLICT (sid
 # Agents whose token was revoked or has expired: they stop at their next request.
 # One workspace's share of the queue, for a workspace token's view of the Workers page.
 WORKSPACE_RUNNING_BY_HOLDER_AND_TAG = """
-SELECT worker, tag, count(*) AS n FROM jobs
-WHERE workspace = $1 AND status = 'running' AND NOT broadcast GROUP BY worker, tag"""
+SELECT r.worker, j.tag, count(*) AS n FROM running r JOIN jobs j ON j.id = r.job_id
+WHERE j.workspace = $1 AND NOT r.broadcast GROUP BY r.worker, j.tag"""
 WORKSPACE_QUEUED_BY_TAG = """
 SELECT tag, count(*) AS n FROM jobs WHERE workspace = $1 AND status = 'queued' GROUP BY tag"""
 

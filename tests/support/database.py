@@ -32,6 +32,36 @@ def query(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
     return asyncio.run(fetch())
 
 
+# The sets of jobs by state kept beside `jobs` by triggers (migration 0028): each must hold
+# exactly the jobs of its state, whatever a test did. Read in one statement (one snapshot).
+STATE_SETS = """
+SELECT s.name, s.missing, s.extra FROM (
+    SELECT 'running' AS name,
+           ARRAY(SELECT id FROM jobs WHERE status = 'running'
+                 EXCEPT SELECT job_id FROM running ORDER BY 1) AS missing,
+           ARRAY(SELECT job_id FROM running
+                 EXCEPT SELECT id FROM jobs WHERE status = 'running' ORDER BY 1) AS extra
+) s WHERE cardinality(s.missing) > 0 OR cardinality(s.extra) > 0"""
+
+
+def state_sets_disagree(dsn: str) -> list[str]:
+    """How the state sets differ from `jobs` in this database (empty: they agree, or the
+    database is gone or was never migrated)."""
+    async def check() -> list[str]:
+        try:
+            conn = await asyncpg.connect(dsn)
+        except (OSError, asyncpg.PostgresError):
+            return []
+        try:
+            if await conn.fetchval("SELECT to_regclass('running') IS NULL"):
+                return []
+            return [f"{r['name']}: missing {r['missing'][:10]}, extra {r['extra'][:10]}"
+                    for r in await conn.fetch(STATE_SETS)]
+        finally:
+            await conn.close()
+    return asyncio.run(check())
+
+
 def with_database(dsn: str, name: str) -> str:
     parts = urlsplit(dsn)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != "dbname"]
