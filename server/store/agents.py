@@ -211,10 +211,10 @@ PAUSED_TAGS = """
 SELECT tag, paused_at, paused_until, note, paused_by FROM paused_tags
 WHERE paused_until IS NULL OR paused_until > now() ORDER BY tag"""
 # Quarantine (services/quarantine.py): did agents other than $1 succeed at jobs of tags $2
-# since $3 (read through the finished_at index)?
+# since $3 (read through the ended set's finished_at index)?
 OTHERS_SUCCEEDED = """
-SELECT EXISTS (SELECT 1 FROM jobs WHERE finished_at >= $3 AND status = 'succeeded'
-                                    AND worker <> $1 AND tag = ANY($2::text[]))"""
+SELECT EXISTS (SELECT 1 FROM ended WHERE finished_at >= $3 AND status = 'succeeded'
+                                     AND worker <> $1 AND tag = ANY($2::text[]))"""
 QUARANTINE_AGENT = f"""
 WITH w AS (
     UPDATE workers SET quarantined_at = now(), quarantine_reason = $3,
@@ -255,15 +255,16 @@ SELECT tag, count(*) AS n,
        extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8 AS oldest_s
 FROM queue GROUP BY tag"""
 # Queue waits (due to start) by tag, of the last 10,000 jobs that finished within 15 minutes
-# (read through the finished_at index, so the Workers page stays cheap on a busy server).
+# (read through the ended set's finished_at index, so the Workers page stays cheap on a busy
+# server).
 RECENT_WAITS = """
 SELECT tag, count(*) AS n,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY w) AS p50,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY w) AS p95
-FROM (SELECT tag, greatest(extract(epoch FROM started_at - run_at), 0)::float8 AS w
-      FROM jobs
-      WHERE finished_at >= now() - interval '15 minutes' AND started_at IS NOT NULL
-      ORDER BY finished_at DESC LIMIT 10000) recent
+FROM (SELECT j.tag, greatest(extract(epoch FROM j.started_at - j.run_at), 0)::float8 AS w
+      FROM ended e JOIN jobs j ON j.id = e.job_id
+      WHERE e.finished_at >= now() - interval '15 minutes' AND j.started_at IS NOT NULL
+      ORDER BY e.finished_at DESC LIMIT 10000) recent
 GROUP BY tag"""
 
 

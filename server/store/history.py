@@ -50,14 +50,14 @@ SELECT j.id, j.workspace, j.script_path, j.tag, j.attempt, j.started_at
 FROM running r JOIN jobs j ON j.id = r.job_id
 WHERE r.worker = $1 AND ($2::text IS NULL OR j.workspace = $2)
 ORDER BY r.job_id LIMIT 1000"""
-# Through jobs_worker_finished (migration 0025): a job counts for the holder of its last
-# attempt, the one that ended it.
+# Through the ended set's index on (worker, finished_at) (migration 0029): a job counts for
+# the holder of its last attempt, the one that ended it.
 RECENT_JOBS_RUN = f"""
-SELECT id, workspace, script_path, tag, status, attempt, started_at, finished_at,
-       extract(epoch FROM finished_at - started_at)::float8 AS duration_s
-FROM jobs
-WHERE worker = $1 AND finished_at IS NOT NULL AND ($2::text IS NULL OR workspace = $2)
-ORDER BY finished_at DESC LIMIT {RECENT_JOBS}"""
+SELECT j.id, j.workspace, j.script_path, j.tag, j.status, j.attempt, j.started_at,
+       j.finished_at, extract(epoch FROM j.finished_at - j.started_at)::float8 AS duration_s
+FROM ended e JOIN jobs j ON j.id = e.job_id
+WHERE e.worker = $1 AND e.finished_at IS NOT NULL AND ($2::text IS NULL OR e.workspace = $2)
+ORDER BY e.finished_at DESC LIMIT {RECENT_JOBS}"""
 
 
 def event_view(row: Any) -> dict[str, Any]:

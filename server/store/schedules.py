@@ -83,9 +83,9 @@ ADVANCE = "UPDATE schedules SET next_fire_at = $3 WHERE id = $1 AND next_fire_at
 # Built-in maintenance, in batches so that no statement holds many locks for long.
 DELETE_OLD_JOBS = """
 WITH old AS (
-    SELECT id FROM jobs
-    WHERE finished_at < $1 AND status = ANY($3::text[])
-    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED
+    SELECT j.id FROM ended e JOIN jobs j ON j.id = e.job_id
+    WHERE e.finished_at < $1 AND e.status = ANY($3::text[])
+    ORDER BY e.finished_at LIMIT $2 FOR UPDATE OF j SKIP LOCKED
 )
 DELETE FROM jobs j USING old WHERE j.id = old.id"""
 DELETE_OLD_FIRES = """

@@ -25,7 +25,8 @@ WORKSPACE_RUNNING_BY_HOLDER_AND_TAG = """
 SELECT r.worker, j.tag, count(*) AS n FROM running r JOIN jobs j ON j.id = r.job_id
 WHERE j.workspace = $1 AND NOT r.broadcast GROUP BY r.worker, j.tag"""
 WORKSPACE_QUEUED_BY_TAG = """
-SELECT tag, count(*) AS n FROM jobs WHERE workspace = $1 AND status = 'queued' GROUP BY tag"""
+SELECT j.tag, count(*) AS n FROM queue q JOIN jobs j ON j.id = q.job_id
+WHERE j.workspace = $1 GROUP BY j.tag"""
 
 
 class WorkspaceQueue(msgspec.Struct, frozen=True):
