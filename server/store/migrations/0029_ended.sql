@@ -4,8 +4,9 @@
 -- jobs list filtered to failures) reads this set, and `jobs` keeps indexes only on what
 -- never changes after a submit (id, workspace, tag, parent): a claim, a heartbeat, a log
 -- write and a completion change no indexed column of `jobs`, so each is a HOT update
--- (a new row version on the same page, no new index entries) when the page has room,
--- which a fill factor of 50 leaves for a job's claim and completion.
+-- (a new row version on the same page, no new index entries) when the page has room. A fill
+-- factor of 70 leaves that room for about two thirds of them in a drain (97% at 30, 72% at
+-- 50, at the same drain rate within the noise), for 1.4 times the space of full pages.
 -- Triggers keep the set in step with `jobs`, whichever statement changes it.
 CREATE TABLE ended (
     job_id      bigint NOT NULL,
@@ -56,4 +57,4 @@ SELECT id, workspace, tag, status, worker, finished_at FROM jobs
 WHERE status IN ('succeeded', 'failed', 'cancelled');
 
 DROP INDEX jobs_workspace_status_id, jobs_finished_at, jobs_worker_finished;
-ALTER TABLE jobs SET (fillfactor = 50);
+ALTER TABLE jobs SET (fillfactor = 70);
