@@ -309,8 +309,8 @@ FROM j"""
 EXPIRE_LEASES = """
 WITH expired AS (
     SELECT j.id FROM running r JOIN jobs j ON j.id = r.job_id
-    WHERE j.status = 'running' AND j.lease_expires_at < now()
-    ORDER BY j.lease_expires_at LIMIT 1000 FOR UPDATE OF j SKIP LOCKED
+    WHERE r.lease_expires_at < now() AND j.status = 'running' AND j.lease_expires_at < now()
+    ORDER BY r.lease_expires_at LIMIT 1000 FOR UPDATE OF j SKIP LOCKED
 ), j AS (
     UPDATE jobs SET
         status = CASE WHEN cancel_requested THEN 'cancelled'
@@ -337,8 +337,8 @@ WITH unacked AS (
     SELECT j.id, j.cancel_requested AS cancel, j.handouts_lost >= j.max_attempts AS spent,
            j.attempt < j.max_attempts AS more
     FROM running r JOIN jobs j ON j.id = r.job_id
-    WHERE j.ack_by < now() AND j.status = 'running'
-    ORDER BY j.ack_by LIMIT 1000 FOR UPDATE OF j SKIP LOCKED
+    WHERE r.ack_by < now() AND j.ack_by < now() AND j.status = 'running'
+    ORDER BY r.ack_by LIMIT 1000 FOR UPDATE OF j SKIP LOCKED
 ), j AS (
     UPDATE jobs SET
         status = CASE WHEN u.cancel THEN 'cancelled'

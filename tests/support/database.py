@@ -38,7 +38,10 @@ def query(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 _FINAL = "('succeeded', 'failed', 'cancelled')"
 _SETS = {
     "queue": ("SELECT id FROM jobs WHERE status = 'queued'", "SELECT job_id FROM queue"),
-    "running": ("SELECT id FROM jobs WHERE status = 'running'", "SELECT job_id FROM running"),
+    "running": ("SELECT id, worker, concurrency_key, inline, broadcast, lease_expires_at, ack_by "
+                "FROM jobs WHERE status = 'running'",
+                "SELECT job_id, worker, concurrency_key, inline, broadcast, lease_expires_at, "
+                "ack_by FROM running"),
     "ended": (f"SELECT id, workspace, tag, status, worker, finished_at FROM jobs "
               f"WHERE status IN {_FINAL}",
               "SELECT job_id, workspace, tag, status, worker, finished_at FROM ended"),
