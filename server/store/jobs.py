@@ -128,7 +128,8 @@ SELECT off, marks FROM job_logs
 WHERE job_id = $1 AND off < $2 AND off >= $2 - $3 AND cardinality(marks) > 0
 ORDER BY off DESC LIMIT 1"""
 LINE_LOOKBACK_CHARS = 1 << 20
-# Announced on $3 (DONE_CHANNEL) when it ends at once, else on $4 (CANCEL_CHANNEL).
+# Announced on $3 (DONE_CHANNEL) when it ends at once, else on $4 (CANCEL_CHANNEL); answers the
+# job as this statement left it.
 CANCEL_JOB = """
 WITH dequeued AS (
     DELETE FROM queue WHERE job_id = $2
@@ -144,11 +145,10 @@ updated AS (
                      THEN '{"kind": "cancelled", "message": "cancelled before it ran"}'::jsonb
                      ELSE error END
     WHERE workspace = $1 AND id = $2 AND status IN ('queued', 'running')
-    RETURNING id, status
+    RETURNING """ + JOB_COLUMNS + """
 )
-SELECT id, status,
-       CASE WHEN status = 'cancelled' THEN pg_notify($3, id::text)
-            ELSE pg_notify($4, id::text) END
+SELECT updated.*, CASE WHEN status = 'cancelled' THEN pg_notify($3, id::text)
+                       ELSE pg_notify($4, id::text) END AS notified
 FROM updated"""
 RETRY_JOB = """
 WITH updated AS (
@@ -366,7 +366,9 @@ class Jobs(StoreBase):
         if row is None:
             job = await self.get_job(workspace, job_id)
             raise Conflict(f"job {job_id} is already {job.status}", code="job_finished")
-        return await self.get_job(workspace, job_id)
+        # The job as the cancel left it: read again, a running job's holder may already have
+        # ended it (cancelled, its request cleared) and the answer would not say it was asked.
+        return JobRecord(**{k: v for k, v in row.items() if k != "notified"})
 
     async def retry_job(self, workspace: str, job_id: int) -> JobRecord:
         if await self.fetchval(RETRY_JOB, workspace, job_id) is None:

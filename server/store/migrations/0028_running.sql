@@ -17,9 +17,6 @@ CREATE TABLE running (
     lease_expires_at timestamptz,
     ack_by           timestamptz
 );
-CREATE INDEX running_concurrency ON running (concurrency_key) WHERE concurrency_key IS NOT NULL;
-CREATE INDEX running_lease ON running (lease_expires_at);
-CREATE INDEX running_ack_by ON running (ack_by) WHERE ack_by IS NOT NULL;
 ALTER TABLE running SET (autovacuum_vacuum_scale_factor = 0.01);
 
 CREATE FUNCTION tagrun_running() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -55,5 +52,8 @@ INSERT INTO running (job_id, worker, concurrency_key, inline, broadcast, lease_e
                      ack_by)
 SELECT id, worker, concurrency_key, inline, broadcast, lease_expires_at, ack_by
 FROM jobs WHERE status = 'running';
+CREATE INDEX running_concurrency ON running (concurrency_key) WHERE concurrency_key IS NOT NULL;
+CREATE INDEX running_lease ON running (lease_expires_at);
+CREATE INDEX running_ack_by ON running (ack_by) WHERE ack_by IS NOT NULL;
 
 DROP INDEX jobs_running_lease, jobs_ack_by, jobs_open_broadcasts, jobs_running_concurrency;
