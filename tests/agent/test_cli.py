@@ -117,11 +117,14 @@ def wait_for(lines: queue.Queue[str], text: str, seen: list[str], timeout_s: flo
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
-def test_sigterm_stops_an_agent_whose_server_is_down() -> None:
+def test_sigterm_stops_an_agent_whose_server_is_down(tmp_path: Path) -> None:
     seen: list[str] = []
+    # A work root of its own: in the shared temporary directory, the agent would first sweep
+    # what other tests' killed agents left there (workdir.swept before agent.started).
     with refusing_port() as port, subprocess.Popen(
         [sys.executable, "-m", "tagrun.agent", "--base-url", f"http://127.0.0.1:{port}/"],
-        env=agent_env(AGENT_TOKEN=TOKEN, AGENT_NAME="edge-1"), stderr=subprocess.PIPE,
+        env=agent_env(AGENT_TOKEN=TOKEN, AGENT_NAME="edge-1", AGENT_WORK_DIR=str(tmp_path)),
+        stderr=subprocess.PIPE,
         stdout=subprocess.PIPE, text=True,
     ) as proc:
         lines: queue.Queue[str] = queue.Queue()
