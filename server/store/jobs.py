@@ -87,26 +87,24 @@ WHERE workspace = $1 AND id < $2 AND ($3::text IS NULL OR status = $3)
 ORDER BY id DESC LIMIT $6"""
 
 
-def _list_from(state_set: str, key: str) -> str:
+def _list_from(state_set: str) -> str:
     """LIST_JOBS for the jobs of one state, read newest first from the set that holds them
     (`jobs` has no index on status: docs/performance.md, item 17)."""
+    where = ("s.workspace = $1 AND s.status = $3" if state_set == "ended"
+             else "j.workspace = $1 AND j.status = $3")
     return f"""
 SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY(ARRAY(
-    SELECT j.id FROM {state_set} s JOIN jobs j ON j.id = s.{key}
-    WHERE {"s.workspace = $1 AND s.status = $3" if state_set == "ended"
-           else "j.workspace = $1 AND j.status = $3"}
-      AND s.{key} < $2 AND ($4::text IS NULL OR j.tag = $4)
+    SELECT j.id FROM {state_set} s JOIN jobs j ON j.id = s.job_id
+    WHERE {where} AND s.job_id < $2 AND ($4::text IS NULL OR j.tag = $4)
       AND ($5::text IS NULL OR j.script_path = $5)
-    ORDER BY s.{key} DESC LIMIT $6))
+    ORDER BY s.job_id DESC LIMIT $6))
 ORDER BY id DESC"""
 
 
 # Most jobs succeed: those are found quickly in id order, as all jobs are; a job of any other
 # state may be far down that order, so it is read from its own state's set.
-LIST_JOBS_IN = {"queued": _list_from("queue", "job_id"),
-                "running": _list_from("running", "job_id"),
-                "failed": _list_from("ended", "job_id"),
-                "cancelled": _list_from("ended", "job_id")}
+LIST_JOBS_IN = {"queued": _list_from("queue"), "running": _list_from("running"),
+                "failed": _list_from("ended"), "cancelled": _list_from("ended")}
 # What holds queued jobs back besides workers: the caps and the jobs running under them
 # (RUNNING_BY_KEY: under each of the concurrency keys $1).
 CAPS_AND_LOAD = f"""
