@@ -33,10 +33,11 @@ def databases() -> Iterator[DatabaseFactory]:
 @pytest.fixture
 def database_url(databases: DatabaseFactory) -> Iterator[str]:
     """A fresh, migrated database of this test's own. Afterwards, whatever the test did,
-    the running set kept by triggers must match the jobs that are running."""
+    `queue`, `running` and `ended` must hold exactly the jobs of their state."""
     url = databases.new()
     yield url
-    assert not state_sets_disagree(url), state_sets_disagree(url)
+    problems = state_sets_disagree(url)
+    assert not problems, problems
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +51,8 @@ def server(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
     proc.wait_healthy()
     yield proc
     proc.stop()
-    assert not state_sets_disagree(url), state_sets_disagree(url)
+    problems = state_sets_disagree(url)
+    assert not problems, problems
 
 
 @pytest.fixture
