@@ -34,6 +34,7 @@ from tagrun.server.routes import (
     secrets,
     settings,
 )
+from tagrun.server.routing import IndexedRouter
 from tagrun.server.services.secrets import SecretBox
 from tagrun.server.store import DATABASE_UNAVAILABLE, Store
 
@@ -119,6 +120,9 @@ def create_app(parts: Parts) -> Starlette:
             Exception: internal_error,
         },
     )
+    # The same routes, looked up by their literal prefix first (routing.py); set before the
+    # first request, when Starlette builds its middleware stack around `app.router`.
+    app.router = IndexedRouter(ROUTES)
     for name in Parts.__dataclass_fields__:
         setattr(app.state, name, getattr(parts, name))
     # Bearer tokens as before; the web UI's session cookie too (see ui/auth.py).
