@@ -178,6 +178,8 @@ class HttpMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Each series once looked up: `labels()` takes a lock and builds its key each call.
+        self._series: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -197,5 +199,8 @@ class HttpMetrics:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in METHODS else "other"
-            HTTP_DURATION.labels(method, template, str(status)).observe(
-                time.perf_counter() - started)
+            key = (method, template, status)
+            series = self._series.get(key)
+            if series is None:  # bounded: templates, methods and statuses are finite sets
+                series = self._series[key] = HTTP_DURATION.labels(method, template, str(status))
+            series.observe(time.perf_counter() - started)
