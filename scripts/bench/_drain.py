@@ -28,7 +28,7 @@ import httpx
 from _db import scratch_database
 from _proc import CpuMeter, Proc, Processes, TagrunProc, api, db_name, log, mint_agent_token
 from latency import simulated
-from throughput import BACKENDS, FINISHED, submit_all
+from throughput import BACKENDS, FINISHED, OPEN, submit_all
 
 NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 RESULT = """
@@ -104,8 +104,9 @@ async def _run(tag: str, procs: Processes, dsn: str, server: TagrunProc,
     r = await client.post(f"/api/tags/{tag}/resume")
     r.raise_for_status()
     deadline = time.monotonic() + timeout_s
-    while (done := await db.fetchval(FINISHED, tag)) < jobs:
+    while await db.fetchval(OPEN, tag):  # every job was queued before the resume
         if time.monotonic() > deadline:
+            done = await db.fetchval(FINISHED, tag)
             raise RuntimeError(f"only {done}/{jobs} jobs finished after {timeout_s:.0f} s")
         for proc in runners:
             if not proc.alive():
