@@ -11,6 +11,7 @@ from tagrun.agent.completions import Completions
 from tagrun.agent.errors import REFUSED_FOR_WHAT_WAS_SENT, ServerAnswer
 from tagrun.shared.agent_wire import AgentJob, CompletedJob, RefusalIn
 from tagrun.shared.holder import Deadline, Held, LeaseGone, Refused
+from tagrun.shared.logfmt import event
 from tagrun.shared.loglines import Mark
 
 log = logging.getLogger("tagrun.agent")
@@ -47,8 +48,8 @@ class HttpPort:
             status = await self._completions.complete_job(job.workspace, outcome, until=until)
         except ServerAnswer as exc:
             raise _refused(exc) from exc
-        log.info("job.completed", extra={"job_id": job.id, "attempt": job.attempt,
-                                         "status": status, "outcome": outcome.status})
+        event(log, logging.INFO, "job.completed", {"job_id": job.id, "attempt": job.attempt,
+                                                   "status": status, "outcome": outcome.status})
 
     async def heartbeat(self, held: Held, acknowledges: bool
                         ) -> tuple[list[int], list[int], float]:

@@ -38,6 +38,7 @@ from tagrun.agent.workroot import run_directory
 from tagrun.shared.agent_wire import DEFAULT_HEARTBEAT_S, AgentJob, claimed_job
 from tagrun.shared.executors import ExecSpec, Execution
 from tagrun.shared.holder import KILL_GRACE_S, Fatal, HeldJob, Holder, Refusal
+from tagrun.shared.logfmt import event
 from tagrun.shared.redact import env_secrets
 from tagrun.shared.signing import Verifier
 from tagrun.shared.version import __version__
@@ -275,7 +276,7 @@ class Agent:
                 idle_since = time.monotonic()
             self._heard()
             if jobs:
-                log.info("agent.claimed", extra={"jobs": [j.get("id") for j in jobs]})
+                event(log, logging.INFO, "agent.claimed", {"jobs": [j.get("id") for j in jobs]})
             elif not carried and time.monotonic() - started < wait_s / 2 \
                     and not self._client.token_spent:
                 # An empty answer long before the wait was up (a server going away, say):
@@ -372,8 +373,9 @@ class Agent:
         if job.ack_s is not None:
             self._unacked[job.id] = job.ack_s
             self._ack_wanted.set()
-        log.info("job.started", extra={"job_id": job.id, "attempt": job.attempt,
-                                       "workspace": job.workspace, "agent": self.config.name})
+        event(log, logging.INFO, "job.started", {
+            "job_id": job.id, "attempt": job.attempt, "workspace": job.workspace,
+            "agent": self.config.name})
 
     def _held_job(self, job: AgentJob) -> HeldJob:
         return HeldJob(job, self._holder.port, self._work_root, log,

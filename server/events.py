@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any
 
 from tagrun.server import metrics
 from tagrun.shared import tracing
+from tagrun.shared.logfmt import event
 from tagrun.shared.signing import SIGNATURE_INVALID
 
 if TYPE_CHECKING:  # no import at run time: the store logs through this module's callers
@@ -20,12 +22,12 @@ log = logging.getLogger("tagrun.events")
 def job_submitted(workspace: str, ids: Sequence[int], tags: Sequence[str]) -> None:
     metrics.JOBS_SUBMITTED.inc(len(ids))
     if len(ids) == 1:
-        log.info("job.submitted", extra={"workspace": workspace, "job_id": ids[0],
-                                         "tag": tags[0]})
+        event(log, INFO, "job.submitted", {"workspace": workspace, "job_id": ids[0],
+                                           "tag": tags[0]})
     elif ids:
-        log.info("job.submitted", extra={"workspace": workspace, "count": len(ids),
-                                         "first_job_id": ids[0], "last_job_id": ids[-1],
-                                         "tags": sorted(set(tags))[:20]})
+        event(log, INFO, "job.submitted", {"workspace": workspace, "count": len(ids),
+                                           "first_job_id": ids[0], "last_job_id": ids[-1],
+                                           "tags": sorted(set(tags))[:20]})
 
 
 def claim_unacknowledged(job_id: int, status: str) -> None:
@@ -33,15 +35,15 @@ def claim_unacknowledged(job_id: int, status: str) -> None:
     requeued (`queued`; without using an attempt unless it happened max_attempts times
     already), or ended (`cancelled`, or `failed` once it happened too often)."""
     metrics.CLAIMS_UNACKNOWLEDGED.inc()
-    log.warning("job.claim_unacknowledged", extra={"job_id": job_id, "status": status})
+    event(log, WARNING, "job.claim_unacknowledged", {"job_id": job_id, "status": status})
     if status == "failed":
         metrics.DEAD_LETTERED.inc()
-        log.warning("job.dead_lettered", extra={"job_id": job_id, "error_kind": "lost_worker"})
+        event(log, WARNING, "job.dead_lettered", {"job_id": job_id, "error_kind": "lost_worker"})
 
 
 def job_log_truncated(job_id: int, max_chars: int) -> None:
     metrics.LOGS_TRUNCATED.inc()
-    log.warning("job.log_truncated", extra={"job_id": job_id, "max_chars": max_chars})
+    event(log, WARNING, "job.log_truncated", {"job_id": job_id, "max_chars": max_chars})
 
 
 def job_claimed(job: ClaimedRow) -> None:
@@ -52,8 +54,8 @@ def job_claimed(job: ClaimedRow) -> None:
             tracer.record("tagrun.queue_wait", job.traceparent, {
                 **tracing.job_attributes(job.id, job.workspace, job.tag, job.attempt),
                 "tagrun.worker": job.worker}, began_s_ago=job.waited_s)
-    log.info("job.claimed", extra={"job_id": job.id, "tag": job.tag, "attempt": job.attempt,
-                                   "worker": job.worker})
+    event(log, INFO, "job.claimed", {"job_id": job.id, "tag": job.tag,
+                                     "attempt": job.attempt, "worker": job.worker})
 
 
 def job_finished(outcome: dict[str, Any], error: dict[str, Any] | None,
@@ -69,21 +71,21 @@ def job_finished(outcome: dict[str, Any], error: dict[str, Any] | None,
     if outcome["duration_ms"] is not None:
         metrics.RUN_DURATION.observe(float(outcome["duration_ms"]) / 1000)
     if status == "succeeded":
-        log.info("job.succeeded", extra=fields)
+        event(log, INFO, "job.succeeded", fields)
     elif status == "cancelled":
-        log.info("job.cancelled", extra=fields)
+        event(log, INFO, "job.cancelled", fields)
     else:
         kind = (error or {}).get("kind", "internal")
-        log.warning("job.failed", extra={**fields, "error_kind": kind})
+        event(log, WARNING, "job.failed", {**fields, "error_kind": kind})
         if kind == SIGNATURE_INVALID:  # refused unrun by a holder that verifies signatures
-            log.warning("job.signature_refused", extra={
+            event(log, WARNING, "job.signature_refused", {
                 **fields, "reason": (error or {}).get("message", "")})
         if status == "queued":
             metrics.RETRIES.inc()
-            log.info("job.retry_scheduled", extra={**fields, "run_at": outcome["run_at"]})
+            event(log, INFO, "job.retry_scheduled", {**fields, "run_at": outcome["run_at"]})
         else:
             metrics.DEAD_LETTERED.inc()
-            log.warning("job.dead_lettered", extra=fields)
+            event(log, WARNING, "job.dead_lettered", fields)
 
 
 def _trace_completion(outcome: dict[str, Any], error: dict[str, Any] | None,
@@ -106,21 +108,21 @@ def _trace_completion(outcome: dict[str, Any], error: dict[str, Any] | None,
 def job_refused(job_id: int, worker: str, kind: str, reason: str) -> None:
     """An agent would not run a job (its local policy, its pre-job hook): back in the queue
     without using an attempt, and not leased to that agent again."""
-    log.info("job.refused", extra={"job_id": job_id, "worker": worker, "kind": kind,
-                                   "reason": reason})
+    event(log, INFO, "job.refused", {"job_id": job_id, "worker": worker, "kind": kind,
+                                     "reason": reason})
 
 
 def job_cancelled(job_id: int, workspace: str, running: bool) -> None:
     if not running:
         metrics.JOBS_FINISHED.labels("cancelled").inc()
-    event = "job.cancel_requested" if running else "job.cancelled"
-    log.info(event, extra={"job_id": job_id, "workspace": workspace})
+    event(log, INFO, "job.cancel_requested" if running else "job.cancelled",
+          {"job_id": job_id, "workspace": workspace})
 
 
 def lease_expired(job_id: int, status: str) -> None:
     """The maintenance loop requeued (`queued`) or failed a job whose holder went silent."""
     metrics.LEASE_EXPIRIES.inc()
-    log.warning("job.lease_expired", extra={"job_id": job_id, "status": status})
+    event(log, WARNING, "job.lease_expired", {"job_id": job_id, "status": status})
     if status == "failed":
         metrics.DEAD_LETTERED.inc()
-        log.warning("job.dead_lettered", extra={"job_id": job_id, "error_kind": "lease_expired"})
+        event(log, WARNING, "job.dead_lettered", {"job_id": job_id, "error_kind": "lease_expired"})

@@ -25,15 +25,23 @@ def documented() -> set[str]:
 
 
 def logged_in_code() -> dict[str, set[str]]:
-    """Event names passed as the message of a logging call in server/, agent/ or shared/."""
+    """Event names passed as the message of a logging call in server/, agent/ or shared/:
+    `log.info(name, ...)` and the like, or `event(log, level, name, fields)` (logfmt)."""
     found: dict[str, set[str]] = {}
     for folder in ("server", "agent", "shared"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and node.func.attr in LOG_METHODS and node.args):
+                if not isinstance(node, ast.Call):
                     continue
-                for part in ast.walk(node.args[0]):  # also `"a" if x else "b"`
+                if isinstance(node.func, ast.Attribute) and node.func.attr in LOG_METHODS \
+                        and node.args:
+                    name = node.args[0]
+                elif isinstance(node.func, ast.Name) and node.func.id == "event" \
+                        and len(node.args) >= 3:
+                    name = node.args[2]
+                else:
+                    continue
+                for part in ast.walk(name):  # also `"a" if x else "b"`
                     if isinstance(part, ast.Constant) and isinstance(part.value, str) \
                             and EVENT_NAME.fullmatch(part.value):
                         found.setdefault(part.value, set()).add(str(path.relative_to(ROOT)))
