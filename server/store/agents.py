@@ -65,11 +65,23 @@ FROM up LEFT JOIN old ON true"""
 NAME_HOLDER = "SELECT kind, grp FROM workers WHERE name = $1"
 # Agents that stopped being seen, each returned once (by one replica) until seen again; what
 # they ran is no longer theirs (their leases run out), so they count as running nothing.
+# When last seen is workers_seen's seen_at, spelled out: the stale agents are found in one
+# scan of `workers` (joined to the few server processes) before the update joins them back by
+# name. Joined to the view, `workers` met itself, and a plan made while the table was nearly
+# empty took 0.6 s a call on average, up to 11 s, once 10,000 agents had connected
+# (docs/performance.md, item 19).
 MARK_STALE_AGENTS = """
+WITH stale AS MATERIALIZED (
+    SELECT w.name, greatest(w.last_seen, p.last_seen) AS seen_at
+    FROM workers w LEFT JOIN server_processes p ON p.id = w.via
+    WHERE NOT w.stale_reported AND w.kind = 'agent' AND w.stopped_at IS NULL
+      AND greatest(w.last_seen, p.last_seen) < now() - make_interval(secs => $1::float8)
+)
 UPDATE workers w SET stale_reported = true, active_count = 0, via = NULL, last_seen = s.seen_at
-FROM workers_seen s
-WHERE s.name = w.name AND NOT s.stale_reported AND s.kind = 'agent' AND w.stopped_at IS NULL
-  AND s.seen_at < now() - make_interval(secs => $1::float8)
+FROM stale s
+-- checked again on the row as it is now: seen, stopped or reported meanwhile, it is left be
+WHERE w.name = s.name AND NOT w.stale_reported AND w.stopped_at IS NULL
+  AND w.last_seen <= s.seen_at
 RETURNING w.name, w.grp, w.tags, w.ip, w.last_seen"""
 # One statement for every heartbeat a server process received in an interval: leases of
 # all named jobs are extended, the process ($7) is marked alive, and so are the agents it
