@@ -105,6 +105,14 @@ class FleetControls:
         else:
             self._again = True
 
+    async def reloaded(self) -> None:
+        """Re-read now and return once what this process holds includes every change
+        committed before the call: a pause, resume or drain made through this process holds
+        here for the requests after its answer, not only once its NOTIFY comes back."""
+        self.changed()
+        if self._reloading is not None:
+            await asyncio.shield(self._reloading)  # one re-read, whoever else waits on it
+
     async def _reload(self) -> None:
         again = True
         while again:

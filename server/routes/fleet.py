@@ -12,6 +12,7 @@ from starlette.routing import Route
 from tagrun.server.agent_tokens import AgentTokens
 from tagrun.server.auth import authenticator
 from tagrun.server.errors import InvalidInput, NotFound
+from tagrun.server.fleet_controls import FleetControls
 from tagrun.server.http import JSON, query_int, read_body
 from tagrun.server.models import DrainIn, PauseIn
 from tagrun.server.services.agent_detail import agent_detail
@@ -117,6 +118,13 @@ async def _steer(request: Request) -> tuple[Store, str]:
     return request.app.state.store, "superadmin"
 
 
+async def _applied(request: Request) -> None:
+    """The change just committed holds in this process before the answer goes out (other
+    replicas hear of it by NOTIFY)."""
+    controls: FleetControls = request.app.state.controls
+    await controls.reloaded()
+
+
 async def pause_agent(request: Request) -> JSON:
     """It keeps its running jobs and claims nothing new until resumed (or `for_s` passes)."""
     store, by = await _steer(request)
@@ -127,6 +135,7 @@ async def pause_agent(request: Request) -> JSON:
     log.info("fleet.paused", extra={"agent": name, "note": body.note, "for_s": body.for_s,
                                     "by": by})
     await store.record_worker_event(name, "paused", body.note, by, _until(body.for_s))
+    await _applied(request)
     return JSON({"name": name, "state": "paused"})
 
 
@@ -137,6 +146,7 @@ async def resume_agent(request: Request) -> JSON:
         raise NotFound(f"no agent named {name!r}")
     log.info("fleet.resumed", extra={"agent": name, "by": by})
     await store.record_worker_event(name, "resumed", None, by)
+    await _applied(request)
     return JSON({"name": name, "state": "resumed"})
 
 
@@ -150,6 +160,7 @@ async def drain_agent(request: Request) -> JSON:
         raise NotFound(f"no agent named {name!r} that has not stopped")
     log.info("fleet.drain_requested", extra={"agent": name, "note": body.note, "by": by})
     await store.record_worker_event(name, "drain_requested", body.note, by)
+    await _applied(request)
     return JSON({"name": name, "state": "draining"})
 
 
@@ -162,6 +173,7 @@ async def pause_group(request: Request) -> JSON:
     log.info("fleet.paused", extra={"group": group, "note": body.note, "for_s": body.for_s,
                                     "by": by})
     await store.record_group_event(group, "paused", body.note, by, _until(body.for_s))
+    await _applied(request)
     return JSON({"name": group, "state": "paused"})
 
 
@@ -172,6 +184,7 @@ async def resume_group(request: Request) -> JSON:
         raise NotFound(f"group {group!r} is not paused")
     log.info("fleet.resumed", extra={"group": group, "by": by})
     await store.record_group_event(group, "resumed", None, by)
+    await _applied(request)
     return JSON({"name": group, "state": "resumed"})
 
 
@@ -191,6 +204,7 @@ async def pause_tag(request: Request) -> JSON:
     await store.pause_tag(tag, body.for_s, body.note, by)
     log.info("fleet.paused", extra={"tag": tag, "note": body.note, "for_s": body.for_s,
                                     "by": by})
+    await _applied(request)
     return JSON({"name": tag, "state": "paused"})
 
 
@@ -200,6 +214,7 @@ async def resume_tag(request: Request) -> JSON:
     if not await store.resume_tag(tag):
         raise NotFound(f"tag {tag!r} is not paused")
     log.info("fleet.resumed", extra={"tag": tag, "by": by})
+    await _applied(request)
     return JSON({"name": tag, "state": "resumed"})
 
 

@@ -125,7 +125,8 @@ def test_a_waiting_agent_is_not_handed_a_job_of_a_paused_tag(
 ) -> None:
     paused, served = unique_tag(), unique_tag()
     token = str(mint(api, [paused, served])["token"])
-    # The server hears of the pause by NOTIFY, at its commit: before this test's next request.
+    # The pause holds in this server before its answer (other replicas hear of it by NOTIFY):
+    # the claim that follows is made without the paused tag.
     assert api.post(f"/api/tags/{paused}/pause", json={"note": "test"}).status_code == 200
     claim = waiting_claim(server, api, token, "two-tags", wait_s=3)
     job = submit(api, paused)
@@ -148,3 +149,20 @@ def test_a_waiting_agent_is_not_handed_a_job_of_a_tag_its_token_lacks(
     claim.join(30)
     assert claim.jobs == []
     assert row(database_url, job["id"])["status"] == "queued"
+
+
+def test_a_pause_holds_on_its_server_from_its_answer_on(
+    server: TagrunProcess, api: httpx.Client
+) -> None:
+    """Right after a pause is answered, a claim to the same server gets nothing of the tag,
+    however quickly it comes: the server applied the pause itself, not only when its NOTIFY
+    came back. Twenty times, each on a tag of its own with a job queued."""
+    for n in range(20):
+        tag = unique_tag()
+        token = str(mint(api, [tag])["token"])
+        job = submit(api, tag)
+        with api_client(server.url, token) as agent:
+            assert api.post(f"/api/tags/{tag}/pause", json={"note": "t"}).status_code == 200
+            r = agent.post(CLAIM, json={"name": f"quick-{n}", "slots": 1, "wait_s": 0})
+            r.raise_for_status()
+            assert r.json()["jobs"] == [], f"job {job['id']} of paused tag {tag} was handed out"
