@@ -120,7 +120,7 @@ def create_app(parts: Parts) -> Starlette:
             Exception: internal_error,
         },
     )
-    # The same routes, looked up by their literal prefix first (routing.py); set before the
+    # The same routes, asked only where their path pattern fits (routing.py); set before the
     # first request, when Starlette builds its middleware stack around `app.router`.
     app.router = IndexedRouter(ROUTES)
     for name in Parts.__dataclass_fields__:

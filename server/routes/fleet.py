@@ -118,11 +118,12 @@ async def _steer(request: Request) -> tuple[Store, str]:
     return request.app.state.store, "superadmin"
 
 
-async def _applied(request: Request) -> None:
-    """The change just committed holds in this process before the answer goes out (other
-    replicas hear of it by NOTIFY)."""
+async def _steered(request: Request, name: str, state: str) -> JSON:
+    """The answer to a steering request, once the change it committed holds in this process
+    (other replicas hear of it by NOTIFY)."""
     controls: FleetControls = request.app.state.controls
     await controls.reloaded()
+    return JSON({"name": name, "state": state})
 
 
 async def pause_agent(request: Request) -> JSON:
@@ -135,8 +136,7 @@ async def pause_agent(request: Request) -> JSON:
     log.info("fleet.paused", extra={"agent": name, "note": body.note, "for_s": body.for_s,
                                     "by": by})
     await store.record_worker_event(name, "paused", body.note, by, _until(body.for_s))
-    await _applied(request)
-    return JSON({"name": name, "state": "paused"})
+    return await _steered(request, name, "paused")
 
 
 async def resume_agent(request: Request) -> JSON:
@@ -146,8 +146,7 @@ async def resume_agent(request: Request) -> JSON:
         raise NotFound(f"no agent named {name!r}")
     log.info("fleet.resumed", extra={"agent": name, "by": by})
     await store.record_worker_event(name, "resumed", None, by)
-    await _applied(request)
-    return JSON({"name": name, "state": "resumed"})
+    return await _steered(request, name, "resumed")
 
 
 async def drain_agent(request: Request) -> JSON:
@@ -160,8 +159,7 @@ async def drain_agent(request: Request) -> JSON:
         raise NotFound(f"no agent named {name!r} that has not stopped")
     log.info("fleet.drain_requested", extra={"agent": name, "note": body.note, "by": by})
     await store.record_worker_event(name, "drain_requested", body.note, by)
-    await _applied(request)
-    return JSON({"name": name, "state": "draining"})
+    return await _steered(request, name, "draining")
 
 
 async def pause_group(request: Request) -> JSON:
@@ -173,8 +171,7 @@ async def pause_group(request: Request) -> JSON:
     log.info("fleet.paused", extra={"group": group, "note": body.note, "for_s": body.for_s,
                                     "by": by})
     await store.record_group_event(group, "paused", body.note, by, _until(body.for_s))
-    await _applied(request)
-    return JSON({"name": group, "state": "paused"})
+    return await _steered(request, group, "paused")
 
 
 async def resume_group(request: Request) -> JSON:
@@ -184,8 +181,7 @@ async def resume_group(request: Request) -> JSON:
         raise NotFound(f"group {group!r} is not paused")
     log.info("fleet.resumed", extra={"group": group, "by": by})
     await store.record_group_event(group, "resumed", None, by)
-    await _applied(request)
-    return JSON({"name": group, "state": "resumed"})
+    return await _steered(request, group, "resumed")
 
 
 def _tag(request: Request) -> str:
@@ -204,8 +200,7 @@ async def pause_tag(request: Request) -> JSON:
     await store.pause_tag(tag, body.for_s, body.note, by)
     log.info("fleet.paused", extra={"tag": tag, "note": body.note, "for_s": body.for_s,
                                     "by": by})
-    await _applied(request)
-    return JSON({"name": tag, "state": "paused"})
+    return await _steered(request, tag, "paused")
 
 
 async def resume_tag(request: Request) -> JSON:
@@ -214,8 +209,7 @@ async def resume_tag(request: Request) -> JSON:
     if not await store.resume_tag(tag):
         raise NotFound(f"tag {tag!r} is not paused")
     log.info("fleet.resumed", extra={"tag": tag, "by": by})
-    await _applied(request)
-    return JSON({"name": tag, "state": "resumed"})
+    return await _steered(request, tag, "resumed")
 
 
 routes = [

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tagrun.server.auth import authenticator
+from tagrun.server.fleet_controls import FleetControls
 from tagrun.server.http import JSON, read_body
 from tagrun.server.services.settings import SettingIn, check, current
 from tagrun.server.store import Store
@@ -21,6 +22,10 @@ async def put_setting(request: Request) -> JSON:
     body = await read_body(request, SettingIn)
     store: Store = request.app.state.store
     await store.put_setting(body.key, check(body.key, body.value))
+    # What the fleet controls hold of it (the agent version window) holds here before the
+    # answer; other replicas hear of it by NOTIFY.
+    controls: FleetControls = request.app.state.controls
+    await controls.reloaded()
     return JSON({"settings": await current(store)})
 
 

@@ -166,3 +166,25 @@ def test_a_pause_holds_on_its_server_from_its_answer_on(
             r = agent.post(CLAIM, json={"name": f"quick-{n}", "slots": 1, "wait_s": 0})
             r.raise_for_status()
             assert r.json()["jobs"] == [], f"job {job['id']} of paused tag {tag} was handed out"
+
+
+def test_an_agent_version_window_holds_on_its_server_from_its_answer_on(
+    server: TagrunProcess, api: httpx.Client
+) -> None:
+    """Right after the minimum agent version is raised, a claim to the same server from an
+    older agent is refused; right after it is lifted, the next is served. Ten times each."""
+    token = str(mint(api, [unique_tag()])["token"])
+    old = {"User-Agent": "tagrun-agent/1.0"}
+    with api_client(server.url, token) as agent:
+        for n in range(10):
+            raised = api.put("/api/settings", json={"key": "min_agent_version",
+                                                    "value": "99.0"})
+            assert raised.status_code == 200, raised.text
+            r = agent.post(CLAIM, json={"name": f"old-{n}", "slots": 1, "wait_s": 0},
+                           headers=old)
+            assert r.status_code == 426, (n, r.status_code, r.text)
+            lifted = api.put("/api/settings", json={"key": "min_agent_version", "value": ""})
+            assert lifted.status_code == 200, lifted.text
+            r = agent.post(CLAIM, json={"name": f"new-{n}", "slots": 1, "wait_s": 0},
+                           headers=old)
+            assert r.status_code == 200, (n, r.status_code, r.text)
