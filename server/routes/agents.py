@@ -36,7 +36,7 @@ from tagrun.server.services.broadcast import finish as finish_broadcasts
 from tagrun.server.services.jobs import check_dict, claimed
 from tagrun.server.services.quarantine import quarantine_if_failing
 from tagrun.server.services.secrets import OLD_AGENT, Opened, SecretBox
-from tagrun.server.store import ClaimedRow, ClaimFilter, Store
+from tagrun.server.store import ClaimedRow, ClaimFilter, Outcome, Store
 from tagrun.server.token_budget import TokenBudget
 from tagrun.shared.agent_wire import (
     INFO_HEADER,
@@ -378,16 +378,33 @@ async def complete_many(request: Request) -> JSON:
 
 async def _record_many(request: Request, agent: AgentIdentity, holder: str,
                        outcomes: list[CompletedJob]) -> list[CompletedItem]:
-    """Each outcome recorded (or refused) on its own, as if sent alone, all at once."""
-
-    async def one(outcome: CompletedJob) -> CompletedItem:
+    """Each outcome recorded (or refused) on its own, as if sent alone, all written together
+    (one wait for all of them, not a task each)."""
+    state = _state(request)
+    items: list[CompletedItem] = []
+    written: list[tuple[int, CompletedJob, Outcome, dict[str, str] | None]] = []
+    for outcome in outcomes:
         try:
-            status = await _record(request, agent, holder, _checked(outcome), None)
+            made, error = await _completion(state, agent, holder, _checked(outcome), None)
         except TagrunError as exc:
-            return CompletedItem(id=outcome.id, error=Refusal(code=exc.code, message=exc.message))
-        return CompletedItem(id=outcome.id, status=status)
+            items.append(_not_recorded(outcome, exc))
+            continue
+        written.append((len(items), outcome, made, error))
+        items.append(CompletedItem(id=outcome.id))  # its answer follows
+    answers = await state.store.complete_jobs([made for _, _, made, _ in written])
+    for (n, outcome, _, error), answer in zip(written, answers, strict=True):
+        try:
+            if isinstance(answer, TagrunError):
+                raise answer
+            items[n] = CompletedItem(id=outcome.id, status=await _recorded(
+                state, agent, holder, outcome, answer, error))
+        except TagrunError as exc:
+            items[n] = _not_recorded(outcome, exc)
+    return items
 
-    return list(await asyncio.gather(*(one(outcome) for outcome in outcomes)))
+
+def _not_recorded(outcome: CompletedJob, exc: TagrunError) -> CompletedItem:
+    return CompletedItem(id=outcome.id, error=Refusal(code=exc.code, message=exc.message))
 
 
 def _checked(outcome: CompletedJob) -> CompletedJob:
@@ -399,16 +416,34 @@ def _checked(outcome: CompletedJob) -> CompletedJob:
 async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: CompletedJob,
                   workspace: str | None) -> str:
     state = _state(request)
+    made, error = await _completion(state, agent, holder, outcome, workspace)
+    [answer] = await state.store.complete_jobs([made])
+    if isinstance(answer, TagrunError):
+        raise answer
+    return await _recorded(state, agent, holder, outcome, answer, error)
+
+
+async def _completion(state: Any, agent: AgentIdentity, holder: str, outcome: CompletedJob,
+                      workspace: str | None) -> tuple[Outcome, dict[str, str] | None]:
+    """The outcome as the store writes it, with what the agent should have redacted of the
+    job's secrets redacted again; and its error, for the event."""
     box: SecretBox = state.secrets
     result, error = outcome.result, _error_dict(outcome.error)
     if redactor := await box.redactor(outcome.id):  # what the agent should have redacted
         result = redactor.value(result)
         error = {k: redactor.text(v) for k, v in error.items()} if error else None
-    recorded = await state.store.complete_job(
+    made = state.store.completion(
         holder, outcome.id, outcome.attempt, outcome.status, result, error,
         state.config.retry_backoff_s, tags=agent.tags, workspace=workspace, key=agent.key,
         retryable=outcome.retryable, log_chunks_lost=outcome.log_chunks_lost,
         signature_check=check_dict(outcome.signature_check))
+    return made, error
+
+
+async def _recorded(state: Any, agent: AgentIdentity, holder: str, outcome: CompletedJob,
+                    recorded: dict[str, Any], error: dict[str, str] | None) -> str:
+    """What follows a recorded outcome (an event, the agent's count, quarantine, the end of
+    a broadcast); its job's new status."""
     if not recorded["repeat"]:
         events.job_finished(recorded, error, outcome.traceparent)
         heartbeats: Heartbeats = state.heartbeats

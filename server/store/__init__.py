@@ -19,6 +19,7 @@ from tagrun.server.store.agents import Agents
 from tagrun.server.store.autoscale import Autoscaling
 from tagrun.server.store.broadcasts import Broadcasts
 from tagrun.server.store.budgets import Budgets
+from tagrun.server.store.completions import Outcome
 from tagrun.server.store.history import History
 from tagrun.server.store.jobs import Jobs, NewJob
 from tagrun.server.store.leases import ClaimedRow, ClaimFilter, Leases
@@ -46,4 +47,4 @@ __all__ = ["AGENT_DOWNLOAD_URL", "MIN_AGENT_VERSION", "RECOMMENDED_AGENT_VERSION
            "CANCEL_CHANNEL", "CAPPED_CHANNEL", "DATABASE_ERRORS", "DATABASE_STARTING",
            "DATABASE_UNAVAILABLE", "DONE_CHANNEL", "FINAL_STATES", "FLEET_CHANNEL", "INLINE_CAP",
            "JOBS_CHANNEL", "STATES", "TOTAL_CAP", "ClaimFilter", "ClaimedRow", "NewJob",
-           "Principal", "Store", "create_pool", "hash_token", "migrate"]
+           "Outcome", "Principal", "Store", "create_pool", "hash_token", "migrate"]

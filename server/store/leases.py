@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from tagrun.server.errors import CompletionConflict, Conflict, LeaseLost
+from tagrun.server.errors import CompletionConflict, Conflict, LeaseLost, TagrunError
 from tagrun.server.store._base import DONE_CHANNEL, StoreBase, iso, translated_errors
 from tagrun.server.store.completions import Completer, Outcome
 from tagrun.server.store.jobs import (
@@ -28,6 +28,9 @@ from tagrun.server.store.jobs import (
 from tagrun.server.store.settings import CAPS_STATE, INLINE_CAP, TOTAL_CAP, setting_int
 from tagrun.shared.loglines import CODES, TAGRUN, Mark, flat
 from tagrun.shared.storable import storable_json, storable_text
+
+if TYPE_CHECKING:
+    import asyncpg
 
 
 # Leases the best jobs of tags $1 to the slots $2: one holder name per slot, in the order
@@ -558,6 +561,20 @@ class Leases(StoreBase):
             code="offset_mismatch",
         )
 
+    def completion(
+        self, holder: str, job_id: int, attempt: int, status: str,
+        result: Any, error: dict[str, Any] | None, retry_backoff_s: float,
+        *, tags: Sequence[str] | None = None, workspace: str | None = None,
+        key: str | None = None, retryable: bool = True, log_chunks_lost: int = 0,
+        signature_check: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """An attempt's outcome as complete_jobs takes it: text PostgreSQL refuses is made
+        storable (storable.py)."""
+        return Outcome(job_id, attempt, holder, status, storable_json(result),
+                       storable_json(error), retry_backoff_s,
+                       list(tags) if tags is not None else None, workspace, key, retryable,
+                       log_chunks_lost, signature_check)
+
     async def complete_job(
         self, holder: str, job_id: int, attempt: int, status: str,
         result: Any, error: dict[str, Any] | None, retry_backoff_s: float,
@@ -574,25 +591,50 @@ class Leases(StoreBase):
         Text PostgreSQL refuses is stored as storable.py says; a result that still cannot
         be stored (NaN, say) raises InvalidInput, and the caller fails the attempt with
         that reason. Another outcome for an attempt already recorded: CompletionConflict."""
-        result, error = storable_json(result), storable_json(error)
+        outcome = self.completion(
+            holder, job_id, attempt, status, result, error, retry_backoff_s, tags=tags,
+            workspace=workspace, key=key, retryable=retryable,
+            log_chunks_lost=log_chunks_lost, signature_check=signature_check)
+        return await self._recorded(outcome, await self._completions().write(outcome))
+
+    async def complete_jobs(self, outcomes: Sequence[Outcome]
+                            ) -> list[dict[str, Any] | TagrunError]:
+        """complete_job for each outcome (made by `completion`), written together and awaited
+        at once: each one's answer, or the TagrunError it alone raised, in order. Any other
+        error (the database out of reach) is raised."""
+        answers: list[dict[str, Any] | TagrunError] = []
+        for outcome, row in zip(outcomes, await self._completions().write_many(outcomes),
+                                strict=True):
+            try:
+                if isinstance(row, BaseException):
+                    raise row
+                answers.append(await self._recorded(outcome, row))
+            except TagrunError as exc:
+                answers.append(exc)
+        return answers
+
+    def _completions(self) -> Completer:
         if self._completer is None:
             self._completer = Completer(self.pool, DONE_CHANNEL)
-        row = await self._completer.write(Outcome(
-            job_id, attempt, holder, status, result, error, retry_backoff_s,
-            list(tags) if tags is not None else None, workspace, key, retryable,
-            log_chunks_lost, signature_check))
+        return self._completer
+
+    async def _recorded(self, outcome: Outcome, row: asyncpg.Record | None) -> dict[str, Any]:
+        """What complete_job answers for `outcome`, written as COMPLETE_JOBS's `row` (None:
+        its fencing did not match, so it is a repeat or no longer the holder's)."""
         if row is not None:
             recorded = {k: v for k, v in row.items() if k not in ("n", "notified")}
             return {**recorded, "run_at": iso(row["run_at"]), "repeat": False}
         # Expiry and release clear `worker`, so only the holder's own recorded completion
         # matches here: a repeat, answered the same way and changing nothing.
+        job_id, attempt, status, error = (outcome.job_id, outcome.attempt, outcome.status,
+                                          outcome.error)
         state = await self.fetchrow(COMPLETION_STATE, job_id)
-        if state is None or _holder_of(state) != (attempt, holder, key) \
+        if state is None or _holder_of(state) != (attempt, outcome.holder, outcome.key) \
                 or state["status"] == "running":
             raise LeaseLost()
         recorded = state["recorded"] or {}
         same = (recorded.get("status"), recorded.get("error")) == (status, error) \
-            and (status != "succeeded" or state["result"] == result)
+            and (status != "succeeded" or state["result"] == outcome.result)
         if not same:
             raise CompletionConflict(
                 f"attempt {attempt} of job {job_id} is already recorded as "
