@@ -67,7 +67,7 @@ def job_finished(outcome: dict[str, Any], error: dict[str, Any] | None,
               "worker": outcome["worker"], "duration_ms": outcome["duration_ms"]}
     status = outcome["status"]
     finished = "failed" if status == "queued" else status
-    metrics.JOBS_FINISHED.labels(finished).inc()
+    metrics.job_finished(finished)
     if outcome["duration_ms"] is not None:
         metrics.RUN_DURATION.observe(float(outcome["duration_ms"]) / 1000)
     if status == "succeeded":
@@ -114,7 +114,7 @@ def job_refused(job_id: int, worker: str, kind: str, reason: str) -> None:
 
 def job_cancelled(job_id: int, workspace: str, running: bool) -> None:
     if not running:
-        metrics.JOBS_FINISHED.labels("cancelled").inc()
+        metrics.job_finished("cancelled")
     event(log, INFO, "job.cancel_requested" if running else "job.cancelled",
           {"job_id": job_id, "workspace": workspace})
 

@@ -70,14 +70,29 @@ def fold_tags(counts: dict[str, int]) -> dict[str, int]:
     return kept
 
 
-_WAIT_TAGS: set[str] = set()
+# Series looked up once each (`labels()` takes a lock and builds its key every call).
+# The first MAX_TAG_LABELS tags have their own queue wait series; later tags share "other".
+_WAIT_SERIES: dict[str, Histogram] = {}
+_FINISHED_SERIES: dict[str, Counter] = {}
 
 
 def observe_queue_wait(tag: str, seconds: float) -> None:
     """A job started `seconds` after it was due; labelled by its tag while labels last."""
-    if tag not in _WAIT_TAGS and len(_WAIT_TAGS) < MAX_TAG_LABELS:
-        _WAIT_TAGS.add(tag)
-    QUEUE_WAIT.labels(tag if tag in _WAIT_TAGS else "other").observe(max(seconds, 0.0))
+    series = _WAIT_SERIES.get(tag)
+    if series is None:
+        if len(_WAIT_SERIES) < MAX_TAG_LABELS:
+            series = _WAIT_SERIES[tag] = QUEUE_WAIT.labels(tag)
+        else:
+            series = QUEUE_WAIT.labels("other")
+    series.observe(max(seconds, 0.0))
+
+
+def job_finished(outcome: str) -> None:
+    """An attempt ended: succeeded, failed or cancelled."""
+    series = _FINISHED_SERIES.get(outcome)
+    if series is None:
+        series = _FINISHED_SERIES[outcome] = JOBS_FINISHED.labels(outcome)
+    series.inc()
 
 
 class SharedState(Collector):

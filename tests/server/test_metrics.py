@@ -6,7 +6,9 @@ import re
 import uuid
 
 import httpx
+from prometheus_client import generate_latest
 
+from tagrun.server import metrics
 from tests.support.processes import TagrunProcess, wait_until
 
 
@@ -86,3 +88,29 @@ def test_tag_labels_are_capped(server: TagrunProcess, api: httpx.Client) -> None
     finally:
         for job_id in ids:
             api.post(f"/api/w/default/jobs/{job_id}/cancel")
+
+
+def _wait_counts() -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for line in generate_latest(metrics.REGISTRY).decode().splitlines():
+        if match := re.match(r'tagrun_queue_wait_seconds_count\{tag="([^"]*)"\} (\S+)', line):
+            counts[match.group(1)] = float(match.group(2))
+    return counts
+
+
+def test_queue_wait_keeps_a_series_per_tag_up_to_the_limit_then_folds_into_other() -> None:
+    """In this process, as a server's events record it: past MAX_TAG_LABELS tags, a new
+    tag's waits go to "other", and a tag that has its own series keeps it."""
+    before = _wait_counts()
+    tags = [f"wait-{uuid.uuid4().hex[:8]}-{n}" for n in range(metrics.MAX_TAG_LABELS + 5)]
+    for tag in tags:
+        metrics.observe_queue_wait(tag, 0.01)
+    after = _wait_counts()
+    own = [tag for tag in after if tag != "other"]
+    assert len(own) == metrics.MAX_TAG_LABELS  # never more series than the limit
+    folded = [tag for tag in tags if tag not in after]
+    assert len(folded) >= 5
+    assert after.get("other", 0) - before.get("other", 0) == len(folded)
+    kept = next(tag for tag in tags if tag in after)
+    metrics.observe_queue_wait(kept, -1.0)  # a wait below zero counts as zero
+    assert _wait_counts()[kept] == after[kept] + 1
