@@ -182,10 +182,10 @@ class Completer:
         self._sender: asyncio.Task[None] | None = None
 
     async def write(self, outcome: Outcome) -> asyncpg.Record | None:
-        pending = self._queued([outcome])[0]
-        # Shielded: a caller that goes away (a cancelled request) does not stop the others'
-        # batch; its outcome is written all the same, as it would have been alone.
-        return await asyncio.shield(pending.answer)
+        # A caller that goes away (a cancelled request) cancels only its own answer: its
+        # outcome is in the batch already and is written all the same, and the others'
+        # answers are theirs (no shield needed, which cost a future per outcome).
+        return await self._queued([outcome])[0].answer
 
     async def write_many(self, outcomes: Sequence[Outcome]
                          ) -> list[asyncpg.Record | None | BaseException]:
@@ -194,7 +194,7 @@ class Completer:
         if not outcomes:
             return []
         answers = [p.answer for p in self._queued(outcomes)]
-        return await asyncio.shield(asyncio.gather(*answers, return_exceptions=True))
+        return await asyncio.gather(*answers, return_exceptions=True)
 
     def _queued(self, outcomes: Sequence[Outcome]) -> list[_Pending]:
         pending = [_Pending(outcome) for outcome in outcomes]

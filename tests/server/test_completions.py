@@ -161,3 +161,40 @@ def test_many_completions_at_once_all_land(database_url: str, holders: int) -> N
         assert [(r["id"], r["result"], len(r["attempts"])) for r in rows] == \
             [(i, i, 1) for i in ids]
     run(database_url, scenario)
+
+
+def test_a_caller_that_goes_away_still_has_its_outcome_written(database_url: str) -> None:
+    """A request cancelled while its outcome waits in a batch (its client hung up): the
+    outcome is recorded all the same, and the others in the batch get their answers."""
+    async def scenario(store: Store) -> None:
+        ids = await store.insert_jobs("default", [job() for _ in range(3)])
+        held = await store.claim_jobs("w", ["t"], 3, 60)
+        calls = [asyncio.create_task(store.complete_job("w", j.id, j.attempt, "succeeded",
+                                                        {"n": j.id}, None, 5)) for j in held]
+        await asyncio.sleep(0)  # each has queued its outcome; none is written yet
+        calls[1].cancel()
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(answers[1], asyncio.CancelledError)
+        assert [answers[0]["status"], answers[2]["status"]] == ["succeeded", "succeeded"]
+        rows = await store.pool.fetch("SELECT id, status, result FROM jobs ORDER BY id")
+        assert [(r["id"], r["status"], r["result"]) for r in rows] == [
+            (job_id, "succeeded", {"n": job_id}) for job_id in ids]
+        # The batch path (an agent's outcomes) likewise.
+        more = await store.insert_jobs("default", [job() for _ in range(2)])
+        held = await store.claim_jobs("w", ["t"], 2, 60)
+        batch = asyncio.create_task(store.complete_jobs([
+            store.completion("w", j.id, j.attempt, "succeeded", 1, None, 5) for j in held]))
+        await asyncio.sleep(0)
+        batch.cancel()
+        await asyncio.gather(batch, return_exceptions=True)  # the write goes on without it
+
+        async def written() -> bool:
+            return await store.pool.fetchval(
+                "SELECT count(*) FROM jobs WHERE id = ANY($1) AND status = 'succeeded'",
+                more) == 2
+        for _ in range(200):  # up to 20 s
+            if await written():
+                break
+            await asyncio.sleep(0.1)
+        assert await written()
+    run(database_url, scenario)
