@@ -26,37 +26,29 @@ import msgspec
 from tagrun.server.errors import TagrunError
 from tagrun.server.store._base import DATABASE_UNAVAILABLE, translated_errors
 
-# The batch travels as one JSON text ($1; the pool's codec would encode a jsonb parameter
-# again): an array of one object per outcome (Outcome's fields). As thirteen array
-# parameters it cost asyncpg several abstract base class checks per element, about 50 a job
-# (docs/performance.md); one text costs it one string. A JSON null is SQL NULL, as before.
-# Python's json writes NaN and Infinity, which PostgreSQL refuses for the whole text: the
-# batch is then written one outcome at a time, and only the outcome that holds one fails
-# (InvalidInput). The objects are read through unnest(ARRAY(...)), which the planner takes
-# for a few rows, as it took the arrays: jsonb_to_recordset counts as 100, and with few jobs
-# running the plan then read all of `jobs` instead of looking each job up by id (4.6 ms a
-# batch instead of 1.3).
-# Outcome n of the batch: job `job_id` at `attempt`, held by `holder` under `key` (NULL: a
-# direct worker), becomes `status` with `result` and `error`; a `retryable` failure with
-# attempts left is queued again after a backoff from `retry_backoff_s`. `tags` (a JSON array,
-# NULL: any) and `workspace` (NULL: any) limit it to an agent token's jobs. `log_chunks_lost`
-# log chunks were lost; `signature_check` is how its signature was checked. One NOTIFY $2
-# names every job that ended, comma-separated (MAX_BATCH ids stay well under PostgreSQL's
-# 8000-byte payload): each listening process wakes once per batch, not once per job.
+# The JSON values ($5, $6, $8, $13) travel as text, each one encoded here: a jsonb[] parameter
+# would take a list value (a job's result [1, 2], an agent's tags) as more array elements.
+# Outcome i of the batch: job $1[i] at attempt $2[i], held by $3[i] under key $10[i] (NULL: a
+# direct worker), becomes $4[i] with result $5[i] and error $6[i]; a retryable ($11[i])
+# failure with attempts left is queued again after a backoff from $7[i]. $8[i] (a JSON array
+# of tags, NULL: any) and $9[i] (NULL: any) limit it to an agent token's jobs. $12[i] log
+# chunks were lost; $13[i] is how its signature was checked. One NOTIFY $14 names every job
+# that ended, comma-separated (MAX_BATCH ids stay well under PostgreSQL's 8000-byte payload):
+# each listening process wakes once per batch, not once per job.
 #
 # Rows are locked in id order (no deadlock between batches). The holders' `workers` rows are
 # updated once each, with the run of failures the batch's outcomes make in order (quarantine):
 # a failure adds to it, a success ends it, a cancellation leaves it as it is.
 COMPLETE_JOBS = """
 WITH input AS (
-    SELECT i.job_id AS id, i.attempt, i.holder, i.status, i.result, i.error,
-           i.retry_backoff_s AS backoff, i.tags, i.workspace, i.key, i.retryable,
-           i.log_chunks_lost AS lost, i.signature_check AS checked, e.n
-    FROM unnest(ARRAY(SELECT jsonb_array_elements($1::text::jsonb))) WITH ORDINALITY AS e(o, n),
-         jsonb_to_record(e.o) AS i(
-             job_id bigint, attempt int, holder text, status text, result jsonb, error jsonb,
-             retry_backoff_s float8, tags jsonb, workspace text, key text, retryable bool,
-             log_chunks_lost int, signature_check jsonb)
+    SELECT i.id, i.attempt, i.holder, i.status, i.result::jsonb AS result,
+           i.error::jsonb AS error, i.backoff, i.tags::jsonb AS tags, i.workspace, i.key,
+           i.retryable, i.lost, i.checked::jsonb AS checked, i.n
+    FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::float8[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::int[],
+                $13::text[])
+        WITH ORDINALITY AS i(id, attempt, holder, status, result, error, backoff, tags,
+                             workspace, key, retryable, lost, checked, n)
 ), cur AS (
     SELECT i.n, i.id, i.holder, i.status AS outcome, i.result AS new_result,
            i.error AS new_error, i.backoff, i.lost, i.checked,
@@ -136,7 +128,7 @@ SELECT j.n, j.id, j.status, j.tag, j.attempt, j.worker, j.run_at, j.workspace, j
        j.parent_id, w.fail_streak, w.scripts AS fail_scripts, w.fail_since,
        coalesce(w.agent AND NOT w.quarantined, false) AS may_quarantine,
        round(extract(epoch FROM now() - j.started_at) * 1000) AS duration_ms,
-       (SELECT CASE WHEN count(*) > 0 THEN pg_notify($2, string_agg(id::text, ',')) END
+       (SELECT CASE WHEN count(*) > 0 THEN pg_notify($14, string_agg(id::text, ',')) END
         FROM j WHERE status <> 'queued') AS notified
 FROM j LEFT JOIN w ON w.name = j.holder"""
 
@@ -248,11 +240,22 @@ class Completer:
         return batch
 
     async def _write(self, batch: Sequence[_Pending]) -> dict[int, asyncpg.Record]:
+        outs = [p.outcome for p in batch]
         async with translated_errors():
-            batch_json = json.dumps(msgspec.to_builtins([p.outcome for p in batch]),
-                                    separators=(",", ":"))
-            rows = await self._pool.fetch(COMPLETE_JOBS, batch_json, self._channel)
+            rows = await self._pool.fetch(
+                COMPLETE_JOBS, [o.job_id for o in outs], [o.attempt for o in outs],
+                [o.holder for o in outs], [o.status for o in outs],
+                [_json(o.result) for o in outs], [_json(o.error) for o in outs],
+                [o.retry_backoff_s for o in outs], [_json(o.tags) for o in outs],
+                [o.workspace for o in outs], [o.key for o in outs],
+                [o.retryable for o in outs], [o.log_chunks_lost for o in outs],
+                [_json(o.signature_check) for o in outs], self._channel)
         return {int(r["n"]): r for r in rows}
+
+
+def _json(value: Any) -> str | None:
+    """A JSON value as the text of a jsonb (None: SQL NULL, as asyncpg's codec has it)."""
+    return None if value is None else json.dumps(value)
 
 
 def _fail(pending: _Pending, exc: BaseException) -> None:
