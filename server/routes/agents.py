@@ -62,6 +62,7 @@ from tagrun.shared.agent_wire import (
     parse_info_header,
 )
 from tagrun.shared.loglines import moved
+from tagrun.shared.redact import Redactor
 from tagrun.shared.version import __version__
 
 log = logging.getLogger("tagrun.agents")
@@ -381,11 +382,14 @@ async def _record_many(request: Request, agent: AgentIdentity, holder: str,
     """Each outcome recorded (or refused) on its own, as if sent alone, all written together
     (one wait for all of them, not a task each)."""
     state = _state(request)
+    box: SecretBox = state.secrets
+    redactors = await box.redactors([outcome.id for outcome in outcomes])
     items: list[CompletedItem] = []
     written: list[tuple[int, CompletedJob, Outcome, dict[str, str] | None]] = []
     for outcome in outcomes:
         try:
-            made, error = await _completion(state, agent, holder, _checked(outcome), None)
+            made, error = _completion(state, agent, holder, _checked(outcome), None,
+                                      redactors[outcome.id])
         except TagrunError as exc:
             items.append(_not_recorded(outcome, exc))
             continue
@@ -416,20 +420,23 @@ def _checked(outcome: CompletedJob) -> CompletedJob:
 async def _record(request: Request, agent: AgentIdentity, holder: str, outcome: CompletedJob,
                   workspace: str | None) -> str:
     state = _state(request)
-    made, error = await _completion(state, agent, holder, outcome, workspace)
+    box: SecretBox = state.secrets
+    made, error = _completion(state, agent, holder, outcome, workspace,
+                              await box.redactor(outcome.id))
     [answer] = await state.store.complete_jobs([made])
     if isinstance(answer, TagrunError):
         raise answer
     return await _recorded(state, agent, holder, outcome, answer, error)
 
 
-async def _completion(state: Any, agent: AgentIdentity, holder: str, outcome: CompletedJob,
-                      workspace: str | None) -> tuple[Outcome, dict[str, str] | None]:
+def _completion(state: Any, agent: AgentIdentity, holder: str, outcome: CompletedJob,
+                workspace: str | None, redactor: Redactor | None
+                ) -> tuple[Outcome, dict[str, str] | None]:
     """The outcome as the store writes it, with what the agent should have redacted of the
-    job's secrets redacted again; and its error, for the event."""
-    box: SecretBox = state.secrets
+    job's secrets (`redactor`, SecretBox.redactor) redacted again; and its error, for the
+    event."""
     result, error = outcome.result, _error_dict(outcome.error)
-    if redactor := await box.redactor(outcome.id):  # what the agent should have redacted
+    if redactor:  # what the agent should have redacted
         result = redactor.value(result)
         error = {k: redactor.text(v) for k, v in error.items()} if error else None
     made = state.store.completion(

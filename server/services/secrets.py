@@ -4,6 +4,7 @@ holder, and in the redactors that keep them out of what a job writes back."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -244,6 +245,16 @@ class SecretBox:
         self._redactors.move_to_end(job_id)
         while len(self._redactors) > 10_000:
             self._redactors.popitem(last=False)
+
+    async def redactors(self, job_ids: Sequence[int]) -> dict[int, Redactor | None]:
+        """`redactor` of each job: those this process knows at once, the others looked up
+        side by side (an agent's outcomes may reach a replica that did not hand the jobs out)."""
+        known = {i: self._redactors[i] for i in job_ids if i in self._redactors}
+        unknown = list(dict.fromkeys(i for i in job_ids if i not in known))
+        if unknown:
+            looked_up = await asyncio.gather(*(self.redactor(i) for i in unknown))
+            known.update(zip(unknown, looked_up, strict=True))
+        return known
 
     async def redactor(self, job_id: int) -> Redactor | None:
         """The redactor of a job's secrets (None: it has none), to redact again what an

@@ -365,3 +365,46 @@ def test_the_cli_sets_secrets_from_stdin_or_a_file_and_jobs_use_them(
     assert deleted.returncode == 0 and "deleted" in deleted.stdout
     refused = cli("job", "run", "--script", "f/use")
     assert refused.returncode == 1 and "no secret PEM_KEY" in refused.stderr
+
+
+def test_a_modified_agents_batched_outcomes_are_redacted_on_another_replica(
+    start_process, database_url: str, key: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """Outcomes sent together (a batch, or riding on a claim) to a replica that did not hand
+    the jobs out: it looks their secrets up and redacts what a modified agent sent back."""
+    env = {"TAGRUN_SECRETS_KEY": key}
+    first = start_process("server", database_url, env=env).wait_healthy()
+    second = start_process("server", database_url, env=env).wait_healthy()
+    secret = "prod-password-7c1d"
+    features = {"Tagrun-Agent-Features": "secrets", "Tagrun-Agent-Session": "session-batch-0001"}
+    with api_client(first.url) as api:
+        assert api.put("/api/w/default/secrets/PROD_DB", json={
+            "value": secret, "allowed_tags": ["prod"]}).status_code == 201
+        ids = [int(api.post("/api/w/default/jobs", json={
+            "language": "bash", "content": "true", "tag": "prod", "secrets": ["PROD_DB"]}
+        ).json()["id"]) for _ in range(3)]
+        token = agent_token(api, ["prod"])
+        with api_client(first.url, token) as on_first, api_client(second.url, token) as on_second:
+            jobs = on_first.post(CLAIM, json={"name": "mod-agent", "slots": 3, "wait_s": 5},
+                                 headers=features).json()["jobs"]
+            assert sorted(j["id"] for j in jobs) == ids
+            assert all(j["secrets"] == {"PROD_DB": secret} for j in jobs)
+            a, b, c = ids
+            answers = on_second.post("/api/agent_workers/complete", headers=features, json={
+                "name": "mod-agent", "jobs": [
+                    {"id": a, "attempt": 1, "status": "succeeded", "result": {"p": secret}},
+                    {"id": b, "attempt": 1, "status": "failed", "retryable": False,
+                     "error": {"kind": "script_error", "message": f"bad {secret}"}}]})
+            assert [j.get("status") for j in answers.json()["jobs"]] == ["succeeded", "failed"]
+            rode = on_second.post(CLAIM, headers=features, json={
+                "name": "mod-agent", "wait_s": 1, "completed": [
+                    {"id": c, "attempt": 1, "status": "succeeded", "result": [secret]}]})
+            assert [j.get("status") for j in rode.json()["completed"]] == ["succeeded"]
+        views = [api.get(f"/api/w/default/jobs/{i}").json() for i in ids]
+    assert secret not in json.dumps(views)
+    assert views[0]["result"] == {"p": "[REDACTED:PROD_DB]"}
+    assert views[1]["error"]["message"] == "bad [REDACTED:PROD_DB]"
+    assert views[2]["result"] == ["[REDACTED:PROD_DB]"]
+    for server in (first, second):
+        server.stop()
+        assert secret not in server.log_text()
