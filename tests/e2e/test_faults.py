@@ -89,13 +89,18 @@ def test_agent_and_worker_killed_mid_job_lose_no_job_and_record_each_once(
     doomed_worker = start_process("worker", database_url,
                                   env={**worker_env, "WORKER_NAME": "doomed-worker"})
     ran = tmp_path / "ran"
+    # Every job waits for `go` before it ends, so the doomed holders' acknowledged jobs are
+    # still running when they are killed, however slow the machine (a job that ended first
+    # would leave only unacknowledged ones, which go back to the queue unused).
+    go = tmp_path / "go"
     with api_client(server.url) as api:
         token = mint(api, ["f-kill"])
         agents = [AgentProcess(server.url, token, tmp_path, name="doomed-agent",
                                env={"AGENT_SLOTS": "3"})]
         try:
+            wait_go = f"; until [ -e {go} ]; do sleep 0.05; done; sleep 0.3"
             batch = [{"language": "bash", "tag": "f-kill", "args": {"n": n},
-                      "content": job_script(ran) + "; sleep 0.3"} for n in range(150)]
+                      "content": job_script(ran) + wait_go} for n in range(150)]
             assert api.post("/api/w/default/jobs/batch", json={"jobs": batch}).status_code == 201
             wait_until(lambda: {"doomed-agent", "doomed-worker"} <= running_holders(
                 database_url), 30, interval=0.02, message="both doomed holders to run jobs")
@@ -103,6 +108,7 @@ def test_agent_and_worker_killed_mid_job_lose_no_job_and_record_each_once(
             doomed_worker.proc.send_signal(signal.SIGKILL)
             agents[0].proc.wait()
             doomed_worker.proc.wait()
+            go.touch()
             start_process("worker", database_url,
                           env={**worker_env, "WORKER_NAME": "survivor-worker"})
             agents.append(AgentProcess(server.url, token, tmp_path, name="survivor-agent",
