@@ -74,6 +74,7 @@ def fold_tags(counts: dict[str, int]) -> dict[str, int]:
 # The first MAX_TAG_LABELS tags have their own queue wait series; later tags share "other".
 _WAIT_SERIES: dict[str, Histogram] = {}
 _FINISHED_SERIES: dict[str, Counter] = {}
+_OTHER_WAIT: Histogram | None = None
 
 
 def observe_queue_wait(tag: str, seconds: float) -> None:
@@ -83,8 +84,16 @@ def observe_queue_wait(tag: str, seconds: float) -> None:
         if len(_WAIT_SERIES) < MAX_TAG_LABELS:
             series = _WAIT_SERIES[tag] = QUEUE_WAIT.labels(tag)
         else:
-            series = QUEUE_WAIT.labels("other")
+            series = _other_wait()
     series.observe(max(seconds, 0.0))
+
+
+def _other_wait() -> Histogram:
+    """The queue wait series the tags past the first MAX_TAG_LABELS share."""
+    global _OTHER_WAIT
+    if _OTHER_WAIT is None:
+        _OTHER_WAIT = QUEUE_WAIT.labels("other")
+    return _OTHER_WAIT
 
 
 def job_finished(outcome: str) -> None:

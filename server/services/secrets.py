@@ -251,7 +251,9 @@ class SecretBox:
         side by side (an agent's outcomes may reach a replica that did not hand the jobs out)."""
         known = {i: self._redactors[i] for i in job_ids if i in self._redactors}
         unknown = list(dict.fromkeys(i for i in job_ids if i not in known))
-        if unknown:
+        if unknown and not await self._secrets_exist():  # asked once, not once per job
+            known.update(dict.fromkeys(unknown))
+        elif unknown:
             looked_up = await asyncio.gather(*(self.redactor(i) for i in unknown))
             known.update(zip(unknown, looked_up, strict=True))
         return known
@@ -263,11 +265,7 @@ class SecretBox:
         the database holds no secret."""
         if job_id in self._redactors:
             return self._redactors[job_id]
-        now = time.monotonic()
-        if self._any_checked_at + EXISTS_TTL_S < now:
-            self._any = await self.store.any_secrets()
-            self._any_checked_at = now
-        if not self._any:
+        if not await self._secrets_exist():
             return None
         found = await self.store.job_secret_names(job_id)
         redactor: Redactor | None = None
@@ -281,6 +279,14 @@ class SecretBox:
             redactor = Redactor(values) if values else None
         self._remember(job_id, redactor)
         return redactor
+
+    async def _secrets_exist(self) -> bool:
+        """Whether the database holds any secret, asked at most once per EXISTS_TTL_S."""
+        now = time.monotonic()
+        if self._any_checked_at + EXISTS_TTL_S < now:
+            self._any = await self.store.any_secrets()
+            self._any_checked_at = now
+        return self._any
 
     async def rotate(self) -> dict[str, object]:
         """Re-encrypt every secret under the primary key. With a key file, a new key is made

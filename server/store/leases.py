@@ -561,8 +561,9 @@ class Leases(StoreBase):
             code="offset_mismatch",
         )
 
+    @staticmethod
     def completion(
-        self, holder: str, job_id: int, attempt: int, status: str,
+        holder: str, job_id: int, attempt: int, status: str,
         result: Any, error: dict[str, Any] | None, retry_backoff_s: float,
         *, tags: Sequence[str] | None = None, workspace: str | None = None,
         key: str | None = None, retryable: bool = True, log_chunks_lost: int = 0,
