@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +58,12 @@ GroupKey = tuple[tuple[str, ...], ClaimFilter | None]
 
 
 class Dispatcher:
-    def __init__(self, store: Store, listener: Listener, *, lease_s: float, poll_s: float) -> None:
+    def __init__(self, store: Store, listener: Listener, *, lease_s: float, poll_s: float,
+                 settled: Callable[[], Awaitable[None]] | None = None) -> None:
         self.store = store
+        # Waits for a re-read of the fleet controls under way (FleetControls.settled): the
+        # waiting claims a pause ends must not be served, or handed a submit, meanwhile.
+        self._settled = settled
         self.lease_s = lease_s
         self.poll_s = poll_s
         self._groups: dict[GroupKey, list[Waiter]] = defaultdict(list)
@@ -149,6 +153,8 @@ class Dispatcher:
         NOTIFY would be serving it), so the job is the one its claim would take. A job not
         yet due or under a concurrency key is queued, for the claims to weigh as usual; so
         is every job for a claim with a local policy (the claim statement applies it)."""
+        if self._settled is not None:
+            await self._settled()
         waiter = None if self._closed or job.concurrency_key is not None \
             or job.run_at is not None else self._idle_for(job.tag)
         if waiter is None:
@@ -272,6 +278,8 @@ class Dispatcher:
                 if now >= due:  # a delayed job (run_at, retry backoff) is due
                     del self._due[tag]
                     self._forget_empty(tag)
+            if self._settled is not None:
+                await self._settled()
             for group in list(self._groups):
                 tags, only = group
                 empty = self._empty.get(only, set())

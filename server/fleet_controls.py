@@ -113,6 +113,14 @@ class FleetControls:
         if self._reloading is not None:
             await asyncio.shield(self._reloading)  # one re-read, whoever else waits on it
 
+    async def settled(self) -> None:
+        """Wait for a re-read already under way, if any. A change committed elsewhere (a tag
+        paused through another replica) is heard by NOTIFY before the jobs submitted after
+        it are, so a claim that waits here first never uses what was true before it."""
+        reloading = self._reloading
+        if reloading is not None and not reloading.done():
+            await asyncio.shield(reloading)
+
     async def _reload(self) -> None:
         again = True
         while again:

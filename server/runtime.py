@@ -250,7 +250,7 @@ async def _start_http_parts(config: ServerConfig, store: Store, listener: Listen
     agent_tokens = AgentTokens(store)
     await agent_tokens.start()
     dispatcher = Dispatcher(store, listener, lease_s=config.lease_s,
-                            poll_s=config.poll_interval_s)
+                            poll_s=config.poll_interval_s, settled=controls.settled)
     await dispatcher.start()
     agent_tokens.on_revoked(dispatcher.revoke)
 

@@ -246,6 +246,8 @@ class Worker:
 
     async def _claim(self) -> int:
         s = self.settings
+        if self._controls is not None:
+            await self._controls.settled()  # a pause just heard of holds for this claim
         free = self.holder.free(s.slots)
         tags = self._controls.unpaused(s.tags) if self._controls is not None else s.tags
         if free <= 0 or not tags:

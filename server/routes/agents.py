@@ -213,6 +213,7 @@ async def _claim_jobs(request: Request, agent: AgentIdentity, body: ClaimIn,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
+        await controls.settled()  # a pause just heard of holds for this claim
         generation = controls.generation
         tags = controls.with_pin(body.name, agent.jti, controls.unpaused(agent.tags))
         wait = deadline - loop.time()
